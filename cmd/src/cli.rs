@@ -1,0 +1,215 @@
+//! The command line, as clap types. Every command is a function in `commands` that takes its
+//! parsed options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Back up Kubernetes volumes to restic-format repositories and restore them.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-volbackup",
+    bin_name = "kubectl volbackup",
+    version,
+    about
+)]
+pub struct Cli {
+    /// Print less: no progress bars, no summaries on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and check repositories.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// List the snapshots in a repository.
+    Snapshots(SnapshotsArgs),
+    /// Remove snapshots by a retention policy.
+    Forget(ForgetArgs),
+    /// Remove data that no snapshot needs any more.
+    Prune(PruneArgs),
+    /// Move data between a volume and a repository (what the mover and populate pods run).
+    #[command(subcommand)]
+    Mover(MoverCommand),
+}
+
+/// `repo ...`
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Create a new repository (restic format, version 2).
+    Init(RepoInitArgs),
+    /// Verify a repository's structure and, with --read-data, every stored byte.
+    Check(RepoCheckArgs),
+}
+
+/// Where the repository is and how to open it.
+#[derive(Debug, Clone, Args)]
+pub struct RepoOptions {
+    /// Repository: a directory, `s3:https://host/bucket/prefix` or `s3://bucket/prefix`
+    /// (endpoint from AWS_ENDPOINT_URL). Default: VOLBACKUP_REPOSITORY, then RESTIC_REPOSITORY.
+    #[arg(short = 'r', long = "repo", global = true, value_name = "REPOSITORY")]
+    pub repo: Option<String>,
+
+    /// Read the repository password from this file (first line). Default: VOLBACKUP_PASSWORD,
+    /// then RESTIC_PASSWORD, then RESTIC_PASSWORD_FILE, then a prompt on a terminal.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// `repo init`
+#[derive(Debug, Args)]
+pub struct RepoInitArgs {
+    #[command(flatten)]
+    pub repo: RepoOptions,
+}
+
+/// `repo check`
+#[derive(Debug, Args)]
+pub struct RepoCheckArgs {
+    #[command(flatten)]
+    pub repo: RepoOptions,
+    /// Also read every pack and verify every blob (slow: reads the whole repository).
+    #[arg(long)]
+    pub read_data: bool,
+}
+
+/// Output formats of listing commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    /// A table for people.
+    #[default]
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// `snapshots`
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub repo: RepoOptions,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// Only snapshots with this tag (repeatable: all must match).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+}
+
+/// `forget`
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub repo: RepoOptions,
+    /// Snapshots to remove by id (in addition to the policy).
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Keep the last N snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the last snapshot of each of the last N hours.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the last snapshot of each of the last N days.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the last snapshot of each of the last N weeks.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the last snapshot of each of the last N months.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the last snapshot of each of the last N years.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep snapshots with this tag (repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// Print what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Prune after forgetting.
+    #[arg(long)]
+    pub prune: bool,
+    /// Output format of the plan.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// `prune`
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub repo: RepoOptions,
+    /// Print the plan, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `mover ...`
+#[derive(Debug, Subcommand)]
+pub enum MoverCommand {
+    /// Back up a block device, an image file, stdin (`-`) or a directory.
+    Backup(MoverBackupArgs),
+    /// Restore a snapshot onto a block device, an image file or into a directory.
+    Restore(MoverRestoreArgs),
+}
+
+/// `mover backup`
+#[derive(Debug, Args)]
+pub struct MoverBackupArgs {
+    #[command(flatten)]
+    pub repo: RepoOptions,
+    /// What to back up: a block device, an image file, `-` for stdin, or a directory.
+    #[arg(long, value_name = "PATH")]
+    pub source: PathBuf,
+    /// File name of a block image in the snapshot (default: the source's file name,
+    /// `stdin` for `-`). Ignored for directories.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot (default: this machine's).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// JSON description of the volume, stored with the snapshot.
+    #[arg(long, value_name = "JSON")]
+    pub description: Option<String>,
+    /// Base the backup on this snapshot (default: the latest with the same host and paths).
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub parent: Option<String>,
+    /// zstd compression level (0 = no compression).
+    #[arg(long, default_value_t = 3)]
+    pub compression: i32,
+    /// Print JSON progress lines and a JSON result line on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mover restore`
+#[derive(Debug, Args)]
+pub struct MoverRestoreArgs {
+    #[command(flatten)]
+    pub repo: RepoOptions,
+    /// Snapshot id, unique prefix, or `latest`.
+    #[arg(long, value_name = "ID")]
+    pub snapshot: String,
+    /// The file to restore from a block snapshot (`/NAME`; default: its only file).
+    #[arg(long, value_name = "/NAME")]
+    pub path: Option<String>,
+    /// Where to: a block device or image file (block snapshots) or a directory.
+    #[arg(long, value_name = "PATH")]
+    pub target: PathBuf,
+    /// Print JSON progress lines and a JSON result line on stdout.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,58 @@
+//! One function per command; each takes its parsed options.
+
+pub mod forget;
+pub mod mover;
+pub mod repo;
+pub mod snapshots;
+
+use std::io::Write;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cli::OutputFormat;
+
+/// Prints `value` as JSON or YAML on stdout (tables are printed by the caller).
+pub fn print_structured<T: Serialize>(format: OutputFormat, value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        OutputFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, value)?;
+            writeln!(out)?;
+        }
+        OutputFormat::Yaml => {
+            serde_yaml::to_writer(&mut out, value)?;
+        }
+        OutputFormat::Table => unreachable!("tables are printed by the command"),
+    }
+    Ok(())
+}
+
+/// Bytes as people read them (binary units, one decimal).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn human_bytes_uses_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1 << 30), "1.0 GiB");
+    }
+}

@@ -1,0 +1,240 @@
+//! `mover backup` and `mover restore`: what the mover and populate pods run, and what a user
+//! runs on a machine that sees the volume.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use volbackup_store::Repository;
+use volbackup_store::block::{self, BackupOptions};
+use volbackup_store::format::{BlobType, Snapshot};
+use volbackup_store::id::Id;
+use volbackup_store::packer::WriterOptions;
+use volbackup_store::tree::{NodeType, Tree};
+use volbackup_store::{backup_tree, restore_tree};
+
+use crate::cli::{MoverBackupArgs, MoverRestoreArgs};
+use crate::progress::{Mode, Reporter};
+use crate::repository;
+
+/// The final line of `mover backup --json`.
+#[derive(Debug, Serialize)]
+struct BackupResult<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    snapshot_id: String,
+    bytes_total: u64,
+    bytes_new: u64,
+    bytes_stored: u64,
+    seconds: f64,
+    source: &'a str,
+}
+
+/// The final line of `mover restore --json`.
+#[derive(Debug, Serialize)]
+struct RestoreResult {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    snapshot_id: String,
+    bytes_total: u64,
+    bytes_written: u64,
+    seconds: f64,
+}
+
+fn is_directory(path: &Path) -> Result<bool> {
+    if path.as_os_str() == "-" {
+        return Ok(false);
+    }
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "cannot back up {}: it does not exist or cannot be read",
+            path.display()
+        )
+    })?;
+    Ok(meta.is_dir())
+}
+
+/// What a backup reports, whatever its kind.
+struct Done {
+    snapshot_id: Id,
+    bytes_total: u64,
+    bytes_new: u64,
+    bytes_stored: u64,
+}
+
+/// The newest snapshot with the same host and paths, the default parent of a backup.
+fn default_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option<Id>> {
+    let list = repo.list_snapshots()?;
+    Ok(list
+        .into_iter()
+        .filter(|(_, s)| s.hostname == host && s.paths == paths)
+        .max_by(|a, b| a.1.time.cmp(&b.1.time))
+        .map(|(id, _)| id))
+}
+
+/// `mover backup`
+pub fn backup(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
+    let description = match &args.description {
+        Some(text) => Some(
+            serde_json::from_str::<serde_json::Value>(text)
+                .context("--description is not valid JSON")?,
+        ),
+        None => None,
+    };
+    let directory = is_directory(&args.source)?;
+    let repo = repository::open(&args.repo)?;
+    let host = args
+        .host
+        .clone()
+        .unwrap_or_else(volbackup_store::format::hostname);
+    let mut opts = BackupOptions {
+        tags: args.tags.clone(),
+        hostname: host.clone(),
+        description,
+        parent: None,
+        writer: WriterOptions {
+            compression_level: args.compression,
+            ..WriterOptions::default()
+        },
+        total_size: None,
+    };
+    let started = Instant::now();
+    let reporter = Reporter::start(Mode::choose(args.json, quiet), "backup");
+    let summary = if directory {
+        let abs = std::path::absolute(&args.source)
+            .with_context(|| format!("cannot resolve {}", args.source.display()))?;
+        opts.parent = match &args.parent {
+            Some(p) => Some(repo.find_snapshot(p)?.0),
+            None => default_parent(&repo, &host, &[abs.to_string_lossy().into_owned()])?,
+        };
+        let s = backup_tree::backup_tree(&repo, &abs, &opts, reporter.progress())?;
+        Done {
+            snapshot_id: s.snapshot_id,
+            bytes_total: s.bytes_total,
+            bytes_new: s.bytes_new,
+            bytes_stored: s.bytes_stored,
+        }
+    } else {
+        let name = match &args.name {
+            Some(n) => n.clone(),
+            None if args.source.as_os_str() == "-" => "stdin".to_string(),
+            None => args
+                .source
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "volume.img".to_string()),
+        };
+        opts.parent = match &args.parent {
+            Some(p) => Some(repo.find_snapshot(p)?.0),
+            None => default_parent(&repo, &host, &[format!("/{name}")])?,
+        };
+        let mut source = block::open_source(&args.source)?;
+        opts.total_size = source.size;
+        let s = block::backup_block(&repo, &mut source.reader, &name, &opts, reporter.progress())?;
+        Done {
+            snapshot_id: s.snapshot_id,
+            bytes_total: s.bytes_total,
+            bytes_new: s.bytes_new,
+            bytes_stored: s.bytes_stored,
+        }
+    };
+    reporter.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        let line = BackupResult {
+            kind: "summary",
+            snapshot_id: summary.snapshot_id.to_string(),
+            bytes_total: summary.bytes_total,
+            bytes_new: summary.bytes_new,
+            bytes_stored: summary.bytes_stored,
+            seconds: (seconds * 1000.0).round() / 1000.0,
+            source: &args.source.to_string_lossy(),
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+    } else if !quiet {
+        eprintln!(
+            "snapshot {} saved: {} read, {} new, {} stored, in {:.1} s",
+            summary.snapshot_id.short(),
+            super::human_bytes(summary.bytes_total),
+            super::human_bytes(summary.bytes_new),
+            super::human_bytes(summary.bytes_stored),
+            seconds
+        );
+    }
+    Ok(())
+}
+
+/// Whether a snapshot holds a block image (`restic backup --stdin` layout: one file node at
+/// the root and `paths: ["/NAME"]`) rather than a file tree.
+fn is_block_image(repo: &Repository, snap: &Snapshot) -> Result<bool> {
+    if snap.paths.len() != 1 {
+        return Ok(false);
+    }
+    let root = Tree::from_blob(&repo.read_blob(BlobType::Tree, &snap.tree)?, "root tree")?;
+    Ok(match root.nodes.as_slice() {
+        [node] => {
+            node.node_type == NodeType::File
+                && snap.paths[0] == format!("/{}", node.name.to_string_lossy())
+        }
+        _ => false,
+    })
+}
+
+/// `mover restore`
+pub fn restore(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
+    let repo = repository::open(&args.repo)?;
+    let (id, snap) = repo.find_snapshot(&args.snapshot)?;
+    let started = Instant::now();
+    let reporter = Reporter::start(Mode::choose(args.json, quiet), "restore");
+    let block = args.path.is_some() || is_block_image(&repo, &snap)?;
+    let (bytes_total, bytes_written) = match block {
+        true => {
+            let s = block::restore_block(
+                &repo,
+                &id,
+                args.path.as_deref(),
+                &args.target,
+                &block::RestoreOptions::default(),
+                reporter.progress(),
+            )?;
+            (s.bytes_total, s.bytes_written)
+        }
+        false => {
+            let s = restore_tree::restore_tree(
+                &repo,
+                &id,
+                &args.target,
+                &restore_tree::RestoreOptions::default(),
+                reporter.progress(),
+            )?;
+            for w in &s.warnings {
+                eprintln!("warning: {w}");
+            }
+            (s.bytes, s.bytes)
+        }
+    };
+    reporter.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        let line = RestoreResult {
+            kind: "summary",
+            snapshot_id: id.to_string(),
+            bytes_total,
+            bytes_written,
+            seconds: (seconds * 1000.0).round() / 1000.0,
+        };
+        println!("{}", serde_json::to_string(&line)?);
+    } else if !quiet {
+        eprintln!(
+            "restored snapshot {} to {}: {} in {:.1} s",
+            id.short(),
+            args.target.display(),
+            super::human_bytes(bytes_total),
+            seconds
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! `snapshots`
+
+use anyhow::Result;
+use serde::Serialize;
+use tabled::{Table, Tabled, settings::Style};
+use volbackup_store::format::Snapshot;
+use volbackup_store::id::Id;
+
+use crate::cli::{OutputFormat, SnapshotsArgs};
+use crate::repository;
+
+/// A snapshot as listed.
+#[derive(Debug, Serialize)]
+pub struct Listed {
+    /// Full id.
+    pub id: String,
+    /// The snapshot itself, as stored.
+    #[serde(flatten)]
+    pub snapshot: Snapshot,
+}
+
+#[derive(Tabled)]
+struct Row {
+    #[tabled(rename = "ID")]
+    id: String,
+    #[tabled(rename = "TIME")]
+    time: String,
+    #[tabled(rename = "HOST")]
+    host: String,
+    #[tabled(rename = "TAGS")]
+    tags: String,
+    #[tabled(rename = "PATHS")]
+    paths: String,
+}
+
+/// Snapshots sorted oldest first, filtered by tags (all must match).
+pub fn sorted(list: Vec<(Id, Snapshot)>, tags: &[String]) -> Vec<(Id, Snapshot)> {
+    let mut list: Vec<_> = list
+        .into_iter()
+        .filter(|(_, s)| tags.iter().all(|t| s.tags.contains(t)))
+        .collect();
+    list.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+    list
+}
+
+/// `snapshots`
+pub fn run(args: &SnapshotsArgs) -> Result<()> {
+    let repo = repository::open(&args.repo)?;
+    let list = sorted(repo.list_snapshots()?, &args.tags);
+    match args.output {
+        OutputFormat::Table => {
+            let rows = list.iter().map(|(id, s)| Row {
+                id: id.short(),
+                time: s.time.format("%Y-%m-%d %H:%M:%S").to_string(),
+                host: s.hostname.clone(),
+                tags: s.tags.join(","),
+                paths: s.paths.join(","),
+            });
+            let mut table = Table::new(rows);
+            table.with(Style::blank());
+            println!("{table}");
+        }
+        format => {
+            let listed: Vec<Listed> = list
+                .into_iter()
+                .map(|(id, snapshot)| Listed {
+                    id: id.to_string(),
+                    snapshot,
+                })
+                .collect();
+            super::print_structured(format, &listed)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! kubectl-volbackup: the plugin binary and the in-cluster modes (mover backup/restore).
+//!
+//! `run` parses the command line, runs one command, prints an error as a single line on
+//! stderr and turns the outcome into an exit code.
+
+pub mod cli;
+pub mod commands;
+pub mod progress;
+pub mod repository;
+
+use clap::Parser;
+
+use cli::{Cli, Command, MoverCommand, RepoCommand};
+
+/// Runs the command line and returns the process exit code.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    match dispatch(&cli) {
+        Ok(()) => 0,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return 0;
+            }
+            eprintln!("error: {}", one_line(&err));
+            1
+        }
+    }
+}
+
+fn dispatch(cli: &Cli) -> anyhow::Result<()> {
+    let quiet = cli.quiet;
+    match &cli.command {
+        Command::Repo(RepoCommand::Init(a)) => commands::repo::init(a, quiet),
+        Command::Repo(RepoCommand::Check(a)) => commands::repo::check_cmd(a, quiet),
+        Command::Snapshots(a) => commands::snapshots::run(a),
+        Command::Forget(a) => commands::forget::run(a, quiet),
+        Command::Prune(a) => commands::repo::prune(a, quiet),
+        Command::Mover(MoverCommand::Backup(a)) => commands::mover::backup(a, quiet),
+        Command::Mover(MoverCommand::Restore(a)) => commands::mover::restore(a, quiet),
+    }
+}
+
+/// The error chain on one line, each cause once (a cause whose text the outer message already
+/// contains is not repeated).
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,86 @@
+//! Finding and opening the repository from flags and the environment.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use volbackup_store::Repository;
+use volbackup_store::backend::{self, Backend};
+
+use crate::cli::RepoOptions;
+
+/// The repository location from `--repo`, `VOLBACKUP_REPOSITORY` or `RESTIC_REPOSITORY`.
+pub fn location(opts: &RepoOptions) -> Result<String> {
+    if let Some(r) = &opts.repo {
+        return Ok(r.clone());
+    }
+    for var in ["VOLBACKUP_REPOSITORY", "RESTIC_REPOSITORY"] {
+        if let Ok(v) = std::env::var(var)
+            && !v.is_empty()
+        {
+            return Ok(v);
+        }
+    }
+    bail!(
+        "no repository given: use --repo or set VOLBACKUP_REPOSITORY (a directory, s3:https://host/bucket/prefix or s3://bucket/prefix)"
+    )
+}
+
+/// The repository password: `--password-file`, then `VOLBACKUP_PASSWORD`, `RESTIC_PASSWORD`,
+/// `RESTIC_PASSWORD_FILE`, then a prompt when stdin is a terminal.
+pub fn password(opts: &RepoOptions, confirm: bool) -> Result<String> {
+    if let Some(file) = &opts.password_file {
+        return read_password_file(file);
+    }
+    for var in ["VOLBACKUP_PASSWORD", "RESTIC_PASSWORD"] {
+        if let Ok(v) = std::env::var(var)
+            && !v.is_empty()
+        {
+            return Ok(v);
+        }
+    }
+    if let Some(file) = std::env::var_os("RESTIC_PASSWORD_FILE") {
+        return read_password_file(std::path::Path::new(&file));
+    }
+    if std::io::stdin().is_terminal() {
+        let pw = rpassword::prompt_password("repository password: ")
+            .context("reading the password from the terminal")?;
+        if confirm {
+            let again = rpassword::prompt_password("repeat the password: ")
+                .context("reading the password from the terminal")?;
+            if again != pw {
+                bail!("the two passwords differ: nothing was created, run the command again");
+            }
+        }
+        if pw.is_empty() {
+            bail!("empty password: a repository needs a password");
+        }
+        return Ok(pw);
+    }
+    bail!("no repository password: set VOLBACKUP_PASSWORD or use --password-file FILE")
+}
+
+fn read_password_file(file: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the password file {}", file.display()))?;
+    let pw = text.lines().next().unwrap_or("").to_string();
+    if pw.is_empty() {
+        bail!("the password file {} is empty", file.display());
+    }
+    Ok(pw)
+}
+
+/// The storage backend for a location string.
+pub fn open_backend(location: &str) -> Result<Arc<dyn Backend>> {
+    Ok(backend::open(location)?)
+}
+
+/// Opens the repository (password checked) and loads its index.
+pub fn open(opts: &RepoOptions) -> Result<Repository> {
+    let loc = location(opts)?;
+    let backend = open_backend(&loc)?;
+    let password = password(opts, false)?;
+    let repo = Repository::open(backend, &password)?;
+    repo.load_index()?;
+    Ok(repo)
+}

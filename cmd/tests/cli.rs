@@ -1,0 +1,318 @@
+//! The binary as a user runs it: exit codes, one-line errors, JSON output, and restic reading
+//! what it wrote. Uses the real `restic` 0.14 binary as the oracle.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const PASSWORD: &str = "cli-test-password";
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kubectl-volbackup"));
+    c.env_remove("VOLBACKUP_REPOSITORY")
+        .env_remove("RESTIC_REPOSITORY")
+        .env_remove("RESTIC_PASSWORD")
+        .env_remove("RESTIC_PASSWORD_FILE")
+        .env("VOLBACKUP_PASSWORD", PASSWORD)
+        .stdin(Stdio::null());
+    c
+}
+
+fn restic(repo: &Path) -> Command {
+    if Command::new("restic").arg("version").output().is_err() {
+        panic!("restic not found: install the Debian package restic (.ci/run does)");
+    }
+    let mut c = Command::new("restic");
+    c.arg("--repo")
+        .arg(repo)
+        .arg("--no-cache")
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .stdin(Stdio::null());
+    c
+}
+
+fn ok(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Every file under `dir` with its content hash, to show a failed command changed nothing.
+fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut map = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                map.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    map
+}
+
+/// Mixed data: random, text and a repeated block, `mib` MiB.
+fn mixed_data(mib: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut out = Vec::with_capacity(mib << 20);
+    for block in 0..mib {
+        match block % 4 {
+            0 | 1 => {
+                for _ in 0..(1 << 17) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+            2 => {
+                let line = format!(
+                    "2026-11-21 12:00:{:02} INFO request served block={block}\n",
+                    block % 60
+                );
+                while out.len() < (block + 1) << 20 {
+                    out.extend_from_slice(line.as_bytes());
+                }
+                out.truncate((block + 1) << 20);
+            }
+            _ => out.extend_from_slice(&vec![0u8; 1 << 20]),
+        }
+    }
+    out
+}
+
+fn init_repo(dir: &Path) -> PathBuf {
+    let repo = dir.join("repo");
+    ok(
+        bin()
+            .args(["repo", "init", "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap(),
+        "repo init",
+    );
+    repo
+}
+
+fn one_error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure, got success");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "not an error line: {err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn an_image_backed_up_by_the_binary_passes_restic_check_and_dumps_back_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let image = dir.path().join("disk.img");
+    let data = mixed_data(24);
+    std::fs::write(&image, &data).unwrap();
+
+    let out = ok(
+        bin()
+            .args(["mover", "backup", "--json", "--tag", "pvc=data", "--repo"])
+            .arg(&repo)
+            .arg("--source")
+            .arg(&image)
+            .output()
+            .unwrap(),
+        "mover backup",
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "summary");
+    assert_eq!(last["bytes_total"], data.len() as u64);
+    assert!(
+        stdout.lines().any(|l| l.contains("\"progress\"")),
+        "no progress line in: {stdout}"
+    );
+    let snap = last["snapshot_id"].as_str().unwrap().to_string();
+
+    ok(
+        restic(&repo)
+            .args(["check", "--read-data"])
+            .output()
+            .unwrap(),
+        "restic check",
+    );
+    let dumped = ok(
+        restic(&repo)
+            .args(["dump", &snap, "/disk.img"])
+            .output()
+            .unwrap(),
+        "restic dump",
+    );
+    assert!(dumped.stdout == data, "restic dump differs from the image");
+
+    let target = dir.path().join("restored.img");
+    ok(
+        bin()
+            .args(["mover", "restore", "--snapshot", "latest", "--repo"])
+            .arg(&repo)
+            .arg("--target")
+            .arg(&target)
+            .output()
+            .unwrap(),
+        "mover restore",
+    );
+    assert!(
+        std::fs::read(&target).unwrap() == data,
+        "restored image differs"
+    );
+}
+
+#[test]
+fn snapshots_lists_what_restic_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let src = dir.path().join("a.img");
+    std::fs::write(&src, mixed_data(2)).unwrap();
+    for tag in ["one", "two"] {
+        ok(
+            bin()
+                .args(["mover", "backup", "-q", "--tag", tag, "--repo"])
+                .arg(&repo)
+                .arg("--source")
+                .arg(&src)
+                .output()
+                .unwrap(),
+            "backup",
+        );
+    }
+    let ours = ok(
+        bin()
+            .args(["snapshots", "-o", "json", "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap(),
+        "snapshots",
+    );
+    let ours: serde_json::Value = serde_json::from_slice(&ours.stdout).unwrap();
+    let theirs = ok(
+        restic(&repo)
+            .args(["snapshots", "--json"])
+            .output()
+            .unwrap(),
+        "restic snapshots",
+    );
+    let theirs: serde_json::Value = serde_json::from_slice(&theirs.stdout).unwrap();
+    let ids = |v: &serde_json::Value| {
+        let mut ids: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&ours), ids(&theirs));
+    assert_eq!(ours.as_array().unwrap().len(), 2);
+    let table = ok(
+        bin()
+            .args(["snapshots", "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap(),
+        "snapshots table",
+    );
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("ID") && table.contains("one") && table.contains("two"),
+        "{table}"
+    );
+}
+
+#[test]
+fn wrong_password_is_one_line_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let src = dir.path().join("a.img");
+    std::fs::write(&src, mixed_data(1)).unwrap();
+    let before = fingerprint(&repo);
+    let out = bin()
+        .env("VOLBACKUP_PASSWORD", "not-the-password")
+        .args(["mover", "backup", "--repo"])
+        .arg(&repo)
+        .arg("--source")
+        .arg(&src)
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(line.contains("wrong password"), "{line}");
+    assert!(
+        !line.contains("not-the-password"),
+        "the password leaked: {line}"
+    );
+    assert_eq!(
+        before,
+        fingerprint(&repo),
+        "a failed backup changed the repository"
+    );
+}
+
+#[test]
+fn missing_repository_is_one_line_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["snapshots", "--repo"])
+        .arg(dir.path().join("nothing-here"))
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("no repository") && line.contains("repo init"),
+        "{line}"
+    );
+    assert!(
+        !dir.path().join("nothing-here").exists(),
+        "a failed open created the repository folder"
+    );
+}
+
+#[test]
+fn unknown_snapshot_id_is_one_line_and_creates_no_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let target = dir.path().join("out.img");
+    let before = fingerprint(&repo);
+    let out = bin()
+        .args(["mover", "restore", "--snapshot", "deadbeef", "--repo"])
+        .arg(&repo)
+        .arg("--target")
+        .arg(&target)
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(line.contains("deadbeef"), "{line}");
+    assert!(!target.exists(), "a failed restore created its target");
+    assert_eq!(before, fingerprint(&repo));
+}
+
+#[test]
+fn no_password_without_a_terminal_says_how_to_give_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .env_remove("VOLBACKUP_PASSWORD")
+        .args(["repo", "init", "--repo"])
+        .arg(dir.path().join("r"))
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("VOLBACKUP_PASSWORD") && line.contains("--password-file"),
+        "{line}"
+    );
+    assert!(!dir.path().join("r").exists());
+}

@@ -1,0 +1,434 @@
+//! Block images: backup of a device or file as one file node, and restore onto a device or
+//! file.
+//!
+//! A backup is stored exactly like `restic backup --stdin --stdin-filename NAME`: the root
+//! tree holds one `file` node `NAME`, the snapshot's paths are `["/NAME"]`, so
+//! `restic dump <snapshot> /NAME > device` restores it too.
+//!
+//! Backup pipeline: the chunker runs on the calling thread (it is the serial part); every chunk
+//! is handed to the [`BlobWriter`]'s workers, which hash, compress and seal in parallel, and
+//! packs are uploaded by its upload threads. Restore: a pool of threads reads, decrypts,
+//! decompresses and verifies blobs and writes them at their offsets with `pwrite`, out of
+//! order; zero chunks are skipped where the target already reads as zeros, so a restored file
+//! stays sparse.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backend::FileType;
+use crate::chunker::{Chunker, Pol};
+use crate::format::{BlobType, Snapshot};
+use crate::id::Id;
+use crate::index::IndexEntry;
+use crate::lock::Lock;
+use crate::packer::{BlobWriter, Pending, WriterOptions};
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::tree::{Node, NodeType, Tree};
+use crate::{Error, Result};
+
+/// Options of [`backup_block`].
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Snapshot tags.
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot (`""`: this machine's).
+    pub hostname: String,
+    /// Our volume description, stored in the snapshot's `volbackup` field.
+    pub description: Option<serde_json::Value>,
+    /// The previous snapshot of the same volume, recorded as `parent`.
+    pub parent: Option<Id>,
+    /// Blob writer settings.
+    pub writer: WriterOptions,
+    /// The source size if known (for progress).
+    pub total_size: Option<u64>,
+}
+
+/// Result of a backup.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackupSummary {
+    /// The new snapshot.
+    pub snapshot_id: Id,
+    /// Bytes read from the source.
+    pub bytes_total: u64,
+    /// Plaintext bytes of data not yet in the repository.
+    pub bytes_new: u64,
+    /// Bytes added to the repository for them (compressed and sealed).
+    pub bytes_stored: u64,
+    /// Chunks in the image.
+    pub chunks: u64,
+    /// Chunks that were new.
+    pub chunks_new: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Options of [`restore_block`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// Blobs fetched, decrypted and written in parallel.
+    pub threads: usize,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        RestoreOptions { threads: (cpus * 2).clamp(2, 16) }
+    }
+}
+
+/// Result of a restore.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RestoreSummary {
+    /// Size of the image.
+    pub bytes_total: u64,
+    /// Bytes actually written (zero regions left out).
+    pub bytes_written: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// A source to back up: a block device, a regular file, or stdin.
+pub struct Source {
+    /// The stream.
+    pub reader: Box<dyn Read + Send>,
+    /// Its size, when known (devices and files).
+    pub size: Option<u64>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").field("size", &self.size).finish()
+    }
+}
+
+/// Opens a backup source: `-` is stdin, otherwise a block device or a regular file.
+pub fn open_source(path: &Path) -> Result<Source> {
+    if path == Path::new("-") {
+        return Ok(Source { reader: Box::new(std::io::stdin()), size: None });
+    }
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let md = f.metadata().map_err(|e| Error::io(path, e))?;
+    let ft = md.file_type();
+    let size = if ft.is_block_device() {
+        f.seek(SeekFrom::End(0)).map_err(|e| Error::io(path, e))?
+    } else if ft.is_file() {
+        md.len()
+    } else {
+        return Err(Error::Invalid(format!(
+            "{}: not a block device or regular file (give a device, an image file or -)",
+            path.display()
+        )));
+    };
+    f.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    // The chunker reads strictly sequentially: ask for aggressive readahead so the disk
+    // works while the chunker hashes.
+    let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::Sequential);
+    Ok(Source { reader: Box::new(f), size: Some(size) })
+}
+
+/// Backs up a stream as one file `name` (like `restic backup --stdin --stdin-filename NAME`).
+/// Takes a shared lock, loads the index, writes packs, index, then the snapshot.
+pub fn backup_block(
+    repo: &Repository,
+    source: &mut (dyn Read + Send),
+    name: &str,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupSummary> {
+    let start = Instant::now();
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
+        return Err(Error::Invalid(format!(
+            "{name:?} is not a valid image name (one path component, like pvc.img)"
+        )));
+    }
+    let pol = Pol(repo.config().chunker_polynomial);
+    pol.validate().map_err(|e| Error::Corrupt {
+        what: format!("{}/config", repo.location()),
+        message: format!("chunker polynomial {pol}: {e}"),
+    })?;
+    let _lock = Lock::shared(repo)?;
+    repo.load_index()?;
+    progress.set_total(opts.total_size);
+    let started = crate::format::now();
+
+    let writer = BlobWriter::new(repo, opts.writer)?;
+    let mut chunker = Chunker::new(source, pol);
+    let mut content = Vec::new();
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut total = 0u64;
+    let mut chunks_new = 0u64;
+    let mut resolve = |p: crate::packer::AddResult, content: &mut Vec<Id>| {
+        progress.add_done(p.len);
+        if p.new {
+            chunks_new += 1;
+        }
+        content.push(p.id);
+    };
+    loop {
+        let mut buf = writer.take_buffer();
+        let more = chunker.next_chunk_into(&mut buf).map_err(|e| {
+            Error::Invalid(format!("reading the source of {name}: {e}"))
+        })?;
+        if !more {
+            break;
+        }
+        total += buf.len() as u64;
+        pending.push_back(writer.submit(BlobType::Data, buf)?);
+        while let Some(r) = pending.front().and_then(Pending::try_take) {
+            pending.pop_front();
+            resolve(r?, &mut content);
+        }
+    }
+    for p in pending {
+        resolve(p.wait()?, &mut content);
+    }
+
+    let now = crate::format::now();
+    let mut node = Node::new(name, NodeType::File);
+    node.mode = 0o644;
+    node.mtime = now;
+    node.atime = now;
+    node.ctime = now;
+    node.uid = rustix::process::getuid().as_raw();
+    node.gid = rustix::process::getgid().as_raw();
+    node.size = total;
+    node.content = content;
+    let tree = Tree::from_nodes(vec![node])?;
+    let tree_id = writer.add(BlobType::Tree, tree.to_blob())?.id;
+    progress.message("writing index");
+    let stats = writer.finish()?;
+
+    let mut snap = Snapshot::new(tree_id, vec![format!("/{name}")]);
+    snap.time = started;
+    if !opts.hostname.is_empty() {
+        snap.hostname = opts.hostname.clone();
+    }
+    snap.tags = opts.tags.clone();
+    snap.parent = opts.parent;
+    snap.volbackup = opts.description.clone();
+    let snapshot_id = repo.save_snapshot(&snap)?;
+    Ok(BackupSummary {
+        snapshot_id,
+        bytes_total: total,
+        bytes_new: stats.bytes_new,
+        bytes_stored: stats.bytes_stored,
+        chunks: snap_chunks(&tree),
+        chunks_new,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn snap_chunks(tree: &Tree) -> u64 {
+    tree.nodes.first().map(|n| n.content.len() as u64).unwrap_or(0)
+}
+
+/// The file node of a block snapshot: `path` (`/NAME`, or nested), or, when `None`, the
+/// snapshot's only file.
+pub fn find_image_node(repo: &Repository, snap: &Snapshot, path: Option<&str>) -> Result<Node> {
+    let root = load_tree(repo, &snap.tree)?;
+    let Some(path) = path else {
+        let files: Vec<&Node> =
+            root.nodes.iter().filter(|n| n.node_type == NodeType::File).collect();
+        return match files.as_slice() {
+            [n] if root.nodes.len() == 1 => Ok((*n).clone()),
+            _ => Err(Error::Invalid(format!(
+                "snapshot of {} is not a single block image: name the file to restore",
+                snap.paths.join(", ")
+            ))),
+        };
+    };
+    let mut tree = root;
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let not_found = || Error::Invalid(format!("{path} is not in the snapshot"));
+    for (i, part) in parts.iter().enumerate() {
+        let node = tree.find(OsStr::new(part)).ok_or_else(not_found)?.clone();
+        if i + 1 == parts.len() {
+            if node.node_type != NodeType::File {
+                return Err(Error::Invalid(format!("{path} in the snapshot is not a file")));
+            }
+            return Ok(node);
+        }
+        let sub = node.subtree.ok_or_else(not_found)?;
+        tree = load_tree(repo, &sub)?;
+    }
+    Err(not_found())
+}
+
+fn load_tree(repo: &Repository, id: &Id) -> Result<Tree> {
+    let blob = repo.read_blob(BlobType::Tree, id)?;
+    Tree::from_blob(&blob, &format!("tree {}", id.short()))
+}
+
+/// Restores a block image from `snapshot` onto `target` (a block device, or a regular file
+/// which is created or truncated). `path` names the file in the snapshot (`/NAME`); `None`
+/// takes the snapshot's only file.
+pub fn restore_block(
+    repo: &Repository,
+    snapshot: &Id,
+    path: Option<&str>,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreSummary> {
+    let start = Instant::now();
+    let _lock = Lock::shared(repo)?;
+    let snap: Snapshot = repo.load_unpacked(FileType::Snapshot, snapshot)?;
+    repo.load_index()?;
+    let node = find_image_node(repo, &snap, path)?;
+    let index = repo.index();
+
+    // Plan: where every blob goes, from the index alone.
+    let mut offsets: HashMap<Id, (IndexEntry, Vec<u64>)> = HashMap::new();
+    let mut pos = 0u64;
+    for id in &node.content {
+        let e = *index.get(BlobType::Data, id).ok_or_else(|| Error::Corrupt {
+            what: format!("snapshot {}", snapshot.short()),
+            message: format!(
+                "data blob {id} is missing from the index (run `kubectl-volbackup check`)"
+            ),
+        })?;
+        offsets.entry(*id).or_insert_with(|| (e, Vec::new())).1.push(pos);
+        pos += u64::from(e.plaintext_len());
+    }
+    let size = pos;
+    if size != node.size {
+        return Err(Error::Corrupt {
+            what: format!("snapshot {}", snapshot.short()),
+            message: format!("chunks add up to {size} bytes but the file node says {}", node.size),
+        });
+    }
+    progress.set_total(Some(size));
+
+    let (file, fresh) = open_target(target, size)?;
+    let mut jobs: Vec<(Id, IndexEntry, Vec<u64>)> =
+        offsets.into_iter().map(|(id, (e, offs))| (id, e, offs)).collect();
+    jobs.sort_by(|a, b| (a.1.pack, a.1.offset).cmp(&(b.1.pack, b.1.offset)));
+    let next = Mutex::new(jobs.into_iter());
+    let written = AtomicU64::new(0);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..opts.threads.max(1) {
+            s.spawn(|| {
+                let mut zero_check = Vec::new();
+                loop {
+                    if failed.lock().expect("error").is_some() {
+                        return;
+                    }
+                    let Some((id, entry, offs)) = next.lock().expect("jobs").next() else {
+                        return;
+                    };
+                    let r = restore_one(
+                        repo, &file, target, fresh, &id, &entry, &offs, &mut zero_check,
+                    );
+                    match r {
+                        Ok(w) => {
+                            written.fetch_add(w, Ordering::Relaxed);
+                            progress
+                                .add_done(u64::from(entry.plaintext_len()) * offs.len() as u64);
+                        }
+                        Err(e) => {
+                            failed.lock().expect("error").get_or_insert(e);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().expect("error") {
+        return Err(e);
+    }
+    file.sync_all().map_err(|e| Error::io(target, e))?;
+    Ok(RestoreSummary {
+        bytes_total: size,
+        bytes_written: written.into_inner(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Opens the restore target; returns it and whether it is known to read as zeros everywhere.
+fn open_target(target: &Path, size: u64) -> Result<(File, bool)> {
+    match std::fs::metadata(target) {
+        Ok(md) if md.file_type().is_block_device() => {
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(target)
+                .map_err(|e| Error::io(target, e))?;
+            let dev_size = f.seek(SeekFrom::End(0)).map_err(|e| Error::io(target, e))?;
+            if dev_size < size {
+                return Err(Error::Invalid(format!(
+                    "{}: target is {dev_size} bytes, the image needs {size} (use a larger volume)",
+                    target.display()
+                )));
+            }
+            Ok((f, false))
+        }
+        Ok(md) if !md.is_file() => Err(Error::Invalid(format!(
+            "{}: not a block device or regular file",
+            target.display()
+        ))),
+        Ok(_) | Err(_) => {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(target)
+                .map_err(|e| Error::io(target, e))?;
+            f.set_len(size).map_err(|e| Error::io(target, e))?;
+            Ok((f, true))
+        }
+    }
+}
+
+fn is_zero(data: &[u8]) -> bool {
+    data.chunks(4096).all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_one(
+    repo: &Repository,
+    file: &File,
+    target: &Path,
+    fresh: bool,
+    id: &Id,
+    entry: &IndexEntry,
+    offs: &[u64],
+    zero_check: &mut Vec<u8>,
+) -> Result<u64> {
+    let sealed = repo.backend().read_range(
+        FileType::Pack,
+        &entry.pack.to_hex(),
+        u64::from(entry.offset),
+        u64::from(entry.length),
+    )?;
+    let data = repo.decode_blob(id, entry, sealed)?;
+    let zero = is_zero(&data);
+    let mut written = 0;
+    for &off in offs {
+        if zero {
+            if fresh {
+                continue;
+            }
+            zero_check.resize(data.len(), 0);
+            file.read_exact_at(zero_check, off).map_err(|e| Error::io(target, e))?;
+            if is_zero(zero_check) {
+                continue;
+            }
+        }
+        file.write_all_at(&data, off).map_err(|e| Error::io(target, e))?;
+        written += data.len() as u64;
+    }
+    Ok(written)
+}

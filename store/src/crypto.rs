@@ -1,0 +1,223 @@
+//! restic's authenticated encryption: AES-256-CTR, then Poly1305-AES over the ciphertext.
+//!
+//! Stored form of every sealed message: `IV (16) || ciphertext || MAC (16)`. The IV is the
+//! initial 128-bit big-endian counter; the Poly1305 one-time key is `r || AES-128_k(IV)`.
+//! Keys used by a password are derived with scrypt.
+
+use aes::cipher::{BlockEncrypt, KeyInit, KeyIvInit, StreamCipher};
+use poly1305::Poly1305;
+
+use crate::{Error, Result};
+
+/// Bytes added by [`Key::seal`]: IV and MAC.
+pub const OVERHEAD: usize = IV_LEN + MAC_LEN;
+const IV_LEN: usize = 16;
+const MAC_LEN: usize = 16;
+
+type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
+
+/// The Poly1305 `r` clamp restic applies to new keys.
+const R_MASK: [u8; 16] = [
+    0xff, 0xff, 0xff, 0x0f, 0xfc, 0xff, 0xff, 0x0f, 0xfc, 0xff, 0xff, 0x0f, 0xfc, 0xff, 0xff, 0x0f,
+];
+
+/// A repository (or user) key: AES-256 encryption key and the Poly1305-AES MAC key (`k`, `r`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key {
+    /// AES-256 key for the CTR stream.
+    pub encrypt: [u8; 32],
+    /// AES-128 key that encrypts the IV into the Poly1305 `s` part.
+    pub mac_k: [u8; 16],
+    /// Poly1305 `r` part (clamped).
+    pub mac_r: [u8; 16],
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(<secret>)")
+    }
+}
+
+impl Key {
+    /// A new random key, `r` clamped as restic does.
+    pub fn random() -> Key {
+        let mut mac_r: [u8; 16] = rand::random();
+        for (b, m) in mac_r.iter_mut().zip(R_MASK) {
+            *b &= m;
+        }
+        Key { encrypt: rand::random(), mac_k: rand::random(), mac_r }
+    }
+
+    /// Builds a key from scrypt output (64 bytes: encryption key, `k`, `r`).
+    pub fn from_bytes(b: &[u8; 64]) -> Key {
+        let mut k = Key { encrypt: [0; 32], mac_k: [0; 16], mac_r: [0; 16] };
+        k.encrypt.copy_from_slice(&b[..32]);
+        k.mac_k.copy_from_slice(&b[32..48]);
+        k.mac_r.copy_from_slice(&b[48..]);
+        k
+    }
+
+    /// Whether the key could be a real key (restic rejects all-zero parts).
+    pub fn is_valid(&self) -> bool {
+        self.encrypt != [0; 32] && self.mac_k != [0; 16] && self.mac_r != [0; 16]
+    }
+
+    fn mac(&self, iv: &[u8], ciphertext: &[u8]) -> [u8; 16] {
+        let aes = aes::Aes128::new(&self.mac_k.into());
+        let mut s = aes::Block::clone_from_slice(iv);
+        aes.encrypt_block(&mut s);
+        let mut pk = [0u8; 32];
+        pk[..16].copy_from_slice(&self.mac_r);
+        pk[16..].copy_from_slice(&s);
+        Poly1305::new(&pk.into()).compute_unpadded(ciphertext).into()
+    }
+
+    /// Encrypts and authenticates `plaintext`: returns `IV || ciphertext || MAC`.
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
+        self.seal_into(plaintext, &mut out);
+        out
+    }
+
+    /// Like [`Key::seal`], appending the sealed form to `out` (no other allocation).
+    pub fn seal_into(&self, plaintext: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        let iv = loop {
+            let iv: [u8; 16] = rand::random();
+            if iv != [0; 16] {
+                break iv;
+            }
+        };
+        out.reserve(plaintext.len() + OVERHEAD);
+        out.extend_from_slice(&iv);
+        out.extend_from_slice(plaintext);
+        let ct = &mut out[start + IV_LEN..];
+        Aes256Ctr::new(&self.encrypt.into(), &iv.into()).apply_keystream(ct);
+        let mac = self.mac(&iv, &out[start + IV_LEN..]);
+        out.extend_from_slice(&mac);
+    }
+
+    /// Checks the MAC, then decrypts. A wrong MAC (wrong key or damaged data) is
+    /// [`Error::Corrupt`] naming `what`.
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>> {
+        self.open_in_place(sealed.to_vec())
+    }
+
+    /// Like [`Key::open`], reusing the sealed buffer for the plaintext.
+    pub fn open_in_place(&self, mut buf: Vec<u8>) -> Result<Vec<u8>> {
+        let n = self.open_slice(&mut buf)?;
+        buf.truncate(IV_LEN + n);
+        buf.drain(..IV_LEN);
+        Ok(buf)
+    }
+
+    /// Checks and decrypts `buf` in place; the plaintext is `buf[16..16 + n]` for the
+    /// returned `n`.
+    pub fn open_slice(&self, buf: &mut [u8]) -> Result<usize> {
+        if buf.len() < OVERHEAD {
+            return Err(corrupt("sealed data is shorter than IV and MAC"));
+        }
+        let (iv, rest) = buf.split_at_mut(IV_LEN);
+        let (ct, mac) = rest.split_at_mut(rest.len() - MAC_LEN);
+        let want = self.mac(iv, ct);
+        // Constant-time comparison.
+        let diff = want.iter().zip(mac.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff != 0 {
+            return Err(corrupt("MAC does not match (wrong key or damaged data)"));
+        }
+        let iv: [u8; 16] = (&*iv).try_into().expect("16-byte IV");
+        Aes256Ctr::new(&self.encrypt.into(), &iv.into()).apply_keystream(ct);
+        Ok(ct.len())
+    }
+}
+
+fn corrupt(message: &str) -> Error {
+    Error::Corrupt { what: "sealed data".into(), message: message.into() }
+}
+
+/// scrypt parameters of a key file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// CPU/memory cost, a power of two.
+    pub n: u64,
+    /// Block size.
+    pub r: u32,
+    /// Parallelism.
+    pub p: u32,
+}
+
+impl Default for KdfParams {
+    /// restic's minimum and our default for new keys: N = 2^15, r = 8, p = 1.
+    fn default() -> Self {
+        KdfParams { n: 1 << 15, r: 8, p: 1 }
+    }
+}
+
+impl KdfParams {
+    /// Cheap parameters for tests (N = 2^10). Never use these for real repositories.
+    pub fn insecure_fast() -> Self {
+        KdfParams { n: 1 << 10, r: 8, p: 1 }
+    }
+}
+
+/// Derives the user key from a password with scrypt (64 bytes of output).
+pub fn derive_key(password: &str, salt: &[u8], params: KdfParams) -> Result<Key> {
+    if !params.n.is_power_of_two() || params.n < 2 {
+        return Err(Error::Invalid(format!("scrypt N={} is not a power of two", params.n)));
+    }
+    let log_n = params.n.trailing_zeros() as u8;
+    let p = scrypt::Params::new(log_n, params.r, params.p, 64)
+        .map_err(|e| Error::Invalid(format!("bad scrypt parameters: {e}")))?;
+    let mut out = [0u8; 64];
+    scrypt::scrypt(password.as_bytes(), salt, &p, &mut out)
+        .map_err(|e| Error::Invalid(format!("scrypt failed: {e}")))?;
+    Ok(Key::from_bytes(&out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_data_opens_to_the_plaintext() {
+        let k = Key::random();
+        for len in [0usize, 1, 15, 16, 17, 1000, 70000] {
+            let pt: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let sealed = k.seal(&pt);
+            assert_eq!(sealed.len(), len + OVERHEAD);
+            if len > 0 {
+                assert_ne!(&sealed[16..16 + len], &pt[..], "ciphertext equals plaintext");
+            }
+            assert_eq!(k.open(&sealed).unwrap(), pt);
+        }
+    }
+
+    #[test]
+    fn tampered_ciphertext_or_mac_fails_to_open() {
+        let k = Key::random();
+        let sealed = k.seal(b"hello world");
+        for i in [0, 16, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert!(matches!(k.open(&bad), Err(Error::Corrupt { .. })), "flip at {i}");
+        }
+        assert!(Key::random().open(&sealed).is_err());
+        assert!(k.open(&sealed[..20]).is_err());
+    }
+
+    #[test]
+    fn new_keys_are_clamped_like_restic() {
+        let k = Key::random();
+        assert!(k.is_valid());
+        for (b, m) in k.mac_r.iter().zip(R_MASK) {
+            assert_eq!(b & !m, 0);
+        }
+    }
+
+    #[test]
+    fn scrypt_matches_the_rfc_7914_vector() {
+        // RFC 7914 section 12, second vector: P="password", S="NaCl", N=1024, r=8, p=16.
+        let k = derive_key("password", b"NaCl", KdfParams { n: 1024, r: 8, p: 16 }).unwrap();
+        assert_eq!(hex::encode(&k.encrypt[..16]), "fdbabe1c9d3472007856e7190d01e9fe");
+    }
+}

@@ -1,0 +1,251 @@
+//! Repository locks (`locks/<id>`), compatible with restic's.
+//!
+//! Backups and restores take a shared lock; forget and prune take an exclusive one. A lock is
+//! refreshed (new file written, old one removed) every [`REFRESH_INTERVAL`] by a background
+//! thread and removed when the guard is dropped. A lock is stale when it is older than
+//! [`STALE_AFTER`], or when it was taken on this host by a process that no longer exists.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset};
+use crossbeam_channel::{Sender, bounded};
+
+use crate::backend::FileType;
+use crate::format::{self, LockFile};
+use crate::id::Id;
+use crate::repo::Repository;
+use crate::{Error, Result};
+
+/// How often a held lock is refreshed.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// A lock older than this is stale.
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+
+/// Takes repository locks.
+pub struct Lock;
+
+impl Lock {
+    /// A shared lock: fails if a non-stale exclusive lock exists.
+    pub fn shared(repo: &Repository) -> Result<LockGuard> {
+        LockGuard::take(repo, false)
+    }
+
+    /// An exclusive lock: fails if any other non-stale lock exists.
+    pub fn exclusive(repo: &Repository) -> Result<LockGuard> {
+        LockGuard::take(repo, true)
+    }
+}
+
+/// A held lock. Dropping it stops the refresh thread and removes the lock file.
+pub struct LockGuard {
+    repo: Repository,
+    current: Arc<Mutex<Id>>,
+    exclusive: bool,
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("id", &*self.current.lock().expect("lock id"))
+            .field("exclusive", &self.exclusive)
+            .finish()
+    }
+}
+
+impl LockGuard {
+    fn take(repo: &Repository, exclusive: bool) -> Result<LockGuard> {
+        check_conflicts(repo, exclusive, None)?;
+        let id = repo.save_unpacked(FileType::Lock, &new_lock_file(exclusive))?;
+        // Another process may have locked between our check and our write: check again,
+        // now that ours is visible to it too.
+        if let Err(e) = check_conflicts(repo, exclusive, Some(&id)) {
+            let _ = repo.backend().remove(FileType::Lock, &id.to_hex());
+            return Err(e);
+        }
+        let current = Arc::new(Mutex::new(id));
+        let (stop, stop_rx) = bounded::<()>(1);
+        let thread_repo = repo.clone();
+        let thread_current = current.clone();
+        let thread = std::thread::Builder::new()
+            .name("lock-refresh".into())
+            .spawn(move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stop_rx.recv_timeout(REFRESH_INTERVAL)
+                {
+                    let mut cur = thread_current.lock().expect("lock id");
+                    if let Ok(new_id) =
+                        thread_repo.save_unpacked(FileType::Lock, &new_lock_file(exclusive))
+                    {
+                        let _ = thread_repo.backend().remove(FileType::Lock, &cur.to_hex());
+                        *cur = new_id;
+                    }
+                }
+            })
+            .map_err(|e| Error::Invalid(format!("cannot start lock refresh thread: {e}")))?;
+        Ok(LockGuard { repo: repo.clone(), current, exclusive, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// The id of the lock file currently held.
+    pub fn id(&self) -> Id {
+        *self.current.lock().expect("lock id")
+    }
+
+    /// Whether the lock is exclusive.
+    pub fn is_exclusive(&self) -> bool {
+        self.exclusive
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.stop = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let id = *self.current.lock().expect("lock id");
+        let _ = self.repo.backend().remove(FileType::Lock, &id.to_hex());
+    }
+}
+
+fn new_lock_file(exclusive: bool) -> LockFile {
+    LockFile {
+        time: format::now(),
+        exclusive,
+        hostname: format::hostname(),
+        username: format::username(),
+        pid: i64::from(rustix::process::getpid().as_raw_nonzero().get()),
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+    }
+}
+
+/// Every lock file in the repository (files that vanish while listing are skipped).
+pub fn list_locks(repo: &Repository) -> Result<Vec<(Id, LockFile)>> {
+    let mut out = Vec::new();
+    for id in repo.list_ids(FileType::Lock)? {
+        match repo.load_unpacked::<LockFile>(FileType::Lock, &id) {
+            Ok(l) => out.push((id, l)),
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Removes stale locks (the `unlock` command); returns how many were removed.
+pub fn remove_stale_locks(repo: &Repository) -> Result<usize> {
+    let host = format::hostname();
+    let now = format::now();
+    let mut n = 0;
+    for (id, l) in list_locks(repo)? {
+        if is_stale(&l, now, &host, pid_alive) {
+            repo.backend().remove(FileType::Lock, &id.to_hex())?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Whether a process with this pid exists on this host.
+pub fn pid_alive(pid: i64) -> bool {
+    let Some(p) = i32::try_from(pid)
+        .ok()
+        .filter(|&p| p > 0)
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(p) {
+        Ok(()) => true,
+        Err(e) => e != rustix::io::Errno::SRCH,
+    }
+}
+
+/// Whether a lock is stale: older than [`STALE_AFTER`], or taken on `host` by a process that
+/// is gone. A lock from the future (clock skew) is not stale.
+pub fn is_stale(
+    lock: &LockFile,
+    now: DateTime<FixedOffset>,
+    host: &str,
+    alive: impl Fn(i64) -> bool,
+) -> bool {
+    let age = now.signed_duration_since(lock.time);
+    if age.to_std().map(|a| a > STALE_AFTER).unwrap_or(false) {
+        return true;
+    }
+    lock.hostname == host && !alive(lock.pid)
+}
+
+/// Whether a lock held by someone else blocks taking ours.
+pub fn conflicts(want_exclusive: bool, other: &LockFile) -> bool {
+    want_exclusive || other.exclusive
+}
+
+fn check_conflicts(repo: &Repository, exclusive: bool, own: Option<&Id>) -> Result<()> {
+    let host = format::hostname();
+    let now = format::now();
+    for (id, l) in list_locks(repo)? {
+        if Some(&id) == own || !conflicts(exclusive, &l) || is_stale(&l, now, &host, pid_alive) {
+            continue;
+        }
+        let kind = if l.exclusive { "exclusively" } else { "(shared lock)" };
+        return Err(Error::Locked(format!(
+            "{} is locked {kind} by {}@{} (pid {}) since {}: wait for it to finish, or run \
+             `kubectl-volbackup unlock` if that process is gone (lock {})",
+            repo.location(),
+            l.username,
+            l.hostname,
+            l.pid,
+            l.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            id.short()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock(host: &str, pid: i64, age_secs: i64, exclusive: bool) -> LockFile {
+        LockFile {
+            time: format::now() - chrono::Duration::seconds(age_secs),
+            exclusive,
+            hostname: host.into(),
+            username: "u".into(),
+            pid,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    #[test]
+    fn locks_are_stale_when_old_or_their_local_process_is_gone() {
+        let now = format::now();
+        let alive = |_| true;
+        let dead = |_| false;
+        assert!(!is_stale(&lock("h", 1, 60, false), now, "h", alive));
+        assert!(is_stale(&lock("h", 1, 31 * 60, false), now, "h", alive));
+        assert!(is_stale(&lock("h", 1, 60, false), now, "h", dead));
+        assert!(!is_stale(&lock("other", 1, 60, false), now, "h", dead), "remote pid unknown");
+        assert!(!is_stale(&lock("h", 1, -600, false), now, "h", alive), "future lock");
+    }
+
+    #[test]
+    fn only_exclusive_locks_conflict_with_shared_ones() {
+        assert!(!conflicts(false, &lock("h", 1, 0, false)));
+        assert!(conflicts(false, &lock("h", 1, 0, true)));
+        assert!(conflicts(true, &lock("h", 1, 0, false)));
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_huge_pid_is_not() {
+        assert!(pid_alive(i64::from(std::process::id())));
+        assert!(!pid_alive(999_999_999));
+        assert!(!pid_alive(-5));
+    }
+}

@@ -1,0 +1,531 @@
+//! Writing blobs into packs: dedup, compress, seal, pack, upload, index.
+//!
+//! A [`BlobWriter`] is shared by the threads of one backup. Blobs go through
+//! hash -> dedup (against the loaded index and against blobs already written or in flight) ->
+//! zstd -> seal -> the open pack of their type. A pack that reaches the target size is handed to
+//! a small pool of upload threads; the hand-over blocks while all uploaders are busy, so memory
+//! stays bounded (about `upload_threads + 2` packs). [`BlobWriter::finish`] flushes the open
+//! packs, waits for every upload and only then writes the index file(s).
+//!
+//! Two ways in: [`BlobWriter::add`] does the work on the calling thread;
+//! [`BlobWriter::submit`] queues it for the writer's worker threads and returns at once
+//! (blocking only when the queue is full), so a serial producer such as the chunker never
+//! waits for compression.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use serde::Serialize;
+
+use crate::backend::FileType;
+use crate::format::{self, BlobType, IndexFile, IndexPack, PackedBlob};
+use crate::id::Id;
+use crate::index::Index;
+use crate::repo::Repository;
+use crate::{Error, Result};
+
+/// restic closes an index file at about this many blobs; so do we.
+pub const INDEX_BLOBS_PER_FILE: usize = 50_000;
+
+/// Default target pack size (restic's default).
+pub const DEFAULT_PACK_SIZE: usize = 16 << 20;
+
+/// Settings of a [`BlobWriter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// zstd level for blobs (default 3); 0 stores blobs uncompressed.
+    pub compression_level: i32,
+    /// Threads that hash, compress and seal submitted blobs (default: number of CPUs).
+    pub workers: usize,
+    /// Packs uploaded in parallel (default 2).
+    pub upload_threads: usize,
+    /// A pack is closed once it reaches this size (default 16 MiB; restic accepts 4–128 MiB).
+    pub pack_size: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            compression_level: 3,
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            upload_threads: 2,
+            pack_size: DEFAULT_PACK_SIZE,
+        }
+    }
+}
+
+/// What happened to one added blob.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddResult {
+    /// The blob id (SHA-256 of the data).
+    pub id: Id,
+    /// Plaintext length.
+    pub len: u64,
+    /// Whether this call stored it (false: it was already in the repository or in flight).
+    pub new: bool,
+    /// Bytes it takes in its pack (sealed, maybe compressed); 0 when not new.
+    pub stored_len: u64,
+}
+
+/// Totals of a writer, returned by [`BlobWriter::finish`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WriteStats {
+    /// Blobs stored.
+    pub blobs_new: u64,
+    /// Plaintext bytes of the blobs stored.
+    pub bytes_new: u64,
+    /// Bytes added to packs for them (after compression and sealing).
+    pub bytes_stored: u64,
+    /// Packs uploaded.
+    pub packs: u64,
+    /// Bytes of packs uploaded (blobs, headers).
+    pub pack_bytes: u64,
+    /// Index files written.
+    pub index_files: Vec<Id>,
+}
+
+/// A blob queued with [`BlobWriter::submit`]; resolves to its [`AddResult`].
+#[derive(Debug)]
+pub struct Pending {
+    rx: Receiver<Result<AddResult>>,
+}
+
+impl Pending {
+    /// Waits for the blob to be processed.
+    pub fn wait(self) -> Result<AddResult> {
+        self.rx.recv().unwrap_or_else(|_| {
+            Err(Error::Invalid("blob writer stopped before processing a blob".into()))
+        })
+    }
+
+    /// The result if the blob has been processed already.
+    pub fn try_take(&self) -> Option<Result<AddResult>> {
+        self.rx.try_recv().ok()
+    }
+}
+
+struct Job {
+    t: BlobType,
+    data: Vec<u8>,
+    reply: Sender<Result<AddResult>>,
+}
+
+/// Per-thread scratch space: a zstd context and two reusable buffers.
+struct Scratch {
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    compressed: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+impl Scratch {
+    fn new(level: i32) -> Result<Scratch> {
+        let compressor = if level == 0 {
+            None
+        } else {
+            Some(
+                zstd::bulk::Compressor::new(level)
+                    .map_err(|e| Error::Invalid(format!("zstd level {level}: {e}")))?,
+            )
+        };
+        Ok(Scratch { compressor, compressed: Vec::new(), sealed: Vec::new() })
+    }
+}
+
+#[derive(Default)]
+struct OpenPack {
+    data: Vec<u8>,
+    blobs: Vec<PackedBlob>,
+}
+
+struct FinishedPack {
+    data: Vec<u8>,
+    blobs: Vec<PackedBlob>,
+}
+
+struct Shared {
+    repo: Repository,
+    index: Arc<Index>,
+    known: Mutex<HashSet<(BlobType, Id)>>,
+    open: [Mutex<OpenPack>; 2],
+    upload_tx: Mutex<Option<Sender<FinishedPack>>>,
+    written: Mutex<Vec<IndexPack>>,
+    error: Mutex<Option<Error>>,
+    scratch_pool: Mutex<Vec<Scratch>>,
+    buffer_pool: Mutex<Vec<Vec<u8>>>,
+    data_pool: Mutex<Vec<Vec<u8>>>,
+    opts: WriterOptions,
+    blobs_new: AtomicU64,
+    bytes_new: AtomicU64,
+    bytes_stored: AtomicU64,
+    packs: AtomicU64,
+    pack_bytes: AtomicU64,
+}
+
+/// Writes blobs into packs. See the module docs.
+pub struct BlobWriter {
+    shared: Arc<Shared>,
+    job_tx: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    uploaders: Vec<JoinHandle<()>>,
+}
+
+fn slot(t: BlobType) -> usize {
+    match t {
+        BlobType::Data => 0,
+        BlobType::Tree => 1,
+    }
+}
+
+impl BlobWriter {
+    /// A writer for `repo`, deduplicating against the repository's loaded index.
+    pub fn new(repo: &Repository, opts: WriterOptions) -> Result<BlobWriter> {
+        let opts = WriterOptions {
+            workers: opts.workers.max(1),
+            upload_threads: opts.upload_threads.max(1),
+            pack_size: opts.pack_size.clamp(64 << 10, 128 << 20),
+            ..opts
+        };
+        // Fail early on a bad level.
+        let first = Scratch::new(opts.compression_level)?;
+        // Rendezvous channel: a full pack waits for a free uploader, bounding memory.
+        let (upload_tx, upload_rx) = bounded::<FinishedPack>(0);
+        let shared = Arc::new(Shared {
+            repo: repo.clone(),
+            index: repo.index(),
+            known: Mutex::new(HashSet::new()),
+            open: [Mutex::new(OpenPack::default()), Mutex::new(OpenPack::default())],
+            upload_tx: Mutex::new(Some(upload_tx)),
+            written: Mutex::new(Vec::new()),
+            error: Mutex::new(None),
+            scratch_pool: Mutex::new(vec![first]),
+            buffer_pool: Mutex::new(Vec::new()),
+            data_pool: Mutex::new(Vec::new()),
+            opts,
+            blobs_new: AtomicU64::new(0),
+            bytes_new: AtomicU64::new(0),
+            bytes_stored: AtomicU64::new(0),
+            packs: AtomicU64::new(0),
+            pack_bytes: AtomicU64::new(0),
+        });
+        let mut uploaders = Vec::new();
+        for i in 0..opts.upload_threads {
+            let s = shared.clone();
+            let rx = upload_rx.clone();
+            uploaders.push(
+                std::thread::Builder::new()
+                    .name(format!("upload-{i}"))
+                    .spawn(move || upload_loop(&s, &rx))
+                    .map_err(|e| Error::Invalid(format!("cannot start upload thread: {e}")))?,
+            );
+        }
+        let (job_tx, job_rx) = bounded::<Job>(opts.workers);
+        let mut workers = Vec::new();
+        for i in 0..opts.workers {
+            let s = shared.clone();
+            let rx = job_rx.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("blob-{i}"))
+                    .spawn(move || worker_loop(&s, &rx))
+                    .map_err(|e| Error::Invalid(format!("cannot start worker thread: {e}")))?,
+            );
+        }
+        Ok(BlobWriter { shared, job_tx: Some(job_tx), workers, uploaders })
+    }
+
+    /// The repository written to.
+    pub fn repo(&self) -> &Repository {
+        &self.shared.repo
+    }
+
+    /// Stores a blob unless it is already stored or in flight; the work runs on the calling
+    /// thread. Thread-safe.
+    pub fn add(&self, t: BlobType, data: Vec<u8>) -> Result<AddResult> {
+        self.shared.check_error()?;
+        let mut scratch = self.shared.take_scratch()?;
+        let r = self.shared.process(t, &data, &mut scratch);
+        self.shared.scratch_pool.lock().expect("pool").push(scratch);
+        r
+    }
+
+    /// Queues a blob for the worker threads and returns without waiting for it (blocks only
+    /// while the queue is full). The [`Pending`] yields the result.
+    pub fn submit(&self, t: BlobType, data: Vec<u8>) -> Result<Pending> {
+        self.shared.check_error()?;
+        let (reply, rx) = bounded(1);
+        self.job_tx
+            .as_ref()
+            .expect("writer is running")
+            .send(Job { t, data, reply })
+            .map_err(|_| Error::Invalid("blob writer workers stopped".into()))?;
+        Ok(Pending { rx })
+    }
+
+    /// A buffer for the next blob's data, recycled from blobs already processed (keeps a
+    /// producer from faulting in fresh memory for every chunk).
+    pub fn take_buffer(&self) -> Vec<u8> {
+        self.shared.data_pool.lock().expect("pool").pop().unwrap_or_default()
+    }
+
+    /// Totals so far.
+    pub fn stats(&self) -> WriteStats {
+        self.shared.stats()
+    }
+
+    /// Writes the open packs, waits for all uploads, then writes the index file(s) and adds
+    /// them to the repository's in-memory index. Call it before saving a snapshot that
+    /// refers to the blobs.
+    pub fn finish(mut self) -> Result<WriteStats> {
+        self.stop_workers();
+        for t in [BlobType::Data, BlobType::Tree] {
+            let pack = std::mem::take(&mut *self.shared.open[slot(t)].lock().expect("pack"));
+            if !pack.blobs.is_empty() {
+                self.shared.send_pack(pack)?;
+            }
+        }
+        self.stop_uploaders();
+        self.shared.check_error()?;
+        let packs = std::mem::take(&mut *self.shared.written.lock().expect("written"));
+        let mut stats = self.shared.stats();
+        let mut file = IndexFile::default();
+        let mut count = 0usize;
+        let mut files = Vec::new();
+        for p in packs {
+            count += p.blobs.len();
+            file.packs.push(p);
+            if count >= INDEX_BLOBS_PER_FILE {
+                files.push(std::mem::take(&mut file));
+                count = 0;
+            }
+        }
+        if !file.packs.is_empty() {
+            files.push(file);
+        }
+        for f in files {
+            let id = self.shared.repo.save_unpacked(FileType::Index, &f)?;
+            self.shared.repo.add_to_index(&f);
+            stats.index_files.push(id);
+        }
+        Ok(stats)
+    }
+
+    fn stop_workers(&mut self) {
+        self.job_tx = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+
+    fn stop_uploaders(&mut self) {
+        *self.shared.upload_tx.lock().expect("upload sender") = None;
+        for u in self.uploaders.drain(..) {
+            let _ = u.join();
+        }
+    }
+}
+
+impl Drop for BlobWriter {
+    /// Without `finish`, nothing is indexed: uploaded packs stay unreferenced until prune.
+    fn drop(&mut self) {
+        self.stop_workers();
+        self.stop_uploaders();
+    }
+}
+
+fn worker_loop(shared: &Shared, rx: &Receiver<Job>) {
+    let mut scratch = match Scratch::new(shared.opts.compression_level) {
+        Ok(s) => s,
+        Err(e) => {
+            shared.set_error(e);
+            for job in rx.iter() {
+                let _ = job.reply.send(shared.check_error().map(|()| AddResult::default()));
+            }
+            return;
+        }
+    };
+    for job in rx.iter() {
+        let r = shared.check_error().and_then(|()| shared.process(job.t, &job.data, &mut scratch));
+        shared.recycle(job.data);
+        let _ = job.reply.send(r);
+    }
+}
+
+fn upload_loop(shared: &Shared, rx: &Receiver<FinishedPack>) {
+    for pack in rx.iter() {
+        if shared.error.lock().expect("error").is_some() {
+            continue;
+        }
+        let id = Id::hash(&pack.data);
+        let len = pack.data.len() as u64;
+        match shared.repo.backend().write(FileType::Pack, &id.to_hex(), &pack.data) {
+            Ok(()) => {
+                shared.packs.fetch_add(1, Ordering::Relaxed);
+                shared.pack_bytes.fetch_add(len, Ordering::Relaxed);
+                shared.written.lock().expect("written").push(IndexPack {
+                    id,
+                    blobs: pack.blobs.iter().map(PackedBlob::to_index_blob).collect(),
+                });
+            }
+            Err(e) => shared.set_error(e),
+        }
+        let mut pool = shared.buffer_pool.lock().expect("pool");
+        if pool.len() < 2 {
+            let mut b = pack.data;
+            b.clear();
+            pool.push(b);
+        }
+    }
+}
+
+impl Shared {
+    fn check_error(&self) -> Result<()> {
+        match &*self.error.lock().expect("error") {
+            None => Ok(()),
+            Some(e) => Err(clone_error(e)),
+        }
+    }
+
+    fn set_error(&self, e: Error) {
+        let mut g = self.error.lock().expect("error");
+        if g.is_none() {
+            *g = Some(e);
+        }
+    }
+
+    fn recycle(&self, mut data: Vec<u8>) {
+        let mut pool = self.data_pool.lock().expect("pool");
+        if pool.len() < self.opts.workers + 2 && data.capacity() <= 16 << 20 {
+            data.clear();
+            pool.push(data);
+        }
+    }
+
+    fn take_scratch(&self) -> Result<Scratch> {
+        match self.scratch_pool.lock().expect("pool").pop() {
+            Some(s) => Ok(s),
+            None => Scratch::new(self.opts.compression_level),
+        }
+    }
+
+    fn stats(&self) -> WriteStats {
+        WriteStats {
+            blobs_new: self.blobs_new.load(Ordering::Relaxed),
+            bytes_new: self.bytes_new.load(Ordering::Relaxed),
+            bytes_stored: self.bytes_stored.load(Ordering::Relaxed),
+            packs: self.packs.load(Ordering::Relaxed),
+            pack_bytes: self.pack_bytes.load(Ordering::Relaxed),
+            index_files: Vec::new(),
+        }
+    }
+
+    fn process(&self, t: BlobType, data: &[u8], s: &mut Scratch) -> Result<AddResult> {
+        let id = Id::hash(data);
+        let len = data.len() as u64;
+        let dup = AddResult { id, len, new: false, stored_len: 0 };
+        if self.index.has(t, &id) || !self.known.lock().expect("known").insert((t, id)) {
+            return Ok(dup);
+        }
+        let r = self.store(t, id, data, s);
+        if r.is_err() {
+            self.known.lock().expect("known").remove(&(t, id));
+        }
+        r
+    }
+
+    fn store(&self, t: BlobType, id: Id, data: &[u8], s: &mut Scratch) -> Result<AddResult> {
+        let mut uncompressed_length = None;
+        let mut plain = data;
+        if let Some(c) = s.compressor.as_mut()
+            && !data.is_empty()
+        {
+            s.compressed.clear();
+            s.compressed.reserve(zstd::zstd_safe::compress_bound(data.len()));
+            c.compress_to_buffer(data, &mut s.compressed)
+                .map_err(|e| Error::Invalid(format!("zstd compression failed: {e}")))?;
+            if s.compressed.len() < data.len() {
+                plain = &s.compressed;
+                uncompressed_length = Some(u32::try_from(data.len()).map_err(|_| {
+                    Error::Invalid("blob larger than 4 GiB".into())
+                })?);
+            }
+        }
+        s.sealed.clear();
+        self.repo.key().seal_into(plain, &mut s.sealed);
+        let stored_len = s.sealed.len() as u64;
+        let full = {
+            let mut open = self.open[slot(t)].lock().expect("pack");
+            if open.data.capacity() == 0 {
+                open.data = self.buffer_pool.lock().expect("pool").pop().unwrap_or_default();
+                // Untouched capacity costs address space, not memory.
+                open.data.reserve(self.opts.pack_size + (1 << 20));
+            }
+            let offset = open.data.len() as u32;
+            open.data.extend_from_slice(&s.sealed);
+            open.blobs.push(PackedBlob {
+                blob_type: t,
+                id,
+                offset,
+                length: stored_len as u32,
+                uncompressed_length,
+            });
+            if open.data.len() >= self.opts.pack_size {
+                Some(std::mem::take(&mut *open))
+            } else {
+                None
+            }
+        };
+        self.blobs_new.fetch_add(1, Ordering::Relaxed);
+        self.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.bytes_stored.fetch_add(stored_len, Ordering::Relaxed);
+        if let Some(pack) = full {
+            self.send_pack(pack)?;
+        }
+        Ok(AddResult { id, len: data.len() as u64, new: true, stored_len })
+    }
+
+    /// Appends the sealed header and hands the pack to an uploader (waits for a free one).
+    fn send_pack(&self, mut pack: OpenPack) -> Result<()> {
+        let header = format::encode_pack_header(&pack.blobs);
+        let before = pack.data.len();
+        self.repo.key().seal_into(&header, &mut pack.data);
+        let hlen = (pack.data.len() - before) as u32;
+        pack.data.extend_from_slice(&hlen.to_le_bytes());
+        let tx = self.upload_tx.lock().expect("upload sender").clone();
+        let Some(tx) = tx else {
+            return Err(Error::Invalid("blob writer is finished".into()));
+        };
+        tx.send(FinishedPack { data: pack.data, blobs: pack.blobs })
+            .map_err(|_| Error::Invalid("upload threads stopped".into()))?;
+        self.check_error()
+    }
+}
+
+/// Errors are not `Clone` (they hold `io::Error`); rebuild an equivalent one for every caller
+/// that runs into a stored failure.
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::NotFound { location, path } => {
+            Error::NotFound { location: location.clone(), path: path.clone() }
+        }
+        Error::Backend { location, message, retryable } => Error::Backend {
+            location: location.clone(),
+            message: message.clone(),
+            retryable: *retryable,
+        },
+        Error::Io { path, source } => {
+            Error::Io { path: path.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
+        }
+        Error::WrongPassword { location } => Error::WrongPassword { location: location.clone() },
+        Error::NoRepository { location } => Error::NoRepository { location: location.clone() },
+        Error::Corrupt { what, message } => {
+            Error::Corrupt { what: what.clone(), message: message.clone() }
+        }
+        Error::Invalid(m) => Error::Invalid(m.clone()),
+        Error::Locked(m) => Error::Locked(m.clone()),
+        #[allow(unreachable_patterns)]
+        other => Error::Invalid(other.to_string()),
+    }
+}

@@ -1,0 +1,493 @@
+//! An open repository: backend, master key, config and index.
+
+use std::io::Read as _;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::backend::{Backend, FileType};
+use crate::crypto::{self, KdfParams, Key};
+use crate::format::{self, BlobType, Config, IndexFile, KeyData, KeyFile, MacKeyData, PackedBlob, Snapshot};
+use crate::id::Id;
+use crate::index::{Index, IndexEntry};
+use crate::{Error, Result};
+
+/// restic tries at most this many key files when opening a repository.
+pub const MAX_KEYS_TRIED: usize = 20;
+
+/// Options for [`Repository::init`].
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    /// scrypt parameters of the first key (default N=2^15, r=8, p=1).
+    pub kdf: KdfParams,
+    /// The chunker polynomial; `None` draws a random irreducible one.
+    pub polynomial: Option<u64>,
+}
+
+/// A repository, opened with a password. Cheap to clone and share between threads.
+#[derive(Clone)]
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    key: Key,
+    key_id: Id,
+    config: Config,
+    index: RwLock<Arc<Index>>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository").field("location", &self.location()).finish()
+    }
+}
+
+impl Repository {
+    /// Creates a new repository (format version 2) with one key for `password`.
+    pub fn init(backend: Arc<dyn Backend>, password: &str, opts: &InitOptions) -> Result<Repository> {
+        let location = backend.location();
+        match backend.stat(FileType::Config, "config") {
+            Ok(_) => {
+                return Err(Error::Invalid(format!(
+                    "{location}: a repository already exists here (open it instead of creating one)"
+                )));
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        backend.create()?;
+        let master = Key::random();
+        let key_id = write_key_file(backend.as_ref(), &master, password, opts.kdf)?;
+        let polynomial = match opts.polynomial {
+            Some(p) => p,
+            None => crate::chunker::Pol::random().0,
+        };
+        let config = Config { version: 2, id: Id::random(), chunker_polynomial: polynomial };
+        let json = serde_json::to_vec(&config).expect("config serializes");
+        backend.write(FileType::Config, "config", &master.seal(&json))?;
+        Ok(Repository {
+            inner: Arc::new(Inner {
+                backend,
+                key: master,
+                key_id,
+                config,
+                index: RwLock::new(Arc::new(Index::new())),
+            }),
+        })
+    }
+
+    /// Opens an existing repository: finds a key that opens with `password` (trying at most
+    /// [`MAX_KEYS_TRIED`]) and reads the config. The index is not loaded yet
+    /// ([`Repository::load_index`]).
+    pub fn open(backend: Arc<dyn Backend>, password: &str) -> Result<Repository> {
+        let location = backend.location();
+        let sealed_config = match backend.read(FileType::Config, "config") {
+            Ok(c) => c,
+            Err(Error::NotFound { .. }) => return Err(Error::NoRepository { location }),
+            Err(e) => return Err(e),
+        };
+        let mut keys = backend.list(FileType::Key)?;
+        keys.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut found = None;
+        for k in keys.iter().take(MAX_KEYS_TRIED) {
+            let raw = match backend.read(FileType::Key, &k.name) {
+                Ok(r) => r,
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(master) = try_key_file(&raw, password)? {
+                found = Some((master, Id::from_hex(&k.name).unwrap_or_default()));
+                break;
+            }
+        }
+        let Some((key, key_id)) = found else {
+            return Err(Error::WrongPassword { location });
+        };
+        let plain = key.open(&sealed_config).map_err(|_| Error::Corrupt {
+            what: format!("{location}/config"),
+            message: "does not decrypt with the repository key".into(),
+        })?;
+        let config: Config = serde_json::from_slice(&plain).map_err(|e| Error::Corrupt {
+            what: format!("{location}/config"),
+            message: format!("not a valid config: {e}"),
+        })?;
+        if config.version != 1 && config.version != 2 {
+            return Err(Error::Invalid(format!(
+                "{location}: repository format version {} is not supported (1 and 2 are)",
+                config.version
+            )));
+        }
+        Ok(Repository {
+            inner: Arc::new(Inner {
+                backend,
+                key,
+                key_id,
+                config,
+                index: RwLock::new(Arc::new(Index::new())),
+            }),
+        })
+    }
+
+    /// Adds another key file for `password`; returns its id.
+    pub fn add_key(&self, password: &str, kdf: KdfParams) -> Result<Id> {
+        write_key_file(self.backend().as_ref(), &self.inner.key, password, kdf)
+    }
+
+    /// The decrypted config.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The storage backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The backend's location, for messages.
+    pub fn location(&self) -> String {
+        self.inner.backend.location()
+    }
+
+    /// The master key.
+    pub fn key(&self) -> &Key {
+        &self.inner.key
+    }
+
+    /// The id of the key file that opened the repository.
+    pub fn key_id(&self) -> Id {
+        self.inner.key_id
+    }
+
+    /// Loads every index file into memory, replacing the current index.
+    pub fn load_index(&self) -> Result<()> {
+        let files = self.list_ids(FileType::Index)?;
+        let mut index = Index::new();
+        for id in files {
+            let f = match self.load_index_file(&id) {
+                Ok(f) => f,
+                // Removed by a concurrent prune between listing and reading: it was
+                // superseded by another index file.
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            index.add_file(Some(id), &f);
+        }
+        *self.inner.index.write().expect("index lock") = Arc::new(index);
+        Ok(())
+    }
+
+    /// Loads one index file.
+    pub fn load_index_file(&self, id: &Id) -> Result<IndexFile> {
+        let raw = self.load_unpacked_raw(FileType::Index, id)?;
+        IndexFile::from_json(&raw).map_err(|e| match e {
+            Error::Corrupt { message, .. } => Error::Corrupt { what: format!("index/{id}"), message },
+            e => e,
+        })
+    }
+
+    /// The current in-memory index (a snapshot of it; cheap).
+    pub fn index(&self) -> Arc<Index> {
+        self.inner.index.read().expect("index lock").clone()
+    }
+
+    /// Adds entries to the in-memory index (after their index file was saved).
+    pub fn add_to_index(&self, file: &IndexFile) {
+        let mut guard = self.inner.index.write().expect("index lock");
+        let mut idx = (**guard).clone();
+        idx.add_file(None, file);
+        *guard = Arc::new(idx);
+    }
+
+    /// Whether the index knows a blob.
+    pub fn has_blob(&self, t: BlobType, id: &Id) -> bool {
+        self.inner.index.read().expect("index lock").has(t, id)
+    }
+
+    /// Where a blob is stored.
+    pub fn blob_entry(&self, t: BlobType, id: &Id) -> Option<IndexEntry> {
+        self.inner.index.read().expect("index lock").get(t, id).copied()
+    }
+
+    /// Reads a blob: range from its pack, decrypt, decompress, verify SHA-256 == id.
+    pub fn read_blob(&self, t: BlobType, id: &Id) -> Result<Vec<u8>> {
+        let entry = self.blob_entry(t, id).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{t} blob {id} is not in the index of {} (run `kubectl-volbackup check`)",
+                self.location()
+            ))
+        })?;
+        let sealed = self.inner.backend.read_range(
+            FileType::Pack,
+            &entry.pack.to_hex(),
+            u64::from(entry.offset),
+            u64::from(entry.length),
+        )?;
+        self.decode_blob(id, &entry, sealed)
+    }
+
+    /// Decrypts, decompresses and verifies a sealed blob read from `entry.pack`.
+    pub fn decode_blob(&self, id: &Id, entry: &IndexEntry, sealed: Vec<u8>) -> Result<Vec<u8>> {
+        let what = || format!("blob {} in pack data/{}", id.short(), entry.pack);
+        let plain = self.inner.key.open_in_place(sealed).map_err(|_| Error::Corrupt {
+            what: what(),
+            message: "MAC does not match: the pack is damaged".into(),
+        })?;
+        let data = match entry.uncompressed_length {
+            Some(n) => {
+                let mut out = Vec::with_capacity(n as usize);
+                zstd::stream::copy_decode(&plain[..], &mut out).map_err(|e| Error::Corrupt {
+                    what: what(),
+                    message: format!("does not decompress: {e}"),
+                })?;
+                if out.len() != n as usize {
+                    return Err(Error::Corrupt {
+                        what: what(),
+                        message: format!("decompresses to {} bytes, the index says {n}", out.len()),
+                    });
+                }
+                out
+            }
+            None => plain,
+        };
+        if Id::hash(&data) != *id {
+            return Err(Error::Corrupt {
+                what: what(),
+                message: "content does not match its id (SHA-256)".into(),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Reads and decodes a pack's header (its blob list), straight from the pack file.
+    pub fn read_pack_header(&self, pack: &Id) -> Result<Vec<PackedBlob>> {
+        let name = pack.to_hex();
+        let what = || format!("data/{name}");
+        let size = self.inner.backend.stat(FileType::Pack, &name)?;
+        if size < 4 {
+            return Err(Error::Corrupt { what: what(), message: format!("only {size} bytes long") });
+        }
+        let tail = self.inner.backend.read_range(FileType::Pack, &name, size - 4, 4)?;
+        let hlen = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")));
+        if hlen + 4 > size || hlen < crypto::OVERHEAD as u64 {
+            return Err(Error::Corrupt {
+                what: what(),
+                message: format!("header length {hlen} does not fit a {size}-byte pack"),
+            });
+        }
+        let sealed = self.inner.backend.read_range(FileType::Pack, &name, size - 4 - hlen, hlen)?;
+        let plain = self.inner.key.open_in_place(sealed).map_err(|_| Error::Corrupt {
+            what: what(),
+            message: "pack header does not decrypt (MAC mismatch)".into(),
+        })?;
+        format::decode_pack_header(&plain).map_err(|e| match e {
+            Error::Corrupt { message, .. } => Error::Corrupt { what: what(), message },
+            e => e,
+        })
+    }
+
+    /// Seals and stores an unpacked file (index, snapshot, lock): `0x02 || zstd(json)`.
+    /// Returns its id (= file name).
+    pub fn save_unpacked_raw(&self, t: FileType, json: &[u8]) -> Result<Id> {
+        let mut plain = Vec::with_capacity(json.len() / 4 + 64);
+        plain.push(2u8);
+        let compressed = zstd::bulk::compress(json, 3)
+            .map_err(|e| Error::Invalid(format!("zstd compression failed: {e}")))?;
+        plain.extend_from_slice(&compressed);
+        let sealed = self.inner.key.seal(&plain);
+        let id = Id::hash(&sealed);
+        self.inner.backend.write(t, &id.to_hex(), &sealed)?;
+        Ok(id)
+    }
+
+    /// Reads an unpacked file: verifies the name hash and MAC, decompresses; returns the JSON.
+    pub fn load_unpacked_raw(&self, t: FileType, id: &Id) -> Result<Vec<u8>> {
+        let name = id.to_hex();
+        let what = || crate::backend::relative_path(t, &name);
+        let sealed = self.inner.backend.read(t, &name)?;
+        if Id::hash(&sealed) != *id {
+            return Err(Error::Corrupt {
+                what: what(),
+                message: "content does not match its name (SHA-256)".into(),
+            });
+        }
+        let plain = self.inner.key.open_in_place(sealed).map_err(|_| Error::Corrupt {
+            what: what(),
+            message: "does not decrypt with the repository key (MAC mismatch)".into(),
+        })?;
+        decode_unpacked(&plain).map_err(|message| Error::Corrupt { what: what(), message })
+    }
+
+    /// Serializes `value` as JSON and stores it with [`Repository::save_unpacked_raw`].
+    pub fn save_unpacked<T: Serialize>(&self, t: FileType, value: &T) -> Result<Id> {
+        let json = serde_json::to_vec(value).expect("repository JSON serializes");
+        self.save_unpacked_raw(t, &json)
+    }
+
+    /// Loads and parses an unpacked JSON file.
+    pub fn load_unpacked<T: DeserializeOwned>(&self, t: FileType, id: &Id) -> Result<T> {
+        let raw = self.load_unpacked_raw(t, id)?;
+        serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
+            what: crate::backend::relative_path(t, &id.to_hex()),
+            message: format!("invalid JSON: {e}"),
+        })
+    }
+
+    /// The ids of all files of one kind (names that are not ids are skipped).
+    pub fn list_ids(&self, t: FileType) -> Result<Vec<Id>> {
+        let mut ids: Vec<Id> = self
+            .inner
+            .backend
+            .list(t)?
+            .into_iter()
+            .filter_map(|f| Id::from_hex(&f.name).ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// All snapshots, oldest first.
+    pub fn list_snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut out = Vec::new();
+        for id in self.list_ids(FileType::Snapshot)? {
+            match self.load_unpacked::<Snapshot>(FileType::Snapshot, &id) {
+                Ok(s) => out.push((id, s)),
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Finds a snapshot by `latest`, a full id, or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        let not_found = || {
+            Error::Invalid(format!(
+                "no snapshot matches ID {spec:?} in {} (list them with `kubectl-volbackup snapshots`)",
+                self.location()
+            ))
+        };
+        if spec == "latest" {
+            return self.list_snapshots()?.pop().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{} has no snapshots yet (create one with `kubectl-volbackup create`)",
+                    self.location()
+                ))
+            });
+        }
+        let lower = spec.to_ascii_lowercase();
+        if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) || lower.len() > 64 {
+            return Err(not_found());
+        }
+        let matches: Vec<Id> = self
+            .list_ids(FileType::Snapshot)?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&lower))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(not_found()),
+            [id] => {
+                let s = self.load_unpacked(FileType::Snapshot, id)?;
+                Ok((*id, s))
+            }
+            _ => Err(Error::Invalid(format!(
+                "snapshot ID prefix {spec:?} is ambiguous ({} snapshots match): give more digits",
+                matches.len()
+            ))),
+        }
+    }
+
+    /// Stores a snapshot; returns its id.
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
+        self.save_unpacked(FileType::Snapshot, snapshot)
+    }
+}
+
+/// Decodes the plaintext of an unpacked file: `0x02 || zstd frame`, or bare JSON.
+pub fn decode_unpacked(plain: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    match plain.first() {
+        Some(b'{') | Some(b'[') => Ok(plain.to_vec()),
+        Some(2) => {
+            let mut out = Vec::with_capacity(plain.len() * 4);
+            zstd::stream::Decoder::new(&plain[1..])
+                .and_then(|mut d| d.read_to_end(&mut out))
+                .map_err(|e| format!("does not decompress: {e}"))?;
+            Ok(out)
+        }
+        Some(b) => Err(format!("unknown format version byte {b:#04x}")),
+        None => Err("empty file".into()),
+    }
+}
+
+fn write_key_file(backend: &dyn Backend, master: &Key, password: &str, kdf: KdfParams) -> Result<Id> {
+    let salt: [u8; 64] = rand::random();
+    let user = crypto::derive_key(password, &salt, kdf)?;
+    let data = KeyData {
+        mac: MacKeyData { k: master.mac_k.to_vec(), r: master.mac_r.to_vec() },
+        encrypt: master.encrypt.to_vec(),
+    };
+    let kf = KeyFile {
+        created: format::now(),
+        username: format::username(),
+        hostname: format::hostname(),
+        kdf: "scrypt".into(),
+        n: kdf.n,
+        r: kdf.r,
+        p: kdf.p,
+        salt: salt.to_vec(),
+        data: user.seal(&serde_json::to_vec(&data).expect("key data serializes")),
+    };
+    let json = serde_json::to_vec(&kf).expect("key file serializes");
+    let id = Id::hash(&json);
+    backend.write(FileType::Key, &id.to_hex(), &json)?;
+    Ok(id)
+}
+
+/// Tries one key file; `Ok(None)` when the password does not open it.
+fn try_key_file(raw: &[u8], password: &str) -> Result<Option<Key>> {
+    let Ok(kf) = serde_json::from_slice::<KeyFile>(raw) else {
+        return Ok(None);
+    };
+    if kf.kdf != "scrypt" {
+        return Ok(None);
+    }
+    let params = KdfParams { n: kf.n, r: kf.r, p: kf.p };
+    let Ok(user) = crypto::derive_key(password, &kf.salt, params) else {
+        return Ok(None);
+    };
+    let Ok(plain) = user.open(&kf.data) else {
+        return Ok(None);
+    };
+    let Ok(kd) = serde_json::from_slice::<KeyData>(&plain) else {
+        return Ok(None);
+    };
+    if kd.encrypt.len() != 32 || kd.mac.k.len() != 16 || kd.mac.r.len() != 16 {
+        return Ok(None);
+    }
+    let mut b = [0u8; 64];
+    b[..32].copy_from_slice(&kd.encrypt);
+    b[32..48].copy_from_slice(&kd.mac.k);
+    b[48..].copy_from_slice(&kd.mac.r);
+    let key = Key::from_bytes(&b);
+    Ok(key.is_valid().then_some(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpacked_plaintext_accepts_compressed_and_bare_json() {
+        let json = br#"{"a":[1,2,3]}"#;
+        let mut c = vec![2u8];
+        c.extend(zstd::bulk::compress(json, 3).unwrap());
+        assert_eq!(decode_unpacked(&c).unwrap(), json);
+        assert_eq!(decode_unpacked(json).unwrap(), json);
+        assert_eq!(decode_unpacked(b"[1]").unwrap(), b"[1]");
+        assert!(decode_unpacked(&[1, 2, 3]).is_err());
+        assert!(decode_unpacked(&[]).is_err());
+    }
+}

@@ -1,0 +1,1696 @@
+//! The kubelet and a container runtime, for every simulated node at once (docs: "Pod
+//! Lifecycle", "Init Containers", "Volumes", "Configure Service Accounts for Pods"; source:
+//! kubernetes/kubernetes `pkg/kubelet/kubelet_pods.go` `getPhase`, `pkg/kubelet/kuberuntime`).
+//!
+//! How a container runs here: there are no images and no root filesystems. Each container is a
+//! host process started as
+//! `unshare --mount --propagation private -- /bin/sh -c SETUP kubesim-init PROGRAM ARGS...`:
+//! the setup script runs as root inside the new mount namespace, builds the container's view
+//! with bind mounts and then `exec`s the program (through `setpriv` when `runAsUser`/
+//! `runAsGroup` is set). The mount namespace gives:
+//! - a fresh tmpfs `/dev` with the usual nodes (null, zero, full, random, urandom, tty, pts, shm,
+//!   fd links) and the pod's Block volumes as device nodes at their `devicePath` (a loop device
+//!   attached with `losetup` per pod and volume, read-only when the claim is mounted read-only;
+//!   a `devicePath` outside `/dev` gets the loop device bind-mounted);
+//! - Filesystem PVC volumes bind-mounted from `DIR/volumes/<pv>` at their `mountPath`
+//!   (read-only when the mount or the volume source says so; `subPath` honoured);
+//! - secret, configMap, downwardAPI, projected and emptyDir volumes as files under
+//!   `DIR/pods/<ns>_<name>_<uid>/volumes/<volume>`, bind-mounted the same way; hostPath as is;
+//! - the ServiceAccount token, `ca.crt` and `namespace` at
+//!   `/var/run/secrets/kubernetes.io/serviceaccount` (unless `automountServiceAccountToken` is
+//!   false on the pod or its ServiceAccount), plus `KUBERNETES_SERVICE_HOST`/`_PORT`, so
+//!   kube-rs's in-cluster configuration works unchanged;
+//! - the termination message file (`terminationMessagePath`, default `/dev/termination-log`)
+//!   bind-mounted from a per-container host file the kubelet reads after the exit;
+//! - an empty tmpfs on `/root` (HOME), as in a fresh image, so no host kubeconfig leaks in.
+//!
+//! Mount points that do not exist on the host (`/data`, `/var/run/secrets/...`) are created
+//! there as empty directories (or empty files); what is mounted on them is only visible inside
+//! the pod's namespace, so pods never see each other's volumes.
+//!
+//! Images: the image name without tag or digest (and without `docker.io/` or `library/`) is
+//! looked up in `ControllerContext::images`; such a container runs the mapped binary with the
+//! container's `args`. If `command` is given and `command[0]`'s file name is the binary's file
+//! name (`kubectl-volbackup` or `/usr/local/bin/kubectl-volbackup`), the mapped binary runs with
+//! `command[1..]` + `args`; any other `command` runs from the host's PATH (like a shell in the
+//! image). The images in [`HOST_IMAGES`] (busybox, alpine, debian, ...) run `command` + `args`
+//! from the host's PATH (`sh` when both are empty, `sleep infinity` for pause). Any other image
+//! fails to pull: `ErrImagePull`, then `ImagePullBackOff`, with the kubelet's events.
+//!
+//! Lifecycle: volumes first (the pod stays Pending/ContainerCreating with `FailedMount` events
+//! until its claims are bound and its secrets/configmaps exist), then init containers one by
+//! one, then all containers. stdout+stderr go to [`pod_log_path`] (appended across restarts).
+//! restartPolicy Always/OnFailure restarts exited containers with a doubling back-off (0.5 s up
+//! to 8 s; the real one starts at 10 s) and `CrashLoopBackOff`; the phase follows `getPhase`.
+//! Deleting a pod (deletionTimestamp, or the object vanishing) sends SIGTERM to each
+//! container's process group, SIGKILL after min(grace period, 3 s), detaches the loop devices
+//! and then removes the pod object (the kubelet's final delete).
+//!
+//! Simplified or ignored: probes (a running container is ready), resources, capabilities and
+//! the rest of securityContext except runAsUser/runAsGroup, fsGroup, image pull secrets,
+//! network (every pod's IP is 127.0.0.1), the UTS/PID/IPC namespaces.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+
+use super::super::api::{ControllerContext, ObjectStore, pod_log_path, res};
+use super::events::{self, EventType};
+use super::{Controller, name, namespace, now, s, terminating, uid};
+
+const COMPONENT: &str = "kubelet";
+/// Images that run their `command` from the host's PATH.
+pub const HOST_IMAGES: &[&str] = &[
+    "busybox",
+    "alpine",
+    "debian",
+    "ubuntu",
+    "bash",
+    "registry.k8s.io/pause",
+    "k8s.gcr.io/pause",
+];
+const SA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// State shared between the kubelet controller, its pod workers and [`super::Controllers`].
+pub struct KubeletShared {
+    handle: Handle,
+    pods: Mutex<HashMap<String, PodEntry>>,
+    finished: Mutex<HashSet<String>>,
+}
+
+struct PodEntry {
+    namespace: String,
+    name: String,
+    stop: watch::Sender<bool>,
+    procs: Arc<Mutex<HashMap<String, i32>>>,
+    loops: Arc<Mutex<Vec<String>>>,
+}
+
+fn kill_group(pgid: i32, sig: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
+        let _ = rustix::process::kill_process_group(pid, sig);
+    }
+}
+
+fn detach_loops(loops: &Mutex<Vec<String>>) {
+    let devs: Vec<String> = loops.lock().expect("loops lock").drain(..).collect();
+    for dev in devs {
+        let out = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&dev)
+            .output();
+        if let Ok(o) = out
+            && !o.status.success()
+        {
+            tracing::warn!(
+                "kubesim kubelet: losetup -d {dev}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+    }
+}
+
+impl KubeletShared {
+    pub(crate) fn new(handle: Handle) -> Self {
+        Self {
+            handle,
+            pods: Mutex::new(HashMap::new()),
+            finished: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// SIGKILLs every running process of the pod.
+    pub(crate) fn kill_pod(&self, ns: &str, pod: &str) -> bool {
+        let pods = self.pods.lock().expect("pods lock");
+        let mut killed = false;
+        for e in pods.values().filter(|e| e.namespace == ns && e.name == pod) {
+            for pgid in e.procs.lock().expect("procs lock").values() {
+                kill_group(*pgid, rustix::process::Signal::KILL);
+                killed = true;
+            }
+        }
+        killed
+    }
+
+    /// Stops all pod workers, kills their processes and detaches their loop devices.
+    pub(crate) fn shutdown(&self) {
+        let mut pods = self.pods.lock().expect("pods lock");
+        for (_, e) in pods.drain() {
+            let _ = e.stop.send(true);
+            for pgid in e.procs.lock().expect("procs lock").values() {
+                kill_group(*pgid, rustix::process::Signal::KILL);
+            }
+            detach_loops(&e.loops);
+        }
+    }
+}
+
+/// The kubelet controller: starts and stops pod workers.
+pub struct Kubelet {
+    shared: Arc<KubeletShared>,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Kubelet {
+    pub(crate) fn new(shared: Arc<KubeletShared>, store: Arc<dyn ObjectStore>) -> Self {
+        Self { shared, store }
+    }
+}
+
+fn pod_dir(ctx: &ControllerContext, pod: &Value) -> PathBuf {
+    ctx.dir
+        .join("pods")
+        .join(format!("{}_{}_{}", namespace(pod), name(pod), uid(pod)))
+}
+
+/// The kubelet's final delete of a terminated pod.
+fn finish_delete(
+    store: &dyn ObjectStore,
+    ctx: &ControllerContext,
+    ns: &str,
+    pod_name: &str,
+    pod_uid: &str,
+) {
+    if let Some(p) = store.get(&res::pods(), Some(ns), pod_name)
+        && uid(&p) == pod_uid
+        && terminating(&p)
+        && let Err(e) = store.delete(&res::pods(), Some(ns), pod_name)
+        && e.code != 404
+    {
+        tracing::warn!("kubesim kubelet: deleting pod {ns}/{pod_name}: {e}");
+    }
+    let dir = ctx
+        .dir
+        .join("pods")
+        .join(format!("{ns}_{pod_name}_{pod_uid}"));
+    let _ = super::provisioner::remove_any(&dir);
+}
+
+impl Controller for Kubelet {
+    fn reconcile(&mut self, store: &dyn ObjectStore, ctx: &ControllerContext) {
+        let pods = store.list(&res::pods(), None);
+        let mut seen = HashSet::new();
+        let mut entries = self.shared.pods.lock().expect("pods lock");
+        for pod in &pods {
+            let node = s(pod, "/spec/nodeName").unwrap_or("");
+            if node.is_empty() || !ctx.nodes.iter().any(|n| n == node) {
+                continue;
+            }
+            let pod_uid = uid(pod).to_string();
+            seen.insert(pod_uid.clone());
+            if terminating(pod) {
+                if let Some(e) = entries.get(&pod_uid) {
+                    let _ = e.stop.send(true);
+                } else {
+                    finish_delete(store, ctx, namespace(pod), name(pod), &pod_uid);
+                }
+                continue;
+            }
+            if entries.contains_key(&pod_uid)
+                || self
+                    .shared
+                    .finished
+                    .lock()
+                    .expect("finished lock")
+                    .contains(&pod_uid)
+                || matches!(s(pod, "/status/phase"), Some("Succeeded") | Some("Failed"))
+            {
+                continue;
+            }
+            let (stop, stop_rx) = watch::channel(false);
+            let procs = Arc::new(Mutex::new(HashMap::new()));
+            let loops = Arc::new(Mutex::new(Vec::new()));
+            entries.insert(
+                pod_uid.clone(),
+                PodEntry {
+                    namespace: namespace(pod).to_string(),
+                    name: name(pod).to_string(),
+                    stop,
+                    procs: procs.clone(),
+                    loops: loops.clone(),
+                },
+            );
+            let worker = Arc::new(PodWorker::new(
+                self.store.clone(),
+                ctx.clone(),
+                pod.clone(),
+                stop_rx,
+                procs,
+                loops,
+            ));
+            let shared = self.shared.clone();
+            self.shared.handle.spawn(async move {
+                let deleted = worker.clone().run().await;
+                detach_loops(&worker.loops);
+                shared.pods.lock().expect("pods lock").remove(&worker.uid);
+                if deleted {
+                    let (st, x) = (worker.store.clone(), worker.ctx.clone());
+                    let (ns, n, u) = (worker.ns.clone(), worker.name.clone(), worker.uid.clone());
+                    let _ =
+                        tokio::task::spawn_blocking(move || finish_delete(&*st, &x, &ns, &n, &u))
+                            .await;
+                } else {
+                    shared
+                        .finished
+                        .lock()
+                        .expect("finished lock")
+                        .insert(worker.uid.clone());
+                }
+            });
+        }
+        // Pods that vanished from the store: kill what is left of them.
+        for (u, e) in entries.iter() {
+            if !seen.contains(u) {
+                let _ = e.stop.send(true);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pod workers.
+
+#[derive(Clone, Default)]
+struct ContainerStatus {
+    name: String,
+    image: String,
+    restart_count: u32,
+    state: Value,
+    last_state: Value,
+    started_once: bool,
+    container_id: String,
+}
+
+impl ContainerStatus {
+    fn running(&self) -> bool {
+        self.state.get("running").is_some()
+    }
+    /// The exit code of the latest termination (current or last state).
+    fn last_exit(&self) -> Option<i64> {
+        self.state
+            .pointer("/terminated/exitCode")
+            .or_else(|| self.last_state.pointer("/terminated/exitCode"))
+            .and_then(Value::as_i64)
+    }
+    fn to_json(&self) -> Value {
+        let mut v = json!({
+            "name": self.name,
+            "image": self.image,
+            "imageID": format!("kubesim://{}", self.image),
+            "ready": self.running(),
+            "started": self.running(),
+            "restartCount": self.restart_count,
+            "state": self.state,
+            "lastState": if self.last_state.is_null() { json!({}) } else { self.last_state.clone() },
+        });
+        if !self.container_id.is_empty() {
+            v["containerID"] = json!(self.container_id);
+        }
+        v
+    }
+}
+
+struct PodState {
+    init: Vec<ContainerStatus>,
+    main: Vec<ContainerStatus>,
+    init_done: bool,
+    failed_init: bool,
+    start_time: String,
+    last_published: Value,
+}
+
+enum Prepared {
+    /// host path of each volume (dir or file), by volume name
+    Paths(HashMap<String, VolumeSource>),
+}
+
+#[derive(Clone)]
+enum VolumeSource {
+    Path {
+        path: PathBuf,
+        read_only: bool,
+    },
+    Block {
+        device: String,
+        major: u32,
+        minor: u32,
+    },
+}
+
+enum RunOutcome {
+    Exited(i64),
+    Stopped,
+    PullFailed,
+    ConfigError,
+}
+
+struct PodWorker {
+    store: Arc<dyn ObjectStore>,
+    ctx: ControllerContext,
+    pod: Value,
+    ns: String,
+    name: String,
+    uid: String,
+    dir: PathBuf,
+    stop: watch::Receiver<bool>,
+    procs: Arc<Mutex<HashMap<String, i32>>>,
+    loops: Arc<Mutex<Vec<String>>>,
+    state: Mutex<PodState>,
+}
+
+/// Resolves when the pod is to stop (or its stop channel is gone).
+async fn wait_stop(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Quotes a string for the POSIX shell.
+fn sq(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn image_variants(image: &str) -> Vec<String> {
+    let no_digest = image.split('@').next().unwrap_or(image);
+    let last_slash = no_digest.rfind('/').map(|i| i + 1).unwrap_or(0);
+    let base = match no_digest[last_slash..].find(':') {
+        Some(i) => &no_digest[..last_slash + i],
+        None => no_digest,
+    };
+    let mut v = vec![base.to_string()];
+    for prefix in [
+        "docker.io/library/",
+        "docker.io/",
+        "library/",
+        "index.docker.io/library/",
+    ] {
+        if let Some(rest) = base.strip_prefix(prefix) {
+            v.push(rest.to_string());
+        }
+    }
+    v
+}
+
+enum ImageKind {
+    Mapped(PathBuf),
+    Host,
+    Unknown,
+}
+
+fn resolve_image(ctx: &ControllerContext, image: &str) -> ImageKind {
+    let variants = image_variants(image);
+    for (k, bin) in &ctx.images {
+        let key_variants = image_variants(k);
+        if key_variants.iter().any(|kv| variants.contains(kv)) {
+            return ImageKind::Mapped(bin.clone());
+        }
+    }
+    if variants.iter().any(|v| HOST_IMAGES.contains(&v.as_str())) {
+        return ImageKind::Host;
+    }
+    ImageKind::Unknown
+}
+
+fn str_list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Expands `$(VAR)` references like the kubelet (`$$` escapes).
+fn expand(input: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let b = input.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'$' {
+                out.push('$');
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'('
+                && let Some(end) = input[i + 2..].find(')')
+            {
+                let var = &input[i + 2..i + 2 + end];
+                if let Some(val) = env.get(var) {
+                    out.push_str(val);
+                    i += end + 3;
+                    continue;
+                }
+            }
+        }
+        let ch = input[i..].chars().next().expect("char at boundary");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+fn decode_b64(v: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(v.trim())
+        .unwrap_or_else(|_| v.as_bytes().to_vec())
+}
+
+/// The key/value pairs of a secret (decoded) or configmap.
+fn object_data(obj: &Value, secret: bool) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    if let Some(m) = obj.get("data").and_then(Value::as_object) {
+        for (k, v) in m {
+            let s = v.as_str().unwrap_or("");
+            out.insert(
+                k.clone(),
+                if secret {
+                    decode_b64(s)
+                } else {
+                    s.as_bytes().to_vec()
+                },
+            );
+        }
+    }
+    if let Some(m) = obj
+        .get(if secret { "stringData" } else { "binaryData" })
+        .and_then(Value::as_object)
+    {
+        for (k, v) in m {
+            let s = v.as_str().unwrap_or("");
+            out.insert(
+                k.clone(),
+                if secret {
+                    s.as_bytes().to_vec()
+                } else {
+                    decode_b64(s)
+                },
+            );
+        }
+    }
+    out
+}
+
+fn field_ref(pod: &Value, path: &str) -> Option<String> {
+    let v = match path {
+        "metadata.name" => s(pod, "/metadata/name"),
+        "metadata.namespace" => s(pod, "/metadata/namespace"),
+        "metadata.uid" => s(pod, "/metadata/uid"),
+        "spec.nodeName" => s(pod, "/spec/nodeName"),
+        "spec.serviceAccountName" => Some(s(pod, "/spec/serviceAccountName").unwrap_or("default")),
+        "status.podIP" | "status.hostIP" => Some("127.0.0.1"),
+        p => {
+            let (field, key) = p.strip_suffix("']").and_then(|p| p.split_once("['"))?;
+            let map = match field {
+                "metadata.labels" => "/metadata/labels",
+                "metadata.annotations" => "/metadata/annotations",
+                _ => return None,
+            };
+            return pod
+                .pointer(map)
+                .and_then(|m| m.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        }
+    };
+    v.map(str::to_string)
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    std::fs::write(path, data)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+impl PodWorker {
+    fn new(
+        store: Arc<dyn ObjectStore>,
+        ctx: ControllerContext,
+        pod: Value,
+        stop: watch::Receiver<bool>,
+        procs: Arc<Mutex<HashMap<String, i32>>>,
+        loops: Arc<Mutex<Vec<String>>>,
+    ) -> Self {
+        let statuses = |key: &str| -> Vec<ContainerStatus> {
+            pod.pointer(&format!("/spec/{key}"))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|c| ContainerStatus {
+                            name: s(c, "/name").unwrap_or("").to_string(),
+                            image: s(c, "/image").unwrap_or("").to_string(),
+                            state: json!({"waiting": {"reason": if key == "initContainers" { "PodInitializing" } else { "ContainerCreating" }}}),
+                            ..Default::default()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let init = statuses("initContainers");
+        let main = statuses("containers");
+        Self {
+            dir: pod_dir(&ctx, &pod),
+            ns: namespace(&pod).to_string(),
+            name: name(&pod).to_string(),
+            uid: uid(&pod).to_string(),
+            state: Mutex::new(PodState {
+                init_done: init.is_empty(),
+                init,
+                main,
+                failed_init: false,
+                start_time: now(),
+                last_published: Value::Null,
+            }),
+            store,
+            ctx,
+            pod,
+            stop,
+            procs,
+            loops,
+        }
+    }
+
+    fn restart_policy(&self) -> &str {
+        s(&self.pod, "/spec/restartPolicy").unwrap_or("Always")
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sleeps, returning true early when the pod is being stopped.
+    async fn sleep_or_stop(&self, d: Duration) -> bool {
+        if self.stopped() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => self.stopped(),
+            _ = wait_stop(self.stop.clone()) => true,
+        }
+    }
+
+    fn event(&self, kind: EventType, reason: &str, message: &str) {
+        events::record(&*self.store, &self.pod, kind, reason, message, COMPONENT);
+    }
+
+    fn phase(&self, st: &PodState) -> &'static str {
+        if st.failed_init {
+            return "Failed";
+        }
+        if !st.init_done {
+            return "Pending";
+        }
+        let (mut running, mut waiting, mut stopped, mut failed) = (0, 0, 0, 0);
+        for c in &st.main {
+            if c.running() {
+                running += 1;
+            } else if c.state.get("terminated").is_some()
+                || c.last_state.get("terminated").is_some()
+            {
+                stopped += 1;
+                if c.last_exit().unwrap_or(0) != 0 {
+                    failed += 1;
+                }
+            } else {
+                waiting += 1;
+            }
+        }
+        if waiting > 0 {
+            return "Pending";
+        }
+        if running > 0 {
+            return "Running";
+        }
+        if stopped == 0 {
+            return "Pending";
+        }
+        match self.restart_policy() {
+            "Always" => "Running",
+            "OnFailure" if failed > 0 => "Running",
+            "Never" if failed > 0 => "Failed",
+            _ => "Succeeded",
+        }
+    }
+
+    /// Writes the pod status (only when it changed).
+    fn publish(&self) {
+        let mut st = self.state.lock().expect("state lock");
+        let phase = self.phase(&st);
+        let all_ready = !st.main.is_empty() && st.main.iter().all(ContainerStatus::running);
+        let t = now();
+        let cond = |ty: &str, ok: bool, reason: Option<&str>| {
+            let mut c = json!({"type": ty, "status": if ok { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": t});
+            if let Some(r) = reason {
+                c["reason"] = json!(r);
+            }
+            c
+        };
+        let ready_reason = if all_ready {
+            None
+        } else if phase == "Succeeded" || phase == "Failed" {
+            Some("PodCompleted")
+        } else {
+            Some("ContainersNotReady")
+        };
+        let mut status = json!({
+            "phase": phase,
+            "conditions": [
+                cond("PodReadyToStartContainers", true, None),
+                cond("Initialized", st.init_done, if st.init_done { None } else { Some("ContainersNotInitialized") }),
+                cond("Ready", all_ready, ready_reason),
+                cond("ContainersReady", all_ready, ready_reason),
+                cond("PodScheduled", true, None),
+            ],
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "podIP": "127.0.0.1",
+            "podIPs": [{"ip": "127.0.0.1"}],
+            "startTime": st.start_time,
+            "qosClass": "BestEffort",
+            "containerStatuses": st.main.iter().map(ContainerStatus::to_json).collect::<Vec<_>>(),
+        });
+        if !st.init.is_empty() {
+            status["initContainerStatuses"] = json!(
+                st.init
+                    .iter()
+                    .map(ContainerStatus::to_json)
+                    .collect::<Vec<_>>()
+            );
+        }
+        // Compare without the timestamps of the conditions.
+        let mut cmp = status.clone();
+        cmp["conditions"] = json!(status["conditions"].as_array().map(|a| {
+            a.iter()
+                .map(|c| json!([c["type"], c["status"]]))
+                .collect::<Vec<_>>()
+        }));
+        if cmp == st.last_published {
+            return;
+        }
+        st.last_published = cmp;
+        drop(st);
+        super::patch(
+            &*self.store,
+            &res::pods(),
+            Some(&self.ns),
+            &self.name,
+            json!({"status": status}),
+        );
+    }
+
+    fn set_state(&self, init: bool, idx: usize, f: impl FnOnce(&mut ContainerStatus)) {
+        {
+            let mut st = self.state.lock().expect("state lock");
+            let c = if init {
+                &mut st.init[idx]
+            } else {
+                &mut st.main[idx]
+            };
+            f(c);
+        }
+        self.publish();
+    }
+
+    /// Runs the pod; returns true when it ended because the pod is being deleted.
+    async fn run(self: Arc<Self>) -> bool {
+        self.publish();
+        // 1. Volumes.
+        let prepared = loop {
+            let me = self.clone();
+            let res = tokio::task::spawn_blocking(move || me.prepare_volumes()).await;
+            match res {
+                Ok(Ok(p)) => break p,
+                Ok(Err(msg)) => self.event(EventType::Warning, "FailedMount", &msg),
+                Err(e) => tracing::error!("kubesim kubelet: preparing volumes panicked: {e}"),
+            }
+            if self.sleep_or_stop(Duration::from_millis(300)).await {
+                return self.stopped_by_delete();
+            }
+        };
+        let prepared = Arc::new(prepared);
+        // 2. Init containers, in order.
+        let init_count = self.state.lock().expect("state lock").init.len();
+        for i in 0..init_count {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                match self.clone().run_once(true, i, &prepared).await {
+                    RunOutcome::Stopped => return self.stopped_by_delete(),
+                    RunOutcome::Exited(0) => break,
+                    RunOutcome::Exited(_) if self.restart_policy() == "Never" => {
+                        self.state.lock().expect("state lock").failed_init = true;
+                        self.publish();
+                        return false;
+                    }
+                    RunOutcome::Exited(_) => {
+                        self.set_state(true, i, |c| {
+                            c.last_state = c.state.clone();
+                            c.state = json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off {}s restarting failed container={} pod={}_{}({})", backoff.as_secs_f32(), c.name, self.name, self.ns, self.uid)}});
+                        });
+                    }
+                    RunOutcome::PullFailed | RunOutcome::ConfigError => {}
+                }
+                if self.sleep_or_stop(backoff).await {
+                    return self.stopped_by_delete();
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(8));
+            }
+        }
+        if init_count > 0 {
+            self.state.lock().expect("state lock").init_done = true;
+            self.publish();
+        }
+        // 3. All containers at once.
+        let main_count = self.state.lock().expect("state lock").main.len();
+        let runs = (0..main_count).map(|i| self.clone().run_main(i, prepared.clone()));
+        let results = futures::future::join_all(runs).await;
+        if results.iter().any(|stopped| *stopped) || self.stopped() {
+            return self.stopped_by_delete();
+        }
+        self.publish();
+        false
+    }
+
+    /// Whether the pod is gone or being deleted (rather than the kubelet shutting down).
+    fn stopped_by_delete(&self) -> bool {
+        match self.store.get(&res::pods(), Some(&self.ns), &self.name) {
+            Some(p) => uid(&p) != self.uid || terminating(&p),
+            None => true,
+        }
+    }
+
+    /// Runs a main container with its restart policy; returns true when stopped.
+    async fn run_main(self: Arc<Self>, i: usize, prepared: Arc<Prepared>) -> bool {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let outcome = self.clone().run_once(false, i, &prepared).await;
+            let restart = match outcome {
+                RunOutcome::Stopped => return true,
+                RunOutcome::PullFailed | RunOutcome::ConfigError => true,
+                RunOutcome::Exited(code) => match self.restart_policy() {
+                    "Never" => false,
+                    "OnFailure" => code != 0,
+                    _ => true,
+                },
+            };
+            if !restart {
+                return false;
+            }
+            if let RunOutcome::Exited(_) = outcome {
+                let secs = backoff.as_secs_f32();
+                self.set_state(false, i, |c| {
+                    c.last_state = c.state.clone();
+                    c.state = json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off {secs}s restarting failed container={} pod={}_{}({})", c.name, self.name, self.ns, self.uid)}});
+                });
+                self.event(
+                    EventType::Warning,
+                    "BackOff",
+                    "Back-off restarting failed container",
+                );
+            }
+            if self.sleep_or_stop(backoff).await {
+                return true;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(8));
+        }
+    }
+
+    fn container_spec(&self, init: bool, i: usize) -> Value {
+        let key = if init {
+            "/spec/initContainers"
+        } else {
+            "/spec/containers"
+        };
+        self.pod
+            .pointer(key)
+            .and_then(|a| a.get(i))
+            .cloned()
+            .unwrap_or(json!({}))
+    }
+
+    /// Starts one container and waits for it to exit (or for the pod to stop).
+    async fn run_once(self: Arc<Self>, init: bool, i: usize, prepared: &Prepared) -> RunOutcome {
+        let c = self.container_spec(init, i);
+        let cname = s(&c, "/name").unwrap_or("").to_string();
+        let image = s(&c, "/image").unwrap_or("").to_string();
+        let kind = resolve_image(&self.ctx, &image);
+        if let ImageKind::Unknown = kind {
+            self.event(
+                EventType::Normal,
+                "Pulling",
+                &format!("Pulling image \"{image}\""),
+            );
+            let reference = if image.contains('/') {
+                image.clone()
+            } else {
+                format!("docker.io/library/{image}")
+            };
+            let reference = if reference
+                .rsplit('/')
+                .next()
+                .is_some_and(|l| l.contains(':') || l.contains('@'))
+            {
+                reference
+            } else {
+                format!("{reference}:latest")
+            };
+            let msg = format!(
+                "failed to pull and unpack image \"{reference}\": failed to resolve reference \"{reference}\": pull access \
+                 denied, repository does not exist or may require authorization"
+            );
+            let already = {
+                let st = self.state.lock().expect("state lock");
+                let cs = if init { &st.init[i] } else { &st.main[i] };
+                s(&cs.state, "/waiting/reason") == Some("ErrImagePull")
+            };
+            if already {
+                self.set_state(init, i, |cs| cs.state = json!({"waiting": {"reason": "ImagePullBackOff", "message": format!("Back-off pulling image \"{image}\": ErrImagePull: {msg}")}}));
+                self.event(
+                    EventType::Normal,
+                    "BackOff",
+                    &format!("Back-off pulling image \"{image}\""),
+                );
+                self.event(EventType::Warning, "Failed", "Error: ImagePullBackOff");
+            } else {
+                self.set_state(init, i, |cs| {
+                    cs.state =
+                        json!({"waiting": {"reason": "ErrImagePull", "message": msg.clone()}})
+                });
+                self.event(
+                    EventType::Warning,
+                    "Failed",
+                    &format!("Failed to pull image \"{image}\": {msg}"),
+                );
+                self.event(EventType::Warning, "Failed", "Error: ErrImagePull");
+            }
+            return RunOutcome::PullFailed;
+        }
+        let env = match self.container_env(&c) {
+            Ok(e) => e,
+            Err(msg) => {
+                self.set_state(init, i, |cs| cs.state = json!({"waiting": {"reason": "CreateContainerConfigError", "message": msg.clone()}}));
+                self.event(EventType::Warning, "Failed", &format!("Error: {msg}"));
+                return RunOutcome::ConfigError;
+            }
+        };
+        let mut argv: Vec<String> = {
+            let command = str_list(c.get("command"));
+            let args = str_list(c.get("args"));
+            let file_name = |p: &str| {
+                Path::new(p)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().to_string())
+            };
+            match &kind {
+                ImageKind::Mapped(bin) => {
+                    if command.is_empty() {
+                        std::iter::once(bin.to_string_lossy().to_string())
+                            .chain(args)
+                            .collect()
+                    } else if file_name(&command[0]) == file_name(&bin.to_string_lossy()) {
+                        std::iter::once(bin.to_string_lossy().to_string())
+                            .chain(command[1..].iter().cloned())
+                            .chain(args)
+                            .collect()
+                    } else {
+                        command.into_iter().chain(args).collect()
+                    }
+                }
+                _ => {
+                    if !command.is_empty() {
+                        command.into_iter().chain(args).collect()
+                    } else if !args.is_empty() {
+                        args
+                    } else if image_variants(&image).iter().any(|v| v.ends_with("pause")) {
+                        vec!["sleep".into(), "infinity".into()]
+                    } else {
+                        vec!["sh".into()]
+                    }
+                }
+            }
+        };
+        for a in argv.iter_mut() {
+            *a = expand(a, &env);
+        }
+        // Log file and termination message file.
+        let log_path = pod_log_path(&self.ctx.dir, &self.ns, &self.name, &self.uid, &cname);
+        let term_path = self.dir.join("termination").join(&cname);
+        let files = (|| -> std::io::Result<(std::fs::File, std::fs::File)> {
+            std::fs::create_dir_all(log_path.parent().expect("log dir"))?;
+            std::fs::create_dir_all(term_path.parent().expect("term dir"))?;
+            std::fs::write(&term_path, b"")?;
+            std::fs::set_permissions(&term_path, std::fs::Permissions::from_mode(0o666))?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)?;
+            Ok((f.try_clone()?, f))
+        })();
+        let script = self.setup_script(&c, prepared, &term_path);
+        let mut cmd = tokio::process::Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(&script)
+            .arg("kubesim-init")
+            .args(&argv)
+            .env_clear()
+            .envs(&env)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        let spawned = files.and_then(|(out, err)| {
+            cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
+            cmd.spawn()
+        });
+        let mut child = match spawned {
+            Ok(ch) => ch,
+            Err(e) => {
+                let msg = format!(
+                    "failed to create containerd task: failed to start {}: {e}",
+                    argv.first().map(String::as_str).unwrap_or("")
+                );
+                self.set_state(init, i, |cs| {
+                    cs.state = json!({"terminated": {"exitCode": 128, "reason": "StartError", "message": msg.clone(), "startedAt": now(), "finishedAt": now()}});
+                });
+                self.event(EventType::Warning, "Failed", &format!("Error: {msg}"));
+                return RunOutcome::Exited(128);
+            }
+        };
+        let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+        self.procs
+            .lock()
+            .expect("procs lock")
+            .insert(cname.clone(), pgid);
+        let started_at = now();
+        let restarts_before = {
+            let st = self.state.lock().expect("state lock");
+            let cs = if init { &st.init[i] } else { &st.main[i] };
+            cs.started_once
+        };
+        self.set_state(init, i, |cs| {
+            if cs.started_once {
+                cs.restart_count += 1;
+            }
+            cs.started_once = true;
+            cs.container_id = format!("kubesim://{}-{}-{}", self.uid, cs.name, cs.restart_count);
+            cs.state = json!({"running": {"startedAt": started_at}});
+        });
+        if !restarts_before {
+            self.event(
+                EventType::Normal,
+                "Pulled",
+                &format!("Container image \"{image}\" already present on machine"),
+            );
+        }
+        self.event(
+            EventType::Normal,
+            "Created",
+            &format!("Created container: {cname}"),
+        );
+        self.event(
+            EventType::Normal,
+            "Started",
+            &format!("Started container {cname}"),
+        );
+
+        let status = tokio::select! {
+            st = child.wait() => st.ok(),
+            _ = wait_stop(self.stop.clone()) => {
+                // Graceful stop: SIGTERM, then SIGKILL after the grace period (capped at 3 s).
+                kill_group(pgid, rustix::process::Signal::TERM);
+                let grace = self.pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30).min(3);
+                match tokio::time::timeout(Duration::from_secs(grace), child.wait()).await {
+                    Ok(st) => st.ok(),
+                    Err(_) => {
+                        kill_group(pgid, rustix::process::Signal::KILL);
+                        child.wait().await.ok()
+                    }
+                }
+            }
+        };
+        // Whatever the main process left behind in its group goes too.
+        kill_group(pgid, rustix::process::Signal::KILL);
+        self.procs.lock().expect("procs lock").remove(&cname);
+        let code: i64 = match status {
+            Some(st) => {
+                use std::os::unix::process::ExitStatusExt;
+                match (st.code(), st.signal()) {
+                    (Some(c), _) => i64::from(c),
+                    (None, Some(sig)) => 128 + i64::from(sig),
+                    _ => 255,
+                }
+            }
+            None => 255,
+        };
+        let mut message = std::fs::read(&term_path)
+            .map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).to_string())
+            .unwrap_or_default();
+        if message.is_empty()
+            && code != 0
+            && s(&c, "/terminationMessagePolicy") == Some("FallbackToLogsOnError")
+        {
+            let log = std::fs::read(&log_path).unwrap_or_default();
+            let tail = &log[log.len().saturating_sub(2048)..];
+            let text = String::from_utf8_lossy(tail);
+            let lines: Vec<&str> = text.lines().collect();
+            message = lines[lines.len().saturating_sub(80)..].join("\n");
+        }
+        let finished_at = now();
+        self.set_state(init, i, |cs| {
+            let mut t = json!({
+                "exitCode": code,
+                "reason": if code == 0 { "Completed" } else { "Error" },
+                "startedAt": started_at,
+                "finishedAt": finished_at,
+                "containerID": cs.container_id,
+            });
+            if code > 128 && code < 160 {
+                t["signal"] = json!(code - 128);
+            }
+            if !message.is_empty() {
+                t["message"] = json!(message);
+            }
+            cs.state = json!({"terminated": t});
+        });
+        if self.stopped() {
+            self.event(
+                EventType::Normal,
+                "Killing",
+                &format!("Stopping container {cname}"),
+            );
+            return RunOutcome::Stopped;
+        }
+        RunOutcome::Exited(code)
+    }
+
+    /// The container's environment (`envFrom`, then `env`, `$(VAR)` expanded), plus what every
+    /// container gets: PATH, HOSTNAME, HOME and the API server's service variables.
+    fn container_env(&self, c: &Value) -> Result<BTreeMap<String, String>, String> {
+        let mut env = BTreeMap::new();
+        env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
+        env.insert("HOSTNAME".to_string(), self.name.clone());
+        env.insert("HOME".to_string(), "/root".to_string());
+        let (h, p) = (&self.ctx.api_host, self.ctx.api_port);
+        env.insert("KUBERNETES_SERVICE_HOST".into(), h.clone());
+        env.insert("KUBERNETES_SERVICE_PORT".into(), p.to_string());
+        env.insert("KUBERNETES_SERVICE_PORT_HTTPS".into(), p.to_string());
+        env.insert("KUBERNETES_PORT".into(), format!("tcp://{h}:{p}"));
+        env.insert(format!("KUBERNETES_PORT_{p}_TCP"), format!("tcp://{h}:{p}"));
+        let get = |kind: &str, obj_name: &str| {
+            let r = if kind == "secret" {
+                res::secrets()
+            } else {
+                res::configmaps()
+            };
+            self.store.get(&r, Some(&self.ns), obj_name)
+        };
+        for from in c
+            .get("envFrom")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let prefix = s(&from, "/prefix").unwrap_or("");
+            for (key, kind) in [("secretRef", "secret"), ("configMapRef", "configmap")] {
+                let Some(r) = from.get(key) else { continue };
+                let n = s(r, "/name").unwrap_or("");
+                match get(kind, n) {
+                    Some(obj) => {
+                        for (k, v) in object_data(&obj, kind == "secret") {
+                            env.insert(
+                                format!("{prefix}{k}"),
+                                String::from_utf8_lossy(&v).to_string(),
+                            );
+                        }
+                    }
+                    None if r.get("optional") == Some(&json!(true)) => {}
+                    None => return Err(format!("{kind} \"{n}\" not found")),
+                }
+            }
+        }
+        for e in c
+            .get("env")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let n = s(&e, "/name").unwrap_or("").to_string();
+            if let Some(v) = s(&e, "/value") {
+                let v = expand(v, &env);
+                env.insert(n, v);
+                continue;
+            }
+            let Some(from) = e.get("valueFrom") else {
+                env.insert(n, String::new());
+                continue;
+            };
+            for (key, kind, label) in [
+                ("secretKeyRef", "secret", "Secret"),
+                ("configMapKeyRef", "configmap", "ConfigMap"),
+            ] {
+                let Some(r) = from.get(key) else { continue };
+                let obj_name = s(r, "/name").unwrap_or("");
+                let k = s(r, "/key").unwrap_or("");
+                let optional = r.get("optional") == Some(&json!(true));
+                match get(kind, obj_name).map(|o| object_data(&o, kind == "secret")) {
+                    Some(data) => match data.get(k) {
+                        Some(v) => {
+                            env.insert(n.clone(), String::from_utf8_lossy(v).to_string());
+                        }
+                        None if optional => {}
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {k} in {label} {}/{obj_name}",
+                                self.ns
+                            ));
+                        }
+                    },
+                    None if optional => {}
+                    None => return Err(format!("{kind} \"{obj_name}\" not found")),
+                }
+            }
+            if let Some(path) = s(from, "/fieldRef/fieldPath") {
+                env.insert(n.clone(), field_ref(&self.pod, path).unwrap_or_default());
+            }
+            if from.get("resourceFieldRef").is_some() {
+                env.insert(n, "0".to_string());
+            }
+        }
+        Ok(env)
+    }
+
+    /// Prepares every volume of the pod on the host (blocking: writes files, runs losetup).
+    fn prepare_volumes(&self) -> Result<Prepared, String> {
+        let mut out = HashMap::new();
+        let vols_dir = self.dir.join("volumes");
+        let result = (|| -> Result<(), String> {
+            for v in self
+                .pod
+                .pointer("/spec/volumes")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
+                let vname = s(&v, "/name").unwrap_or("").to_string();
+                let target = vols_dir.join(&vname);
+                let fail =
+                    |e: String| format!("MountVolume.SetUp failed for volume \"{vname}\" : {e}");
+                if let Some(claim) = s(&v, "/persistentVolumeClaim/claimName") {
+                    let ro = v.pointer("/persistentVolumeClaim/readOnly") == Some(&json!(true));
+                    let pvc = self
+                        .store
+                        .get(&res::pvcs(), Some(&self.ns), claim)
+                        .ok_or_else(|| {
+                            fail(format!("persistentvolumeclaim \"{claim}\" not found"))
+                        })?;
+                    let pv_name = s(&pvc, "/spec/volumeName").unwrap_or("");
+                    if s(&pvc, "/status/phase") != Some("Bound") || pv_name.is_empty() {
+                        return Err(format!(
+                            "Unable to attach or mount volumes: unmounted volumes=[{vname}]: PersistentVolumeClaim \"{claim}\" is not bound"
+                        ));
+                    }
+                    let pv = self
+                        .store
+                        .get(&res::pvs(), None, pv_name)
+                        .ok_or_else(|| fail(format!("persistentvolume \"{pv_name}\" not found")))?;
+                    let data = super::provisioner::volume_path(&self.ctx, pv_name);
+                    if !data.exists() {
+                        return Err(fail(format!(
+                            "rpc error: code = NotFound desc = volume {pv_name} does not exist"
+                        )));
+                    }
+                    if s(&pv, "/spec/volumeMode") == Some("Block") {
+                        let mut cmd = std::process::Command::new("losetup");
+                        cmd.arg("-f").arg("--show");
+                        if ro {
+                            cmd.arg("-r");
+                        }
+                        let o = cmd.arg(&data).output().map_err(|e| {
+                            fail(format!("losetup: {e} (is util-linux installed?)"))
+                        })?;
+                        if !o.status.success() {
+                            return Err(fail(format!(
+                                "losetup -f --show {}: {}",
+                                data.display(),
+                                String::from_utf8_lossy(&o.stderr).trim()
+                            )));
+                        }
+                        let device = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                        self.loops.lock().expect("loops lock").push(device.clone());
+                        let st = rustix::fs::stat(device.as_str())
+                            .map_err(|e| fail(format!("stat {device}: {e}")))?;
+                        out.insert(
+                            vname,
+                            VolumeSource::Block {
+                                major: rustix::fs::major(st.st_rdev),
+                                minor: rustix::fs::minor(st.st_rdev),
+                                device,
+                            },
+                        );
+                    } else {
+                        out.insert(
+                            vname,
+                            VolumeSource::Path {
+                                path: data,
+                                read_only: ro,
+                            },
+                        );
+                    }
+                } else if let Some(sec) = v.get("secret") {
+                    let n = s(sec, "/secretName").unwrap_or("");
+                    let _ = super::provisioner::remove_any(&target);
+                    std::fs::create_dir_all(&target).map_err(|e| fail(e.to_string()))?;
+                    match self.store.get(&res::secrets(), Some(&self.ns), n) {
+                        Some(obj) => self
+                            .project(&target, &object_data(&obj, true), sec)
+                            .map_err(&fail)?,
+                        None if sec.get("optional") == Some(&json!(true)) => {}
+                        None => return Err(fail(format!("secret \"{n}\" not found"))),
+                    }
+                    out.insert(
+                        vname,
+                        VolumeSource::Path {
+                            path: target,
+                            read_only: true,
+                        },
+                    );
+                } else if let Some(cm) = v.get("configMap") {
+                    let n = s(cm, "/name").unwrap_or("");
+                    let _ = super::provisioner::remove_any(&target);
+                    std::fs::create_dir_all(&target).map_err(|e| fail(e.to_string()))?;
+                    match self.store.get(&res::configmaps(), Some(&self.ns), n) {
+                        Some(obj) => self
+                            .project(&target, &object_data(&obj, false), cm)
+                            .map_err(&fail)?,
+                        None if cm.get("optional") == Some(&json!(true)) => {}
+                        None => return Err(fail(format!("configmap \"{n}\" not found"))),
+                    }
+                    out.insert(
+                        vname,
+                        VolumeSource::Path {
+                            path: target,
+                            read_only: true,
+                        },
+                    );
+                } else if let Some(proj) = v.get("projected") {
+                    let _ = super::provisioner::remove_any(&target);
+                    std::fs::create_dir_all(&target).map_err(|e| fail(e.to_string()))?;
+                    for src in proj
+                        .get("sources")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default()
+                    {
+                        if let Some(sec) = src.get("secret") {
+                            let n = s(sec, "/name").unwrap_or("");
+                            match self.store.get(&res::secrets(), Some(&self.ns), n) {
+                                Some(obj) => self
+                                    .project(&target, &object_data(&obj, true), sec)
+                                    .map_err(&fail)?,
+                                None if sec.get("optional") == Some(&json!(true)) => {}
+                                None => return Err(fail(format!("secret \"{n}\" not found"))),
+                            }
+                        } else if let Some(cm) = src.get("configMap") {
+                            let n = s(cm, "/name").unwrap_or("");
+                            let data = if n == "kube-root-ca.crt" {
+                                Some(BTreeMap::from([(
+                                    "ca.crt".to_string(),
+                                    self.ctx.ca_pem.as_bytes().to_vec(),
+                                )]))
+                            } else {
+                                self.store
+                                    .get(&res::configmaps(), Some(&self.ns), n)
+                                    .map(|o| object_data(&o, false))
+                            };
+                            match data {
+                                Some(d) => self.project(&target, &d, cm).map_err(&fail)?,
+                                None if cm.get("optional") == Some(&json!(true)) => {}
+                                None => return Err(fail(format!("configmap \"{n}\" not found"))),
+                            }
+                        } else if let Some(tok) = src.get("serviceAccountToken") {
+                            let p = s(tok, "/path").unwrap_or("token");
+                            let token = self
+                                .ctx
+                                .tokens
+                                .service_account_token(&self.ns, self.service_account());
+                            write_file(&target.join(p), token.as_bytes(), 0o644)
+                                .map_err(|e| fail(e.to_string()))?;
+                        } else if let Some(d) = src.get("downwardAPI") {
+                            self.downward(&target, d).map_err(&fail)?;
+                        }
+                    }
+                    out.insert(
+                        vname,
+                        VolumeSource::Path {
+                            path: target,
+                            read_only: true,
+                        },
+                    );
+                } else if let Some(d) = v.get("downwardAPI") {
+                    let _ = super::provisioner::remove_any(&target);
+                    std::fs::create_dir_all(&target).map_err(|e| fail(e.to_string()))?;
+                    self.downward(&target, d).map_err(&fail)?;
+                    out.insert(
+                        vname,
+                        VolumeSource::Path {
+                            path: target,
+                            read_only: true,
+                        },
+                    );
+                } else if v.get("emptyDir").is_some() {
+                    std::fs::create_dir_all(&target).map_err(|e| fail(e.to_string()))?;
+                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o777))
+                        .map_err(|e| fail(e.to_string()))?;
+                    out.insert(
+                        vname,
+                        VolumeSource::Path {
+                            path: target,
+                            read_only: false,
+                        },
+                    );
+                } else if let Some(hp) = s(&v, "/hostPath/path") {
+                    let p = PathBuf::from(hp);
+                    if matches!(s(&v, "/hostPath/type"), Some("DirectoryOrCreate")) {
+                        std::fs::create_dir_all(&p).map_err(|e| fail(e.to_string()))?;
+                    }
+                    out.insert(
+                        vname,
+                        VolumeSource::Path {
+                            path: p,
+                            read_only: false,
+                        },
+                    );
+                } else {
+                    return Err(fail(
+                        "this volume type is not supported by kubesim".to_string(),
+                    ));
+                }
+            }
+            // The ServiceAccount token, unless opted out.
+            if self.automount() {
+                let sa_dir = self.dir.join("serviceaccount");
+                let token = self
+                    .ctx
+                    .tokens
+                    .service_account_token(&self.ns, self.service_account());
+                write_file(&sa_dir.join("token"), token.as_bytes(), 0o644)
+                    .map_err(|e| e.to_string())?;
+                write_file(&sa_dir.join("ca.crt"), self.ctx.ca_pem.as_bytes(), 0o644)
+                    .map_err(|e| e.to_string())?;
+                write_file(&sa_dir.join("namespace"), self.ns.as_bytes(), 0o644)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(Prepared::Paths(out)),
+            Err(e) => {
+                detach_loops(&self.loops);
+                Err(e)
+            }
+        }
+    }
+
+    fn service_account(&self) -> &str {
+        s(&self.pod, "/spec/serviceAccountName")
+            .or_else(|| s(&self.pod, "/spec/serviceAccount"))
+            .unwrap_or("default")
+    }
+
+    fn automount(&self) -> bool {
+        if let Some(b) = self
+            .pod
+            .pointer("/spec/automountServiceAccountToken")
+            .and_then(Value::as_bool)
+        {
+            return b;
+        }
+        // A projected token volume already mounted there (added by an admission plugin) wins.
+        let mounts_sa = ["/spec/containers", "/spec/initContainers"]
+            .iter()
+            .any(|k| {
+                self.pod
+                    .pointer(k)
+                    .and_then(Value::as_array)
+                    .is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            c.get("volumeMounts")
+                                .and_then(Value::as_array)
+                                .is_some_and(|m| {
+                                    m.iter().any(|m| s(m, "/mountPath") == Some(SA_PATH))
+                                })
+                        })
+                    })
+            });
+        if mounts_sa {
+            return false;
+        }
+        self.store
+            .get(
+                &res::serviceaccounts(),
+                Some(&self.ns),
+                self.service_account(),
+            )
+            .and_then(|sa| {
+                sa.get("automountServiceAccountToken")
+                    .and_then(Value::as_bool)
+            })
+            .unwrap_or(true)
+    }
+
+    /// Writes the keys of a secret/configmap into a volume directory (`items`, modes).
+    fn project(
+        &self,
+        dir: &Path,
+        data: &BTreeMap<String, Vec<u8>>,
+        src: &Value,
+    ) -> Result<(), String> {
+        let default_mode = src
+            .get("defaultMode")
+            .and_then(Value::as_u64)
+            .unwrap_or(0o644) as u32;
+        match src.get("items").and_then(Value::as_array) {
+            Some(items) => {
+                for it in items {
+                    let k = s(it, "/key").unwrap_or("");
+                    let p = s(it, "/path").unwrap_or(k);
+                    let mode = it
+                        .get("mode")
+                        .and_then(Value::as_u64)
+                        .map(|m| m as u32)
+                        .unwrap_or(default_mode);
+                    match data.get(k) {
+                        Some(v) => write_file(&dir.join(p), v, mode).map_err(|e| e.to_string())?,
+                        None if src.get("optional") == Some(&json!(true)) => {}
+                        None => {
+                            return Err(format!(
+                                "configmap or secret references non-existent key {k}"
+                            ));
+                        }
+                    }
+                }
+            }
+            None => {
+                for (k, v) in data {
+                    write_file(&dir.join(k), v, default_mode).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn downward(&self, dir: &Path, d: &Value) -> Result<(), String> {
+        for it in d
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let p = s(&it, "/path").unwrap_or("");
+            let val = s(&it, "/fieldRef/fieldPath")
+                .map(|f| match f {
+                    "metadata.labels" | "metadata.annotations" => {
+                        let ptr = if f == "metadata.labels" {
+                            "/metadata/labels"
+                        } else {
+                            "/metadata/annotations"
+                        };
+                        self.pod
+                            .pointer(ptr)
+                            .and_then(Value::as_object)
+                            .map(|m| {
+                                m.iter()
+                                    .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or("")))
+                                    .collect::<Vec<_>>()
+                                    .join("\n")
+                            })
+                            .unwrap_or_default()
+                    }
+                    f => field_ref(&self.pod, f).unwrap_or_default(),
+                })
+                .unwrap_or_default();
+            write_file(&dir.join(p), val.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The root shell script that builds the container's mount namespace, then execs "$@".
+    fn setup_script(&self, c: &Value, prepared: &Prepared, term_file: &Path) -> String {
+        let Prepared::Paths(vols) = prepared;
+        let mut sc = String::new();
+        sc.push_str("set -e\n__kubesim_path=\"$PATH\"\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n");
+        let bind = |sc: &mut String, src: &str, target: &str, ro: bool, is_dir: bool| {
+            if is_dir {
+                sc.push_str(&format!("mkdir -p {t}\n", t = sq(target)));
+            } else {
+                sc.push_str(&format!(
+                    "mkdir -p \"$(dirname {t})\"; [ -e {t} ] || : > {t}\n",
+                    t = sq(target)
+                ));
+            }
+            sc.push_str(&format!("mount --bind {} {}\n", sq(src), sq(target)));
+            if ro {
+                sc.push_str(&format!("mount -o remount,bind,ro {}\n", sq(target)));
+            }
+        };
+        // Block devices outside /dev are bind-mounted from the host's /dev before /dev is replaced.
+        let devices: Vec<(String, String)> = c
+            .get("volumeDevices")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|d| {
+                        (
+                            s(d, "/name").unwrap_or("").to_string(),
+                            s(d, "/devicePath").unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (vname, path) in &devices {
+            if let Some(VolumeSource::Block { device, .. }) = vols.get(vname)
+                && !path.starts_with("/dev/")
+            {
+                bind(&mut sc, device, path, false, false);
+            }
+        }
+        // A fresh /dev.
+        sc.push_str(
+            "mount -t tmpfs -o nosuid,mode=755 kubesim-dev /dev\n\
+             mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/zero c 1 5; mknod -m 666 /dev/full c 1 7\n\
+             mknod -m 666 /dev/random c 1 8; mknod -m 666 /dev/urandom c 1 9; mknod -m 666 /dev/tty c 5 0\n\
+             mkdir -p /dev/pts /dev/shm\n\
+             mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts 2>/dev/null && ln -s pts/ptmx /dev/ptmx || true\n\
+             mount -t tmpfs -o nosuid,nodev,mode=1777 shm /dev/shm || true\n\
+             ln -s /proc/self/fd /dev/fd; ln -s /proc/self/fd/0 /dev/stdin; ln -s /proc/self/fd/1 /dev/stdout; ln -s /proc/self/fd/2 /dev/stderr\n",
+        );
+        for (vname, path) in &devices {
+            if let Some(VolumeSource::Block { major, minor, .. }) = vols.get(vname)
+                && path.starts_with("/dev/")
+            {
+                sc.push_str(&format!(
+                    "mkdir -p \"$(dirname {p})\"; mknod -m 660 {p} b {major} {minor}\n",
+                    p = sq(path)
+                ));
+            }
+        }
+        // An empty home, as in a fresh image.
+        sc.push_str("mount -t tmpfs -o mode=700 kubesim-home /root\n");
+        // The termination message file.
+        let term_target = s(c, "/terminationMessagePath").unwrap_or("/dev/termination-log");
+        bind(
+            &mut sc,
+            &term_file.to_string_lossy(),
+            term_target,
+            false,
+            false,
+        );
+        // The service account.
+        if self.automount() {
+            bind(
+                &mut sc,
+                &self.dir.join("serviceaccount").to_string_lossy(),
+                SA_PATH,
+                true,
+                true,
+            );
+        }
+        // Volume mounts, parents first.
+        let mut mounts: Vec<Value> = c
+            .get("volumeMounts")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        mounts.sort_by_key(|m| s(m, "/mountPath").unwrap_or("").matches('/').count());
+        for m in &mounts {
+            let vname = s(m, "/name").unwrap_or("");
+            let target = s(m, "/mountPath").unwrap_or("");
+            let Some(VolumeSource::Path { path, read_only }) = vols.get(vname) else {
+                continue;
+            };
+            let mut src = path.clone();
+            if let Some(sub) = s(m, "/subPath").filter(|p| !p.is_empty()) {
+                src = src.join(sub);
+                if !src.exists() {
+                    let _ = std::fs::create_dir_all(&src);
+                }
+            }
+            let ro = *read_only || m.get("readOnly") == Some(&json!(true));
+            bind(&mut sc, &src.to_string_lossy(), target, ro, src.is_dir());
+        }
+        let wd = s(c, "/workingDir").filter(|w| !w.is_empty());
+        sc.push_str("PATH=\"$__kubesim_path\"; export PATH; unset __kubesim_path\n");
+        if let Some(wd) = wd {
+            sc.push_str(&format!("mkdir -p {w}; cd {w}\n", w = sq(wd)));
+        }
+        let user = c
+            .pointer("/securityContext/runAsUser")
+            .or_else(|| self.pod.pointer("/spec/securityContext/runAsUser"))
+            .and_then(Value::as_u64);
+        let group = c
+            .pointer("/securityContext/runAsGroup")
+            .or_else(|| self.pod.pointer("/spec/securityContext/runAsGroup"))
+            .and_then(Value::as_u64);
+        if user.is_some() || group.is_some() {
+            let mut cmd = String::from("exec setpriv");
+            cmd.push_str(&format!(" --reuid={}", user.unwrap_or(0)));
+            cmd.push_str(&format!(" --regid={}", group.or(user).unwrap_or(0)));
+            cmd.push_str(" --clear-groups -- \"$@\"\n");
+            sc.push_str(&cmd);
+        } else {
+            sc.push_str("exec \"$@\"\n");
+        }
+        sc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_lose_tags_digests_and_docker_hub_prefixes() {
+        assert!(image_variants("docker.io/library/busybox:1.36").contains(&"busybox".to_string()));
+        assert!(image_variants("busybox@sha256:abc").contains(&"busybox".to_string()));
+        assert_eq!(
+            image_variants("localhost:5000/x/y:tag")[0],
+            "localhost:5000/x/y"
+        );
+    }
+
+    #[test]
+    fn variable_references_expand_like_the_kubelet() {
+        let env = BTreeMap::from([("A".to_string(), "1".to_string())]);
+        assert_eq!(expand("x$(A)y$(B)$$(A)", &env), "x1y$(B)$(A)");
+    }
+}
