@@ -19,6 +19,8 @@
 //!   `links`; the content of an inode is read once and its content list reused for its other
 //!   links, and restore relinks them by (`device_id`, `inode`);
 //! - sockets are not backed up (counted in the summary);
+//! - atime is recorded as the mtime unless [`TreeOptions::with_atime`] (restic's default), so
+//!   that merely reading files does not change the trees;
 //! - an entry that cannot be read (permission, vanished, I/O error) is left out of the snapshot
 //!   and reported as a warning naming its path; the backup goes on. Callers that want an
 //!   all-or-nothing backup check [`BackupSummary::warnings`].
@@ -56,6 +58,9 @@ pub struct TreeOptions {
     pub ignore_ctime: bool,
     /// Do not compare inode numbers when deciding a file is unchanged (`--ignore-inode`).
     pub ignore_inode: bool,
+    /// Record real access times. By default, as restic does without `--with-atime`, a node's
+    /// atime is its mtime, so that reading a tree does not change its tree blobs.
+    pub with_atime: bool,
 }
 
 /// What a tree backup did.
@@ -137,6 +142,7 @@ pub fn backup_tree_with(
     if repo.index().is_empty() {
         repo.load_index()?;
     }
+    crate::resume::index_unindexed_packs(repo)?;
     let root = std::path::absolute(root).map_err(|e| Error::io(root, e))?;
     let root_md = std::fs::metadata(&root).map_err(|e| Error::io(&root, e))?;
     if !root_md.is_dir() {
@@ -145,7 +151,10 @@ pub fn backup_tree_with(
             root.display()
         )));
     }
-    let root_node = node_from_metadata(&root, OsString::new(), &root_md)?;
+    let mut root_node = node_from_metadata(&root, OsString::new(), &root_md)?;
+    if !tree_opts.with_atime {
+        root_node.atime = root_node.mtime;
+    }
 
     let parent_tree = match &opts.parent {
         Some(p) => {
@@ -273,6 +282,9 @@ impl Walker<'_> {
                     continue;
                 }
             };
+            if !self.tree_opts.with_atime {
+                node.atime = node.mtime;
+            }
             let old = parent.and_then(|t| t.find(&name));
             match node.node_type {
                 NodeType::Dir => {

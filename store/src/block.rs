@@ -60,9 +60,9 @@ pub struct BackupSummary {
     pub snapshot_id: Id,
     /// Bytes read from the source.
     pub bytes_total: u64,
-    /// Plaintext bytes of data not yet in the repository.
+    /// Plaintext bytes of image data that was not yet in the repository.
     pub bytes_new: u64,
-    /// Bytes added to the repository for them (compressed and sealed).
+    /// Bytes added to packs (new data and the tree, compressed and sealed).
     pub bytes_stored: u64,
     /// Chunks in the image.
     pub chunks: u64,
@@ -81,8 +81,12 @@ pub struct RestoreOptions {
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        RestoreOptions { threads: (cpus * 2).clamp(2, 16) }
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        RestoreOptions {
+            threads: (cpus * 2).clamp(2, 16),
+        }
     }
 }
 
@@ -114,7 +118,10 @@ impl std::fmt::Debug for Source {
 /// Opens a backup source: `-` is stdin, otherwise a block device or a regular file.
 pub fn open_source(path: &Path) -> Result<Source> {
     if path == Path::new("-") {
-        return Ok(Source { reader: Box::new(std::io::stdin()), size: None });
+        return Ok(Source {
+            reader: Box::new(std::io::stdin()),
+            size: None,
+        });
     }
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
     let md = f.metadata().map_err(|e| Error::io(path, e))?;
@@ -133,7 +140,10 @@ pub fn open_source(path: &Path) -> Result<Source> {
     // The chunker reads strictly sequentially: ask for aggressive readahead so the disk
     // works while the chunker hashes.
     let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::Sequential);
-    Ok(Source { reader: Box::new(f), size: Some(size) })
+    Ok(Source {
+        reader: Box::new(f),
+        size: Some(size),
+    })
 }
 
 /// Backs up a stream as one file `name` (like `restic backup --stdin --stdin-filename NAME`).
@@ -158,6 +168,7 @@ pub fn backup_block(
     })?;
     let _lock = Lock::shared(repo)?;
     repo.load_index()?;
+    crate::resume::index_unindexed_packs(repo)?;
     progress.set_total(opts.total_size);
     let started = crate::format::now();
 
@@ -167,18 +178,20 @@ pub fn backup_block(
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut total = 0u64;
     let mut chunks_new = 0u64;
+    let mut bytes_new = 0u64;
     let mut resolve = |p: crate::packer::AddResult, content: &mut Vec<Id>| {
         progress.add_done(p.len);
         if p.new {
             chunks_new += 1;
+            bytes_new += p.len;
         }
         content.push(p.id);
     };
     loop {
         let mut buf = writer.take_buffer();
-        let more = chunker.next_chunk_into(&mut buf).map_err(|e| {
-            Error::Invalid(format!("reading the source of {name}: {e}"))
-        })?;
+        let more = chunker
+            .next_chunk_into(&mut buf)
+            .map_err(|e| Error::Invalid(format!("reading the source of {name}: {e}")))?;
         if !more {
             break;
         }
@@ -220,7 +233,7 @@ pub fn backup_block(
     Ok(BackupSummary {
         snapshot_id,
         bytes_total: total,
-        bytes_new: stats.bytes_new,
+        bytes_new,
         bytes_stored: stats.bytes_stored,
         chunks: snap_chunks(&tree),
         chunks_new,
@@ -229,7 +242,10 @@ pub fn backup_block(
 }
 
 fn snap_chunks(tree: &Tree) -> u64 {
-    tree.nodes.first().map(|n| n.content.len() as u64).unwrap_or(0)
+    tree.nodes
+        .first()
+        .map(|n| n.content.len() as u64)
+        .unwrap_or(0)
 }
 
 /// The file node of a block snapshot: `path` (`/NAME`, or nested), or, when `None`, the
@@ -237,8 +253,11 @@ fn snap_chunks(tree: &Tree) -> u64 {
 pub fn find_image_node(repo: &Repository, snap: &Snapshot, path: Option<&str>) -> Result<Node> {
     let root = load_tree(repo, &snap.tree)?;
     let Some(path) = path else {
-        let files: Vec<&Node> =
-            root.nodes.iter().filter(|n| n.node_type == NodeType::File).collect();
+        let files: Vec<&Node> = root
+            .nodes
+            .iter()
+            .filter(|n| n.node_type == NodeType::File)
+            .collect();
         return match files.as_slice() {
             [n] if root.nodes.len() == 1 => Ok((*n).clone()),
             _ => Err(Error::Invalid(format!(
@@ -254,7 +273,9 @@ pub fn find_image_node(repo: &Repository, snap: &Snapshot, path: Option<&str>) -
         let node = tree.find(OsStr::new(part)).ok_or_else(not_found)?.clone();
         if i + 1 == parts.len() {
             if node.node_type != NodeType::File {
-                return Err(Error::Invalid(format!("{path} in the snapshot is not a file")));
+                return Err(Error::Invalid(format!(
+                    "{path} in the snapshot is not a file"
+                )));
             }
             return Ok(node);
         }
@@ -282,7 +303,15 @@ pub fn restore_block(
 ) -> Result<RestoreSummary> {
     let start = Instant::now();
     let _lock = Lock::shared(repo)?;
-    let snap: Snapshot = repo.load_unpacked(FileType::Snapshot, snapshot)?;
+    let snap: Snapshot = match repo.load_unpacked(FileType::Snapshot, snapshot) {
+        Err(Error::NotFound { .. }) => {
+            return Err(Error::Invalid(format!(
+                "no snapshot matches ID \"{snapshot}\" in {} (list them with `kubectl-volbackup snapshots`)",
+                repo.location()
+            )));
+        }
+        r => r?,
+    };
     repo.load_index()?;
     let node = find_image_node(repo, &snap, path)?;
     let index = repo.index();
@@ -291,28 +320,39 @@ pub fn restore_block(
     let mut offsets: HashMap<Id, (IndexEntry, Vec<u64>)> = HashMap::new();
     let mut pos = 0u64;
     for id in &node.content {
-        let e = *index.get(BlobType::Data, id).ok_or_else(|| Error::Corrupt {
-            what: format!("snapshot {}", snapshot.short()),
-            message: format!(
-                "data blob {id} is missing from the index (run `kubectl-volbackup check`)"
-            ),
-        })?;
-        offsets.entry(*id).or_insert_with(|| (e, Vec::new())).1.push(pos);
+        let e = *index
+            .get(BlobType::Data, id)
+            .ok_or_else(|| Error::Corrupt {
+                what: format!("snapshot {}", snapshot.short()),
+                message: format!(
+                    "data blob {id} is missing from the index (run `kubectl-volbackup check`)"
+                ),
+            })?;
+        offsets
+            .entry(*id)
+            .or_insert_with(|| (e, Vec::new()))
+            .1
+            .push(pos);
         pos += u64::from(e.plaintext_len());
     }
     let size = pos;
     if size != node.size {
         return Err(Error::Corrupt {
             what: format!("snapshot {}", snapshot.short()),
-            message: format!("chunks add up to {size} bytes but the file node says {}", node.size),
+            message: format!(
+                "chunks add up to {size} bytes but the file node says {}",
+                node.size
+            ),
         });
     }
     progress.set_total(Some(size));
 
     let (file, fresh) = open_target(target, size)?;
-    let mut jobs: Vec<(Id, IndexEntry, Vec<u64>)> =
-        offsets.into_iter().map(|(id, (e, offs))| (id, e, offs)).collect();
-    jobs.sort_by(|a, b| (a.1.pack, a.1.offset).cmp(&(b.1.pack, b.1.offset)));
+    let mut jobs: Vec<(Id, IndexEntry, Vec<u64>)> = offsets
+        .into_iter()
+        .map(|(id, (e, offs))| (id, e, offs))
+        .collect();
+    jobs.sort_by_key(|j| (j.1.pack, j.1.offset));
     let next = Mutex::new(jobs.into_iter());
     let written = AtomicU64::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
@@ -328,13 +368,19 @@ pub fn restore_block(
                         return;
                     };
                     let r = restore_one(
-                        repo, &file, target, fresh, &id, &entry, &offs, &mut zero_check,
+                        repo,
+                        &file,
+                        target,
+                        fresh,
+                        &id,
+                        &entry,
+                        &offs,
+                        &mut zero_check,
                     );
                     match r {
                         Ok(w) => {
                             written.fetch_add(w, Ordering::Relaxed);
-                            progress
-                                .add_done(u64::from(entry.plaintext_len()) * offs.len() as u64);
+                            progress.add_done(u64::from(entry.plaintext_len()) * offs.len() as u64);
                         }
                         Err(e) => {
                             failed.lock().expect("error").get_or_insert(e);
@@ -393,7 +439,8 @@ fn open_target(target: &Path, size: u64) -> Result<(File, bool)> {
 }
 
 fn is_zero(data: &[u8]) -> bool {
-    data.chunks(4096).all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+    data.chunks(4096)
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -422,12 +469,14 @@ fn restore_one(
                 continue;
             }
             zero_check.resize(data.len(), 0);
-            file.read_exact_at(zero_check, off).map_err(|e| Error::io(target, e))?;
+            file.read_exact_at(zero_check, off)
+                .map_err(|e| Error::io(target, e))?;
             if is_zero(zero_check) {
                 continue;
             }
         }
-        file.write_all_at(&data, off).map_err(|e| Error::io(target, e))?;
+        file.write_all_at(&data, off)
+            .map_err(|e| Error::io(target, e))?;
         written += data.len() as u64;
     }
     Ok(written)

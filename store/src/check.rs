@@ -95,15 +95,25 @@ impl CheckReport {
 
     /// The errors only.
     pub fn errors(&self) -> impl Iterator<Item = &Problem> {
-        self.problems.iter().filter(|p| p.severity == Severity::Error)
+        self.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
     }
 
     fn error(&mut self, subject: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { severity: Severity::Error, subject: subject.into(), message: message.into() });
+        self.problems.push(Problem {
+            severity: Severity::Error,
+            subject: subject.into(),
+            message: message.into(),
+        });
     }
 
     fn info(&mut self, subject: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { severity: Severity::Info, subject: subject.into(), message: message.into() });
+        self.problems.push(Problem {
+            severity: Severity::Info,
+            subject: subject.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -119,7 +129,11 @@ impl fmt::Display for CheckReport {
             self.snapshots, self.trees, self.blobs, self.packs, self.index_files
         )?;
         if self.packs_read > 0 {
-            write!(f, "; read {} packs ({} bytes)", self.packs_read, self.bytes_read)?;
+            write!(
+                f,
+                "; read {} packs ({} bytes)",
+                self.packs_read, self.bytes_read
+            )?;
         }
         if errors == 0 {
             write!(f, "; no errors")
@@ -184,12 +198,20 @@ impl PackMap {
 
 /// Checks the repository. Errors in the repository are findings in the report; `Err` means the
 /// check itself could not run (no lock, backend unreachable).
-pub fn check(repo: &Repository, opts: &CheckOptions, progress: &dyn Progress) -> Result<CheckReport> {
+pub fn check(
+    repo: &Repository,
+    opts: &CheckOptions,
+    progress: &dyn Progress,
+) -> Result<CheckReport> {
     let _lock = Lock::shared(repo)?;
     check_locked(repo, opts, progress)
 }
 
-fn check_locked(repo: &Repository, opts: &CheckOptions, progress: &dyn Progress) -> Result<CheckReport> {
+fn check_locked(
+    repo: &Repository,
+    opts: &CheckOptions,
+    progress: &dyn Progress,
+) -> Result<CheckReport> {
     let mut report = CheckReport::default();
 
     // Snapshots are listed before the index is read (a backup finishing meanwhile writes its
@@ -201,7 +223,10 @@ fn check_locked(repo: &Repository, opts: &CheckOptions, progress: &dyn Progress)
             Ok(s) => roots.push((id, s.tree)),
             Err(Error::NotFound { .. }) => {}
             Err(e @ (Error::Backend { .. } | Error::Io { .. })) => return Err(e),
-            Err(e) => report.error(relative_path(FileType::Snapshot, &id.to_hex()), e.to_string()),
+            Err(e) => report.error(
+                relative_path(FileType::Snapshot, &id.to_hex()),
+                e.to_string(),
+            ),
         }
     }
     report.snapshots = roots.len();
@@ -253,10 +278,17 @@ fn check_locked(repo: &Repository, opts: &CheckOptions, progress: &dyn Progress)
     }
     let dups = map.index.duplicates().len();
     if dups > 0 {
-        report.info("index", format!("{dups} extra copies of blobs are stored; prune removes them"));
+        report.info(
+            "index",
+            format!("{dups} extra copies of blobs are stored; prune removes them"),
+        );
     }
 
-    report.problems.sort_by(|a, b| b.severity.cmp(&a.severity).then_with(|| a.subject.cmp(&b.subject)));
+    report.problems.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then_with(|| a.subject.cmp(&b.subject))
+    });
     Ok(report)
 }
 
@@ -270,28 +302,49 @@ fn check_packs(
 ) -> Result<()> {
     for (id, files) in &map.listed_in {
         if files.len() > 1 {
-            report.info(pack_path(id), format!("listed in {} index files; prune merges them", files.len()));
+            report.info(
+                pack_path(id),
+                format!("listed in {} index files; prune merges them", files.len()),
+            );
         }
     }
     for id in listing.keys() {
         if !map.packs.contains_key(id) {
-            report.info(pack_path(id), "not referenced by any index; prune removes it");
+            report.info(
+                pack_path(id),
+                "not referenced by any index; prune removes it",
+            );
         }
     }
     if read_data {
-        progress.set_total(Some(listing.iter().filter(|(id, _)| map.packs.contains_key(id)).map(|(_, s)| s).sum()));
+        progress.set_total(Some(
+            listing
+                .iter()
+                .filter(|(id, _)| map.packs.contains_key(id))
+                .map(|(_, s)| s)
+                .sum(),
+        ));
     } else {
         progress.set_total(Some(map.packs.len() as u64));
     }
     for (id, blobs) in &map.packs {
         let path = pack_path(id);
         let Some(&size) = listing.get(id) else {
-            report.error(&path, format!("does not exist, but the index lists {} blobs in it", blobs.len()));
+            report.error(
+                &path,
+                format!(
+                    "does not exist, but the index lists {} blobs in it",
+                    blobs.len()
+                ),
+            );
             continue;
         };
         let types: HashSet<BlobType> = blobs.iter().map(|b| b.blob_type).collect();
         if types.len() > 1 {
-            report.error(&path, "holds both data and tree blobs (restic requires separate packs)");
+            report.error(
+                &path,
+                "holds both data and tree blobs (restic requires separate packs)",
+            );
         }
         let mut tiled = true;
         let mut pos = 0u64;
@@ -299,7 +352,10 @@ fn check_packs(
             if u64::from(b.offset) != pos {
                 report.error(
                     &path,
-                    format!("index has a gap or overlap at offset {pos} (next blob {} at {})", b.id, b.offset),
+                    format!(
+                        "index has a gap or overlap at offset {pos} (next blob {} at {})",
+                        b.id, b.offset
+                    ),
                 );
                 tiled = false;
                 break;
@@ -308,7 +364,10 @@ fn check_packs(
         }
         let expected = expected_pack_size(blobs);
         if tiled && expected != size {
-            report.error(&path, format!("is {size} bytes, the index implies {expected}"));
+            report.error(
+                &path,
+                format!("is {size} bytes, the index implies {expected}"),
+            );
         }
         if read_data {
             match repo.backend().read(FileType::Pack, &id.to_hex()) {
@@ -318,13 +377,21 @@ fn check_packs(
                     progress.add_done(bytes.len() as u64);
                     check_pack_bytes(repo, id, blobs, &bytes, report);
                 }
-                Err(e @ Error::Backend { retryable: true, .. }) => return Err(e),
+                Err(
+                    e @ Error::Backend {
+                        retryable: true, ..
+                    },
+                ) => return Err(e),
                 Err(e) => report.error(&path, format!("cannot be read: {e}")),
             }
         } else {
             match repo.read_pack_header(id) {
                 Ok(header) => compare_header(&path, blobs, &header, report),
-                Err(e @ Error::Backend { retryable: true, .. }) => return Err(e),
+                Err(
+                    e @ Error::Backend {
+                        retryable: true, ..
+                    },
+                ) => return Err(e),
                 Err(Error::Corrupt { message, .. }) => report.error(&path, message),
                 Err(e) => report.error(&path, format!("header cannot be read: {e}")),
             }
@@ -335,9 +402,21 @@ fn check_packs(
 }
 
 /// Compares the header's blob list with the index's (both in offset order).
-fn compare_header(path: &str, index: &[IndexBlob], header: &[PackedBlob], report: &mut CheckReport) {
+fn compare_header(
+    path: &str,
+    index: &[IndexBlob],
+    header: &[PackedBlob],
+    report: &mut CheckReport,
+) {
     if index.len() != header.len() {
-        report.error(path, format!("header lists {} blobs, the index {}", header.len(), index.len()));
+        report.error(
+            path,
+            format!(
+                "header lists {} blobs, the index {}",
+                header.len(),
+                index.len()
+            ),
+        );
     }
     for (i, h) in header.iter().enumerate() {
         let matches = index.get(i).is_some_and(|x| {
@@ -361,10 +440,19 @@ fn compare_header(path: &str, index: &[IndexBlob], header: &[PackedBlob], report
 }
 
 /// Verifies a whole pack read into memory: name hash, header, every blob.
-fn check_pack_bytes(repo: &Repository, id: &Id, index: &[IndexBlob], bytes: &[u8], report: &mut CheckReport) {
+fn check_pack_bytes(
+    repo: &Repository,
+    id: &Id,
+    index: &[IndexBlob],
+    bytes: &[u8],
+    report: &mut CheckReport,
+) {
     let path = pack_path(id);
     if Id::hash(bytes) != *id {
-        report.error(&path, "content does not match its name (SHA-256): the pack is damaged");
+        report.error(
+            &path,
+            "content does not match its name (SHA-256): the pack is damaged",
+        );
     }
     match parse_header(repo, bytes) {
         Ok(header) => compare_header(&path, index, &header, report),
@@ -379,17 +467,27 @@ fn check_pack_bytes(repo: &Repository, id: &Id, index: &[IndexBlob], bytes: &[u8
             first.get_or_insert_with(|| format!("blob {} lies beyond the end of the pack", b.id));
             continue;
         };
-        let entry = IndexEntry { pack: *id, offset: b.offset, length: b.length, uncompressed_length: b.uncompressed_length };
+        let entry = IndexEntry {
+            pack: *id,
+            offset: b.offset,
+            length: b.length,
+            uncompressed_length: b.uncompressed_length,
+        };
         if let Err(e) = repo.decode_blob(&b.id, &entry, sealed.to_vec()) {
             bad += 1;
             first.get_or_insert_with(|| match e {
-                Error::Corrupt { message, .. } => format!("{} blob {}: {message}", b.blob_type, b.id),
+                Error::Corrupt { message, .. } => {
+                    format!("{} blob {}: {message}", b.blob_type, b.id)
+                }
                 e => format!("{} blob {}: {e}", b.blob_type, b.id),
             });
         }
     }
     if let Some(first) = first {
-        report.error(&path, format!("{bad} of {} blobs are damaged, first: {first}", index.len()));
+        report.error(
+            &path,
+            format!("{bad} of {} blobs are damaged, first: {first}", index.len()),
+        );
     }
 }
 
@@ -401,7 +499,9 @@ fn parse_header(repo: &Repository, bytes: &[u8]) -> std::result::Result<Vec<Pack
     }
     let hlen = u32::from_le_bytes(bytes[size - 4..].try_into().expect("4 bytes")) as usize;
     if hlen + 4 > size || hlen < crypto::OVERHEAD {
-        return Err(format!("header length {hlen} does not fit a {size}-byte pack"));
+        return Err(format!(
+            "header length {hlen} does not fit a {size}-byte pack"
+        ));
     }
     let plain = repo
         .key()
@@ -483,33 +583,48 @@ pub(crate) fn walk_trees(repo: &Repository, index: &Index, roots: &[(Id, Id)]) -
         walk.trees += 1;
         let subject = format!("tree {tree_id}");
         if !index.has(BlobType::Tree, &tree_id) {
-            walk.errors.push((subject, format!("is not in the index (referenced by {parent})")));
+            walk.errors.push((
+                subject,
+                format!("is not in the index (referenced by {parent})"),
+            ));
             continue;
         }
-        let Some(raw) = read_blob_any(repo, index, BlobType::Tree, &tree_id, &mut walk.errors) else {
-            walk.errors.push((subject, format!("cannot be loaded from any pack (referenced by {parent})")));
+        let Some(raw) = read_blob_any(repo, index, BlobType::Tree, &tree_id, &mut walk.errors)
+        else {
+            walk.errors.push((
+                subject,
+                format!("cannot be loaded from any pack (referenced by {parent})"),
+            ));
             continue;
         };
         let tree: RefTree = match serde_json::from_slice(&raw) {
             Ok(t) => t,
             Err(e) => {
-                walk.errors.push((subject, format!("is not valid tree JSON: {e}")));
+                walk.errors
+                    .push((subject, format!("is not valid tree JSON: {e}")));
                 continue;
             }
         };
         for node in tree.nodes.unwrap_or_default() {
             if node.name.is_empty() {
-                walk.errors.push((subject.clone(), "has a node with an empty name".into()));
+                walk.errors
+                    .push((subject.clone(), "has a node with an empty name".into()));
             }
             match node.node_type.as_str() {
                 "file" => match node.content {
-                    None => walk.errors.push((subject.clone(), format!("file {:?} has no content list (null)", node.name))),
+                    None => walk.errors.push((
+                        subject.clone(),
+                        format!("file {:?} has no content list (null)", node.name),
+                    )),
                     Some(content) => {
                         for blob in content {
                             if !index.has(BlobType::Data, &blob) {
                                 walk.errors.push((
                                     subject.clone(),
-                                    format!("file {:?}: data blob {blob} is not in the index", node.name),
+                                    format!(
+                                        "file {:?}: data blob {blob} is not in the index",
+                                        node.name
+                                    ),
                                 ));
                             }
                             walk.used.insert((BlobType::Data, blob));
@@ -517,7 +632,10 @@ pub(crate) fn walk_trees(repo: &Repository, index: &Index, roots: &[(Id, Id)]) -
                     }
                 },
                 "dir" => match node.subtree {
-                    None => walk.errors.push((subject.clone(), format!("dir {:?} has no subtree", node.name))),
+                    None => walk.errors.push((
+                        subject.clone(),
+                        format!("dir {:?} has no subtree", node.name),
+                    )),
                     Some(sub) => {
                         if walk.used.insert((BlobType::Tree, sub)) {
                             queue.push((sub, subject.clone()));
@@ -525,7 +643,10 @@ pub(crate) fn walk_trees(repo: &Repository, index: &Index, roots: &[(Id, Id)]) -
                     }
                 },
                 "symlink" | "dev" | "chardev" | "fifo" | "socket" | "irregular" => {}
-                other => walk.errors.push((subject.clone(), format!("node {:?} has unknown type {other:?}", node.name))),
+                other => walk.errors.push((
+                    subject.clone(),
+                    format!("node {:?} has unknown type {other:?}", node.name),
+                )),
             }
         }
     }

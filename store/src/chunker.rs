@@ -432,7 +432,7 @@ impl<S: Shape> Hasher<'_, S> {
     /// `start + k n .. start + (k + 1) n`, and returns the first hit in stream order.
     /// `n` is a multiple of [`BLOCK`]; `start` is above 64.
     fn search_lanes(self, data: &[u8], start: usize, n: usize) -> Option<usize> {
-        debug_assert!(n % BLOCK == 0 && start > WINDOW_SIZE);
+        debug_assert!(n.is_multiple_of(BLOCK) && start > WINDOW_SIZE);
         let a = [start, start + n, start + 2 * n, start + 3 * n];
         // Step s of lane k lets data[base[k] + s] out and data[base[k] + s + 64] in, which
         // yields the digest of candidate a[k] + s. The lanes start one candidate early.
@@ -532,10 +532,10 @@ enum Decision {
 fn decide(tables: &ChunkerTables, p: Params, data: &[u8], next: usize, at_eof: bool) -> Decision {
     let end = data.len().min(p.max);
     let next = next.max(p.min);
-    if next <= end {
-        if let Some(e) = find_cut(tables, p.mask, data, next, end) {
-            return Decision::Cut(e);
-        }
+    if next <= end
+        && let Some(e) = find_cut(tables, p.mask, data, next, end)
+    {
+        return Decision::Cut(e);
     }
     if data.len() >= p.max {
         Decision::Cut(p.max)

@@ -45,12 +45,20 @@ impl Key {
         for (b, m) in mac_r.iter_mut().zip(R_MASK) {
             *b &= m;
         }
-        Key { encrypt: rand::random(), mac_k: rand::random(), mac_r }
+        Key {
+            encrypt: rand::random(),
+            mac_k: rand::random(),
+            mac_r,
+        }
     }
 
     /// Builds a key from scrypt output (64 bytes: encryption key, `k`, `r`).
     pub fn from_bytes(b: &[u8; 64]) -> Key {
-        let mut k = Key { encrypt: [0; 32], mac_k: [0; 16], mac_r: [0; 16] };
+        let mut k = Key {
+            encrypt: [0; 32],
+            mac_k: [0; 16],
+            mac_r: [0; 16],
+        };
         k.encrypt.copy_from_slice(&b[..32]);
         k.mac_k.copy_from_slice(&b[32..48]);
         k.mac_r.copy_from_slice(&b[48..]);
@@ -69,7 +77,9 @@ impl Key {
         let mut pk = [0u8; 32];
         pk[..16].copy_from_slice(&self.mac_r);
         pk[16..].copy_from_slice(&s);
-        Poly1305::new(&pk.into()).compute_unpadded(ciphertext).into()
+        Poly1305::new(&pk.into())
+            .compute_unpadded(ciphertext)
+            .into()
     }
 
     /// Encrypts and authenticates `plaintext`: returns `IV || ciphertext || MAC`.
@@ -121,7 +131,10 @@ impl Key {
         let (ct, mac) = rest.split_at_mut(rest.len() - MAC_LEN);
         let want = self.mac(iv, ct);
         // Constant-time comparison.
-        let diff = want.iter().zip(mac.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = want
+            .iter()
+            .zip(mac.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff != 0 {
             return Err(corrupt("MAC does not match (wrong key or damaged data)"));
         }
@@ -132,7 +145,10 @@ impl Key {
 }
 
 fn corrupt(message: &str) -> Error {
-    Error::Corrupt { what: "sealed data".into(), message: message.into() }
+    Error::Corrupt {
+        what: "sealed data".into(),
+        message: message.into(),
+    }
 }
 
 /// scrypt parameters of a key file.
@@ -149,21 +165,32 @@ pub struct KdfParams {
 impl Default for KdfParams {
     /// restic's minimum and our default for new keys: N = 2^15, r = 8, p = 1.
     fn default() -> Self {
-        KdfParams { n: 1 << 15, r: 8, p: 1 }
+        KdfParams {
+            n: 1 << 15,
+            r: 8,
+            p: 1,
+        }
     }
 }
 
 impl KdfParams {
     /// Cheap parameters for tests (N = 2^10). Never use these for real repositories.
     pub fn insecure_fast() -> Self {
-        KdfParams { n: 1 << 10, r: 8, p: 1 }
+        KdfParams {
+            n: 1 << 10,
+            r: 8,
+            p: 1,
+        }
     }
 }
 
 /// Derives the user key from a password with scrypt (64 bytes of output).
 pub fn derive_key(password: &str, salt: &[u8], params: KdfParams) -> Result<Key> {
     if !params.n.is_power_of_two() || params.n < 2 {
-        return Err(Error::Invalid(format!("scrypt N={} is not a power of two", params.n)));
+        return Err(Error::Invalid(format!(
+            "scrypt N={} is not a power of two",
+            params.n
+        )));
     }
     let log_n = params.n.trailing_zeros() as u8;
     let p = scrypt::Params::new(log_n, params.r, params.p, 64)
@@ -186,7 +213,11 @@ mod tests {
             let sealed = k.seal(&pt);
             assert_eq!(sealed.len(), len + OVERHEAD);
             if len > 0 {
-                assert_ne!(&sealed[16..16 + len], &pt[..], "ciphertext equals plaintext");
+                assert_ne!(
+                    &sealed[16..16 + len],
+                    &pt[..],
+                    "ciphertext equals plaintext"
+                );
             }
             assert_eq!(k.open(&sealed).unwrap(), pt);
         }
@@ -199,7 +230,10 @@ mod tests {
         for i in [0, 16, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[i] ^= 1;
-            assert!(matches!(k.open(&bad), Err(Error::Corrupt { .. })), "flip at {i}");
+            assert!(
+                matches!(k.open(&bad), Err(Error::Corrupt { .. })),
+                "flip at {i}"
+            );
         }
         assert!(Key::random().open(&sealed).is_err());
         assert!(k.open(&sealed[..20]).is_err());
@@ -217,7 +251,19 @@ mod tests {
     #[test]
     fn scrypt_matches_the_rfc_7914_vector() {
         // RFC 7914 section 12, second vector: P="password", S="NaCl", N=1024, r=8, p=16.
-        let k = derive_key("password", b"NaCl", KdfParams { n: 1024, r: 8, p: 16 }).unwrap();
-        assert_eq!(hex::encode(&k.encrypt[..16]), "fdbabe1c9d3472007856e7190d01e9fe");
+        let k = derive_key(
+            "password",
+            b"NaCl",
+            KdfParams {
+                n: 1024,
+                r: 8,
+                p: 16,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            hex::encode(&k.encrypt[..16]),
+            "fdbabe1c9d3472007856e7190d01e9fe"
+        );
     }
 }

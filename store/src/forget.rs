@@ -89,7 +89,12 @@ impl RetentionDuration {
 
 impl fmt::Display for RetentionDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (n, unit) in [(self.years, 'y'), (self.months, 'm'), (self.days, 'd'), (self.hours, 'h')] {
+        for (n, unit) in [
+            (self.years, 'y'),
+            (self.months, 'm'),
+            (self.days, 'd'),
+            (self.hours, 'h'),
+        ] {
             if n != 0 {
                 write!(f, "{n}{unit}")?;
             }
@@ -114,11 +119,15 @@ impl FromStr for RetentionDuration {
             return Err(bad("it is empty"));
         }
         while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             if digits == 0 {
                 return Err(bad("expected a number"));
             }
-            let n: i32 = rest[..digits].parse().map_err(|_| bad("number too large"))?;
+            let n: i32 = rest[..digits]
+                .parse()
+                .map_err(|_| bad("number too large"))?;
             rest = &rest[digits..];
             let mut chars = rest.chars();
             let slot = match chars.next() {
@@ -194,7 +203,10 @@ impl Policy {
     /// in restic.
     pub fn is_empty(&self) -> bool {
         self.counts().iter().all(|(n, _)| n.unwrap_or(0) == 0)
-            && self.withins().iter().all(|(d, _)| d.is_none_or(|d| d.is_zero()))
+            && self
+                .withins()
+                .iter()
+                .all(|(d, _)| d.is_none_or(|d| d.is_zero()))
             && self.keep_within.is_none_or(|d| d.is_zero())
             && self.keep_tags.is_empty()
     }
@@ -206,7 +218,10 @@ impl fmt::Display for Policy {
         let mut parts: Vec<String> = self
             .counts()
             .iter()
-            .filter_map(|(n, p)| n.filter(|&n| n > 0).map(|n| format!("{n} {}", p.adjective())))
+            .filter_map(|(n, p)| {
+                n.filter(|&n| n > 0)
+                    .map(|n| format!("{n} {}", p.adjective()))
+            })
             .collect();
         if let Some(d) = self.keep_within.filter(|d| !d.is_zero()) {
             parts.push(format!("all within {d}"));
@@ -241,7 +256,12 @@ enum Period {
 impl Period {
     /// The bucket of a snapshot at wall-clock time `t`; `nr` is its position in the group.
     fn bucket(self, t: &DateTime<FixedOffset>, nr: usize) -> i64 {
-        let (y, m, d, h) = (i64::from(t.year()), i64::from(t.month()), i64::from(t.day()), i64::from(t.hour()));
+        let (y, m, d, h) = (
+            i64::from(t.year()),
+            i64::from(t.month()),
+            i64::from(t.day()),
+            i64::from(t.hour()),
+        );
         match self {
             Period::Every => nr as i64,
             Period::Hour => ((y * 100 + m) * 100 + d) * 100 + h,
@@ -292,7 +312,11 @@ pub struct GroupBy {
 
 impl Default for GroupBy {
     fn default() -> Self {
-        GroupBy { host: true, paths: true, tags: false }
+        GroupBy {
+            host: true,
+            paths: true,
+            tags: false,
+        }
     }
 }
 
@@ -302,7 +326,11 @@ impl FromStr for GroupBy {
     /// Parses restic's `--group-by` value: a comma-separated subset of `host`, `paths`, `tags`
     /// (the empty string groups nothing: one group for all snapshots).
     fn from_str(s: &str) -> Result<Self> {
-        let mut g = GroupBy { host: false, paths: false, tags: false };
+        let mut g = GroupBy {
+            host: false,
+            paths: false,
+            tags: false,
+        };
         for part in s.split(',').map(str::trim) {
             match part {
                 "host" | "hosts" => g.host = true,
@@ -368,7 +396,13 @@ pub struct SnapshotFacts {
 impl SnapshotFacts {
     /// The facts of a stored snapshot.
     pub fn of(id: Id, s: &Snapshot) -> SnapshotFacts {
-        SnapshotFacts { id, time: s.time, hostname: s.hostname.clone(), paths: s.paths.clone(), tags: s.tags.clone() }
+        SnapshotFacts {
+            id,
+            time: s.time,
+            hostname: s.hostname.clone(),
+            paths: s.paths.clone(),
+            tags: s.tags.clone(),
+        }
     }
 }
 
@@ -413,12 +447,18 @@ pub struct ForgetPlan {
 impl ForgetPlan {
     /// Every snapshot to keep.
     pub fn keep_ids(&self) -> Vec<Id> {
-        self.groups.iter().flat_map(|g| g.keep.iter().map(|k| k.id)).collect()
+        self.groups
+            .iter()
+            .flat_map(|g| g.keep.iter().map(|k| k.id))
+            .collect()
     }
 
     /// Every snapshot to remove.
     pub fn remove_ids(&self) -> Vec<Id> {
-        self.groups.iter().flat_map(|g| g.remove.iter().map(|r| r.id)).collect()
+        self.groups
+            .iter()
+            .flat_map(|g| g.remove.iter().map(|r| r.id))
+            .collect()
     }
 }
 
@@ -429,12 +469,29 @@ impl fmt::Display for ForgetPlan {
             if i > 0 {
                 writeln!(f)?;
             }
-            writeln!(f, "{}: keep {}, remove {}", g.key, g.keep.len(), g.remove.len())?;
+            writeln!(
+                f,
+                "{}: keep {}, remove {}",
+                g.key,
+                g.keep.len(),
+                g.remove.len()
+            )?;
             for k in &g.keep {
-                writeln!(f, "  keep   {} {}  {}", k.id.short(), k.time.format("%Y-%m-%d %H:%M:%S"), k.reasons.join(", "))?;
+                writeln!(
+                    f,
+                    "  keep   {} {}  {}",
+                    k.id.short(),
+                    k.time.format("%Y-%m-%d %H:%M:%S"),
+                    k.reasons.join(", ")
+                )?;
             }
             for r in &g.remove {
-                writeln!(f, "  remove {} {}", r.id.short(), r.time.format("%Y-%m-%d %H:%M:%S"))?;
+                writeln!(
+                    f,
+                    "  remove {} {}",
+                    r.id.short(),
+                    r.time.format("%Y-%m-%d %H:%M:%S")
+                )?;
             }
         }
         Ok(())
@@ -476,12 +533,19 @@ pub fn plan_at(
     group_by: GroupBy,
     now: DateTime<Utc>,
 ) -> Result<ForgetPlan> {
-    let facts: Vec<SnapshotFacts> = snapshots.iter().map(|(id, s)| SnapshotFacts::of(*id, s)).collect();
+    let facts: Vec<SnapshotFacts> = snapshots
+        .iter()
+        .map(|(id, s)| SnapshotFacts::of(*id, s))
+        .collect();
     plan_facts(&facts, policy, group_by, now)
 }
 
 /// [`plan_at`] at the current time.
-pub fn plan(snapshots: &[(Id, Snapshot)], policy: &Policy, group_by: GroupBy) -> Result<ForgetPlan> {
+pub fn plan(
+    snapshots: &[(Id, Snapshot)],
+    policy: &Policy,
+    group_by: GroupBy,
+) -> Result<ForgetPlan> {
     plan_at(snapshots, policy, group_by, Utc::now())
 }
 
@@ -507,7 +571,7 @@ pub fn plan_facts(
         .into_iter()
         .map(|(key, mut list)| {
             // Newest first; stable, so equal times keep id order.
-            list.sort_by(|a, b| b.time.cmp(&a.time));
+            list.sort_by_key(|s| std::cmp::Reverse(s.time));
             let (keep, remove) = apply_to_group(&list, policy, now);
             ForgetGroup { key, keep, remove }
         })
@@ -520,7 +584,8 @@ pub fn plan_facts(
 /// in the repository's listing are skipped, so a plan can be applied twice.
 pub fn apply(repo: &Repository, plan: &ForgetPlan) -> Result<usize> {
     let _lock = Lock::exclusive(repo)?;
-    let present: std::collections::HashSet<Id> = repo.list_ids(FileType::Snapshot)?.into_iter().collect();
+    let present: std::collections::HashSet<Id> =
+        repo.list_ids(FileType::Snapshot)?.into_iter().collect();
     let mut removed = 0;
     for id in plan.remove_ids() {
         if present.contains(&id) {
@@ -532,7 +597,11 @@ pub fn apply(repo: &Repository, plan: &ForgetPlan) -> Result<usize> {
 }
 
 /// The policy applied to one group sorted newest first.
-fn apply_to_group(list: &[&SnapshotFacts], policy: &Policy, now: DateTime<Utc>) -> (Vec<Kept>, Vec<Removed>) {
+fn apply_to_group(
+    list: &[&SnapshotFacts],
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> (Vec<Kept>, Vec<Removed>) {
     // The newest snapshot that is not in the future is the reference for the `within` rules.
     let latest = list.iter().map(|s| s.time).filter(|t| *t < now).max();
     let window_start = |d: RetentionDuration| latest.map(|l| d.before(l));
@@ -587,9 +656,16 @@ fn apply_to_group(list: &[&SnapshotFacts], policy: &Policy, now: DateTime<Utc>) 
             }
         }
         if reasons.is_empty() {
-            remove.push(Removed { id: s.id, time: s.time });
+            remove.push(Removed {
+                id: s.id,
+                time: s.time,
+            });
         } else {
-            keep.push(Kept { id: s.id, time: s.time, reasons });
+            keep.push(Kept {
+                id: s.id,
+                time: s.time,
+                reasons,
+            });
         }
     }
     (keep, remove)
@@ -610,11 +686,16 @@ mod tests {
     }
 
     fn tagged(n: u8, time: &str, tags: &[&str]) -> SnapshotFacts {
-        SnapshotFacts { tags: tags.iter().map(|t| t.to_string()).collect(), ..at(n, time) }
+        SnapshotFacts {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..at(n, time)
+        }
     }
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").unwrap().to_utc()
+        DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc()
     }
 
     /// The numbers of the kept snapshots of a single-group plan, newest first.
@@ -622,7 +703,11 @@ mod tests {
         let plan = plan_facts(snaps, &policy, GroupBy::default(), now()).unwrap();
         assert_eq!(plan.groups.len(), 1, "expected one group");
         let g = &plan.groups[0];
-        assert_eq!(g.keep.len() + g.remove.len(), snaps.len(), "every snapshot is decided once");
+        assert_eq!(
+            g.keep.len() + g.remove.len(),
+            snaps.len(),
+            "every snapshot is decided once"
+        );
         g.keep.iter().map(|k| k.id.0[0]).collect()
     }
 
@@ -638,18 +723,45 @@ mod tests {
 
     #[test]
     fn keep_last_keeps_the_newest_n_whatever_their_times() {
-        assert_eq!(kept(&hourly_day(), Policy { keep_last: Some(2), ..Default::default() }), vec![5, 4]);
+        assert_eq!(
+            kept(
+                &hourly_day(),
+                Policy {
+                    keep_last: Some(2),
+                    ..Default::default()
+                }
+            ),
+            vec![5, 4]
+        );
     }
 
     #[test]
     fn keep_last_larger_than_the_group_keeps_everything() {
-        assert_eq!(kept(&hourly_day(), Policy { keep_last: Some(9), ..Default::default() }), vec![5, 4, 3, 2, 1]);
+        assert_eq!(
+            kept(
+                &hourly_day(),
+                Policy {
+                    keep_last: Some(9),
+                    ..Default::default()
+                }
+            ),
+            vec![5, 4, 3, 2, 1]
+        );
     }
 
     #[test]
     fn keep_hourly_keeps_the_newest_snapshot_of_each_hour_that_has_one() {
         // Hours 11, 09 and 08 have snapshots; 10 has none and does not use up the count.
-        assert_eq!(kept(&hourly_day(), Policy { keep_hourly: Some(3), ..Default::default() }), vec![5, 3, 2]);
+        assert_eq!(
+            kept(
+                &hourly_day(),
+                Policy {
+                    keep_hourly: Some(3),
+                    ..Default::default()
+                }
+            ),
+            vec![5, 3, 2]
+        );
     }
 
     #[test]
@@ -661,8 +773,26 @@ mod tests {
             at(4, "2024-03-09T12:00:00Z"),
             at(5, "2024-03-09T13:00:00Z"),
         ];
-        assert_eq!(kept(&snaps, Policy { keep_daily: Some(2), ..Default::default() }), vec![5, 3]);
-        assert_eq!(kept(&snaps, Policy { keep_daily: Some(3), ..Default::default() }), vec![5, 3, 2]);
+        assert_eq!(
+            kept(
+                &snaps,
+                Policy {
+                    keep_daily: Some(2),
+                    ..Default::default()
+                }
+            ),
+            vec![5, 3]
+        );
+        assert_eq!(
+            kept(
+                &snaps,
+                Policy {
+                    keep_daily: Some(3),
+                    ..Default::default()
+                }
+            ),
+            vec![5, 3, 2]
+        );
     }
 
     #[test]
@@ -674,14 +804,36 @@ mod tests {
             at(3, "2024-03-04T12:00:00Z"),
             at(4, "2024-03-10T23:00:00Z"),
         ];
-        assert_eq!(kept(&snaps, Policy { keep_weekly: Some(2), ..Default::default() }), vec![4, 2]);
+        assert_eq!(
+            kept(
+                &snaps,
+                Policy {
+                    keep_weekly: Some(2),
+                    ..Default::default()
+                }
+            ),
+            vec![4, 2]
+        );
     }
 
     #[test]
     fn keep_weekly_puts_early_january_into_the_iso_week_of_the_previous_year() {
         // 2021-01-03 (Sunday) is in ISO week 53 of 2020, as is 2020-12-28.
-        let snaps = vec![at(1, "2020-12-28T12:00:00Z"), at(2, "2021-01-03T12:00:00Z"), at(3, "2021-01-04T12:00:00Z")];
-        assert_eq!(kept(&snaps, Policy { keep_weekly: Some(5), ..Default::default() }), vec![3, 2]);
+        let snaps = vec![
+            at(1, "2020-12-28T12:00:00Z"),
+            at(2, "2021-01-03T12:00:00Z"),
+            at(3, "2021-01-04T12:00:00Z"),
+        ];
+        assert_eq!(
+            kept(
+                &snaps,
+                Policy {
+                    keep_weekly: Some(5),
+                    ..Default::default()
+                }
+            ),
+            vec![3, 2]
+        );
     }
 
     #[test]
@@ -692,8 +844,26 @@ mod tests {
             at(3, "2024-01-31T23:59:00Z"),
             at(4, "2024-02-29T12:00:00Z"),
         ];
-        assert_eq!(kept(&snaps, Policy { keep_monthly: Some(2), ..Default::default() }), vec![4, 3]);
-        assert_eq!(kept(&snaps, Policy { keep_monthly: Some(12), ..Default::default() }), vec![4, 3, 1]);
+        assert_eq!(
+            kept(
+                &snaps,
+                Policy {
+                    keep_monthly: Some(2),
+                    ..Default::default()
+                }
+            ),
+            vec![4, 3]
+        );
+        assert_eq!(
+            kept(
+                &snaps,
+                Policy {
+                    keep_monthly: Some(12),
+                    ..Default::default()
+                }
+            ),
+            vec![4, 3, 1]
+        );
     }
 
     #[test]
@@ -704,7 +874,16 @@ mod tests {
             at(3, "2022-12-31T23:00:00Z"),
             at(4, "2024-02-29T12:00:00Z"),
         ];
-        assert_eq!(kept(&snaps, Policy { keep_yearly: Some(2), ..Default::default() }), vec![4, 3]);
+        assert_eq!(
+            kept(
+                &snaps,
+                Policy {
+                    keep_yearly: Some(2),
+                    ..Default::default()
+                }
+            ),
+            vec![4, 3]
+        );
     }
 
     #[test]
@@ -715,9 +894,15 @@ mod tests {
             tagged(3, "2024-01-03T00:00:00Z", &["c"]),
             tagged(4, "2024-01-04T00:00:00Z", &[]),
         ];
-        let policy = Policy { keep_tags: vec!["a,b".into(), "c".into()], ..Default::default() };
+        let policy = Policy {
+            keep_tags: vec!["a,b".into(), "c".into()],
+            ..Default::default()
+        };
         assert_eq!(kept(&snaps, policy), vec![3, 1]);
-        let untagged = Policy { keep_tags: vec!["".into()], ..Default::default() };
+        let untagged = Policy {
+            keep_tags: vec!["".into()],
+            ..Default::default()
+        };
         assert_eq!(kept(&snaps, untagged), vec![4]);
     }
 
@@ -730,22 +915,39 @@ mod tests {
             at(4, "2024-03-08T12:00:00Z"),
         ];
         // 7 days before the newest is exactly 2024-03-01T12:00:00; "after" is strict.
-        let policy = Policy { keep_within: Some("7d".parse().unwrap()), ..Default::default() };
+        let policy = Policy {
+            keep_within: Some("7d".parse().unwrap()),
+            ..Default::default()
+        };
         assert_eq!(kept(&snaps, policy), vec![4, 3]);
     }
 
     #[test]
     fn keep_within_counts_months_on_the_calendar_like_go_add_date() {
         // 2024-03-31 minus one month is "2024-02-31", which Go normalises to 2024-03-02.
-        let snaps = vec![at(1, "2024-03-01T12:00:00Z"), at(2, "2024-03-02T12:00:01Z"), at(3, "2024-03-31T12:00:00Z")];
-        let policy = Policy { keep_within: Some("1m".parse().unwrap()), ..Default::default() };
+        let snaps = vec![
+            at(1, "2024-03-01T12:00:00Z"),
+            at(2, "2024-03-02T12:00:01Z"),
+            at(3, "2024-03-31T12:00:00Z"),
+        ];
+        let policy = Policy {
+            keep_within: Some("1m".parse().unwrap()),
+            ..Default::default()
+        };
         assert_eq!(kept(&snaps, policy), vec![3, 2]);
     }
 
     #[test]
     fn keep_within_measures_from_the_newest_snapshot_that_is_not_in_the_future() {
-        let snaps = vec![at(1, "2024-01-01T00:00:00Z"), at(2, "2024-01-02T00:00:00Z"), at(3, "2099-01-01T00:00:00Z")];
-        let policy = Policy { keep_within: Some("1d".parse().unwrap()), ..Default::default() };
+        let snaps = vec![
+            at(1, "2024-01-01T00:00:00Z"),
+            at(2, "2024-01-02T00:00:00Z"),
+            at(3, "2099-01-01T00:00:00Z"),
+        ];
+        let policy = Policy {
+            keep_within: Some("1d".parse().unwrap()),
+            ..Default::default()
+        };
         // The reference is 2024-01-02, so 2024-01-01T00:00 is exactly at the edge: not kept.
         assert_eq!(kept(&snaps, policy), vec![3, 2]);
     }
@@ -760,7 +962,10 @@ mod tests {
             at(5, "2024-01-10T09:00:00Z"),
             at(6, "2024-01-10T10:00:00Z"),
         ];
-        let policy = Policy { keep_within_daily: Some("3d".parse().unwrap()), ..Default::default() };
+        let policy = Policy {
+            keep_within_daily: Some("3d".parse().unwrap()),
+            ..Default::default()
+        };
         assert_eq!(kept(&snaps, policy), vec![6, 4, 3]);
     }
 
@@ -774,15 +979,26 @@ mod tests {
             at(5, "2024-02-20T11:00:00Z"),
             at(6, "2024-02-21T10:00:00Z"),
         ];
-        let policy = Policy { keep_last: Some(1), keep_daily: Some(2), keep_monthly: Some(3), ..Default::default() };
+        let policy = Policy {
+            keep_last: Some(1),
+            keep_daily: Some(2),
+            keep_monthly: Some(3),
+            ..Default::default()
+        };
         let plan = plan_facts(&snaps, &policy, GroupBy::default(), now()).unwrap();
         let g = &plan.groups[0];
-        let got: Vec<(u8, Vec<&str>)> =
-            g.keep.iter().map(|k| (k.id.0[0], k.reasons.iter().map(String::as_str).collect())).collect();
+        let got: Vec<(u8, Vec<&str>)> = g
+            .keep
+            .iter()
+            .map(|k| (k.id.0[0], k.reasons.iter().map(String::as_str).collect()))
+            .collect();
         assert_eq!(
             got,
             vec![
-                (6, vec!["last snapshot", "daily snapshot", "monthly snapshot"]),
+                (
+                    6,
+                    vec!["last snapshot", "daily snapshot", "monthly snapshot"]
+                ),
                 (5, vec!["daily snapshot"]),
                 (2, vec!["monthly snapshot"]),
             ]
@@ -793,9 +1009,14 @@ mod tests {
 
     #[test]
     fn an_empty_policy_is_an_error_not_keep_everything() {
-        let err = plan_facts(&hourly_day(), &Policy::default(), GroupBy::default(), now()).unwrap_err();
+        let err =
+            plan_facts(&hourly_day(), &Policy::default(), GroupBy::default(), now()).unwrap_err();
         assert!(err.to_string().contains("no policy given"), "{err}");
-        let zeros = Policy { keep_last: Some(0), keep_within: Some(RetentionDuration::default()), ..Default::default() };
+        let zeros = Policy {
+            keep_last: Some(0),
+            keep_within: Some(RetentionDuration::default()),
+            ..Default::default()
+        };
         assert!(zeros.is_empty());
         assert!(plan_facts(&hourly_day(), &zeros, GroupBy::default(), now()).is_err());
     }
@@ -803,8 +1024,20 @@ mod tests {
     #[test]
     fn buckets_use_the_wall_clock_time_recorded_in_the_snapshot() {
         // Both are 2024-05-01 in their own local time although the first is April 30 in UTC.
-        let snaps = vec![at(1, "2024-05-01T01:30:00+02:00"), at(2, "2024-05-01T20:00:00+02:00")];
-        assert_eq!(kept(&snaps, Policy { keep_daily: Some(5), ..Default::default() }), vec![2]);
+        let snaps = vec![
+            at(1, "2024-05-01T01:30:00+02:00"),
+            at(2, "2024-05-01T20:00:00+02:00"),
+        ];
+        assert_eq!(
+            kept(
+                &snaps,
+                Policy {
+                    keep_daily: Some(5),
+                    ..Default::default()
+                }
+            ),
+            vec![2]
+        );
     }
 
     #[test]
@@ -815,14 +1048,27 @@ mod tests {
         b.paths = vec!["/a".into(), "/b".into()];
         let mut c = at(3, "2024-01-03T00:00:00Z");
         c.hostname = "other".into();
-        let policy = Policy { keep_last: Some(1), ..Default::default() };
-        let plan = plan_facts(&[a.clone(), b.clone(), c.clone()], &policy, GroupBy::default(), now()).unwrap();
+        let policy = Policy {
+            keep_last: Some(1),
+            ..Default::default()
+        };
+        let plan = plan_facts(
+            &[a.clone(), b.clone(), c.clone()],
+            &policy,
+            GroupBy::default(),
+            now(),
+        )
+        .unwrap();
         assert_eq!(plan.groups.len(), 2);
         assert_eq!(plan.keep_ids(), vec![b.id, c.id]);
         assert_eq!(plan.remove_ids(), vec![a.id]);
-        assert_eq!(plan.groups[0].key.paths.as_deref(), Some(&["/a".to_string(), "/b".to_string()][..]));
+        assert_eq!(
+            plan.groups[0].key.paths.as_deref(),
+            Some(&["/a".to_string(), "/b".to_string()][..])
+        );
 
-        let one_group = plan_facts(&[a, b, c.clone()], &policy, "".parse().unwrap(), now()).unwrap();
+        let one_group =
+            plan_facts(&[a, b, c.clone()], &policy, "".parse().unwrap(), now()).unwrap();
         assert_eq!(one_group.groups.len(), 1);
         assert_eq!(one_group.keep_ids(), vec![c.id]);
     }
@@ -830,17 +1076,35 @@ mod tests {
     #[test]
     fn durations_parse_and_print_in_restic_syntax() {
         let d: RetentionDuration = "1y2m3d4h".parse().unwrap();
-        assert_eq!(d, RetentionDuration { years: 1, months: 2, days: 3, hours: 4 });
+        assert_eq!(
+            d,
+            RetentionDuration {
+                years: 1,
+                months: 2,
+                days: 3,
+                hours: 4
+            }
+        );
         assert_eq!(d.to_string(), "1y2m3d4h");
         assert_eq!("36h".parse::<RetentionDuration>().unwrap().hours, 36);
         for bad in ["", "7", "d", "7w", "1y-2m"] {
-            assert!(bad.parse::<RetentionDuration>().is_err(), "{bad:?} must not parse");
+            assert!(
+                bad.parse::<RetentionDuration>().is_err(),
+                "{bad:?} must not parse"
+            );
         }
     }
 
     #[test]
     fn group_by_rejects_unknown_fields() {
-        assert_eq!("host,tags".parse::<GroupBy>().unwrap(), GroupBy { host: true, paths: false, tags: true });
+        assert_eq!(
+            "host,tags".parse::<GroupBy>().unwrap(),
+            GroupBy {
+                host: true,
+                paths: false,
+                tags: true
+            }
+        );
         assert!("hostname".parse::<GroupBy>().is_err());
     }
 }

@@ -106,8 +106,10 @@ impl IndexFile {
     pub fn from_json(json: &[u8]) -> Result<IndexFile> {
         let first = json.iter().find(|b| !b.is_ascii_whitespace());
         let parsed = if first == Some(&b'[') {
-            serde_json::from_slice::<Vec<IndexPack>>(json)
-                .map(|packs| IndexFile { supersedes: Vec::new(), packs })
+            serde_json::from_slice::<Vec<IndexPack>>(json).map(|packs| IndexFile {
+                supersedes: Vec::new(),
+                packs,
+            })
         } else {
             serde_json::from_slice::<IndexFile>(json)
         };
@@ -251,7 +253,10 @@ pub fn now() -> DateTime<FixedOffset> {
 
 /// This machine's host name (`""` if unknown).
 pub fn hostname() -> String {
-    rustix::system::uname().nodename().to_string_lossy().into_owned()
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// This process's user name: `$USER`, else the uid's name from /etc/passwd, else `""`.
@@ -338,7 +343,10 @@ pub fn encode_pack_header(blobs: &[PackedBlob]) -> Vec<u8> {
 /// Decodes a plaintext pack header; offsets are computed from the lengths (blobs are
 /// contiguous from offset 0).
 pub fn decode_pack_header(plain: &[u8]) -> Result<Vec<PackedBlob>> {
-    let bad = |m: String| Error::Corrupt { what: "pack header".into(), message: m };
+    let bad = |m: String| Error::Corrupt {
+        what: "pack header".into(),
+        message: m,
+    };
     let mut out = Vec::new();
     let mut pos = 0usize;
     let mut offset = 0u64;
@@ -351,19 +359,32 @@ pub fn decode_pack_header(plain: &[u8]) -> Result<Vec<PackedBlob>> {
             3 => (BlobType::Tree, true),
             _ => return Err(bad(format!("unknown blob type {t} at header byte {pos}"))),
         };
-        let need = if compressed { HEADER_ENTRY_COMPRESSED_LEN } else { HEADER_ENTRY_LEN };
+        let need = if compressed {
+            HEADER_ENTRY_COMPRESSED_LEN
+        } else {
+            HEADER_ENTRY_LEN
+        };
         let e = plain
             .get(pos..pos + need)
             .ok_or_else(|| bad(format!("entry at byte {pos} is cut off")))?;
         let length = u32::from_le_bytes(e[1..5].try_into().expect("4 bytes"));
         let (uncompressed_length, id_at) = if compressed {
-            (Some(u32::from_le_bytes(e[5..9].try_into().expect("4 bytes"))), 9)
+            (
+                Some(u32::from_le_bytes(e[5..9].try_into().expect("4 bytes"))),
+                9,
+            )
         } else {
             (None, 5)
         };
         let id = Id(e[id_at..id_at + 32].try_into().expect("32 bytes"));
         let off = u32::try_from(offset).map_err(|_| bad("pack larger than 4 GiB".into()))?;
-        out.push(PackedBlob { blob_type, id, offset: off, length, uncompressed_length });
+        out.push(PackedBlob {
+            blob_type,
+            id,
+            offset: off,
+            length,
+            uncompressed_length,
+        });
         offset += u64::from(length);
         pos += need;
     }
@@ -440,7 +461,10 @@ mod tests {
             },
         ];
         let enc = encode_pack_header(&blobs);
-        assert_eq!(enc.len(), HEADER_ENTRY_LEN + 2 * HEADER_ENTRY_COMPRESSED_LEN);
+        assert_eq!(
+            enc.len(),
+            HEADER_ENTRY_LEN + 2 * HEADER_ENTRY_COMPRESSED_LEN
+        );
         assert_eq!(enc[0], 0);
         assert_eq!(&enc[1..5], &100u32.to_le_bytes());
         assert_eq!(enc[HEADER_ENTRY_LEN], 3);
@@ -475,8 +499,13 @@ mod tests {
         };
         let json = serde_json::to_string(&idx).unwrap();
         assert!(!json.contains("supersedes"));
-        assert!(json.contains(r#""type":"data","offset":0,"length":10}"#), "{json}");
-        assert!(json.contains(r#""type":"tree","offset":10,"length":40,"uncompressed_length":100}"#));
+        assert!(
+            json.contains(r#""type":"data","offset":0,"length":10}"#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""type":"tree","offset":10,"length":40,"uncompressed_length":100}"#)
+        );
         assert_eq!(IndexFile::from_json(json.as_bytes()).unwrap(), idx);
         let old = serde_json::to_string(&idx.packs).unwrap();
         assert_eq!(IndexFile::from_json(old.as_bytes()).unwrap(), idx);
@@ -490,15 +519,25 @@ mod tests {
         assert_eq!(s.extra["program_version"], "restic 0.16.0");
         let back = serde_json::to_string(&s).unwrap();
         assert!(back.contains("program_version"), "{back}");
-        assert!(back.contains("2022-08-01T10:11:12.123456789+02:00"), "{back}");
+        assert!(
+            back.contains("2022-08-01T10:11:12.123456789+02:00"),
+            "{back}"
+        );
         assert!(!back.contains("volbackup"));
     }
 
     #[test]
     fn config_polynomial_is_plain_lowercase_hex() {
-        let c = Config { version: 2, id: Id([1; 32]), chunker_polynomial: 0x3da3358b4dc173 };
+        let c = Config {
+            version: 2,
+            id: Id([1; 32]),
+            chunker_polynomial: 0x3da3358b4dc173,
+        };
         let json = serde_json::to_string(&c).unwrap();
-        assert!(json.contains(r#""chunker_polynomial":"3da3358b4dc173""#), "{json}");
+        assert!(
+            json.contains(r#""chunker_polynomial":"3da3358b4dc173""#),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<Config>(&json).unwrap(), c);
     }
 }

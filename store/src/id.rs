@@ -37,7 +37,9 @@ impl Id {
     pub fn from_hex(s: &str) -> Result<Id> {
         let mut out = [0u8; 32];
         if s.len() != 64 || hex::decode_to_slice(s, &mut out).is_err() {
-            return Err(Error::Invalid(format!("{s:?} is not an id (expected 64 hex digits)")));
+            return Err(Error::Invalid(format!(
+                "{s:?} is not an id (expected 64 hex digits)"
+            )));
         }
         Ok(Id(out))
     }

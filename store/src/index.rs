@@ -177,8 +177,14 @@ mod tests {
             &IndexFile {
                 supersedes: vec![],
                 packs: vec![
-                    IndexPack { id: Id([2; 32]), blobs: vec![blob(0)] },
-                    IndexPack { id: Id([3; 32]), blobs: vec![blob(8)] },
+                    IndexPack {
+                        id: Id([2; 32]),
+                        blobs: vec![blob(0)],
+                    },
+                    IndexPack {
+                        id: Id([3; 32]),
+                        blobs: vec![blob(8)],
+                    },
                 ],
             },
         );

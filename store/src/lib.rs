@@ -22,6 +22,7 @@ pub mod progress;
 pub mod prune;
 pub mod repo;
 pub mod restore_tree;
+pub mod resume;
 pub mod tree;
 
 pub use error::{Error, Result};

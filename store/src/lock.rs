@@ -86,7 +86,13 @@ impl LockGuard {
                 }
             })
             .map_err(|e| Error::Invalid(format!("cannot start lock refresh thread: {e}")))?;
-        Ok(LockGuard { repo: repo.clone(), current, exclusive, stop: Some(stop), thread: Some(thread) })
+        Ok(LockGuard {
+            repo: repo.clone(),
+            current,
+            exclusive,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 
     /// The id of the lock file currently held.
@@ -192,7 +198,11 @@ fn check_conflicts(repo: &Repository, exclusive: bool, own: Option<&Id>) -> Resu
         if Some(&id) == own || !conflicts(exclusive, &l) || is_stale(&l, now, &host, pid_alive) {
             continue;
         }
-        let kind = if l.exclusive { "exclusively" } else { "(shared lock)" };
+        let kind = if l.exclusive {
+            "exclusively"
+        } else {
+            "(shared lock)"
+        };
         return Err(Error::Locked(format!(
             "{} is locked {kind} by {}@{} (pid {}) since {}: wait for it to finish, or run \
              `kubectl-volbackup unlock` if that process is gone (lock {})",
@@ -231,8 +241,14 @@ mod tests {
         assert!(!is_stale(&lock("h", 1, 60, false), now, "h", alive));
         assert!(is_stale(&lock("h", 1, 31 * 60, false), now, "h", alive));
         assert!(is_stale(&lock("h", 1, 60, false), now, "h", dead));
-        assert!(!is_stale(&lock("other", 1, 60, false), now, "h", dead), "remote pid unknown");
-        assert!(!is_stale(&lock("h", 1, -600, false), now, "h", alive), "future lock");
+        assert!(
+            !is_stale(&lock("other", 1, 60, false), now, "h", dead),
+            "remote pid unknown"
+        );
+        assert!(
+            !is_stale(&lock("h", 1, -600, false), now, "h", alive),
+            "future lock"
+        );
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! A [`BlobWriter`] is shared by the threads of one backup. Blobs go through
 //! hash -> dedup (against the loaded index and against blobs already written or in flight) ->
 //! zstd -> seal -> the open pack of their type. A pack that reaches the target size is handed to
-//! a small pool of upload threads; the hand-over blocks while all uploaders are busy, so memory
-//! stays bounded (about `upload_threads + 2` packs). [`BlobWriter::finish`] flushes the open
-//! packs, waits for every upload and only then writes the index file(s).
+//! a small pool of upload threads. Data packs are built in a fixed set of `upload_threads + 2`
+//! buffers; starting a new pack waits for a free one, so memory stays bounded.
+//! [`BlobWriter::finish`] flushes the open packs, waits for every upload and only then writes
+//! the index file(s).
 //!
 //! Two ways in: [`BlobWriter::add`] does the work on the calling thread;
 //! [`BlobWriter::submit`] queues it for the writer's worker threads and returns at once
@@ -50,7 +51,9 @@ impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
             compression_level: 3,
-            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             upload_threads: 2,
             pack_size: DEFAULT_PACK_SIZE,
         }
@@ -97,7 +100,9 @@ impl Pending {
     /// Waits for the blob to be processed.
     pub fn wait(self) -> Result<AddResult> {
         self.rx.recv().unwrap_or_else(|_| {
-            Err(Error::Invalid("blob writer stopped before processing a blob".into()))
+            Err(Error::Invalid(
+                "blob writer stopped before processing a blob".into(),
+            ))
         })
     }
 
@@ -113,11 +118,10 @@ struct Job {
     reply: Sender<Result<AddResult>>,
 }
 
-/// Per-thread scratch space: a zstd context and two reusable buffers.
+/// Per-thread scratch space: a zstd context and a reusable output buffer.
 struct Scratch {
     compressor: Option<zstd::bulk::Compressor<'static>>,
     compressed: Vec<u8>,
-    sealed: Vec<u8>,
 }
 
 impl Scratch {
@@ -130,7 +134,10 @@ impl Scratch {
                     .map_err(|e| Error::Invalid(format!("zstd level {level}: {e}")))?,
             )
         };
-        Ok(Scratch { compressor, compressed: Vec::new(), sealed: Vec::new() })
+        Ok(Scratch {
+            compressor,
+            compressed: Vec::new(),
+        })
     }
 }
 
@@ -138,11 +145,14 @@ impl Scratch {
 struct OpenPack {
     data: Vec<u8>,
     blobs: Vec<PackedBlob>,
+    pooled: bool,
 }
 
 struct FinishedPack {
     data: Vec<u8>,
     blobs: Vec<PackedBlob>,
+    /// The buffer came from the data-pack pool and goes back there after the upload.
+    pooled: bool,
 }
 
 struct Shared {
@@ -154,7 +164,10 @@ struct Shared {
     written: Mutex<Vec<IndexPack>>,
     error: Mutex<Option<Error>>,
     scratch_pool: Mutex<Vec<Scratch>>,
-    buffer_pool: Mutex<Vec<Vec<u8>>>,
+    /// Buffers for data packs: a fixed number, so at most that many data packs are in memory
+    /// (one filling, the rest queued or uploading).
+    pack_buf_tx: Sender<Vec<u8>>,
+    pack_buf_rx: Receiver<Vec<u8>>,
     data_pool: Mutex<Vec<Vec<u8>>>,
     opts: WriterOptions,
     blobs_new: AtomicU64,
@@ -191,17 +204,26 @@ impl BlobWriter {
         // Fail early on a bad level.
         let first = Scratch::new(opts.compression_level)?;
         // Rendezvous channel: a full pack waits for a free uploader, bounding memory.
-        let (upload_tx, upload_rx) = bounded::<FinishedPack>(0);
+        let (upload_tx, upload_rx) = crossbeam_channel::unbounded::<FinishedPack>();
+        let pack_buffers = opts.upload_threads + 2;
+        let (pack_buf_tx, pack_buf_rx) = bounded::<Vec<u8>>(pack_buffers);
+        for _ in 0..pack_buffers {
+            pack_buf_tx.send(Vec::new()).expect("channel has room");
+        }
         let shared = Arc::new(Shared {
             repo: repo.clone(),
             index: repo.index(),
             known: Mutex::new(HashSet::new()),
-            open: [Mutex::new(OpenPack::default()), Mutex::new(OpenPack::default())],
+            open: [
+                Mutex::new(OpenPack::default()),
+                Mutex::new(OpenPack::default()),
+            ],
             upload_tx: Mutex::new(Some(upload_tx)),
             written: Mutex::new(Vec::new()),
             error: Mutex::new(None),
             scratch_pool: Mutex::new(vec![first]),
-            buffer_pool: Mutex::new(Vec::new()),
+            pack_buf_tx,
+            pack_buf_rx,
             data_pool: Mutex::new(Vec::new()),
             opts,
             blobs_new: AtomicU64::new(0),
@@ -233,7 +255,12 @@ impl BlobWriter {
                     .map_err(|e| Error::Invalid(format!("cannot start worker thread: {e}")))?,
             );
         }
-        Ok(BlobWriter { shared, job_tx: Some(job_tx), workers, uploaders })
+        Ok(BlobWriter {
+            shared,
+            job_tx: Some(job_tx),
+            workers,
+            uploaders,
+        })
     }
 
     /// The repository written to.
@@ -267,7 +294,12 @@ impl BlobWriter {
     /// A buffer for the next blob's data, recycled from blobs already processed (keeps a
     /// producer from faulting in fresh memory for every chunk).
     pub fn take_buffer(&self) -> Vec<u8> {
-        self.shared.data_pool.lock().expect("pool").pop().unwrap_or_default()
+        self.shared
+            .data_pool
+            .lock()
+            .expect("pool")
+            .pop()
+            .unwrap_or_default()
     }
 
     /// Totals so far.
@@ -341,13 +373,17 @@ fn worker_loop(shared: &Shared, rx: &Receiver<Job>) {
         Err(e) => {
             shared.set_error(e);
             for job in rx.iter() {
-                let _ = job.reply.send(shared.check_error().map(|()| AddResult::default()));
+                let _ = job
+                    .reply
+                    .send(shared.check_error().map(|()| AddResult::default()));
             }
             return;
         }
     };
     for job in rx.iter() {
-        let r = shared.check_error().and_then(|()| shared.process(job.t, &job.data, &mut scratch));
+        let r = shared
+            .check_error()
+            .and_then(|()| shared.process(job.t, &job.data, &mut scratch));
         shared.recycle(job.data);
         let _ = job.reply.send(r);
     }
@@ -360,7 +396,11 @@ fn upload_loop(shared: &Shared, rx: &Receiver<FinishedPack>) {
         }
         let id = Id::hash(&pack.data);
         let len = pack.data.len() as u64;
-        match shared.repo.backend().write(FileType::Pack, &id.to_hex(), &pack.data) {
+        match shared
+            .repo
+            .backend()
+            .write(FileType::Pack, &id.to_hex(), &pack.data)
+        {
             Ok(()) => {
                 shared.packs.fetch_add(1, Ordering::Relaxed);
                 shared.pack_bytes.fetch_add(len, Ordering::Relaxed);
@@ -371,11 +411,10 @@ fn upload_loop(shared: &Shared, rx: &Receiver<FinishedPack>) {
             }
             Err(e) => shared.set_error(e),
         }
-        let mut pool = shared.buffer_pool.lock().expect("pool");
-        if pool.len() < 2 {
+        if pack.pooled {
             let mut b = pack.data;
             b.clear();
-            pool.push(b);
+            let _ = shared.pack_buf_tx.send(b);
         }
     }
 }
@@ -424,7 +463,12 @@ impl Shared {
     fn process(&self, t: BlobType, data: &[u8], s: &mut Scratch) -> Result<AddResult> {
         let id = Id::hash(data);
         let len = data.len() as u64;
-        let dup = AddResult { id, len, new: false, stored_len: 0 };
+        let dup = AddResult {
+            id,
+            len,
+            new: false,
+            stored_len: 0,
+        };
         if self.index.has(t, &id) || !self.known.lock().expect("known").insert((t, id)) {
             return Ok(dup);
         }
@@ -442,28 +486,34 @@ impl Shared {
             && !data.is_empty()
         {
             s.compressed.clear();
-            s.compressed.reserve(zstd::zstd_safe::compress_bound(data.len()));
+            s.compressed
+                .reserve(zstd::zstd_safe::compress_bound(data.len()));
             c.compress_to_buffer(data, &mut s.compressed)
                 .map_err(|e| Error::Invalid(format!("zstd compression failed: {e}")))?;
             if s.compressed.len() < data.len() {
                 plain = &s.compressed;
-                uncompressed_length = Some(u32::try_from(data.len()).map_err(|_| {
-                    Error::Invalid("blob larger than 4 GiB".into())
-                })?);
+                uncompressed_length = Some(
+                    u32::try_from(data.len())
+                        .map_err(|_| Error::Invalid("blob larger than 4 GiB".into()))?,
+                );
             }
         }
-        s.sealed.clear();
-        self.repo.key().seal_into(plain, &mut s.sealed);
-        let stored_len = s.sealed.len() as u64;
-        let full = {
+        let (full, stored_len) = {
             let mut open = self.open[slot(t)].lock().expect("pack");
-            if open.data.capacity() == 0 {
-                open.data = self.buffer_pool.lock().expect("pool").pop().unwrap_or_default();
+            if open.data.capacity() == 0 && t == BlobType::Data {
+                // Waits while all data-pack buffers are queued or uploading.
+                open.data = self
+                    .pack_buf_rx
+                    .recv()
+                    .map_err(|_| Error::Invalid("blob writer is finished".into()))?;
+                open.pooled = true;
                 // Untouched capacity costs address space, not memory.
                 open.data.reserve(self.opts.pack_size + (1 << 20));
             }
             let offset = open.data.len() as u32;
-            open.data.extend_from_slice(&s.sealed);
+            // Sealing straight into the pack saves a copy and a buffer per worker.
+            self.repo.key().seal_into(plain, &mut open.data);
+            let stored_len = (open.data.len() - offset as usize) as u64;
             open.blobs.push(PackedBlob {
                 blob_type: t,
                 id,
@@ -471,19 +521,26 @@ impl Shared {
                 length: stored_len as u32,
                 uncompressed_length,
             });
-            if open.data.len() >= self.opts.pack_size {
+            let full = if open.data.len() >= self.opts.pack_size {
                 Some(std::mem::take(&mut *open))
             } else {
                 None
-            }
+            };
+            (full, stored_len)
         };
         self.blobs_new.fetch_add(1, Ordering::Relaxed);
-        self.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.bytes_new
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         self.bytes_stored.fetch_add(stored_len, Ordering::Relaxed);
         if let Some(pack) = full {
             self.send_pack(pack)?;
         }
-        Ok(AddResult { id, len: data.len() as u64, new: true, stored_len })
+        Ok(AddResult {
+            id,
+            len: data.len() as u64,
+            new: true,
+            stored_len,
+        })
     }
 
     /// Appends the sealed header and hands the pack to an uploader (waits for a free one).
@@ -497,8 +554,12 @@ impl Shared {
         let Some(tx) = tx else {
             return Err(Error::Invalid("blob writer is finished".into()));
         };
-        tx.send(FinishedPack { data: pack.data, blobs: pack.blobs })
-            .map_err(|_| Error::Invalid("upload threads stopped".into()))?;
+        tx.send(FinishedPack {
+            data: pack.data,
+            blobs: pack.blobs,
+            pooled: pack.pooled,
+        })
+        .map_err(|_| Error::Invalid("upload threads stopped".into()))?;
         self.check_error()
     }
 }
@@ -507,22 +568,33 @@ impl Shared {
 /// that runs into a stored failure.
 fn clone_error(e: &Error) -> Error {
     match e {
-        Error::NotFound { location, path } => {
-            Error::NotFound { location: location.clone(), path: path.clone() }
-        }
-        Error::Backend { location, message, retryable } => Error::Backend {
+        Error::NotFound { location, path } => Error::NotFound {
+            location: location.clone(),
+            path: path.clone(),
+        },
+        Error::Backend {
+            location,
+            message,
+            retryable,
+        } => Error::Backend {
             location: location.clone(),
             message: message.clone(),
             retryable: *retryable,
         },
-        Error::Io { path, source } => {
-            Error::Io { path: path.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
-        }
-        Error::WrongPassword { location } => Error::WrongPassword { location: location.clone() },
-        Error::NoRepository { location } => Error::NoRepository { location: location.clone() },
-        Error::Corrupt { what, message } => {
-            Error::Corrupt { what: what.clone(), message: message.clone() }
-        }
+        Error::Io { path, source } => Error::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Error::WrongPassword { location } => Error::WrongPassword {
+            location: location.clone(),
+        },
+        Error::NoRepository { location } => Error::NoRepository {
+            location: location.clone(),
+        },
+        Error::Corrupt { what, message } => Error::Corrupt {
+            what: what.clone(),
+            message: message.clone(),
+        },
         Error::Invalid(m) => Error::Invalid(m.clone()),
         Error::Locked(m) => Error::Locked(m.clone()),
         #[allow(unreachable_patterns)]

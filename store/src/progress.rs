@@ -31,8 +31,10 @@ pub struct CountingProgress {
 
 impl Progress for CountingProgress {
     fn set_total(&self, total: Option<u64>) {
-        self.total
-            .store(total.unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
+        self.total.store(
+            total.unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
     fn add_done(&self, n: u64) {
         self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);

@@ -49,7 +49,10 @@ pub struct PruneOptions {
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { max_unused_percent: 5.0, repack_small: false }
+        PruneOptions {
+            max_unused_percent: 5.0,
+            repack_small: false,
+        }
     }
 }
 
@@ -134,7 +137,9 @@ impl PrunePlan {
 
     /// Whether the index must be rewritten.
     fn rewrites_index(&self) -> bool {
-        !(self.repack_packs.is_empty() && self.remove_packs.is_empty() && self.missing_packs.is_empty())
+        !(self.repack_packs.is_empty()
+            && self.remove_packs.is_empty()
+            && self.missing_packs.is_empty())
     }
 
     /// Number of blobs that will be copied into new packs.
@@ -152,39 +157,96 @@ fn bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.3} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.3} {}", UNITS[u])
+    }
 }
 
 fn percent(part: u64, whole: u64) -> String {
-    if whole == 0 { "0.00%".into() } else { format!("{:.2}%", part as f64 * 100.0 / whole as f64) }
+    if whole == 0 {
+        "0.00%".into()
+    } else {
+        format!("{:.2}%", part as f64 * 100.0 / whole as f64)
+    }
 }
 
 impl fmt::Display for PrunePlan {
     /// restic's prune summary: what is used, what goes, what remains.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.counts;
-        writeln!(f, "used:         {:>10} blobs / {}", c.used_blobs, bytes(c.used_bytes))?;
+        writeln!(
+            f,
+            "used:         {:>10} blobs / {}",
+            c.used_blobs,
+            bytes(c.used_bytes)
+        )?;
         if c.duplicate_blobs > 0 {
-            writeln!(f, "duplicates:   {:>10} blobs / {}", c.duplicate_blobs, bytes(c.duplicate_bytes))?;
+            writeln!(
+                f,
+                "duplicates:   {:>10} blobs / {}",
+                c.duplicate_blobs,
+                bytes(c.duplicate_bytes)
+            )?;
         }
-        writeln!(f, "unused:       {:>10} blobs / {}", c.unused_blobs, bytes(c.unused_bytes))?;
+        writeln!(
+            f,
+            "unused:       {:>10} blobs / {}",
+            c.unused_blobs,
+            bytes(c.unused_bytes)
+        )?;
         if c.unreferenced_bytes > 0 {
-            writeln!(f, "unreferenced:                    {}", bytes(c.unreferenced_bytes))?;
+            writeln!(
+                f,
+                "unreferenced:                    {}",
+                bytes(c.unreferenced_bytes)
+            )?;
         }
         let total_blobs = c.used_blobs + c.duplicate_blobs + c.unused_blobs;
         let total = c.used_bytes + c.duplicate_bytes + c.unused_bytes + c.unreferenced_bytes;
         let unused = c.duplicate_bytes + c.unused_bytes;
-        writeln!(f, "total:        {:>10} blobs / {}", total_blobs, bytes(total))?;
+        writeln!(
+            f,
+            "total:        {:>10} blobs / {}",
+            total_blobs,
+            bytes(total)
+        )?;
         writeln!(f, "unused size: {} of total size", percent(unused, total))?;
         writeln!(f)?;
-        writeln!(f, "to repack:    {:>10} blobs / {}", c.repack_blobs, bytes(c.repack_bytes))?;
-        writeln!(f, "this removes: {:>10} blobs / {}", c.repack_removed_blobs, bytes(c.repack_removed_bytes))?;
-        writeln!(f, "to delete:    {:>10} blobs / {}", c.remove_blobs, bytes(c.remove_bytes + c.unreferenced_bytes))?;
+        writeln!(
+            f,
+            "to repack:    {:>10} blobs / {}",
+            c.repack_blobs,
+            bytes(c.repack_bytes)
+        )?;
+        writeln!(
+            f,
+            "this removes: {:>10} blobs / {}",
+            c.repack_removed_blobs,
+            bytes(c.repack_removed_bytes)
+        )?;
+        writeln!(
+            f,
+            "to delete:    {:>10} blobs / {}",
+            c.remove_blobs,
+            bytes(c.remove_bytes + c.unreferenced_bytes)
+        )?;
         let pruned = c.remove_bytes + c.repack_removed_bytes + c.unreferenced_bytes;
         let pruned_blobs = c.remove_blobs + c.repack_removed_blobs;
-        writeln!(f, "total prune:  {:>10} blobs / {}", pruned_blobs, bytes(pruned))?;
+        writeln!(
+            f,
+            "total prune:  {:>10} blobs / {}",
+            pruned_blobs,
+            bytes(pruned)
+        )?;
         let remaining = total.saturating_sub(pruned);
-        writeln!(f, "remaining:    {:>10} blobs / {}", total_blobs.saturating_sub(pruned_blobs), bytes(remaining))?;
+        writeln!(
+            f,
+            "remaining:    {:>10} blobs / {}",
+            total_blobs.saturating_sub(pruned_blobs),
+            bytes(remaining)
+        )?;
         let unused_after = unused.saturating_sub(c.remove_bytes + c.repack_removed_bytes);
         writeln!(
             f,
@@ -201,7 +263,11 @@ impl fmt::Display for PrunePlan {
         writeln!(f, "to repack:    {:>10} packs", c.packs_repack)?;
         write!(f, "to delete:    {:>10} packs", c.packs_remove)?;
         if c.packs_unreferenced > 0 {
-            write!(f, "\nto delete:    {:>10} unreferenced packs", c.packs_unreferenced)?;
+            write!(
+                f,
+                "\nto delete:    {:>10} unreferenced packs",
+                c.packs_unreferenced
+            )?;
         }
         Ok(())
     }
@@ -277,7 +343,12 @@ fn observe(repo: &Repository) -> Result<Observed> {
         .into_iter()
         .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (id, f.size)))
         .collect();
-    Ok(Observed { map, index_files, snapshots, listing })
+    Ok(Observed {
+        map,
+        index_files,
+        snapshots,
+        listing,
+    })
 }
 
 fn refuse(message: String) -> Error {
@@ -344,7 +415,10 @@ fn plan_from(repo: &Repository, opts: &PruneOptions, obs: &Observed) -> Result<P
             let best = locations
                 .iter()
                 .max_by(|a, b| {
-                    let (ua, ub) = (unique_used.get(*a).copied().unwrap_or(0), unique_used.get(*b).copied().unwrap_or(0));
+                    let (ua, ub) = (
+                        unique_used.get(*a).copied().unwrap_or(0),
+                        unique_used.get(*b).copied().unwrap_or(0),
+                    );
                     ua.cmp(&ub).then_with(|| b.cmp(a))
                 })
                 .expect("at least one copy");
@@ -356,16 +430,23 @@ fn plan_from(repo: &Repository, opts: &PruneOptions, obs: &Observed) -> Result<P
     let compress_trees = repo.config().version >= 2;
     let mut info: BTreeMap<Id, PackInfo> = BTreeMap::new();
     for (pack, blobs) in packs {
-        let mut pi = PackInfo::default();
         // The header counts as used space, as in restic.
-        pi.used_size = expected_pack_size(blobs) - blobs.iter().map(|b| u64::from(b.length)).sum::<u64>();
+        let header =
+            expected_pack_size(blobs) - blobs.iter().map(|b| u64::from(b.length)).sum::<u64>();
+        let mut pi = PackInfo {
+            used_size: header,
+            ..Default::default()
+        };
         for b in blobs {
             let size = u64::from(b.length);
             match b.blob_type {
                 BlobType::Data => pi.has_data = true,
                 BlobType::Tree => {
                     pi.has_tree = true;
-                    if compress_trees && b.uncompressed_length.is_none() && b.length as usize > crate::crypto::OVERHEAD {
+                    if compress_trees
+                        && b.uncompressed_length.is_none()
+                        && b.length as usize > crate::crypto::OVERHEAD
+                    {
                         pi.uncompressed_tree = true;
                     }
                 }
@@ -391,8 +472,6 @@ fn plan_from(repo: &Repository, opts: &PruneOptions, obs: &Observed) -> Result<P
         info.insert(*pack, pi);
     }
 
-    let target = DEFAULT_PACK_SIZE as u64;
-    let small_below = if opts.repack_small { target / 5 * 4 } else { target / 25 };
     let mut plan = PrunePlan {
         counts: PruneCounts::default(),
         keep_packs: BTreeSet::new(),
@@ -405,81 +484,23 @@ fn plan_from(repo: &Repository, opts: &PruneOptions, obs: &Observed) -> Result<P
         copy: BTreeMap::new(),
         pack_blobs: packs.clone(),
     };
-
     for (id, size) in &obs.listing {
         if !packs.contains_key(id) {
             plan.unreferenced_packs.insert(*id);
             counts.unreferenced_bytes += size;
         }
     }
-    let mut candidates: Vec<(Id, &PackInfo)> = Vec::new();
-    let mut small: Vec<(Id, &PackInfo)> = Vec::new();
-    for (id, pi) in &info {
-        let Some(&size) = obs.listing.get(id) else {
-            // Missing: used_blobs is 0 here, since homes are existing packs only.
-            plan.missing_packs.insert(*id);
-            counts.remove_blobs += pi.unused_blobs;
-            counts.remove_bytes += pi.unused_size;
-            continue;
-        };
-        if pi.used_blobs > 0 && pi.total() != size {
-            return Err(refuse(format!(
-                "{} is {size} bytes but its index entries add up to {} (run check)",
-                pack_path(id),
-                pi.total()
-            )));
-        }
-        match (pi.used_blobs, pi.unused_blobs) {
-            (0, _) => counts.packs_unused += 1,
-            (_, 0) => counts.packs_used += 1,
-            _ => counts.packs_partly_used += 1,
-        }
-        let mixed = pi.has_data && pi.has_tree;
-        if pi.used_blobs == 0 {
-            plan.remove_packs.insert(*id);
-            counts.remove_blobs += pi.unused_blobs;
-            counts.remove_bytes += pi.unused_size;
-        } else if pi.unused_blobs == 0 && !mixed && !pi.uncompressed_tree {
-            if size >= small_below {
-                plan.keep_packs.insert(*id);
-            } else {
-                small.push((*id, pi));
-            }
-        } else {
-            candidates.push((*id, pi));
-        }
-    }
-    // A few small packs are not worth rewriting, and rewriting a lone small pack would only
-    // produce another small pack on every run.
-    if small.len() < 10 {
-        plan.keep_packs.extend(small.iter().map(|(id, _)| *id));
-    } else {
-        candidates.extend(small);
-    }
-    // Trees first, then small packs, then the highest share of unused space.
-    candidates.sort_by(|(ia, a), (ib, b)| {
-        let key = |p: &PackInfo| (p.is_data_only(), p.total() >= small_below);
-        key(a)
-            .cmp(&key(b))
-            .then_with(|| (u128::from(b.unused_size) * u128::from(a.used_size)).cmp(&(u128::from(a.unused_size) * u128::from(b.used_size))))
-            .then_with(|| ia.cmp(ib))
-    });
-    let p = opts.max_unused_percent;
-    let max_unused_after = (p / (100.0 - p) * counts.used_bytes as f64) as u64;
-    let total_unused = counts.unused_bytes + counts.duplicate_bytes;
-    for (id, pi) in candidates {
-        let unused_after = total_unused.saturating_sub(counts.remove_bytes + counts.repack_removed_bytes);
-        let must = !pi.is_data_only() || pi.uncompressed_tree;
-        if !must && unused_after < max_unused_after && pi.total() >= small_below {
-            plan.keep_packs.insert(id);
-            continue;
-        }
-        plan.repack_packs.insert(id);
-        counts.repack_blobs += pi.used_blobs + pi.unused_blobs;
-        counts.repack_bytes += pi.total();
-        counts.repack_removed_blobs += pi.unused_blobs;
-        counts.repack_removed_bytes += pi.unused_size;
-    }
+    let decided = decide_packs(
+        &info,
+        &obs.listing,
+        opts,
+        DEFAULT_PACK_SIZE as u64,
+        &mut counts,
+    )?;
+    plan.keep_packs = decided.keep;
+    plan.repack_packs = decided.repack;
+    plan.remove_packs = decided.remove;
+    plan.missing_packs = decided.missing;
 
     // Blobs to copy: used blobs with no copy in a kept pack. Read from the home copy first.
     for (key, locations) in &copies {
@@ -509,6 +530,107 @@ fn plan_from(repo: &Repository, opts: &PruneOptions, obs: &Observed) -> Result<P
     Ok(plan)
 }
 
+/// What happens to each indexed pack.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PackDecisions {
+    keep: BTreeSet<Id>,
+    repack: BTreeSet<Id>,
+    remove: BTreeSet<Id>,
+    missing: BTreeSet<Id>,
+}
+
+/// Decides per pack from its accounting alone (`listing`: the packs that exist, with sizes;
+/// `target`: the target pack size). `counts` must hold the blob totals; the pack and
+/// repack/remove figures are added here.
+fn decide_packs(
+    info: &BTreeMap<Id, PackInfo>,
+    listing: &BTreeMap<Id, u64>,
+    opts: &PruneOptions,
+    target: u64,
+    counts: &mut PruneCounts,
+) -> Result<PackDecisions> {
+    let small_below = if opts.repack_small {
+        target / 5 * 4
+    } else {
+        target / 25
+    };
+    let mut d = PackDecisions::default();
+    let mut candidates: Vec<(Id, &PackInfo)> = Vec::new();
+    let mut small: Vec<(Id, &PackInfo)> = Vec::new();
+    for (id, pi) in info {
+        let Some(&size) = listing.get(id) else {
+            // Missing: used_blobs is 0 here, since homes are existing packs only.
+            d.missing.insert(*id);
+            counts.remove_blobs += pi.unused_blobs;
+            counts.remove_bytes += pi.unused_size;
+            continue;
+        };
+        if pi.used_blobs > 0 && pi.total() != size {
+            return Err(refuse(format!(
+                "{} is {size} bytes but its index entries add up to {} (run check)",
+                pack_path(id),
+                pi.total()
+            )));
+        }
+        match (pi.used_blobs, pi.unused_blobs) {
+            (0, _) => counts.packs_unused += 1,
+            (_, 0) => counts.packs_used += 1,
+            _ => counts.packs_partly_used += 1,
+        }
+        let mixed = pi.has_data && pi.has_tree;
+        if pi.used_blobs == 0 {
+            d.remove.insert(*id);
+            counts.remove_blobs += pi.unused_blobs;
+            counts.remove_bytes += pi.unused_size;
+        } else if pi.unused_blobs == 0 && !mixed && !pi.uncompressed_tree {
+            if size >= small_below {
+                d.keep.insert(*id);
+            } else {
+                small.push((*id, pi));
+            }
+        } else {
+            candidates.push((*id, pi));
+        }
+    }
+    // A few small packs are not worth rewriting, and rewriting a lone small pack would only
+    // produce another small pack on every run.
+    if small.len() < 10 {
+        d.keep.extend(small.iter().map(|(id, _)| *id));
+    } else {
+        candidates.extend(small);
+    }
+    // Trees first, then small packs, then the highest share of unused space.
+    candidates.sort_by(|(ia, a), (ib, b)| {
+        let key = |p: &PackInfo| (p.is_data_only(), p.total() >= small_below);
+        key(a)
+            .cmp(&key(b))
+            .then_with(|| {
+                (u128::from(b.unused_size) * u128::from(a.used_size))
+                    .cmp(&(u128::from(a.unused_size) * u128::from(b.used_size)))
+            })
+            .then_with(|| ia.cmp(ib))
+    });
+    let p = opts.max_unused_percent;
+    let max_unused_after = (p / (100.0 - p) * counts.used_bytes as f64) as u64;
+    let total_unused = counts.unused_bytes + counts.duplicate_bytes;
+    for (id, pi) in candidates {
+        let unused_after =
+            total_unused.saturating_sub(counts.remove_bytes + counts.repack_removed_bytes);
+        let must = !pi.is_data_only() || pi.uncompressed_tree;
+        if !must && unused_after < max_unused_after && pi.total() >= small_below {
+            d.keep.insert(id);
+            continue;
+        }
+        d.repack.insert(id);
+        counts.repack_blobs += pi.used_blobs + pi.unused_blobs;
+        counts.repack_bytes += pi.total();
+        counts.repack_removed_blobs += pi.unused_blobs;
+        counts.repack_removed_bytes += pi.unused_size;
+    }
+
+    Ok(d)
+}
+
 /// Collects sealed blobs of one type into packs and writes them.
 struct PackBuilder<'a> {
     repo: &'a Repository,
@@ -520,17 +642,35 @@ struct PackBuilder<'a> {
 
 impl<'a> PackBuilder<'a> {
     fn new(repo: &'a Repository) -> Self {
-        PackBuilder { repo, body: Vec::new(), blobs: Vec::new(), written: Vec::new(), bytes: 0 }
+        PackBuilder {
+            repo,
+            body: Vec::new(),
+            blobs: Vec::new(),
+            written: Vec::new(),
+            bytes: 0,
+        }
     }
 
-    fn add(&mut self, t: BlobType, id: Id, sealed: &[u8], uncompressed_length: Option<u32>) -> Result<()> {
+    fn add(
+        &mut self,
+        t: BlobType,
+        id: Id,
+        sealed: &[u8],
+        uncompressed_length: Option<u32>,
+    ) -> Result<()> {
         let offset = u32::try_from(self.body.len()).expect("packs stay below 4 GiB");
         let length = u32::try_from(sealed.len()).map_err(|_| Error::Corrupt {
             what: format!("{t} blob {id}"),
             message: "larger than 4 GiB".into(),
         })?;
         self.body.extend_from_slice(sealed);
-        self.blobs.push(PackedBlob { blob_type: t, id, offset, length, uncompressed_length });
+        self.blobs.push(PackedBlob {
+            blob_type: t,
+            id,
+            offset,
+            length,
+            uncompressed_length,
+        });
         if self.body.len() >= DEFAULT_PACK_SIZE {
             self.flush()?;
         }
@@ -541,14 +681,22 @@ impl<'a> PackBuilder<'a> {
         if self.blobs.is_empty() {
             return Ok(());
         }
-        let header = self.repo.key().seal(&format::encode_pack_header(&self.blobs));
+        let header = self
+            .repo
+            .key()
+            .seal(&format::encode_pack_header(&self.blobs));
         let mut pack = std::mem::take(&mut self.body);
         pack.extend_from_slice(&header);
         pack.extend_from_slice(&(header.len() as u32).to_le_bytes());
         let id = Id::hash(&pack);
-        self.repo.backend().write(FileType::Pack, &id.to_hex(), &pack)?;
+        self.repo
+            .backend()
+            .write(FileType::Pack, &id.to_hex(), &pack)?;
         self.bytes += pack.len() as u64;
-        let blobs = std::mem::take(&mut self.blobs).iter().map(PackedBlob::to_index_blob).collect();
+        let blobs = std::mem::take(&mut self.blobs)
+            .iter()
+            .map(PackedBlob::to_index_blob)
+            .collect();
         self.written.push(IndexPack { id, blobs });
         Ok(())
     }
@@ -568,7 +716,13 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
     let mut stats = PruneStats::default();
 
     // 1. Packs no index lists: nothing refers to them.
-    delete_packs(repo, &plan.unreferenced_packs, &obs.listing, &mut stats, progress)?;
+    delete_packs(
+        repo,
+        &plan.unreferenced_packs,
+        &obs.listing,
+        &mut stats,
+        progress,
+    )?;
 
     if plan.rewrites_index() {
         // 2. Copy the blobs still needed out of the packs that go.
@@ -587,8 +741,13 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
             let bytes = repo.backend().read(FileType::Pack, &pack.to_hex())?;
             progress.add_done(bytes.len() as u64);
             for key in keys {
-                let (sealed, uncompressed_length) = fetch_verified(repo, *key, &plan.copy[key], &bytes)?;
-                let builder = if key.0 == BlobType::Tree { &mut trees } else { &mut data };
+                let (sealed, uncompressed_length) =
+                    fetch_verified(repo, *key, &plan.copy[key], &bytes)?;
+                let builder = if key.0 == BlobType::Tree {
+                    &mut trees
+                } else {
+                    &mut data
+                };
                 builder.add(key.0, key.1, &sealed, uncompressed_length)?;
                 stats.blobs_repacked += 1;
             }
@@ -603,14 +762,21 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
         let mut new_packs: Vec<IndexPack> = plan
             .keep_packs
             .iter()
-            .map(|id| IndexPack { id: *id, blobs: plan.pack_blobs[id].clone() })
+            .map(|id| IndexPack {
+                id: *id,
+                blobs: plan.pack_blobs[id].clone(),
+            })
             .collect();
         new_packs.extend(data.written);
         new_packs.extend(trees.written);
         let mut written = Vec::new();
-        let mut file = IndexFile { supersedes: plan.index_files.clone(), packs: Vec::new() };
+        let mut file = IndexFile {
+            supersedes: plan.index_files.clone(),
+            packs: Vec::new(),
+        };
         for pack in new_packs {
-            if !file.packs.is_empty() && file.blob_count() + pack.blobs.len() > INDEX_BLOBS_PER_FILE {
+            if !file.packs.is_empty() && file.blob_count() + pack.blobs.len() > INDEX_BLOBS_PER_FILE
+            {
                 written.push(repo.save_unpacked(FileType::Index, &file)?);
                 file.packs.clear();
             }
@@ -631,7 +797,11 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
 
         // 5. Only now the packs nothing refers to any more.
         progress.message("deleting packs");
-        let doomed: BTreeSet<Id> = plan.repack_packs.union(&plan.remove_packs).copied().collect();
+        let doomed: BTreeSet<Id> = plan
+            .repack_packs
+            .union(&plan.remove_packs)
+            .copied()
+            .collect();
         delete_packs(repo, &doomed, &obs.listing, &mut stats, progress)?;
     }
     repo.load_index()?;
@@ -677,7 +847,12 @@ fn fetch_verified(
                 }
             }
         } else {
-            match repo.backend().read_range(FileType::Pack, &src.pack.to_hex(), u64::from(src.offset), u64::from(src.length)) {
+            match repo.backend().read_range(
+                FileType::Pack,
+                &src.pack.to_hex(),
+                u64::from(src.offset),
+                u64::from(src.length),
+            ) {
                 Ok(s) => s,
                 Err(e) => {
                     last_err = Some(e);
@@ -688,7 +863,11 @@ fn fetch_verified(
         match repo.decode_blob(&id, src, sealed.clone()) {
             Ok(plain) => {
                 let v2 = repo.config().version >= 2;
-                if v2 && t == BlobType::Tree && src.uncompressed_length.is_none() && !plain.is_empty() {
+                if v2
+                    && t == BlobType::Tree
+                    && src.uncompressed_length.is_none()
+                    && !plain.is_empty()
+                {
                     let compressed = zstd::bulk::compress(&plain, 3)
                         .map_err(|e| Error::Invalid(format!("zstd compression failed: {e}")))?;
                     let len = u32::try_from(plain.len()).map_err(|_| Error::Corrupt {
@@ -706,11 +885,172 @@ fn fetch_verified(
 }
 
 fn refuse_partial(t: BlobType, id: Id, cause: Option<Error>) -> Error {
-    let cause = cause.map(|e| e.to_string()).unwrap_or_else(|| "no copy is known".into());
+    let cause = cause
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "no copy is known".into());
     Error::Corrupt {
         what: format!("{t} blob {id}"),
         message: format!(
             "no intact copy to repack ({cause}); prune stopped before deleting anything that is still needed, run check"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const TARGET: u64 = 16 * MIB;
+
+    fn data_pack(used: u64, unused: u64) -> PackInfo {
+        PackInfo {
+            used_blobs: u64::from(used > 0) * 10,
+            unused_blobs: u64::from(unused > 0) * 10,
+            used_size: used,
+            unused_size: unused,
+            has_data: true,
+            ..Default::default()
+        }
+    }
+
+    fn tree_pack(used: u64, unused: u64) -> PackInfo {
+        PackInfo {
+            has_data: false,
+            has_tree: true,
+            ..data_pack(used, unused)
+        }
+    }
+
+    /// Runs the decision on packs numbered 1.. with the given accounting, all present.
+    fn decide(packs: &[PackInfo], opts: PruneOptions) -> PackDecisions {
+        let info: BTreeMap<Id, PackInfo> = packs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (Id([i as u8 + 1; 32]), p.clone()))
+            .collect();
+        let listing = info.iter().map(|(id, p)| (*id, p.total())).collect();
+        let mut counts = PruneCounts::default();
+        for p in packs {
+            counts.used_bytes += p.used_size;
+            counts.unused_bytes += p.unused_size;
+        }
+        decide_packs(&info, &listing, &opts, TARGET, &mut counts).unwrap()
+    }
+
+    fn ids(nums: &[u8]) -> BTreeSet<Id> {
+        nums.iter().map(|&n| Id([n; 32])).collect()
+    }
+
+    #[test]
+    fn fully_used_packs_are_kept_and_unused_packs_removed() {
+        let d = decide(
+            &[data_pack(TARGET, 0), data_pack(0, TARGET)],
+            PruneOptions::default(),
+        );
+        assert_eq!(d.keep, ids(&[1]));
+        assert_eq!(d.remove, ids(&[2]));
+        assert!(d.repack.is_empty());
+    }
+
+    #[test]
+    fn partly_used_data_packs_are_repacked_most_wasteful_first_until_under_the_limit() {
+        // 40 MiB used in total; 5% of the result is 40 * 5/95 = 2.1 MiB unused allowed.
+        let packs = [
+            data_pack(15 * MIB, MIB),     // 1: 6% unused
+            data_pack(12 * MIB, 4 * MIB), // 2: 25% unused
+            data_pack(13 * MIB, 3 * MIB), // 3: 19% unused
+        ];
+        let d = decide(&packs, PruneOptions::default());
+        // 8 MiB unused: repacking 2 leaves 4, repacking 3 leaves 1 (< 2.1): 1 stays.
+        assert_eq!(d.repack, ids(&[2, 3]));
+        assert_eq!(d.keep, ids(&[1]));
+        let all = decide(
+            &packs,
+            PruneOptions {
+                max_unused_percent: 0.0,
+                repack_small: false,
+            },
+        );
+        assert_eq!(all.repack, ids(&[1, 2, 3]));
+        let lax = decide(
+            &packs,
+            PruneOptions {
+                max_unused_percent: 50.0,
+                repack_small: false,
+            },
+        );
+        assert!(lax.repack.is_empty(), "{lax:?}");
+    }
+
+    #[test]
+    fn partly_used_tree_packs_are_always_repacked() {
+        let d = decide(
+            &[data_pack(100 * MIB, 0), tree_pack(MIB, 10)],
+            PruneOptions {
+                max_unused_percent: 99.0,
+                repack_small: false,
+            },
+        );
+        assert_eq!(d.repack, ids(&[2]));
+    }
+
+    #[test]
+    fn packs_holding_uncompressed_trees_are_repacked_even_when_fully_used() {
+        let mut p = tree_pack(MIB, 0);
+        p.uncompressed_tree = true;
+        let d = decide(&[p], PruneOptions::default());
+        assert_eq!(d.repack, ids(&[1]));
+    }
+
+    #[test]
+    fn a_few_small_packs_are_left_alone_but_ten_are_merged() {
+        let small = data_pack(100 << 10, 0);
+        let d = decide(&vec![small.clone(); 9], PruneOptions::default());
+        assert_eq!(d.keep.len(), 9);
+        let d = decide(&vec![small.clone(); 10], PruneOptions::default());
+        assert_eq!(d.repack.len(), 10);
+        // With repack_small, "small" means below 80% of the target size.
+        let mid = data_pack(8 * MIB, 0);
+        assert_eq!(
+            decide(&vec![mid.clone(); 10], PruneOptions::default())
+                .keep
+                .len(),
+            10
+        );
+        let opts = PruneOptions {
+            max_unused_percent: 5.0,
+            repack_small: true,
+        };
+        assert_eq!(decide(&vec![mid; 10], opts).repack.len(), 10);
+    }
+
+    #[test]
+    fn a_pack_whose_size_disagrees_with_the_index_stops_the_plan() {
+        let info: BTreeMap<Id, PackInfo> = [(Id([1; 32]), data_pack(MIB, 0))].into();
+        let listing = [(Id([1; 32]), MIB + 1)].into();
+        let err = decide_packs(
+            &info,
+            &listing,
+            &PruneOptions::default(),
+            TARGET,
+            &mut PruneCounts::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("nothing was changed"), "{err}");
+    }
+
+    #[test]
+    fn missing_packs_without_needed_blobs_are_dropped_from_the_index() {
+        let info: BTreeMap<Id, PackInfo> = [(Id([1; 32]), data_pack(0, MIB))].into();
+        let d = decide_packs(
+            &info,
+            &BTreeMap::new(),
+            &PruneOptions::default(),
+            TARGET,
+            &mut PruneCounts::default(),
+        )
+        .unwrap();
+        assert_eq!(d.missing, ids(&[1]));
     }
 }

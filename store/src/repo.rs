@@ -8,7 +8,9 @@ use serde::de::DeserializeOwned;
 
 use crate::backend::{Backend, FileType};
 use crate::crypto::{self, KdfParams, Key};
-use crate::format::{self, BlobType, Config, IndexFile, KeyData, KeyFile, MacKeyData, PackedBlob, Snapshot};
+use crate::format::{
+    self, BlobType, Config, IndexFile, KeyData, KeyFile, MacKeyData, PackedBlob, Snapshot,
+};
 use crate::id::Id;
 use crate::index::{Index, IndexEntry};
 use crate::{Error, Result};
@@ -41,13 +43,19 @@ struct Inner {
 
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Repository").field("location", &self.location()).finish()
+        f.debug_struct("Repository")
+            .field("location", &self.location())
+            .finish()
     }
 }
 
 impl Repository {
     /// Creates a new repository (format version 2) with one key for `password`.
-    pub fn init(backend: Arc<dyn Backend>, password: &str, opts: &InitOptions) -> Result<Repository> {
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        password: &str,
+        opts: &InitOptions,
+    ) -> Result<Repository> {
         let location = backend.location();
         match backend.stat(FileType::Config, "config") {
             Ok(_) => {
@@ -65,7 +73,11 @@ impl Repository {
             Some(p) => p,
             None => crate::chunker::Pol::random().0,
         };
-        let config = Config { version: 2, id: Id::random(), chunker_polynomial: polynomial };
+        let config = Config {
+            version: 2,
+            id: Id::random(),
+            chunker_polynomial: polynomial,
+        };
         let json = serde_json::to_vec(&config).expect("config serializes");
         backend.write(FileType::Config, "config", &master.seal(&json))?;
         Ok(Repository {
@@ -183,7 +195,10 @@ impl Repository {
     pub fn load_index_file(&self, id: &Id) -> Result<IndexFile> {
         let raw = self.load_unpacked_raw(FileType::Index, id)?;
         IndexFile::from_json(&raw).map_err(|e| match e {
-            Error::Corrupt { message, .. } => Error::Corrupt { what: format!("index/{id}"), message },
+            Error::Corrupt { message, .. } => Error::Corrupt {
+                what: format!("index/{id}"),
+                message,
+            },
             e => e,
         })
     }
@@ -208,7 +223,12 @@ impl Repository {
 
     /// Where a blob is stored.
     pub fn blob_entry(&self, t: BlobType, id: &Id) -> Option<IndexEntry> {
-        self.inner.index.read().expect("index lock").get(t, id).copied()
+        self.inner
+            .index
+            .read()
+            .expect("index lock")
+            .get(t, id)
+            .copied()
     }
 
     /// Reads a blob: range from its pack, decrypt, decompress, verify SHA-256 == id.
@@ -231,10 +251,14 @@ impl Repository {
     /// Decrypts, decompresses and verifies a sealed blob read from `entry.pack`.
     pub fn decode_blob(&self, id: &Id, entry: &IndexEntry, sealed: Vec<u8>) -> Result<Vec<u8>> {
         let what = || format!("blob {} in pack data/{}", id.short(), entry.pack);
-        let plain = self.inner.key.open_in_place(sealed).map_err(|_| Error::Corrupt {
-            what: what(),
-            message: "MAC does not match: the pack is damaged".into(),
-        })?;
+        let plain = self
+            .inner
+            .key
+            .open_in_place(sealed)
+            .map_err(|_| Error::Corrupt {
+                what: what(),
+                message: "MAC does not match: the pack is damaged".into(),
+            })?;
         let data = match entry.uncompressed_length {
             Some(n) => {
                 let mut out = Vec::with_capacity(n as usize);
@@ -267,9 +291,15 @@ impl Repository {
         let what = || format!("data/{name}");
         let size = self.inner.backend.stat(FileType::Pack, &name)?;
         if size < 4 {
-            return Err(Error::Corrupt { what: what(), message: format!("only {size} bytes long") });
+            return Err(Error::Corrupt {
+                what: what(),
+                message: format!("only {size} bytes long"),
+            });
         }
-        let tail = self.inner.backend.read_range(FileType::Pack, &name, size - 4, 4)?;
+        let tail = self
+            .inner
+            .backend
+            .read_range(FileType::Pack, &name, size - 4, 4)?;
         let hlen = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")));
         if hlen + 4 > size || hlen < crypto::OVERHEAD as u64 {
             return Err(Error::Corrupt {
@@ -277,13 +307,23 @@ impl Repository {
                 message: format!("header length {hlen} does not fit a {size}-byte pack"),
             });
         }
-        let sealed = self.inner.backend.read_range(FileType::Pack, &name, size - 4 - hlen, hlen)?;
-        let plain = self.inner.key.open_in_place(sealed).map_err(|_| Error::Corrupt {
-            what: what(),
-            message: "pack header does not decrypt (MAC mismatch)".into(),
-        })?;
+        let sealed = self
+            .inner
+            .backend
+            .read_range(FileType::Pack, &name, size - 4 - hlen, hlen)?;
+        let plain = self
+            .inner
+            .key
+            .open_in_place(sealed)
+            .map_err(|_| Error::Corrupt {
+                what: what(),
+                message: "pack header does not decrypt (MAC mismatch)".into(),
+            })?;
         format::decode_pack_header(&plain).map_err(|e| match e {
-            Error::Corrupt { message, .. } => Error::Corrupt { what: what(), message },
+            Error::Corrupt { message, .. } => Error::Corrupt {
+                what: what(),
+                message,
+            },
             e => e,
         })
     }
@@ -313,11 +353,18 @@ impl Repository {
                 message: "content does not match its name (SHA-256)".into(),
             });
         }
-        let plain = self.inner.key.open_in_place(sealed).map_err(|_| Error::Corrupt {
+        let plain = self
+            .inner
+            .key
+            .open_in_place(sealed)
+            .map_err(|_| Error::Corrupt {
+                what: what(),
+                message: "does not decrypt with the repository key (MAC mismatch)".into(),
+            })?;
+        decode_unpacked(&plain).map_err(|message| Error::Corrupt {
             what: what(),
-            message: "does not decrypt with the repository key (MAC mismatch)".into(),
-        })?;
-        decode_unpacked(&plain).map_err(|message| Error::Corrupt { what: what(), message })
+            message,
+        })
     }
 
     /// Serializes `value` as JSON and stores it with [`Repository::save_unpacked_raw`].
@@ -422,11 +469,19 @@ pub fn decode_unpacked(plain: &[u8]) -> std::result::Result<Vec<u8>, String> {
     }
 }
 
-fn write_key_file(backend: &dyn Backend, master: &Key, password: &str, kdf: KdfParams) -> Result<Id> {
+fn write_key_file(
+    backend: &dyn Backend,
+    master: &Key,
+    password: &str,
+    kdf: KdfParams,
+) -> Result<Id> {
     let salt: [u8; 64] = rand::random();
     let user = crypto::derive_key(password, &salt, kdf)?;
     let data = KeyData {
-        mac: MacKeyData { k: master.mac_k.to_vec(), r: master.mac_r.to_vec() },
+        mac: MacKeyData {
+            k: master.mac_k.to_vec(),
+            r: master.mac_r.to_vec(),
+        },
         encrypt: master.encrypt.to_vec(),
     };
     let kf = KeyFile {
@@ -454,7 +509,11 @@ fn try_key_file(raw: &[u8], password: &str) -> Result<Option<Key>> {
     if kf.kdf != "scrypt" {
         return Ok(None);
     }
-    let params = KdfParams { n: kf.n, r: kf.r, p: kf.p };
+    let params = KdfParams {
+        n: kf.n,
+        r: kf.r,
+        p: kf.p,
+    };
     let Ok(user) = crypto::derive_key(password, &kf.salt, params) else {
         return Ok(None);
     };

@@ -94,11 +94,19 @@ fn digest(repo: &Path) -> BTreeMap<String, Id> {
 }
 
 fn size_of_packs(repo: &Path) -> u64 {
-    digest(repo).keys().filter(|k| k.starts_with("data/")).map(|k| fs::metadata(repo.join(k)).unwrap().len()).sum()
+    digest(repo)
+        .keys()
+        .filter(|k| k.starts_with("data/"))
+        .map(|k| fs::metadata(repo.join(k)).unwrap().len())
+        .sum()
 }
 
 fn files_of(repo: &Path, dir: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = digest(repo).keys().filter(|k| k.starts_with(dir)).map(|k| repo.join(k)).collect();
+    let mut v: Vec<PathBuf> = digest(repo)
+        .keys()
+        .filter(|k| k.starts_with(dir))
+        .map(|k| repo.join(k))
+        .collect();
     v.sort();
     v
 }
@@ -127,14 +135,18 @@ fn check_without_changes(repo: &Path, read_data: bool) -> CheckReport {
 
 fn assert_names(report: &CheckReport, severity: Severity, needle: &str) {
     assert!(
-        report.problems.iter().any(|p| p.severity == severity && (p.subject.contains(needle) || p.message.contains(needle))),
+        report.problems.iter().any(|p| p.severity == severity
+            && (p.subject.contains(needle) || p.message.contains(needle))),
         "expected a {severity:?} naming {needle}, got:\n{report}"
     );
 }
 
 /// The pack with the most bytes (a data pack in our test repositories).
 fn largest_pack(repo: &Path) -> (PathBuf, String) {
-    let p = files_of(repo, "data/").into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).expect("a pack");
+    let p = files_of(repo, "data/")
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .expect("a pack");
     let name = p.file_name().unwrap().to_string_lossy().into_owned();
     let rel = format!("data/{}/{}", &name[..2], name);
     (p, rel)
@@ -155,7 +167,11 @@ fn restic_repo_with_one_backup(tmp: &Path) -> PathBuf {
 
 /// One snapshot per entry, made by restic at the given local time; snapshot `i` holds
 /// `common.bin` (the same in all) and `unique.bin` (different in each, `unique(i)`).
-fn restic_repo_with_history(tmp: &Path, times: &[&str], tags: &[&str]) -> (PathBuf, PathBuf, Vec<Id>) {
+fn restic_repo_with_history(
+    tmp: &Path,
+    times: &[&str],
+    tags: &[&str],
+) -> (PathBuf, PathBuf, Vec<Id>) {
     let repo = tmp.join("repo");
     let src = tmp.join("src");
     fs::create_dir_all(src.join("d")).unwrap();
@@ -170,7 +186,12 @@ fn restic_repo_with_history(tmp: &Path, times: &[&str], tags: &[&str]) -> (PathB
         restic_ok(&repo, &args);
     }
     // restic 0.14 prints only short ids; the times are distinct, so list oldest first.
-    let ids: Vec<Id> = open(&repo).list_snapshots().unwrap().into_iter().map(|(id, _)| id).collect();
+    let ids: Vec<Id> = open(&repo)
+        .list_snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(ids.len(), times.len());
     (repo, src, ids)
 }
@@ -184,7 +205,8 @@ fn restic_keeps(repo: &Path, policy_args: &[&str]) -> Vec<Id> {
     let mut args = vec!["forget", "--dry-run", "--json"];
     args.extend_from_slice(policy_args);
     let out = restic_ok(repo, &args);
-    let groups: serde_json::Value = serde_json::from_slice(&out.stdout).expect("restic forget --json output");
+    let groups: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("restic forget --json output");
     let mut ids: Vec<Id> = groups
         .as_array()
         .unwrap()
@@ -198,7 +220,9 @@ fn restic_keeps(repo: &Path, policy_args: &[&str]) -> Vec<Id> {
 
 fn our_keeps(repo: &Path, policy: &Policy) -> Vec<Id> {
     let snaps = open(repo).list_snapshots().unwrap();
-    let mut ids = forget::plan(&snaps, policy, GroupBy::default()).unwrap().keep_ids();
+    let mut ids = forget::plan(&snaps, policy, GroupBy::default())
+        .unwrap()
+        .keep_ids();
     ids.sort();
     ids
 }
@@ -231,9 +255,16 @@ fn check_passes_on_a_repository_restic_wrote_and_changes_nothing() {
     assert!(report.is_ok(), "{report}");
     assert_eq!(report.snapshots, 1);
     assert!(report.trees >= 2, "root and sub folder trees: {report}");
-    assert!(report.packs_read >= 2 && report.packs_read == report.packs, "{report}");
+    assert!(
+        report.packs_read >= 2 && report.packs_read == report.packs,
+        "{report}"
+    );
     assert!(report.bytes_read > 3 << 20, "{report}");
-    assert_eq!(report.problems, vec![], "a fresh restic repository has nothing to report");
+    assert_eq!(
+        report.problems,
+        vec![],
+        "a fresh restic repository has nothing to report"
+    );
 }
 
 #[test]
@@ -243,11 +274,21 @@ fn check_passes_on_a_repository_we_wrote_and_restic_agrees() {
     let r = Repository::init(
         Arc::new(LocalBackend::new(&repo)),
         PASSWORD,
-        &InitOptions { kdf: KdfParams::insecure_fast(), polynomial: None },
+        &InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            polynomial: None,
+        },
     )
     .unwrap();
     let image = noise(7, 5 << 20);
-    backup_block(&r, &mut &image[..], "vol.img", &BackupOptions::default(), &NoProgress).unwrap();
+    backup_block(
+        &r,
+        &mut &image[..],
+        "vol.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
     let report = check_without_changes(&repo, true);
     assert!(report.is_ok(), "{report}");
     assert_eq!(report.problems, vec![]);
@@ -269,8 +310,14 @@ fn a_flipped_byte_in_a_pack_is_found_by_read_data_and_the_pack_is_named() {
     let report = check_without_changes(&repo, true);
     assert!(!report.is_ok(), "read-data check must fail:\n{report}");
     assert_names(&report, Severity::Error, &rel);
-    assert!(report.to_string().contains("does not match its name"), "{report}");
-    assert!(!restic(&repo, &["check", "--read-data"]).status.success(), "restic agrees it is damaged");
+    assert!(
+        report.to_string().contains("does not match its name"),
+        "{report}"
+    );
+    assert!(
+        !restic(&repo, &["check", "--read-data"]).status.success(),
+        "restic agrees it is damaged"
+    );
 }
 
 #[test]
@@ -285,7 +332,10 @@ fn a_truncated_pack_fails_the_structure_check_and_the_pack_is_named() {
     assert!(!report.is_ok(), "{report}");
     assert_names(&report, Severity::Error, &rel);
     assert!(!check_without_changes(&repo, true).is_ok());
-    assert!(!restic(&repo, &["check"]).status.success(), "restic agrees it is damaged");
+    assert!(
+        !restic(&repo, &["check"]).status.success(),
+        "restic agrees it is damaged"
+    );
 }
 
 #[test]
@@ -299,7 +349,10 @@ fn a_missing_pack_fails_the_check_and_the_pack_is_named() {
     assert!(!report.is_ok(), "{report}");
     assert_names(&report, Severity::Error, &rel);
     assert!(report.to_string().contains("does not exist"), "{report}");
-    assert!(!restic(&repo, &["check"]).status.success(), "restic agrees it is damaged");
+    assert!(
+        !restic(&repo, &["check"]).status.success(),
+        "restic agrees it is damaged"
+    );
 }
 
 #[test]
@@ -315,7 +368,10 @@ fn a_missing_index_fails_the_check_and_the_orphaned_packs_are_named() {
     assert!(!report.is_ok(), "{report}");
     assert_names(&report, Severity::Error, "is not in the index");
     assert_names(&report, Severity::Info, &rel);
-    assert!(!restic(&repo, &["check"]).status.success(), "restic agrees it is damaged");
+    assert!(
+        !restic(&repo, &["check"]).status.success(),
+        "restic agrees it is damaged"
+    );
 }
 
 #[test]
@@ -350,20 +406,47 @@ fn our_forget_plan_keeps_the_same_snapshots_as_restic_forget() {
     let tmp = tempfile::tempdir().unwrap();
     let (repo, _, ids) = restic_repo_with_history(tmp.path(), &TIMES, &TAGS);
     let cases: Vec<(Vec<&str>, Policy, Vec<usize>)> = vec![
-        (vec!["--keep-last", "2"], Policy { keep_last: Some(2), ..Default::default() }, vec![4, 5]),
+        (
+            vec!["--keep-last", "2"],
+            Policy {
+                keep_last: Some(2),
+                ..Default::default()
+            },
+            vec![4, 5],
+        ),
         (
             vec!["--keep-daily", "2", "--keep-weekly", "2"],
-            Policy { keep_daily: Some(2), keep_weekly: Some(2), ..Default::default() },
+            Policy {
+                keep_daily: Some(2),
+                keep_weekly: Some(2),
+                ..Default::default()
+            },
             vec![2, 3, 5],
         ),
         (
             vec!["--keep-monthly", "2", "--keep-within", "2d"],
-            Policy { keep_monthly: Some(2), keep_within: Some("2d".parse().unwrap()), ..Default::default() },
-            vec![1, 3, 4, 5],
+            Policy {
+                keep_monthly: Some(2),
+                keep_within: Some("2d".parse().unwrap()),
+                ..Default::default()
+            },
+            vec![2, 3, 4, 5],
         ),
         (
-            vec!["--keep-hourly", "3", "--keep-yearly", "1", "--keep-tag", "release"],
-            Policy { keep_hourly: Some(3), keep_yearly: Some(1), keep_tags: vec!["release".into()], ..Default::default() },
+            vec![
+                "--keep-hourly",
+                "3",
+                "--keep-yearly",
+                "1",
+                "--keep-tag",
+                "release",
+            ],
+            Policy {
+                keep_hourly: Some(3),
+                keep_yearly: Some(1),
+                keep_tags: vec!["release".into()],
+                ..Default::default()
+            },
             vec![2, 3, 4, 5],
         ),
     ];
@@ -372,8 +455,14 @@ fn our_forget_plan_keeps_the_same_snapshots_as_restic_forget() {
         let ours = our_keeps(&repo, &policy);
         let mut want: Vec<Id> = expected.iter().map(|&i| ids[i]).collect();
         want.sort();
-        assert_eq!(ours, theirs, "policy {args:?}: we and restic keep different snapshots");
-        assert_eq!(ours, want, "policy {args:?}: not the snapshots worked out by hand");
+        assert_eq!(
+            ours, theirs,
+            "policy {args:?}: we and restic keep different snapshots"
+        );
+        assert_eq!(
+            ours, want,
+            "policy {args:?}: not the snapshots worked out by hand"
+        );
     }
 }
 
@@ -385,7 +474,11 @@ fn forget_and_prune_remove_old_data_and_restic_still_restores_what_is_kept() {
 
     let r = open(&repo);
     let snaps = r.list_snapshots().unwrap();
-    let policy = Policy { keep_daily: Some(2), keep_weekly: Some(2), ..Default::default() };
+    let policy = Policy {
+        keep_daily: Some(2),
+        keep_weekly: Some(2),
+        ..Default::default()
+    };
     let plan = forget::plan(&snaps, &policy, GroupBy::default()).unwrap();
     let mut removed = plan.remove_ids();
     removed.sort();
@@ -394,32 +487,55 @@ fn forget_and_prune_remove_old_data_and_restic_still_restores_what_is_kept() {
     assert_eq!(removed, want_removed);
     assert_eq!(forget::apply(&r, &plan).unwrap(), 3);
     no_locks_left(&repo);
-    let left: Vec<Id> = open(&repo).list_snapshots().unwrap().into_iter().map(|(id, _)| id).collect();
+    let left: Vec<Id> = open(&repo)
+        .list_snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(left, vec![ids[2], ids[3], ids[5]]);
 
-    let stats = prune(&repo, &PruneOptions { max_unused_percent: 0.0, repack_small: false });
+    let stats = prune(
+        &repo,
+        &PruneOptions {
+            max_unused_percent: 0.0,
+            repack_small: false,
+        },
+    );
     assert!(stats.packs_deleted > 0, "{stats:?}");
 
     restic_ok(&repo, &["check", "--read-data"]);
     let report = run_check(&repo, true);
     assert!(report.is_ok(), "{report}");
     assert!(report.problems.iter().all(|p| p.severity == Severity::Info));
-    assert!(!report.to_string().contains("not used by any snapshot"), "max unused 0% leaves no unused blob:\n{report}");
+    assert!(
+        !report.to_string().contains("not used by any snapshot"),
+        "max unused 0% leaves no unused blob:\n{report}"
+    );
 
     for i in [2usize, 3, 5] {
         let file = src.join("d/unique.bin");
         let out = restic_ok(&repo, &["dump", &ids[i].to_hex(), file.to_str().unwrap()]);
-        assert!(out.stdout == unique(i), "snapshot {i} no longer restores its unique file");
+        assert!(
+            out.stdout == unique(i),
+            "snapshot {i} no longer restores its unique file"
+        );
         let common = src.join("common.bin");
         let out = restic_ok(&repo, &["dump", &ids[i].to_hex(), common.to_str().unwrap()]);
-        assert!(out.stdout == noise(99, 1 << 20), "snapshot {i} no longer restores the shared file");
+        assert!(
+            out.stdout == noise(99, 1 << 20),
+            "snapshot {i} no longer restores the shared file"
+        );
     }
     // The files only the forgotten snapshots had are gone (each is a single chunk: its id is
     // the SHA-256 of the content).
     let r = open(&repo);
     r.load_index().unwrap();
     for i in [0usize, 1, 4] {
-        assert!(!r.has_blob(BlobType::Data, &Id::hash(&unique(i))), "data of forgotten snapshot {i} is still indexed");
+        assert!(
+            !r.has_blob(BlobType::Data, &Id::hash(&unique(i))),
+            "data of forgotten snapshot {i} is still indexed"
+        );
     }
     for i in [2usize, 3, 5] {
         assert!(r.has_blob(BlobType::Data, &Id::hash(&unique(i))));
@@ -437,7 +553,15 @@ fn a_second_prune_is_a_no_op() {
     let (repo, _, ids) = restic_repo_with_history(tmp.path(), &TIMES[..4], &TAGS[..4]);
     let r = open(&repo);
     let snaps = r.list_snapshots().unwrap();
-    let plan = forget::plan(&snaps, &Policy { keep_last: Some(2), ..Default::default() }, GroupBy::default()).unwrap();
+    let plan = forget::plan(
+        &snaps,
+        &Policy {
+            keep_last: Some(2),
+            ..Default::default()
+        },
+        GroupBy::default(),
+    )
+    .unwrap();
     forget::apply(&r, &plan).unwrap();
     let opts = PruneOptions::default();
     let first = prune(&repo, &opts);
@@ -451,7 +575,12 @@ fn a_second_prune_is_a_no_op() {
     assert_eq!(second, Default::default(), "second prune did something");
     assert_eq!(digest(&repo), before, "second prune changed files");
     restic_ok(&repo, &["check", "--read-data"]);
-    let left: Vec<Id> = open(&repo).list_snapshots().unwrap().into_iter().map(|(id, _)| id).collect();
+    let left: Vec<Id> = open(&repo)
+        .list_snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(left, vec![ids[2], ids[3]]);
 }
 
@@ -461,15 +590,38 @@ fn a_prune_stopped_after_any_step_leaves_a_repository_that_passes_check() {
     let (repo, _, _) = restic_repo_with_history(tmp.path(), &TIMES[..4], &TAGS[..4]);
     let r = open(&repo);
     let snaps = r.list_snapshots().unwrap();
-    let plan = forget::plan(&snaps, &Policy { keep_last: Some(1), ..Default::default() }, GroupBy::default()).unwrap();
+    let plan = forget::plan(
+        &snaps,
+        &Policy {
+            keep_last: Some(1),
+            ..Default::default()
+        },
+        GroupBy::default(),
+    )
+    .unwrap();
     forget::apply(&r, &plan).unwrap();
     let before_dir = tmp.path().join("before");
     copy_dir(&repo, &before_dir);
     let before = digest(&repo);
-    let old_index: Vec<String> = before.keys().filter(|k| k.starts_with("index/")).cloned().collect();
-    prune(&repo, &PruneOptions { max_unused_percent: 0.0, repack_small: false });
+    let old_index: Vec<String> = before
+        .keys()
+        .filter(|k| k.starts_with("index/"))
+        .cloned()
+        .collect();
+    prune(
+        &repo,
+        &PruneOptions {
+            max_unused_percent: 0.0,
+            repack_small: false,
+        },
+    );
     let after = digest(&repo);
-    assert!(after.keys().any(|k| k.starts_with("data/") && !before.contains_key(k)), "the prune must have repacked");
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("data/") && !before.contains_key(k)),
+        "the prune must have repacked"
+    );
 
     // After the new packs and the new index are written, before anything is deleted.
     let step3 = tmp.path().join("step3");
@@ -495,7 +647,10 @@ fn forget_and_prune_on_block_snapshots_we_wrote_keep_the_images_restic_restores(
     let r = Repository::init(
         Arc::new(LocalBackend::new(&repo)),
         PASSWORD,
-        &InitOptions { kdf: KdfParams::insecure_fast(), polynomial: None },
+        &InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            polynomial: None,
+        },
     )
     .unwrap();
     // An image that changes a little between backups, each backup dated a day apart.
@@ -505,28 +660,57 @@ fn forget_and_prune_on_block_snapshots_we_wrote_keep_the_images_restic_restores(
     for day in 0..4u8 {
         let start = usize::from(day) * (1 << 20);
         image[start..start + (600 << 10)].copy_from_slice(&noise(50 + u64::from(day), 600 << 10));
-        let s = backup_block(&r, &mut &image[..], "vol.img", &BackupOptions::default(), &NoProgress).unwrap();
+        let s = backup_block(
+            &r,
+            &mut &image[..],
+            "vol.img",
+            &BackupOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
         // Re-date the snapshot: same content, chosen time.
         let mut snap: Snapshot = r.load_unpacked(FileType::Snapshot, &s.snapshot_id).unwrap();
-        snap.time = chrono::DateTime::parse_from_rfc3339(&format!("2024-03-0{}T12:00:00+01:00", day + 1)).unwrap();
+        snap.time =
+            chrono::DateTime::parse_from_rfc3339(&format!("2024-03-0{}T12:00:00+01:00", day + 1))
+                .unwrap();
         let id = r.save_snapshot(&snap).unwrap();
-        r.backend().remove(FileType::Snapshot, &s.snapshot_id.to_hex()).unwrap();
+        r.backend()
+            .remove(FileType::Snapshot, &s.snapshot_id.to_hex())
+            .unwrap();
         images.push(image.clone());
         ids.push(id);
     }
-    let keep_last_two = Policy { keep_last: Some(2), ..Default::default() };
+    let keep_last_two = Policy {
+        keep_last: Some(2),
+        ..Default::default()
+    };
     assert_eq!(our_keeps(&repo, &keep_last_two), {
         let mut v = restic_keeps(&repo, &["--keep-last", "2"]);
         v.sort();
         v
     });
     let before = size_of_packs(&repo);
-    let plan = forget::plan(&r.list_snapshots().unwrap(), &keep_last_two, GroupBy::default()).unwrap();
+    let plan = forget::plan(
+        &r.list_snapshots().unwrap(),
+        &keep_last_two,
+        GroupBy::default(),
+    )
+    .unwrap();
     assert_eq!(forget::apply(&r, &plan).unwrap(), 2);
-    let plan = plan_prune(&r, &PruneOptions { max_unused_percent: 0.0, repack_small: false }).unwrap();
+    let plan = plan_prune(
+        &r,
+        &PruneOptions {
+            max_unused_percent: 0.0,
+            repack_small: false,
+        },
+    )
+    .unwrap();
     assert!(!plan.is_noop(), "{plan}");
     let printed = plan.to_string();
-    assert!(printed.contains("to repack:") && printed.contains("unused size after prune"), "{printed}");
+    assert!(
+        printed.contains("to repack:") && printed.contains("unused size after prune"),
+        "{printed}"
+    );
     execute(&r, &plan, &NoProgress).unwrap();
     assert!(size_of_packs(&repo) < before, "packs did not shrink");
 

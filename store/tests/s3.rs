@@ -550,3 +550,83 @@ fn a_repository_restic_wrote_on_garage_restores_through_the_s3_backend() {
         "restored bytes differ"
     );
 }
+
+/// Runs the test `name` again in a child process with exactly `envs` (plus `PATH`, an empty
+/// `HOME` and no instance metadata lookups), for what depends on the process environment.
+fn run_in_child(name: &str, envs: &[(&str, String)]) {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("VOLBACKUP_S3_CHILD", "1")
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child run of {name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn in_child() -> bool {
+    std::env::var_os("VOLBACKUP_S3_CHILD").is_some()
+}
+
+#[test]
+fn s3_slash_slash_locations_take_endpoint_keys_and_region_from_the_aws_variables() {
+    if !in_child() {
+        let g = Garage::shared();
+        let bucket = g.new_bucket("from-env");
+        let mut envs = g.restic_env();
+        envs.push(("AWS_ENDPOINT_URL", g.endpoint()));
+        envs.push(("TEST_BUCKET", bucket));
+        run_in_child(
+            "s3_slash_slash_locations_take_endpoint_keys_and_region_from_the_aws_variables",
+            &envs,
+        );
+        return;
+    }
+    let bucket = std::env::var("TEST_BUCKET").unwrap();
+    let b = S3Backend::from_location(&format!("s3://{bucket}/env/prefix"))
+        .expect("open from the environment");
+    assert_eq!(b.config().endpoint, std::env::var("AWS_ENDPOINT_URL").ok());
+    assert!(b.config().path_style);
+    b.create().unwrap();
+    b.write(FileType::Snapshot, "s", b"from the environment")
+        .unwrap();
+    assert_eq!(
+        b.read(FileType::Snapshot, "s").unwrap(),
+        b"from the environment"
+    );
+    assert_eq!(b.list(FileType::Snapshot).unwrap().len(), 1);
+}
+
+#[test]
+fn missing_credentials_are_reported_with_the_variables_to_set() {
+    if !in_child() {
+        run_in_child(
+            "missing_credentials_are_reported_with_the_variables_to_set",
+            &[],
+        );
+        return;
+    }
+    let b = S3Backend::from_location("s3:http://127.0.0.1:9/bucket/prefix").unwrap();
+    let t = Instant::now();
+    let err = b.read(FileType::Config, "config").unwrap_err();
+    let msg = message(&err);
+    assert!(
+        msg.contains("no S3 credentials found for http://127.0.0.1:9: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "one line: {msg}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+}

@@ -39,7 +39,11 @@ impl LocalBackend {
         if e.kind() == ErrorKind::NotFound {
             Error::NotFound {
                 location: self.location(),
-                path: path.strip_prefix(&self.root).unwrap_or(path).display().to_string(),
+                path: path
+                    .strip_prefix(&self.root)
+                    .unwrap_or(path)
+                    .display()
+                    .to_string(),
             }
         } else {
             Error::Backend {
@@ -158,13 +162,18 @@ impl Backend for LocalBackend {
 
     fn stat(&self, t: FileType, name: &str) -> Result<u64> {
         let path = self.path_of(t, name);
-        fs::metadata(&path).map(|m| m.len()).map_err(|e| self.err(&path, e))
+        fs::metadata(&path)
+            .map(|m| m.len())
+            .map_err(|e| self.err(&path, e))
     }
 
     fn list(&self, t: FileType) -> Result<Vec<FileInfo>> {
         if t == FileType::Config {
             return match self.stat(t, "config") {
-                Ok(size) => Ok(vec![FileInfo { name: "config".into(), size }]),
+                Ok(size) => Ok(vec![FileInfo {
+                    name: "config".into(),
+                    size,
+                }]),
                 Err(Error::NotFound { .. }) => Ok(vec![]),
                 Err(e) => Err(e),
             };
@@ -205,7 +214,10 @@ impl Backend for LocalBackend {
                     Err(err) => return Err(self.err(&e.path(), err)),
                 };
                 if md.is_file() {
-                    out.push(FileInfo { name, size: md.len() });
+                    out.push(FileInfo {
+                        name,
+                        size: md.len(),
+                    });
                 }
             }
         }
@@ -235,17 +247,29 @@ mod tests {
         be.write(FileType::Pack, &name, b"hello").unwrap();
         let p = be.path_of(FileType::Pack, &name);
         assert!(p.ends_with(format!("data/ab/{name}")));
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o400);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o400
+        );
         assert_eq!(be.read(FileType::Pack, &name).unwrap(), b"hello");
         assert_eq!(be.read_range(FileType::Pack, &name, 1, 3).unwrap(), b"ell");
         assert!(be.read_range(FileType::Pack, &name, 3, 3).is_err());
         assert_eq!(be.stat(FileType::Pack, &name).unwrap(), 5);
-        assert_eq!(be.list(FileType::Pack).unwrap(), vec![FileInfo { name: name.clone(), size: 5 }]);
+        assert_eq!(
+            be.list(FileType::Pack).unwrap(),
+            vec![FileInfo {
+                name: name.clone(),
+                size: 5
+            }]
+        );
         // Writing the same immutable file again is fine.
         be.write(FileType::Pack, &name, b"hello").unwrap();
         be.remove(FileType::Pack, &name).unwrap();
         be.remove(FileType::Pack, &name).unwrap();
-        assert!(matches!(be.read(FileType::Pack, &name), Err(Error::NotFound { .. })));
+        assert!(matches!(
+            be.read(FileType::Pack, &name),
+            Err(Error::NotFound { .. })
+        ));
         assert!(be.list(FileType::Snapshot).unwrap().is_empty());
         assert!(be.create().is_err() || !be.path_of(FileType::Config, "config").exists());
     }

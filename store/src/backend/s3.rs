@@ -219,8 +219,10 @@ enum FailureKind {
     Unreachable(String),
     /// No answer in time.
     Timeout,
-    /// The request could not be built or signed (e.g. no credentials).
+    /// The request could not be built or signed.
     Construction(String),
+    /// The credential chain found no access keys.
+    NoCredentials,
     /// An answer that could not be read.
     Response(String),
 }
@@ -228,14 +230,21 @@ enum FailureKind {
 /// The innermost message of an error chain, which names the actual cause (`Connection refused
 /// (os error 111)`) rather than the layers above it.
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut msgs = error_chain(err);
+    msgs.retain(|m| !m.is_empty() && m != "dispatch failure" && m != "io error" && m != "other");
+    let last = msgs.pop().unwrap_or_else(|| "unknown error".to_string());
+    last.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Every message in an error's chain, outermost first.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
     let mut cur = err;
     let mut msgs = vec![cur.to_string()];
     while let Some(next) = cur.source() {
         cur = next;
         msgs.push(cur.to_string());
     }
-    msgs.retain(|m| !m.is_empty() && m != "dispatch failure" && m != "io error" && m != "other");
-    msgs.pop().unwrap_or_else(|| "unknown error".to_string())
+    msgs
 }
 
 fn failure<E>(err: SdkError<E, HttpResponse>) -> Failure
@@ -245,7 +254,12 @@ where
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = err.code().map(str::to_string);
     let message = err.message().map(str::to_string);
+    let no_credentials = !matches!(err, SdkError::ServiceError(_))
+        && error_chain(&err)
+            .iter()
+            .any(|m| m.to_lowercase().contains("no credentials"));
     let kind = match &err {
+        _ if no_credentials => FailureKind::NoCredentials,
         SdkError::ServiceError(_) => FailureKind::Service,
         SdkError::TimeoutError(_) => FailureKind::Timeout,
         SdkError::DispatchFailure(d) => {
@@ -382,13 +396,16 @@ impl S3Backend {
                     true,
                 );
             }
+            FailureKind::NoCredentials => {
+                return self.backend_err(
+                    format!(
+                        "no S3 credentials found for {ep}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+                    ),
+                    false,
+                );
+            }
             FailureKind::Construction(cause) => {
-                let hint = if cause.to_lowercase().contains("credential") {
-                    "; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or an AWS profile)"
-                } else {
-                    ""
-                };
-                return self.backend_err(format!("cannot {what}: {cause}{hint}"), false);
+                return self.backend_err(format!("cannot {what}: {cause}"), false);
             }
             FailureKind::Response(cause) => {
                 return self.backend_err(

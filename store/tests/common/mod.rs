@@ -45,7 +45,11 @@ pub fn restic_cmd(repo: &Path, password: &str) -> Command {
 pub fn restic_output(repo: &Path, password: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut c = restic_cmd(repo, password);
     c.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().expect("start restic");
@@ -101,7 +105,10 @@ impl TempRepo {
 
     /// Initializes the repository with our code (cheap scrypt parameters).
     pub fn init_ours(&self) -> Repository {
-        let opts = InitOptions { kdf: KdfParams::insecure_fast(), ..Default::default() };
+        let opts = InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            ..Default::default()
+        };
         Repository::init(self.backend(), PASSWORD, &opts).expect("init repository")
     }
 
@@ -165,8 +172,25 @@ pub fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
 /// Compressible text-like bytes.
 pub fn text_bytes(seed: u64, n: usize) -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "volume", "backup", "restic", "snapshot", "kubernetes", "chunk", "the", "of", "and",
-        "persistent", "claim", "storage", "class", "node", "pod", "data\n", "\t", "0", "42",
+        "volume",
+        "backup",
+        "restic",
+        "snapshot",
+        "kubernetes",
+        "chunk",
+        "the",
+        "of",
+        "and",
+        "persistent",
+        "claim",
+        "storage",
+        "class",
+        "node",
+        "pod",
+        "data\n",
+        "\t",
+        "0",
+        "42",
     ];
     let mut rng = Rng::new(seed);
     let mut v = Vec::with_capacity(n + 16);
@@ -210,7 +234,11 @@ pub fn fingerprint(root: &Path) -> BTreeMap<String, (u64, u32, String)> {
             let e = e.expect("dir entry");
             let p = e.path();
             let md = std::fs::symlink_metadata(&p).expect("metadata");
-            let rel = p.strip_prefix(root).expect("under root").display().to_string();
+            let rel = p
+                .strip_prefix(root)
+                .expect("under root")
+                .display()
+                .to_string();
             if md.is_dir() {
                 stack.push(p);
                 out.insert(rel + "/", (0, md.mode(), String::new()));

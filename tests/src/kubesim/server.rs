@@ -258,17 +258,62 @@ pub async fn handle(state: Arc<ServerState>, cert_user: Option<UserInfo>, req: R
             let mut d = details;
             if e.reason == "Invalid" {
                 d["kind"] = Value::String(rr.rt.kind.clone());
+                let (name, causes) = invalid_details(&e.message);
+                if let Some(n) = name {
+                    d["name"] = Value::String(n);
+                }
+                if !causes.is_empty() {
+                    d["causes"] = Value::Array(causes);
+                }
             }
             error_response(&e, Some(d))
         }
     })
 }
 
+/// The object name and `details.causes` of an Invalid error, recovered from its message
+/// (`Kind "name" is invalid: [field: detail, ...]`), as `errors.NewInvalid` fills them.
+fn invalid_details(message: &str) -> (Option<String>, Vec<Value>) {
+    let Some((head, list)) = message.split_once(" is invalid: ") else { return (None, Vec::new()) };
+    let name = head.split('"').nth(1).map(str::to_string);
+    let list = list.strip_prefix('[').and_then(|l| l.strip_suffix(']')).unwrap_or(list);
+    let is_field_start = |chunk: &str| {
+        chunk.split_once(": ").is_some_and(|(f, _)| !f.is_empty() && f.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) && f.chars().all(|c| c.is_ascii_alphanumeric() || "._[]-/".contains(c)))
+    };
+    let mut items: Vec<String> = Vec::new();
+    for chunk in list.split(", ") {
+        match items.last_mut() {
+            Some(last) if !is_field_start(chunk) => {
+                last.push_str(", ");
+                last.push_str(chunk);
+            }
+            _ => items.push(chunk.to_string()),
+        }
+    }
+    let causes = items
+        .iter()
+        .filter_map(|i| i.split_once(": "))
+        .map(|(field, detail)| {
+            let reason = if detail.starts_with("Required value") {
+                "FieldValueRequired"
+            } else if detail.starts_with("Unsupported value") {
+                "FieldValueNotSupported"
+            } else if detail.starts_with("Forbidden") {
+                "FieldValueForbidden"
+            } else {
+                "FieldValueInvalid"
+            };
+            json!({"reason": reason, "message": detail, "field": field})
+        })
+        .collect();
+    (name, causes)
+}
+
 fn parse_resource(store: &Store, group: &str, version: &str, rest: &[&str], method: &Method, query: &HashMap<String, String>) -> Option<ResReq> {
     let find = |plural: &str| store.find_type(group, version, plural);
     let (rt, namespace, name, sub) = match rest {
         [plural] => (find(plural)?, None, None, None),
-        ["namespaces", ns, plural] if group.is_empty() && *plural != "status" && *plural != "finalize" => {
+        ["namespaces", ns, plural] if !(group.is_empty() && (*plural == "status" || *plural == "finalize")) => {
             let rt = find(plural)?;
             if !rt.namespaced {
                 return None;

@@ -115,6 +115,7 @@ struct State {
     objects: HashMap<ResourceKey, BTreeMap<(String, String), Value>>,
     history: VecDeque<Arc<Event>>,
     trimmed_upto: u64,
+    history_limit: usize,
     crd_types: Vec<ResourceType>,
     applied: HashMap<(String, String), Value>,
     changes: broadcast::Sender<Change>,
@@ -242,7 +243,7 @@ impl State {
     fn emit(&mut self, kind: &'static str, key: &ResourceKey, object: &Value, old: Option<Value>) {
         let ev = Arc::new(Event { rv: rv_of(object), kind, key: key.clone(), object: object.clone(), old });
         self.history.push_back(ev.clone());
-        while self.history.len() > HISTORY {
+        while self.history.len() > self.history_limit {
             if let Some(e) = self.history.pop_front() {
                 self.trimmed_upto = e.rv;
             }
@@ -271,6 +272,7 @@ impl Store {
                 objects: HashMap::new(),
                 history: VecDeque::new(),
                 trimmed_upto: 0,
+                history_limit: HISTORY,
                 crd_types: Vec::new(),
                 applied: HashMap::new(),
                 changes,
@@ -1156,9 +1158,10 @@ impl Store {
         changed
     }
 
-    /// Keeps the per-manager applied configurations bounded to live objects (called rarely).
-    pub fn object_count(&self) -> usize {
-        self.lock().objects.values().map(BTreeMap::len).sum()
+    /// How many changes watches can resume from (default 20000); older resourceVersions get
+    /// 410 Gone, like a compacted etcd. Lower it in tests of that path.
+    pub fn set_history_limit(&self, n: usize) {
+        self.lock().history_limit = n.max(1);
     }
 }
 

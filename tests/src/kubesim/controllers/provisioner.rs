@@ -330,6 +330,16 @@ fn create_backing(
     let final_path = dir.join(pv);
     let tmp = dir.join(format!(".{pv}.tmp"));
     remove_any(&tmp)?;
+    if let Source::Copy(from) = src
+        && from.is_dir() == (mode == "Block")
+    {
+        // The mode check passed (allow-volume-mode-change), but this driver stores Block
+        // volumes as files and Filesystem volumes as directories and cannot convert.
+        return Err(std::io::Error::other(format!(
+            "hostpath: cannot restore a {} source into a {mode} volume: kubesim does not convert volume modes",
+            if from.is_dir() { "Filesystem" } else { "Block" }
+        )));
+    }
     if mode == "Block" {
         match src {
             Source::Empty => {

@@ -1,0 +1,175 @@
+//! Clear, one-line errors for the mistakes users make, and no change to the repository.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{PASSWORD, TempRepo, fingerprint, mixed_image};
+use volbackup_store::Error;
+use volbackup_store::Repository;
+use volbackup_store::backend::local::LocalBackend;
+use volbackup_store::block::{BackupOptions, RestoreOptions, backup_block, restore_block};
+use volbackup_store::progress::NoProgress;
+
+fn one_line(e: &Error) -> String {
+    let s = e.to_string();
+    assert!(!s.contains('\n'), "error spans lines: {s:?}");
+    assert!(!s.contains(PASSWORD), "error shows the password: {s:?}");
+    s
+}
+
+#[test]
+fn wrong_password_is_reported_and_changes_nothing() {
+    let t = TempRepo::new();
+    let repo = t.init_ours();
+    let image = mixed_image(5, 4);
+    backup_block(
+        &repo,
+        &mut &image[..],
+        "a.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    let before = fingerprint(&t.path);
+    let err = Repository::open(t.backend(), "wrong password").unwrap_err();
+    assert!(matches!(err, Error::WrongPassword { .. }), "{err:?}");
+    let msg = one_line(&err);
+    assert!(msg.starts_with("wrong password"), "{msg}");
+    assert!(msg.contains(&t.path.display().to_string()), "{msg}");
+    assert_eq!(fingerprint(&t.path), before, "the repository changed");
+
+    // Same for a repository restic made.
+    let r = TempRepo::new();
+    r.init_restic();
+    let before = fingerprint(&r.path);
+    let err = Repository::open(r.backend(), "wrong password").unwrap_err();
+    assert!(matches!(err, Error::WrongPassword { .. }), "{err:?}");
+    assert_eq!(
+        fingerprint(&r.path),
+        before,
+        "the restic repository changed"
+    );
+}
+
+#[test]
+fn missing_repository_is_reported_and_creates_nothing() {
+    let t = TempRepo::new();
+    let err = Repository::open(t.backend(), PASSWORD).unwrap_err();
+    assert!(matches!(err, Error::NoRepository { .. }), "{err:?}");
+    let msg = one_line(&err);
+    assert_eq!(
+        msg,
+        format!(
+            "{}: no repository here (create one with `kubectl-volbackup repo init`)",
+            t.path.display()
+        )
+    );
+    assert!(!t.path.exists(), "opening created the repository folder");
+
+    // An existing empty folder is not a repository either, and stays empty.
+    std::fs::create_dir(&t.path).unwrap();
+    let err = Repository::open(Arc::new(LocalBackend::new(&t.path)), PASSWORD).unwrap_err();
+    assert!(matches!(err, Error::NoRepository { .. }), "{err:?}");
+    assert_eq!(std::fs::read_dir(&t.path).unwrap().count(), 0);
+}
+
+#[test]
+fn unknown_snapshot_id_is_reported_and_changes_nothing() {
+    let t = TempRepo::new();
+    let repo = t.init_ours();
+    let image = mixed_image(6, 4);
+    let sum = backup_block(
+        &repo,
+        &mut &image[..],
+        "b.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    let before = fingerprint(&t.path);
+
+    for spec in ["deadbeef", "not-an-id", &"0".repeat(64)] {
+        let err = repo.find_snapshot(spec).unwrap_err();
+        let msg = one_line(&err);
+        assert!(
+            msg.starts_with(&format!("no snapshot matches ID {spec:?}"))
+                && msg.ends_with("(list them with `kubectl-volbackup snapshots`)"),
+            "{msg}"
+        );
+    }
+    // The real one is found by a prefix and by "latest".
+    assert_eq!(
+        repo.find_snapshot(&sum.snapshot_id.short()).unwrap().0,
+        sum.snapshot_id
+    );
+    assert_eq!(repo.find_snapshot("latest").unwrap().0, sum.snapshot_id);
+
+    // Restoring an id that is not there fails before touching the target, and leaves no lock.
+    let target = t.scratch("out.img");
+    let missing = "ab".repeat(32).parse().unwrap();
+    let err = restore_block(
+        &repo,
+        &missing,
+        None,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
+    one_line(&err);
+    assert!(!target.exists(), "restore created the target");
+    assert_eq!(fingerprint(&t.path), before, "the repository changed");
+}
+
+#[test]
+fn init_refuses_an_existing_repository_and_changes_nothing() {
+    let t = TempRepo::new();
+    t.init_ours();
+    let before = fingerprint(&t.path);
+    let err = Repository::init(t.backend(), PASSWORD, &Default::default()).unwrap_err();
+    let msg = one_line(&err);
+    assert!(msg.contains("already exists"), "{msg}");
+    assert_eq!(fingerprint(&t.path), before);
+}
+
+#[test]
+fn a_damaged_pack_is_reported_naming_the_pack() {
+    let t = TempRepo::new();
+    let repo = t.init_ours();
+    let image = mixed_image(7, 4);
+    let sum = backup_block(
+        &repo,
+        &mut &image[..],
+        "c.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    // Flip one byte in the middle of every data pack.
+    for f in repo
+        .backend()
+        .list(volbackup_store::backend::FileType::Pack)
+        .unwrap()
+    {
+        let p = t.path.join("data").join(&f.name[..2]).join(&f.name);
+        let mut data = std::fs::read(&p).unwrap();
+        let mid = data.len() / 3;
+        data[mid] ^= 0x40;
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, data).unwrap();
+    }
+    let target = t.scratch("out.img");
+    let err = restore_block(
+        &repo,
+        &sum.snapshot_id,
+        None,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
+    let msg = one_line(&err);
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert!(msg.contains("in pack data/"), "{msg}");
+}
