@@ -388,6 +388,33 @@ fn a_damaged_snapshot_file_is_reported_by_name() {
     assert_names(&report, Severity::Error, &format!("snapshots/{name}"));
 }
 
+#[test]
+fn check_passes_after_restic_forgot_and_pruned_and_our_prune_continues_from_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, _, ids) = restic_repo_with_history(tmp.path(), &TIMES[..4], &TAGS[..4]);
+    // restic rewrites the index (with "supersedes") and leaves up to 5% unused behind.
+    restic_ok(&repo, &["forget", "--keep-last", "1", "--prune"]);
+    let report = check_without_changes(&repo, true);
+    assert!(report.is_ok(), "{report}");
+    prune(
+        &repo,
+        &PruneOptions {
+            max_unused_percent: 0.0,
+            repack_small: false,
+        },
+    );
+    restic_ok(&repo, &["check", "--read-data"]);
+    let left: Vec<Id> = open(&repo)
+        .list_snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(left, vec![ids[3]]);
+    let report = run_check(&repo, true);
+    assert!(report.is_ok() && report.problems.is_empty(), "{report}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // forget
 
@@ -540,6 +567,17 @@ fn forget_and_prune_remove_old_data_and_restic_still_restores_what_is_kept() {
     for i in [2usize, 3, 5] {
         assert!(r.has_blob(BlobType::Data, &Id::hash(&unique(i))));
     }
+    // restic's own prune finds nothing left to do.
+    let out = restic_ok(&repo, &["prune", "--dry-run", "--max-unused", "0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let total = text
+        .lines()
+        .find(|l| l.starts_with("total prune:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        total.contains(" 0 blobs / 0 B"),
+        "restic would still prune after us: {total}"
+    );
     let size_after = size_of_packs(&repo);
     assert!(
         size_after + 3 * (300 << 10) <= size_before + (64 << 10),

@@ -166,7 +166,7 @@ fn build_fixture(root: &Path, non_utf8_symlink: bool) {
     use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
     mknodat(
         CWD,
-        &p("null"),
+        p("null"),
         FileType::CharacterDevice,
         Mode::from_raw_mode(0o666),
         makedev(1, 3),
@@ -174,7 +174,7 @@ fn build_fixture(root: &Path, non_utf8_symlink: bool) {
     .unwrap();
     mknodat(
         CWD,
-        &p("blk"),
+        p("blk"),
         FileType::BlockDevice,
         Mode::from_raw_mode(0o640),
         makedev(7, 200),
@@ -182,7 +182,7 @@ fn build_fixture(root: &Path, non_utf8_symlink: bool) {
     .unwrap();
     mknodat(
         CWD,
-        &p("fifo"),
+        p("fifo"),
         FileType::Fifo,
         Mode::from_raw_mode(0o620),
         0,
@@ -379,8 +379,8 @@ fn assert_same_tree(expected: &Path, actual: &Path, with_root: bool) {
     let mut a = snapshot_of(expected);
     let mut b = snapshot_of(actual);
     if !with_root {
-        a.remove(&b".".to_vec());
-        b.remove(&b".".to_vec());
+        a.remove(&b"."[..]);
+        b.remove(&b"."[..]);
     }
     let names = |m: &BTreeMap<Vec<u8>, Entry>| -> Vec<String> {
         m.keys()
@@ -606,7 +606,10 @@ fn a_backup_with_a_parent_reads_only_changed_files_and_every_snapshot_checks() {
     let third = backup(&repo, &src, Some(second.snapshot_id));
     assert_eq!(third.bytes_read, 80_000 + 9);
     assert_eq!((third.files_changed, third.files_new), (1, 1));
-    assert_eq!(third.files_unmodified, 18, "every other file is reused: {third:?}");
+    assert_eq!(
+        third.files_unmodified, 18,
+        "every other file is reused: {third:?}"
+    );
 
     // Content rewritten with the same size and mtime: the ctime still tells (restic 0.14
     // compares it too) ...
@@ -731,4 +734,78 @@ fn restoring_into_a_non_empty_directory_replaces_same_names_and_leaves_the_rest(
         err.contains("a.txt") && err.contains("directory is in the way"),
         "{err}"
     );
+}
+
+#[test]
+fn the_tree_comparison_notices_every_kind_of_difference() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    build_fixture(&src, true);
+    let (_repo_path, repo) = init_repo(tmp.path());
+    let s = backup(&repo, &src, None);
+
+    // Each change is made to a fresh, identical restore, so no case rides on an earlier one.
+    let mut n = 0;
+    let mut differs = |what: &str, change: &dyn Fn(&Path)| {
+        n += 1;
+        let copy = tmp.path().join(format!("copy{n}"));
+        restore_tree(
+            &repo,
+            &s.snapshot_id,
+            &copy,
+            &RestoreOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+        assert_same_tree(&src, &copy, true);
+        change(&copy);
+        let caught = std::panic::catch_unwind(|| assert_same_tree(&src, &copy, true)).is_err();
+        assert!(caught, "a changed {what} went unnoticed");
+    };
+    differs("mode", &|c| chmod(&c.join("big.bin"), 0o644));
+    differs("owner", &|c| chown(&c.join("link"), 1, 1));
+    differs("mtime", &|c| {
+        set_times(
+            &c.join("empty"),
+            &time_from_unix(5, 0),
+            &time_from_unix(5, 0),
+        )
+        .unwrap()
+    });
+    differs("xattr", &|c| {
+        setxattr(&c.join("dir"), "user.dirattr", b"other")
+    });
+    differs("content", &|c| {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(c.join("dir/zeros"))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"\x01", 7).unwrap();
+    });
+    differs("hard link", &|c| {
+        fs::remove_file(c.join("dir/hl_b")).unwrap();
+        fs::write(c.join("dir/hl_b"), noise(3, 600_000)).unwrap();
+    });
+    differs("symlink target", &|c| {
+        fs::remove_file(c.join("link")).unwrap();
+        std::os::unix::fs::symlink("other", c.join("link")).unwrap();
+    });
+    differs("device number", &|c| {
+        // same type, mode, owner and times: only the device number changes
+        let null = c.join("null");
+        let md = fs::symlink_metadata(&null).unwrap();
+        fs::remove_file(&null).unwrap();
+        let mode = rustix::fs::Mode::from_raw_mode(0o600);
+        let ft = rustix::fs::FileType::CharacterDevice;
+        rustix::fs::mknodat(rustix::fs::CWD, &null, ft, mode, rustix::fs::makedev(1, 5)).unwrap();
+        chown(&null, md.uid(), md.gid());
+        chmod(&null, md.mode() & 0o7777);
+        let t = time_from_unix(md.mtime(), md.mtime_nsec() as u32);
+        set_times(&null, &t, &t).unwrap();
+    });
+    differs("missing entry", &|c| {
+        fs::remove_file(c.join("fifo")).unwrap()
+    });
+    differs("root mode", &|c| chmod(c, 0o755));
 }

@@ -943,3 +943,68 @@ async fn pod_gets_init_containers_secrets_configmaps_env_read_only_mounts_and_it
         "pvc\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_waits_for_missing_claims_and_static_volumes_bind_by_class_and_size() {
+    let sim = Sim::start().await;
+    // An administrator's volumes: too small, and big enough (the smallest fitting one wins).
+    for (name, size) in [
+        ("static-small", "1Mi"),
+        ("static-big", "64Mi"),
+        ("static-fit", "8Mi"),
+    ] {
+        std::fs::create_dir_all(sim.dir().join("volumes").join(name)).unwrap();
+        sim.create(
+            PVS,
+            json!({"metadata": {"name": name}, "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                "persistentVolumeReclaimPolicy": "Retain", "csi": {"driver": "hostpath.csi.kubesim.io", "volumeHandle": name}}}),
+        )
+        .await;
+    }
+    sim.wait_phase(PVS, "static-fit", "Available", 10).await;
+    // A pod whose claim does not exist yet is not scheduled.
+    let pod = sim
+        .sh_pod(
+            "early",
+            Some(("later", "Filesystem")),
+            "echo static > /data/f; cat /data/f",
+            "Never",
+        )
+        .await;
+    let ev = sim.wait_event(&uid(&pod), "FailedScheduling", 10).await;
+    assert!(
+        ev["message"]
+            .as_str()
+            .unwrap()
+            .contains("persistentvolumeclaim \"later\" not found"),
+        "{ev}"
+    );
+    assert!(
+        sim.get(PODS, "early")
+            .await
+            .unwrap()
+            .pointer("/spec/nodeName")
+            .is_none()
+    );
+
+    sim.pvc("later", "", "Filesystem", "4Mi").await;
+    let pvc = sim.wait_phase(PVCS, "later", "Bound", 10).await;
+    assert_eq!(pvc["spec"]["volumeName"], "static-fit");
+    assert_eq!(pvc["status"]["capacity"]["storage"], "8Mi");
+    assert_eq!(
+        pvc["metadata"]["annotations"]["pv.kubernetes.io/bound-by-controller"],
+        "yes"
+    );
+    let pv = sim.wait_phase(PVS, "static-fit", "Bound", 10).await;
+    assert_eq!(pv["spec"]["claimRef"]["uid"], pvc["metadata"]["uid"]);
+    sim.wait_phase(PODS, "early", "Succeeded", 20).await;
+    assert_eq!(sim.logs("early").await, "static\n");
+    assert_eq!(
+        std::fs::read_to_string(sim.dir().join("volumes/static-fit/f")).unwrap(),
+        "static\n"
+    );
+    assert_eq!(
+        phase(&sim.get(PVS, "static-small").await.unwrap()),
+        "Available"
+    );
+}

@@ -139,11 +139,25 @@ impl Backend for LocalBackend {
     }
 
     fn read_range(&self, t: FileType, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_range_into(t, name, offset, length, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn read_range_into(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        length: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let path = self.path_of(t, name);
         let f = fs::File::open(&path).map_err(|e| self.err(&path, e))?;
-        let mut buf = vec![0u8; length as usize];
-        f.read_exact_at(&mut buf, offset).map_err(|e| {
+        buf.clear();
+        buf.resize(length as usize, 0);
+        f.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == ErrorKind::UnexpectedEof {
                 Error::Backend {
                     location: self.location(),
@@ -156,8 +170,7 @@ impl Backend for LocalBackend {
             } else {
                 self.err(&path, e)
             }
-        })?;
-        Ok(buf)
+        })
     }
 
     fn stat(&self, t: FileType, name: &str) -> Result<u64> {

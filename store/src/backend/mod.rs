@@ -108,6 +108,20 @@ pub trait Backend: Send + Sync {
     /// Reads `length` bytes at `offset`. Reading past the end is an error.
     fn read_range(&self, t: FileType, name: &str, offset: u64, length: u64) -> Result<Vec<u8>>;
 
+    /// Like [`Backend::read_range`], into `buf` (replacing its contents), so hot loops can
+    /// reuse one allocation. Backends may override it to avoid the copy.
+    fn read_range_into(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        length: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        *buf = self.read_range(t, name, offset, length)?;
+        Ok(())
+    }
+
     /// The size of a file, or `NotFound`.
     fn stat(&self, t: FileType, name: &str) -> Result<u64>;
 

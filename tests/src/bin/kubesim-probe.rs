@@ -26,9 +26,26 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_from(config)?;
     let lp = ListParams::default();
     println!("namespace: {ns}");
-    println!("pods: {}", outcome(Api::<Pod>::namespaced(client.clone(), &ns).list(&lp).await));
-    println!("secrets: {}", outcome(Api::<Secret>::namespaced(client.clone(), &ns).list(&lp).await));
-    println!("pods in default: {}", outcome(Api::<Pod>::namespaced(client.clone(), "default").list(&lp).await));
+    println!(
+        "pods: {}",
+        outcome(Api::<Pod>::namespaced(client.clone(), &ns).list(&lp).await)
+    );
+    println!(
+        "secrets: {}",
+        outcome(
+            Api::<Secret>::namespaced(client.clone(), &ns)
+                .list(&lp)
+                .await
+        )
+    );
+    println!(
+        "pods in default: {}",
+        outcome(
+            Api::<Pod>::namespaced(client.clone(), "default")
+                .list(&lp)
+                .await
+        )
+    );
     if !once {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;

@@ -423,7 +423,7 @@ async fn dispatch(state: &Arc<ServerState>, user: &UserInfo, rr: &mut ResReq, qu
             }
             let obj = present(&rt, store.get_obj(&srt, ns.as_deref(), &name)?);
             if table {
-                return Ok(json_response(200, &table::table(&rt, &[obj.clone()], Some(&store.current_rv().to_string()), query.get("includeObject").map(String::as_str))));
+                return Ok(json_response(200, &table::table(&rt, std::slice::from_ref(&obj), Some(&store.current_rv().to_string()), query.get("includeObject").map(String::as_str))));
             }
             Ok(json_response(200, &obj))
         }

@@ -66,6 +66,9 @@ pub struct Event {
     pub old: Option<Value>,
 }
 
+/// The changes a watch replays and the receiver of the later ones.
+pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
 /// Which part of an object a write may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -333,7 +336,7 @@ impl Store {
 
     /// Changes after `rv` (for watches), plus a receiver for later ones. 410 if `rv` is older
     /// than the kept history.
-    pub fn watch_from(&self, rv: u64) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), ApiError> {
+    pub fn watch_from(&self, rv: u64) -> Result<WatchStart, ApiError> {
         let st = self.lock();
         if rv < st.trimmed_upto {
             let oldest = st.history.front().map(|e| e.rv).unwrap_or(st.rv);
