@@ -37,6 +37,133 @@ pub enum Command {
     /// Move data between a volume and a repository (what the mover and populate pods run).
     #[command(subcommand)]
     Mover(MoverCommand),
+    /// Back up PVCs: snapshot, temporary volume, mover pod, VolumeBackup.
+    Create(CreateArgs),
+    /// Delete what an interrupted `create` left behind (pods, PVCs, VolumeSnapshots).
+    Cleanup(CleanupArgs),
+    /// List VolumeBackups.
+    List(ListArgs),
+    /// Show one VolumeBackup with its volume info.
+    Describe(DescribeArgs),
+    /// Delete VolumeBackups (and with --prune their repository snapshots).
+    Delete(DeleteArgs),
+}
+
+/// The kubectl-standard connection flags.
+#[derive(Debug, Clone, Args)]
+pub struct KubeOptions {
+    /// Path to the kubeconfig file (default: KUBECONFIG, then ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Namespace (default: the context's namespace).
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+/// `create`
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub kube: KubeOptions,
+    #[command(flatten)]
+    pub repo: RepoOptions,
+    /// PVCs to back up (or use -l / -A).
+    #[arg(value_name = "PVC")]
+    pub pvcs: Vec<String>,
+    /// Back up the PVCs of all namespaces (with -l: the matching ones).
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// Back up the PVCs matching this label selector.
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// VolumeSnapshotClass (default: the default class of the PVC's CSI driver).
+    #[arg(long, value_name = "CLASS")]
+    pub snapshot_class: Option<String>,
+    /// Keep the VolumeSnapshot after the backup.
+    #[arg(long)]
+    pub keep_snapshot: bool,
+    /// Extra tags for the repository snapshot (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// How many PVCs to back up at the same time.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub parallel: usize,
+    /// Give up on a PVC after this long (`90s`, `10m`, `1h`).
+    #[arg(long, default_value = "30m", value_name = "DURATION")]
+    pub timeout: String,
+    /// Mover image (default: ghcr.io/volbackup/volbackup:<this version>).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Use this existing Secret for the repository settings instead of creating
+    /// `volbackup-repository` from the local settings.
+    #[arg(long, value_name = "NAME")]
+    pub repo_secret: Option<String>,
+}
+
+/// `cleanup`
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub kube: KubeOptions,
+    /// Clean up in all namespaces.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// Only what this run left (the value of the `volbackup.io/backup` label).
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+}
+
+/// Output formats of `list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ListFormat {
+    /// A table for people.
+    #[default]
+    Table,
+    /// A table with more columns.
+    Wide,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// `list`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub kube: KubeOptions,
+    /// List in all namespaces.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: ListFormat,
+}
+
+/// `describe`
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    #[command(flatten)]
+    pub kube: KubeOptions,
+    /// The VolumeBackup.
+    #[arg(value_name = "BACKUP")]
+    pub backup: String,
+}
+
+/// `delete`
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub kube: KubeOptions,
+    /// The VolumeBackups.
+    #[arg(value_name = "BACKUP", required = true)]
+    pub backups: Vec<String>,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 /// `repo ...`

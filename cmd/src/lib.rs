@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod cluster;
 pub mod progress;
 pub mod repository;
 
@@ -37,6 +38,11 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Prune(a) => commands::repo::prune(a, quiet),
         Command::Mover(MoverCommand::Backup(a)) => commands::mover::backup(a, quiet),
         Command::Mover(MoverCommand::Restore(a)) => commands::mover::restore(a, quiet),
+        Command::Create(a) => commands::create::run(a, quiet),
+        Command::Cleanup(a) => commands::backups::cleanup(a, quiet),
+        Command::List(a) => commands::backups::list(a),
+        Command::Describe(a) => commands::backups::describe(a),
+        Command::Delete(a) => commands::backups::delete(a, quiet),
     }
 }
 

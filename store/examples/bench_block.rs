@@ -4,8 +4,9 @@
 //! VOLBACKUP_PASSWORD=pw cargo run -p volbackup-store --example bench_block -- backup REPO FILE
 //! VOLBACKUP_PASSWORD=pw cargo run -p volbackup-store --example bench_block -- restore REPO SNAPSHOT TARGET
 //! ```
-//! `backup` initializes REPO when it does not exist. Run it under `/usr/bin/time -v` for the
-//! peak memory.
+//! `backup` initializes REPO when it does not exist; `BENCH_WORKERS`, `BENCH_UPLOAD_THREADS`
+//! and `BENCH_COMPRESSION` override the writer settings. Run it under `/usr/bin/time -v` for
+//! the peak memory.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,10 +33,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Repository::init(backend, &password, &InitOptions::default())?
             };
             let mut src = block::open_source(Path::new(file))?;
-            let opts = BackupOptions {
+            let mut opts = BackupOptions {
                 total_size: src.size,
                 ..Default::default()
             };
+            let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+            if let Some(n) = env("BENCH_WORKERS") {
+                opts.writer.workers = n;
+            }
+            if let Some(n) = env("BENCH_UPLOAD_THREADS") {
+                opts.writer.upload_threads = n;
+            }
+            if let Some(n) = env("BENCH_COMPRESSION") {
+                opts.writer.compression_level = n as i32;
+            }
             let name = Path::new(file)
                 .file_name()
                 .ok_or("file name")?
@@ -59,7 +70,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("{} ({mbps:.0} MB/s)", serde_json::to_string(&sum)?);
         }
         _ => {
-            return Err("usage: bench_block backup REPO FILE | restore REPO SNAPSHOT TARGET".into());
+            return Err(
+                "usage: bench_block backup REPO FILE | restore REPO SNAPSHOT TARGET".into(),
+            );
         }
     }
     Ok(())

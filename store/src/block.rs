@@ -30,9 +30,9 @@ use crate::format::{BlobType, Snapshot};
 use crate::id::Id;
 use crate::index::IndexEntry;
 use crate::lock::Lock;
-use crate::packer::{BlobWriter, Pending, WriterOptions};
+use crate::packer::{BlobWriter, Pending, WriterOptions, is_zero};
 use crate::progress::Progress;
-use crate::repo::Repository;
+use crate::repo::{BlobReader, Repository};
 use crate::tree::{Node, NodeType, Tree};
 use crate::{Error, Result};
 
@@ -188,7 +188,7 @@ pub fn backup_block(
         content.push(p.id);
     };
     loop {
-        let mut buf = writer.take_buffer();
+        let mut buf = writer.take_buffer(crate::chunker::MAX_SIZE);
         let more = chunker
             .next_chunk_into(&mut buf)
             .map_err(|e| Error::Invalid(format!("reading the source of {name}: {e}")))?;
@@ -360,6 +360,13 @@ pub fn restore_block(
         for _ in 0..opts.threads.max(1) {
             s.spawn(|| {
                 let mut zero_check = Vec::new();
+                let mut reader = match BlobReader::new(repo) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failed.lock().expect("error").get_or_insert(e);
+                        return;
+                    }
+                };
                 loop {
                     if failed.lock().expect("error").is_some() {
                         return;
@@ -368,7 +375,7 @@ pub fn restore_block(
                         return;
                     };
                     let r = restore_one(
-                        repo,
+                        &mut reader,
                         &file,
                         target,
                         fresh,
@@ -438,14 +445,9 @@ fn open_target(target: &Path, size: u64) -> Result<(File, bool)> {
     }
 }
 
-fn is_zero(data: &[u8]) -> bool {
-    data.chunks(4096)
-        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
-}
-
 #[allow(clippy::too_many_arguments)]
 fn restore_one(
-    repo: &Repository,
+    reader: &mut BlobReader,
     file: &File,
     target: &Path,
     fresh: bool,
@@ -454,14 +456,8 @@ fn restore_one(
     offs: &[u64],
     zero_check: &mut Vec<u8>,
 ) -> Result<u64> {
-    let sealed = repo.backend().read_range(
-        FileType::Pack,
-        &entry.pack.to_hex(),
-        u64::from(entry.offset),
-        u64::from(entry.length),
-    )?;
-    let data = repo.decode_blob(id, entry, sealed)?;
-    let zero = is_zero(&data);
+    let data = reader.read_entry(id, entry)?;
+    let zero = is_zero(data);
     let mut written = 0;
     for &off in offs {
         if zero {
@@ -475,7 +471,7 @@ fn restore_one(
                 continue;
             }
         }
-        file.write_all_at(&data, off)
+        file.write_all_at(data, off)
             .map_err(|e| Error::io(target, e))?;
         written += data.len() as u64;
     }

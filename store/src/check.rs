@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Deserialize;
 
@@ -369,35 +370,85 @@ fn check_packs(
                 format!("is {size} bytes, the index implies {expected}"),
             );
         }
-        if read_data {
-            match repo.backend().read(FileType::Pack, &id.to_hex()) {
-                Ok(bytes) => {
-                    report.packs_read += 1;
-                    report.bytes_read += bytes.len() as u64;
-                    progress.add_done(bytes.len() as u64);
-                    check_pack_bytes(repo, id, blobs, &bytes, report);
-                }
-                Err(
-                    e @ Error::Backend {
-                        retryable: true, ..
-                    },
-                ) => return Err(e),
-                Err(e) => report.error(&path, format!("cannot be read: {e}")),
-            }
-        } else {
-            match repo.read_pack_header(id) {
-                Ok(header) => compare_header(&path, blobs, &header, report),
-                Err(
-                    e @ Error::Backend {
-                        retryable: true, ..
-                    },
-                ) => return Err(e),
-                Err(Error::Corrupt { message, .. }) => report.error(&path, message),
-                Err(e) => report.error(&path, format!("header cannot be read: {e}")),
-            }
-            progress.add_done(1);
-        }
     }
+
+    // Reading and decrypting is the slow part: one worker per core, each taking the next pack.
+    let work: Vec<(&Id, &Vec<IndexBlob>)> = map
+        .packs
+        .iter()
+        .filter(|(id, _)| listing.contains_key(*id))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let parts: Vec<Result<CheckReport>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut part = CheckReport::default();
+                    while let Some((id, blobs)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        verify_pack(repo, id, blobs, read_data, progress, &mut part)?;
+                    }
+                    Ok(part)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("check worker panicked"))
+            .collect()
+    });
+    for part in parts {
+        let part = part?;
+        report.problems.extend(part.problems);
+        report.packs_read += part.packs_read;
+        report.bytes_read += part.bytes_read;
+    }
+    Ok(())
+}
+
+/// Reads one existing pack's header (or, with `read_data`, the whole pack) and compares it
+/// with the index. Only a retryable backend failure is an `Err`; the rest are findings.
+fn verify_pack(
+    repo: &Repository,
+    id: &Id,
+    blobs: &[IndexBlob],
+    read_data: bool,
+    progress: &dyn Progress,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let path = pack_path(id);
+    if read_data {
+        match repo.backend().read(FileType::Pack, &id.to_hex()) {
+            Ok(bytes) => {
+                report.packs_read += 1;
+                report.bytes_read += bytes.len() as u64;
+                progress.add_done(bytes.len() as u64);
+                check_pack_bytes(repo, id, blobs, &bytes, report);
+            }
+            Err(
+                e @ Error::Backend {
+                    retryable: true, ..
+                },
+            ) => return Err(e),
+            Err(e) => report.error(&path, format!("cannot be read: {e}")),
+        }
+    } else {
+        match repo.read_pack_header(id) {
+            Ok(header) => compare_header(&path, blobs, &header, report),
+            Err(
+                e @ Error::Backend {
+                    retryable: true, ..
+                },
+            ) => return Err(e),
+            Err(Error::Corrupt { message, .. }) => report.error(&path, message),
+            Err(e) => report.error(&path, format!("header cannot be read: {e}")),
+        }
+        progress.add_done(1);
+    }
+
     Ok(())
 }
 

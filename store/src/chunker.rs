@@ -614,44 +614,51 @@ impl<R: Read> Chunker<R> {
     /// Like [`Chunker::next_chunk`], but fills `buf` (replacing its contents) so a caller can
     /// reuse allocations. Returns `false`, with `buf` empty, at the end of the input.
     pub fn next_chunk_into(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
-        buf.clear();
-        buf.extend_from_slice(&self.carry);
+        // The chunk is assembled in buf[..filled]. Whatever buf held before is overwritten
+        // rather than cleared first: bytes past `filled` are initialised already, so reads go
+        // straight into them and a reused buffer is not zeroed again for every chunk.
+        let carried = self.carry.len();
+        if buf.len() < carried {
+            buf.resize(carried, 0);
+        }
+        buf[..carried].copy_from_slice(&self.carry);
         self.carry.clear();
         let p = self.params;
         // No cut is possible before the minimum size: get that much in as few reads as may be.
-        if buf.len() < p.min {
-            self.fill(buf, p.min)?;
-        }
-        if buf.is_empty() {
+        let mut filled = self.fill(buf, carried, p.min)?;
+        if filled == 0 {
+            buf.clear();
             return Ok(false);
         }
         let mut next = p.min;
         loop {
-            match decide(&self.tables, p, buf, next, self.eof) {
+            match decide(&self.tables, p, &buf[..filled], next, self.eof) {
                 Decision::Cut(n) => {
-                    self.carry.extend_from_slice(&buf[n..]);
+                    self.carry.extend_from_slice(&buf[n..filled]);
                     buf.truncate(n);
                     return Ok(true);
                 }
                 Decision::NeedMore(resume) => {
                     next = resume;
                     // Never read beyond the maximum size: that data would only be carried.
-                    let target = (buf.len() + self.read_block).min(p.max);
-                    self.fill(buf, target)?;
+                    let target = (filled + self.read_block).min(p.max);
+                    filled = self.fill(buf, filled, target)?;
                 }
             }
         }
     }
 
-    /// Reads until `buf` holds `target` bytes or the input ends.
-    fn fill(&mut self, buf: &mut Vec<u8>, target: usize) -> io::Result<()> {
-        let mut filled = buf.len();
+    /// Reads into `buf[filled..]` until `target` bytes are there or the input ends; returns
+    /// the new fill level. `buf` may be longer than `filled`; it is lengthened if needed.
+    fn fill(&mut self, buf: &mut Vec<u8>, mut filled: usize, target: usize) -> io::Result<usize> {
         if self.eof || filled >= target {
-            return Ok(());
+            return Ok(filled);
         }
-        buf.resize(target, 0);
+        if buf.len() < target {
+            buf.resize(target, 0);
+        }
         while filled < target {
-            match self.reader.read(&mut buf[filled..]) {
+            match self.reader.read(&mut buf[filled..target]) {
                 Ok(0) => {
                     self.eof = true;
                     break;
@@ -664,8 +671,7 @@ impl<R: Read> Chunker<R> {
                 }
             }
         }
-        buf.truncate(filled);
-        Ok(())
+        Ok(filled)
     }
 
     /// The polynomial this chunker cuts with.
@@ -1074,7 +1080,8 @@ mod tests {
         let data = mixed_data(3, 12 * 1024 * 1024);
         let mut a = Chunker::new(&data[..], TEST_POL);
         let mut b = Chunker::new(&data[..], TEST_POL);
-        let mut buf = Vec::new();
+        // Old contents, longer than any chunk, must not leak into the chunks.
+        let mut buf = vec![0xAA; MAX_SIZE + 1];
         let mut joined = Vec::new();
         while b.next_chunk_into(&mut buf).unwrap() {
             assert_eq!(a.next_chunk().unwrap().as_ref(), Some(&buf));

@@ -15,9 +15,11 @@
 //! - `name` holds Go `strconv.Quote` output without the outer quotes, so that any byte string is
 //!   representable; restic unquotes it on read;
 //! - `linktarget` is NOT quoted by restic 0.14 (checked with `restic cat blob`): it is a plain
-//!   JSON string, and a target that is not UTF-8 is written lossily (U+FFFD). Newer restic adds
-//!   `linktarget_raw` (base64 of the exact bytes) for such targets; we write both, restic 0.14
-//!   ignores the unknown field, and readers prefer `linktarget_raw`;
+//!   JSON string, and a target that is not UTF-8 is written lossily (`\ufffd` per bad byte).
+//!   Newer restic adds `linktarget_raw` (base64 of the exact bytes) for such targets; we write
+//!   both, restic 0.14 ignores the unknown field (and restores the lossy target), our reader
+//!   prefers `linktarget_raw`. A genuine U+FFFD in a string is written as `\ufffd` too (Go
+//!   writes it raw): only tree dedup against restic could notice;
 //! - times in RFC 3339 with nanoseconds, trailing zeros of the fraction trimmed (`RFC3339Nano`).
 //!
 //! Go's idea of a printable rune (`strconv.IsPrint`) follows Unicode 13 in go1.19; we use the
@@ -693,7 +695,7 @@ impl<'de> Deserialize<'de> for Node {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Tree {
     /// The entries.
-    #[serde(deserialize_with = "nodes_or_null")]
+    #[serde(default, deserialize_with = "nodes_or_null")]
     pub nodes: Vec<Node>,
 }
 

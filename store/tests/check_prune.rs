@@ -9,17 +9,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use volbackup_store::backend::FileType;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use volbackup_store::backend::local::LocalBackend;
+use volbackup_store::backend::{Backend, FileInfo, FileType};
 use volbackup_store::block::{BackupOptions, backup_block};
 use volbackup_store::check::{CheckOptions, CheckReport, Severity, check};
 use volbackup_store::crypto::KdfParams;
 use volbackup_store::forget::{self, GroupBy, Policy};
 use volbackup_store::format::{BlobType, Snapshot};
 use volbackup_store::id::Id;
+use volbackup_store::packer::{BlobWriter, WriterOptions};
 use volbackup_store::progress::NoProgress;
 use volbackup_store::prune::{PruneOptions, execute, plan_prune};
 use volbackup_store::repo::{InitOptions, Repository};
+use volbackup_store::tree::{Node, NodeType, Tree};
 
 const PASSWORD: &str = "check-prune-test-password";
 const RESTIC: &str = "/usr/bin/restic";
@@ -415,6 +419,71 @@ fn check_passes_after_restic_forgot_and_pruned_and_our_prune_continues_from_ther
     assert!(report.is_ok() && report.problems.is_empty(), "{report}");
 }
 
+#[test]
+fn prune_removes_duplicate_copies_of_a_blob_and_keeps_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let r = Repository::init(
+        Arc::new(LocalBackend::new(&repo)),
+        PASSWORD,
+        &InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            polynomial: None,
+        },
+    )
+    .unwrap();
+    let content = noise(77, 200 << 10);
+    // Two writers that do not know of each other's blobs store the same blob twice (as two
+    // backups racing each other can).
+    for _ in 0..2 {
+        let fresh = open(&repo);
+        let w = BlobWriter::new(&fresh, WriterOptions::default()).unwrap();
+        w.add(BlobType::Data, content.clone()).unwrap();
+        w.finish().unwrap();
+    }
+    let blob = Id::hash(&content);
+    let mut node = Node::new("f", NodeType::File);
+    node.size = content.len() as u64;
+    node.content = vec![blob];
+    let tree = Tree::from_nodes(vec![node]).unwrap();
+    let w = BlobWriter::new(&r, WriterOptions::default()).unwrap();
+    let tree_id = w.add(BlobType::Tree, tree.to_blob()).unwrap().id;
+    w.finish().unwrap();
+    let snap = r
+        .save_snapshot(&Snapshot::new(tree_id, vec!["/f".into()]))
+        .unwrap();
+
+    let r = open(&repo);
+    r.load_index().unwrap();
+    assert_eq!(
+        r.index().get_all(BlobType::Data, &blob).len(),
+        2,
+        "the blob should be stored twice"
+    );
+    let report = check_without_changes(&repo, true);
+    assert!(report.is_ok(), "duplicates are not an error: {report}");
+    assert_names(&report, Severity::Info, "extra copies");
+    restic_ok(&repo, &["check", "--read-data"]);
+
+    let plan = plan_prune(&r, &PruneOptions::default()).unwrap();
+    assert_eq!(plan.counts.duplicate_blobs, 1, "{plan}");
+    assert!(plan.to_string().contains("duplicates:"), "{plan}");
+    execute(&r, &plan, &NoProgress).unwrap();
+
+    let r = open(&repo);
+    r.load_index().unwrap();
+    assert_eq!(
+        r.index().get_all(BlobType::Data, &blob).len(),
+        1,
+        "one copy should remain"
+    );
+    let report = run_check(&repo, true);
+    assert!(report.is_ok() && report.problems.is_empty(), "{report}");
+    restic_ok(&repo, &["check", "--read-data"]);
+    let out = restic_ok(&repo, &["dump", &snap.to_hex(), "/f"]);
+    assert!(out.stdout == content, "the file no longer restores");
+}
+
 // ---------------------------------------------------------------------------------------------
 // forget
 
@@ -622,59 +691,144 @@ fn a_second_prune_is_a_no_op() {
     assert_eq!(left, vec![ids[2], ids[3]]);
 }
 
-#[test]
-fn a_prune_stopped_after_any_step_leaves_a_repository_that_passes_check() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (repo, _, _) = restic_repo_with_history(tmp.path(), &TIMES[..4], &TAGS[..4]);
-    let r = open(&repo);
-    let snaps = r.list_snapshots().unwrap();
-    let plan = forget::plan(
-        &snaps,
-        &Policy {
-            keep_last: Some(1),
-            ..Default::default()
-        },
-        GroupBy::default(),
-    )
-    .unwrap();
-    forget::apply(&r, &plan).unwrap();
-    let before_dir = tmp.path().join("before");
-    copy_dir(&repo, &before_dir);
-    let before = digest(&repo);
-    let old_index: Vec<String> = before
-        .keys()
-        .filter(|k| k.starts_with("index/"))
-        .cloned()
-        .collect();
-    prune(
-        &repo,
-        &PruneOptions {
-            max_unused_percent: 0.0,
-            repack_small: false,
-        },
-    );
-    let after = digest(&repo);
-    assert!(
-        after
-            .keys()
-            .any(|k| k.starts_with("data/") && !before.contains_key(k)),
-        "the prune must have repacked"
-    );
+/// A local repository whose writes and removals (other than of locks) fail once a budget is
+/// used up, as if the process had died there: a real backend with an injected fault.
+struct CrashingBackend {
+    inner: LocalBackend,
+    budget: Arc<AtomicUsize>,
+    done: Arc<AtomicUsize>,
+}
 
-    // After the new packs and the new index are written, before anything is deleted.
-    let step3 = tmp.path().join("step3");
-    copy_dir(&before_dir, &step3);
-    copy_dir(&repo, &step3);
-    // After the old index files are deleted, before the old packs are.
-    let step4 = tmp.path().join("step4");
-    copy_dir(&step3, &step4);
-    for f in &old_index {
-        fs::remove_file(step4.join(f)).unwrap();
+impl CrashingBackend {
+    fn mutate(&self, t: FileType) -> volbackup_store::Result<()> {
+        if t == FileType::Lock {
+            return Ok(());
+        }
+        let ok = self
+            .budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+            .is_ok();
+        if !ok {
+            return Err(volbackup_store::Error::Backend {
+                location: self.inner.location(),
+                message: "simulated crash".into(),
+                retryable: false,
+            });
+        }
+        self.done.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
-    for state in [&step3, &step4] {
-        restic_ok(state, &["check", "--read-data"]);
-        let report = run_check(state, true);
-        assert!(report.is_ok(), "{}: {report}", state.display());
+}
+
+impl Backend for CrashingBackend {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn create(&self) -> volbackup_store::Result<()> {
+        self.inner.create()
+    }
+    fn write(&self, t: FileType, name: &str, data: &[u8]) -> volbackup_store::Result<()> {
+        self.mutate(t)?;
+        self.inner.write(t, name, data)
+    }
+    fn read(&self, t: FileType, name: &str) -> volbackup_store::Result<Vec<u8>> {
+        self.inner.read(t, name)
+    }
+    fn read_range(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        length: u64,
+    ) -> volbackup_store::Result<Vec<u8>> {
+        self.inner.read_range(t, name, offset, length)
+    }
+    fn stat(&self, t: FileType, name: &str) -> volbackup_store::Result<u64> {
+        self.inner.stat(t, name)
+    }
+    fn list(&self, t: FileType) -> volbackup_store::Result<Vec<FileInfo>> {
+        self.inner.list(t)
+    }
+    fn remove(&self, t: FileType, name: &str) -> volbackup_store::Result<()> {
+        self.mutate(t)?;
+        self.inner.remove(t, name)
+    }
+}
+
+/// Plans and executes a prune on `repo` with a budget of `budget` file writes and removals;
+/// returns how many were made and whether the prune finished.
+fn prune_with_budget(repo: &Path, budget: usize) -> (usize, bool) {
+    let done = Arc::new(AtomicUsize::new(0));
+    let backend = CrashingBackend {
+        inner: LocalBackend::new(repo),
+        budget: Arc::new(AtomicUsize::new(budget)),
+        done: done.clone(),
+    };
+    let r = Repository::open(Arc::new(backend), PASSWORD).unwrap();
+    let opts = PruneOptions {
+        max_unused_percent: 0.0,
+        repack_small: false,
+    };
+    let plan = plan_prune(&r, &opts).expect("planning writes nothing but a lock");
+    let finished = execute(&r, &plan, &NoProgress).is_ok();
+    (done.load(Ordering::SeqCst), finished)
+}
+
+#[test]
+fn a_prune_interrupted_after_any_number_of_writes_leaves_a_repository_that_passes_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, _, ids) = restic_repo_with_history(tmp.path(), &TIMES[..4], &TAGS[..4]);
+    restic_ok(&repo, &["forget", "--keep-last", "1"]);
+    // A pack no index lists, as an interrupted backup leaves behind.
+    let (largest, _) = largest_pack(&repo);
+    let orphan = tmp.path().join("orphan");
+    fs::write(&orphan, noise(3, 4096)).unwrap();
+    let orphan_id = Id::hash(&fs::read(&orphan).unwrap()).to_hex();
+    let orphan_path = largest
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join(&orphan_id[..2])
+        .join(&orphan_id);
+    fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
+    fs::rename(&orphan, &orphan_path).unwrap();
+    let pristine = tmp.path().join("pristine");
+    copy_dir(&repo, &pristine);
+
+    let (total, finished) = prune_with_budget(&repo, usize::MAX);
+    assert!(finished);
+    assert!(
+        total >= 5,
+        "a prune that repacks makes several writes and removals, made {total}"
+    );
+    for budget in 0..total {
+        let state = tmp.path().join(format!("crash-{budget}"));
+        copy_dir(&pristine, &state);
+        let (done, finished) = prune_with_budget(&state, budget);
+        assert!(
+            !finished && done == budget,
+            "prune should have stopped after {budget} changes"
+        );
+        // A crashed process leaves its lock behind; restic would wait for it to go stale.
+        for f in files_of(&state, "locks/") {
+            fs::remove_file(f).unwrap();
+        }
+        let out = restic(&state, &["check", "--read-data"]);
+        assert!(
+            out.status.success(),
+            "after {budget} of {total} changes restic check fails:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = run_check(&state, false);
+        assert!(
+            report.is_ok(),
+            "after {budget} of {total} changes: {report}"
+        );
+        let dump = restic_ok(&state, &["dump", &ids[3].to_hex(), "/"]);
+        assert!(!dump.stdout.is_empty());
+        fs::remove_dir_all(&state).unwrap();
     }
 }
 

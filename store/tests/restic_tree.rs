@@ -736,6 +736,14 @@ fn restoring_into_a_non_empty_directory_replaces_same_names_and_leaves_the_rest(
     );
 }
 
+/// Gives `p` the owner, mode and times of `md` again.
+fn put_back_metadata(p: &Path, md: &fs::Metadata) {
+    chown(p, md.uid(), md.gid());
+    chmod(p, md.mode() & 0o7777);
+    let t = time_from_unix(md.mtime(), md.mtime_nsec() as u32);
+    set_times(p, &t, &t).unwrap();
+}
+
 #[test]
 fn the_tree_comparison_notices_every_kind_of_difference() {
     require_root();
@@ -777,32 +785,45 @@ fn the_tree_comparison_notices_every_kind_of_difference() {
         setxattr(&c.join("dir"), "user.dirattr", b"other")
     });
     differs("content", &|c| {
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(c.join("dir/zeros"))
-            .unwrap();
+        let zeros = c.join("dir/zeros");
+        let md = fs::symlink_metadata(&zeros).unwrap();
+        let f = fs::OpenOptions::new().write(true).open(&zeros).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, b"\x01", 7).unwrap();
+        put_back_metadata(&zeros, &md);
     });
     differs("hard link", &|c| {
-        fs::remove_file(c.join("dir/hl_b")).unwrap();
-        fs::write(c.join("dir/hl_b"), noise(3, 600_000)).unwrap();
+        // an independent copy with the same content and metadata, no longer a link
+        let hl_b = c.join("dir/hl_b");
+        let md = fs::symlink_metadata(&hl_b).unwrap();
+        let dir_md = fs::symlink_metadata(c.join("dir")).unwrap();
+        fs::remove_file(&hl_b).unwrap();
+        fs::write(&hl_b, noise(3, 600_000)).unwrap();
+        put_back_metadata(&hl_b, &md);
+        put_back_metadata(&c.join("dir"), &dir_md);
     });
     differs("symlink target", &|c| {
-        fs::remove_file(c.join("link")).unwrap();
-        std::os::unix::fs::symlink("other", c.join("link")).unwrap();
+        // same owner and times (symlinks have no mode of their own), only the target changes
+        let link = c.join("link");
+        let md = fs::symlink_metadata(&link).unwrap();
+        let root_md = fs::symlink_metadata(c).unwrap();
+        fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("small.tx_", &link).unwrap();
+        chown(&link, md.uid(), md.gid());
+        let t = time_from_unix(md.mtime(), md.mtime_nsec() as u32);
+        set_times(&link, &t, &t).unwrap();
+        put_back_metadata(c, &root_md);
     });
     differs("device number", &|c| {
         // same type, mode, owner and times: only the device number changes
         let null = c.join("null");
         let md = fs::symlink_metadata(&null).unwrap();
+        let root_md = fs::symlink_metadata(c).unwrap();
         fs::remove_file(&null).unwrap();
         let mode = rustix::fs::Mode::from_raw_mode(0o600);
         let ft = rustix::fs::FileType::CharacterDevice;
         rustix::fs::mknodat(rustix::fs::CWD, &null, ft, mode, rustix::fs::makedev(1, 5)).unwrap();
-        chown(&null, md.uid(), md.gid());
-        chmod(&null, md.mode() & 0o7777);
-        let t = time_from_unix(md.mtime(), md.mtime_nsec() as u32);
-        set_times(&null, &t, &t).unwrap();
+        put_back_metadata(&null, &md);
+        put_back_metadata(c, &root_md);
     });
     differs("missing entry", &|c| {
         fs::remove_file(c.join("fifo")).unwrap()

@@ -309,6 +309,21 @@ fn server_errors_throttling_resets_and_stalls_are_retried_until_requests_pass() 
         "took {took:?}"
     );
 
+    // The same for an upload: the first attempt's answer never comes in time, the second does.
+    proxy.delay_next("PUT", 1, Duration::from_secs(6));
+    let t = Instant::now();
+    b.write(FileType::Index, &hex_name(5), b"small index")
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "the stalled PUT was waited out: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        b.read(FileType::Index, &hex_name(5)).unwrap(),
+        b"small index"
+    );
+
     proxy.delay_next("HEAD", 1, Duration::from_secs(6));
     let t = Instant::now();
     assert_eq!(
@@ -320,7 +335,7 @@ fn server_errors_throttling_resets_and_stalls_are_retried_until_requests_pass() 
         "the stalled HEAD was waited out: {:?}",
         t.elapsed()
     );
-    assert_eq!(proxy.injected().delays, 2);
+    assert_eq!(proxy.injected().delays, 3);
 }
 
 #[test]
@@ -396,6 +411,43 @@ fn a_missing_bucket_is_reported_by_name() {
     ] {
         assert!(message(&err).contains(&want), "{err}");
     }
+}
+
+#[test]
+fn a_wrong_region_is_reported_with_the_variables_to_set() {
+    let g = Garage::shared();
+    let bucket = g.new_bucket("region");
+    let b = backend_via(&g.endpoint(), &bucket, "x", |c| {
+        c.region = Some("eu-west-3".into())
+    });
+    let msg = message(&b.read(FileType::Config, "config").unwrap_err());
+    assert!(
+        msg.contains(&format!("bucket {bucket} at {} expects another region than eu-west-3: set AWS_REGION / AWS_DEFAULT_REGION", g.endpoint())),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_garage_of_its_own_serves_s3_and_stops_when_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Garage::start(dir.path());
+    let bucket = g.new_bucket("own");
+    let endpoint = g.endpoint();
+    let mut cfg = S3Config::new(Some(endpoint.clone()), &bucket, "");
+    cfg.region = Some(g.region().to_string());
+    cfg.credentials = Some(S3Credentials {
+        access_key_id: g.access_key().into(),
+        secret_access_key: g.secret_key().into(),
+    });
+    let b = S3Backend::open(cfg).unwrap();
+    b.write(FileType::Key, "k", b"own server").unwrap();
+    assert_eq!(b.read(FileType::Key, "k").unwrap(), b"own server");
+    drop(g);
+    let addr = endpoint.trim_start_matches("http://");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "Garage still listens on {addr} after drop"
+    );
 }
 
 #[test]

@@ -598,6 +598,32 @@ async fn a_populator_hands_its_prime_volume_to_the_user_claim() {
         .wait_event(&uid(&user), "UnrecognizedDataSourceKind", 10)
         .await;
     assert_eq!(ev["type"], "Warning");
+    // Once a VolumePopulator registers the kind, new claims of it get no warning.
+    let populators = Kind(
+        "populator.storage.k8s.io",
+        "v1beta1",
+        "VolumePopulator",
+        "volumepopulators",
+        false,
+    );
+    sim.create(populators, json!({"metadata": {"name": "hello"}, "sourceKind": {"group": "example.io", "kind": "Hello"}})).await;
+    let other = sim
+        .create(
+            PVCS,
+            json!({"metadata": {"name": "other"}, "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "resources": {"requests": {"storage": "1Mi"}},
+                "dataSourceRef": {"apiGroup": "example.io", "kind": "Hello", "name": "h2"}}}),
+        )
+        .await;
+    sim.wait_event(&uid(&other), "Provisioning", 10).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !sim.list(EVENTS).await.iter().any(|e| e
+            .pointer("/involvedObject/uid")
+            .and_then(Value::as_str)
+            == Some(uid(&other).as_str())
+            && e["reason"] == "UnrecognizedDataSourceKind"),
+        "a registered populator kind was reported as unrecognized"
+    );
 
     // The populator: PVC' → pod fills it → claimRef moved to the user's PVC.
     sim.pvc("prime", "fast", "Filesystem", "4Mi").await;
@@ -866,6 +892,18 @@ async fn deployment_pod_reaches_the_api_with_its_service_account_and_nothing_mor
     let pods = sim.list(PODS).await;
     assert_eq!(pods.len(), 1, "{pods:?}");
     assert_eq!(pods[0]["metadata"]["labels"]["v"], "2");
+
+    // `command` naming the image's program runs the mapped binary with the rest and `args`.
+    let once = |name: &str, automount: bool| {
+        json!({"metadata": {"name": name}, "spec": {"restartPolicy": "Never", "serviceAccountName": "reader", "automountServiceAccountToken": automount,
+            "containers": [{"name": "probe", "image": "example.io/probe@sha256:0123", "command": ["/usr/local/bin/kubesim-probe"], "args": ["--once"]}]}})
+    };
+    sim.create(PODS, once("once", true)).await;
+    sim.wait_phase(PODS, "once", "Succeeded", 20).await;
+    assert!(sim.logs("once").await.contains("pods: ok"));
+    // Without the token, in-cluster configuration has nothing to read.
+    sim.create(PODS, once("no-token", false)).await;
+    sim.wait_phase(PODS, "no-token", "Failed", 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

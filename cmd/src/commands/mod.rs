@@ -1,5 +1,7 @@
 //! One function per command; each takes its parsed options.
 
+pub mod backups;
+pub mod create;
 pub mod forget;
 pub mod mover;
 pub mod repo;

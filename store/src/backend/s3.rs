@@ -186,6 +186,8 @@ pub struct S3Backend {
     rt: Option<tokio::runtime::Runtime>,
     client: Client,
     cfg: S3Config,
+    /// The signing region in effect, for messages.
+    region: Option<String>,
 }
 
 impl fmt::Debug for S3Backend {
@@ -326,11 +328,13 @@ impl S3Backend {
         let s3conf = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(cfg.path_style)
             .build();
+        let region = shared.region().map(|r| r.to_string());
         let client = Client::from_conf(s3conf);
         Ok(S3Backend {
             rt: Some(rt),
             client,
             cfg,
+            region,
         })
     }
 
@@ -442,6 +446,27 @@ impl S3Backend {
             return self.backend_err(
                 format!(
                     "access denied by S3 at {ep} for bucket {bucket}{detail}: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+                ),
+                false,
+            );
+        }
+        if matches!(
+            code,
+            "AuthorizationHeaderMalformed"
+                | "PermanentRedirect"
+                | "IllegalLocationConstraintException"
+        ) || (code == "InvalidRequest"
+            && f.message.as_deref().is_some_and(|m| m.contains("region")))
+        {
+            let region = self.region.as_deref().unwrap_or("unknown");
+            let said = f
+                .message
+                .as_deref()
+                .map(|m| format!(" (S3 says: {})", m.replace('\n', " ")))
+                .unwrap_or_default();
+            return self.backend_err(
+                format!(
+                    "bucket {bucket} at {ep} expects another region than {region}: set AWS_REGION / AWS_DEFAULT_REGION{said}"
                 ),
                 false,
             );

@@ -20,6 +20,9 @@ fn outcome<T: Clone + serde::de::DeserializeOwned + std::fmt::Debug>(
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    // Both rustls providers can end up compiled in (feature unification across the
+    // workspace); choose one explicitly, as rustls asks.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let once = std::env::args().any(|a| a == "--once");
     let config = kube::Config::incluster()?;
     let ns = config.default_namespace.clone();

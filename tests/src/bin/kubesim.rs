@@ -26,17 +26,29 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let mut images = BTreeMap::new();
     for i in &args.images {
-        let (name, bin) = i.split_once('=').with_context(|| format!("--image {i}: expected NAME=BINARY"))?;
-        let bin = std::fs::canonicalize(bin).with_context(|| format!("--image {i}: binary {bin} not found"))?;
+        let (name, bin) = i
+            .split_once('=')
+            .with_context(|| format!("--image {i}: expected NAME=BINARY"))?;
+        let bin = std::fs::canonicalize(bin)
+            .with_context(|| format!("--image {i}: binary {bin} not found"))?;
         images.insert(name.to_string(), bin);
     }
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
-    let cluster = Cluster::start(ClusterOptions { dir, nodes: args.nodes, images }).await?;
+    let cluster = Cluster::start(ClusterOptions {
+        dir,
+        nodes: args.nodes,
+        images,
+    })
+    .await?;
     println!("{}", cluster.kubeconfig_path().display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -17,11 +17,17 @@ pub struct ResourceKey {
 impl ResourceKey {
     /// A resource of the core group.
     pub fn core(resource: &str) -> Self {
-        Self { group: String::new(), resource: resource.to_string() }
+        Self {
+            group: String::new(),
+            resource: resource.to_string(),
+        }
     }
     /// A resource of a named group.
     pub fn new(group: &str, resource: &str) -> Self {
-        Self { group: group.to_string(), resource: resource.to_string() }
+        Self {
+            group: group.to_string(),
+            resource: resource.to_string(),
+        }
     }
 }
 
@@ -29,35 +35,65 @@ impl ResourceKey {
 pub mod res {
     use super::ResourceKey;
     /// v1 namespaces
-    pub fn namespaces() -> ResourceKey { ResourceKey::core("namespaces") }
+    pub fn namespaces() -> ResourceKey {
+        ResourceKey::core("namespaces")
+    }
     /// v1 persistentvolumeclaims
-    pub fn pvcs() -> ResourceKey { ResourceKey::core("persistentvolumeclaims") }
+    pub fn pvcs() -> ResourceKey {
+        ResourceKey::core("persistentvolumeclaims")
+    }
     /// v1 persistentvolumes
-    pub fn pvs() -> ResourceKey { ResourceKey::core("persistentvolumes") }
+    pub fn pvs() -> ResourceKey {
+        ResourceKey::core("persistentvolumes")
+    }
     /// v1 pods
-    pub fn pods() -> ResourceKey { ResourceKey::core("pods") }
+    pub fn pods() -> ResourceKey {
+        ResourceKey::core("pods")
+    }
     /// v1 secrets
-    pub fn secrets() -> ResourceKey { ResourceKey::core("secrets") }
+    pub fn secrets() -> ResourceKey {
+        ResourceKey::core("secrets")
+    }
     /// v1 configmaps
-    pub fn configmaps() -> ResourceKey { ResourceKey::core("configmaps") }
+    pub fn configmaps() -> ResourceKey {
+        ResourceKey::core("configmaps")
+    }
     /// v1 serviceaccounts
-    pub fn serviceaccounts() -> ResourceKey { ResourceKey::core("serviceaccounts") }
+    pub fn serviceaccounts() -> ResourceKey {
+        ResourceKey::core("serviceaccounts")
+    }
     /// v1 events
-    pub fn events() -> ResourceKey { ResourceKey::core("events") }
+    pub fn events() -> ResourceKey {
+        ResourceKey::core("events")
+    }
     /// v1 nodes
-    pub fn nodes() -> ResourceKey { ResourceKey::core("nodes") }
+    pub fn nodes() -> ResourceKey {
+        ResourceKey::core("nodes")
+    }
     /// storage.k8s.io/v1 storageclasses
-    pub fn storageclasses() -> ResourceKey { ResourceKey::new("storage.k8s.io", "storageclasses") }
+    pub fn storageclasses() -> ResourceKey {
+        ResourceKey::new("storage.k8s.io", "storageclasses")
+    }
     /// snapshot.storage.k8s.io/v1 volumesnapshots
-    pub fn volumesnapshots() -> ResourceKey { ResourceKey::new("snapshot.storage.k8s.io", "volumesnapshots") }
+    pub fn volumesnapshots() -> ResourceKey {
+        ResourceKey::new("snapshot.storage.k8s.io", "volumesnapshots")
+    }
     /// snapshot.storage.k8s.io/v1 volumesnapshotcontents
-    pub fn volumesnapshotcontents() -> ResourceKey { ResourceKey::new("snapshot.storage.k8s.io", "volumesnapshotcontents") }
+    pub fn volumesnapshotcontents() -> ResourceKey {
+        ResourceKey::new("snapshot.storage.k8s.io", "volumesnapshotcontents")
+    }
     /// snapshot.storage.k8s.io/v1 volumesnapshotclasses
-    pub fn volumesnapshotclasses() -> ResourceKey { ResourceKey::new("snapshot.storage.k8s.io", "volumesnapshotclasses") }
+    pub fn volumesnapshotclasses() -> ResourceKey {
+        ResourceKey::new("snapshot.storage.k8s.io", "volumesnapshotclasses")
+    }
     /// populator.storage.k8s.io/v1beta1 volumepopulators
-    pub fn volumepopulators() -> ResourceKey { ResourceKey::new("populator.storage.k8s.io", "volumepopulators") }
+    pub fn volumepopulators() -> ResourceKey {
+        ResourceKey::new("populator.storage.k8s.io", "volumepopulators")
+    }
     /// apps/v1 deployments
-    pub fn deployments() -> ResourceKey { ResourceKey::new("apps", "deployments") }
+    pub fn deployments() -> ResourceKey {
+        ResourceKey::new("apps", "deployments")
+    }
 }
 
 /// An error as the API server reports it (becomes a `Status` body with this code and reason).
@@ -103,7 +139,13 @@ pub trait ObjectStore: Send + Sync {
     fn update_status(&self, r: &ResourceKey, object: Value) -> Result<Value, ApiError>;
 
     /// Applies a JSON merge patch (RFC 7386) to the whole object, spec and status alike.
-    fn merge_patch(&self, r: &ResourceKey, namespace: Option<&str>, name: &str, patch: &Value) -> Result<Value, ApiError>;
+    fn merge_patch(
+        &self,
+        r: &ResourceKey,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<Value, ApiError>;
 
     /// Deletes an object: with finalizers it only gets a deletionTimestamp; without, it is
     /// removed (and its dependents are garbage-collected through ownerReferences).
@@ -151,5 +193,7 @@ pub fn pod_log_path(
     uid: &str,
     container: &str,
 ) -> std::path::PathBuf {
-    dir.join("pods").join(format!("{namespace}_{name}_{uid}")).join(format!("{container}.log"))
+    dir.join("pods")
+        .join(format!("{namespace}_{name}_{uid}"))
+        .join(format!("{container}.log"))
 }

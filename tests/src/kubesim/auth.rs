@@ -61,7 +61,11 @@ impl Auth {
     /// A new authenticator over `store`, with a random signing key.
     pub fn new(store: Arc<Store>) -> Self {
         let secret: [u8; 32] = rand::random();
-        Auth { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret), tokens: Mutex::new(HashMap::new()), store }
+        Auth {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
+            tokens: Mutex::new(HashMap::new()),
+            store,
+        }
     }
 
     /// Maps a static bearer token to a user (the admin token, exec-plugin tokens).
@@ -70,12 +74,26 @@ impl Auth {
         if !groups.iter().any(|g| g == "system:authenticated") {
             groups.push("system:authenticated".into());
         }
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).insert(token.to_string(), UserInfo { name: user.into(), groups });
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                token.to_string(),
+                UserInfo {
+                    name: user.into(),
+                    groups,
+                },
+            );
     }
 
     /// The user a bearer token stands for, or `None` (401).
     pub fn authenticate_token(&self, token: &str) -> Option<UserInfo> {
-        if let Some(u) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(token) {
+        if let Some(u) = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+        {
             return Some(u.clone());
         }
         // A ServiceAccount token: a JWT signed with HS256 by the cluster's key.
@@ -84,17 +102,29 @@ impl Auth {
         ring::hmac::verify(&self.key, signed.as_bytes(), &sig).ok()?;
         let payload = signed.split('.').nth(1)?;
         let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-        let ns = claims.pointer("/kubernetes.io/namespace").and_then(Value::as_str)?;
-        let sa = claims.pointer("/kubernetes.io/serviceaccount/name").and_then(Value::as_str)?;
+        let ns = claims
+            .pointer("/kubernetes.io/namespace")
+            .and_then(Value::as_str)?;
+        let sa = claims
+            .pointer("/kubernetes.io/serviceaccount/name")
+            .and_then(Value::as_str)?;
         // The token is bound to the ServiceAccount: once it is deleted, the token is invalid.
-        let obj = self.store.get(&ResourceKey::core("serviceaccounts"), Some(ns), sa)?;
-        let uid = claims.pointer("/kubernetes.io/serviceaccount/uid").and_then(Value::as_str);
+        let obj = self
+            .store
+            .get(&ResourceKey::core("serviceaccounts"), Some(ns), sa)?;
+        let uid = claims
+            .pointer("/kubernetes.io/serviceaccount/uid")
+            .and_then(Value::as_str);
         if uid.is_some() && uid != obj.pointer("/metadata/uid").and_then(Value::as_str) {
             return None;
         }
         Some(UserInfo {
             name: format!("system:serviceaccount:{ns}:{sa}"),
-            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), "system:authenticated".into()],
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".into(),
+            ],
         })
     }
 
@@ -110,12 +140,19 @@ impl Auth {
             } else {
                 self.store.get(&rbac("roles"), Some(ns), name)
             };
-            obj.and_then(|o| o.get("rules").and_then(Value::as_array).cloned()).unwrap_or_default()
+            obj.and_then(|o| o.get("rules").and_then(Value::as_array).cloned())
+                .unwrap_or_default()
         };
         for b in self.store.list(&rbac("clusterrolebindings"), None) {
             if binds(&b, user, "") {
-                let name = b.pointer("/roleRef/name").and_then(Value::as_str).unwrap_or("");
-                if role_rules("ClusterRole", name, "").iter().any(|r| rule_allows(r, a)) {
+                let name = b
+                    .pointer("/roleRef/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if role_rules("ClusterRole", name, "")
+                    .iter()
+                    .any(|r| rule_allows(r, a))
+                {
                     return true;
                 }
             }
@@ -123,9 +160,18 @@ impl Auth {
         if !a.namespace.is_empty() {
             for b in self.store.list(&rbac("rolebindings"), Some(&a.namespace)) {
                 if binds(&b, user, &a.namespace) {
-                    let kind = b.pointer("/roleRef/kind").and_then(Value::as_str).unwrap_or("");
-                    let name = b.pointer("/roleRef/name").and_then(Value::as_str).unwrap_or("");
-                    if role_rules(kind, name, &a.namespace).iter().any(|r| rule_allows(r, a)) {
+                    let kind = b
+                        .pointer("/roleRef/kind")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    let name = b
+                        .pointer("/roleRef/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    if role_rules(kind, name, &a.namespace)
+                        .iter()
+                        .any(|r| rule_allows(r, a))
+                    {
                         return true;
                     }
                 }
@@ -141,15 +187,28 @@ impl Auth {
         if !a.subresource.is_empty() {
             resource = format!("{resource}/{}", a.subresource);
         }
-        let scope = if a.namespace.is_empty() { "at the cluster scope".to_string() } else { format!("in the namespace \"{}\"", a.namespace) };
-        let why = format!("User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}", user.name, a.verb, a.group);
+        let scope = if a.namespace.is_empty() {
+            "at the cluster scope".to_string()
+        } else {
+            format!("in the namespace \"{}\"", a.namespace)
+        };
+        let why = format!(
+            "User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
+            user.name, a.verb, a.group
+        );
         let qualified = super::registry::qualified(&a.group, &a.resource);
-        if a.name.is_empty() { format!("{qualified} is forbidden: {why}") } else { format!("{qualified} \"{}\" is forbidden: {why}", a.name) }
+        if a.name.is_empty() {
+            format!("{qualified} is forbidden: {why}")
+        } else {
+            format!("{qualified} \"{}\" is forbidden: {why}", a.name)
+        }
     }
 }
 
 fn binds(binding: &Value, user: &UserInfo, binding_ns: &str) -> bool {
-    let Some(subjects) = binding.get("subjects").and_then(Value::as_array) else { return false };
+    let Some(subjects) = binding.get("subjects").and_then(Value::as_array) else {
+        return false;
+    };
     subjects.iter().any(|s| {
         let kind = s.get("kind").and_then(Value::as_str).unwrap_or("");
         let name = s.get("name").and_then(Value::as_str).unwrap_or("");
@@ -158,7 +217,11 @@ fn binds(binding: &Value, user: &UserInfo, binding_ns: &str) -> bool {
             "Group" => user.groups.iter().any(|g| g == name),
             "ServiceAccount" => {
                 // A ServiceAccount subject without a namespace means the binding's namespace.
-                let ns = s.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or(binding_ns);
+                let ns = s
+                    .get("namespace")
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or(binding_ns);
                 user.name == format!("system:serviceaccount:{ns}:{name}")
             }
             _ => false,
@@ -167,7 +230,8 @@ fn binds(binding: &Value, user: &UserInfo, binding_ns: &str) -> bool {
 }
 
 fn has(list: Option<&Value>, want: &str) -> bool {
-    list.and_then(Value::as_array).is_some_and(|l| l.iter().any(|v| v.as_str() == Some(want)))
+    list.and_then(Value::as_array)
+        .is_some_and(|l| l.iter().any(|v| v.as_str() == Some(want)))
 }
 
 fn rule_allows(rule: &Value, a: &Attributes) -> bool {
@@ -177,16 +241,28 @@ fn rule_allows(rule: &Value, a: &Attributes) -> bool {
     if !(has(rule.get("apiGroups"), "*") || has(rule.get("apiGroups"), &a.group)) {
         return false;
     }
-    let combined = if a.subresource.is_empty() { a.resource.clone() } else { format!("{}/{}", a.resource, a.subresource) };
-    let resources = rule.get("resources").and_then(Value::as_array).cloned().unwrap_or_default();
+    let combined = if a.subresource.is_empty() {
+        a.resource.clone()
+    } else {
+        format!("{}/{}", a.resource, a.subresource)
+    };
+    let resources = rule
+        .get("resources")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let res_ok = resources.iter().filter_map(Value::as_str).any(|r| {
-        r == "*" || r == combined || (!a.subresource.is_empty() && r.strip_prefix("*/") == Some(a.subresource.as_str()))
+        r == "*"
+            || r == combined
+            || (!a.subresource.is_empty() && r.strip_prefix("*/") == Some(a.subresource.as_str()))
     });
     if !res_ok {
         return false;
     }
     match rule.get("resourceNames").and_then(Value::as_array) {
-        Some(names) if !names.is_empty() => !a.name.is_empty() && names.iter().any(|n| n.as_str() == Some(a.name.as_str())),
+        Some(names) if !names.is_empty() => {
+            !a.name.is_empty() && names.iter().any(|n| n.as_str() == Some(a.name.as_str()))
+        }
         _ => true,
     }
 }
@@ -196,7 +272,11 @@ impl TokenIssuer for Auth {
         let uid = self
             .store
             .get(&ResourceKey::core("serviceaccounts"), Some(namespace), name)
-            .and_then(|o| o.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string));
+            .and_then(|o| {
+                o.pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let now = chrono::Utc::now().timestamp();
         let mut claims = json!({

@@ -35,7 +35,11 @@ pub struct ClusterOptions {
 impl ClusterOptions {
     /// One node, no image mappings.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), nodes: 1, images: BTreeMap::new() }
+        Self {
+            dir: dir.into(),
+            nodes: 1,
+            images: BTreeMap::new(),
+        }
     }
 }
 
@@ -56,7 +60,8 @@ pub struct Cluster {
 fn bind(port: u16) -> anyhow::Result<TcpListener> {
     let sock = TcpSocket::new_v4()?;
     sock.set_reuseaddr(true)?;
-    sock.bind(std::net::SocketAddr::from(([127, 0, 0, 1], port))).with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    sock.bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
     Ok(sock.listen(1024)?)
 }
 
@@ -92,9 +97,16 @@ async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc
 
 fn bootstrap(store: &Store, nodes: &[String]) -> anyhow::Result<()> {
     let create = |group: &str, plural: &str, obj: Value| -> anyhow::Result<Value> {
-        let rt = store.type_for_key(&ResourceKey::new(group, plural)).context("built-in type")?;
-        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string);
-        store.create_obj(&rt, ns.as_deref(), obj, WriteOpts::main()).map_err(|e| anyhow::anyhow!("bootstrapping {plural}: {e}"))
+        let rt = store
+            .type_for_key(&ResourceKey::new(group, plural))
+            .context("built-in type")?;
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        store
+            .create_obj(&rt, ns.as_deref(), obj, WriteOpts::main())
+            .map_err(|e| anyhow::anyhow!("bootstrapping {plural}: {e}"))
     };
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         create("", "namespaces", json!({"metadata": {"name": ns}}))?;
@@ -102,23 +114,55 @@ fn bootstrap(store: &Store, nodes: &[String]) -> anyhow::Result<()> {
     // The bootstrap RBAC policy's cluster-admin role and its binding to system:masters
     // (https://kubernetes.io/docs/reference/access-authn-authz/rbac/#default-roles-and-role-bindings).
     let rbac = "rbac.authorization.k8s.io";
-    create(rbac, "clusterroles", json!({
-        "metadata": {"name": "cluster-admin", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
-        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}]
-    }))?;
-    create(rbac, "clusterrolebindings", json!({
-        "metadata": {"name": "cluster-admin", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
-        "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"apiGroup": rbac, "kind": "Group", "name": "system:masters"}]
-    }))?;
+    create(
+        rbac,
+        "clusterroles",
+        json!({
+            "metadata": {"name": "cluster-admin", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}]
+        }),
+    )?;
+    create(
+        rbac,
+        "clusterrolebindings",
+        json!({
+            "metadata": {"name": "cluster-admin", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+            "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"apiGroup": rbac, "kind": "Group", "name": "system:masters"}]
+        }),
+    )?;
+    // system:basic-user: every authenticated user may review its own access.
+    create(
+        rbac,
+        "clusterroles",
+        json!({
+            "metadata": {"name": "system:basic-user", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+            "rules": [{"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]}]
+        }),
+    )?;
+    create(
+        rbac,
+        "clusterrolebindings",
+        json!({
+            "metadata": {"name": "system:basic-user", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+            "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "system:basic-user"},
+            "subjects": [{"apiGroup": rbac, "kind": "Group", "name": "system:authenticated"}]
+        }),
+    )?;
     for crd in registry::builtin_crds() {
         create("apiextensions.k8s.io", "customresourcedefinitions", crd)?;
     }
-    let node_rt = store.type_for_key(&ResourceKey::core("nodes")).context("node type")?;
+    let node_rt = store
+        .type_for_key(&ResourceKey::core("nodes"))
+        .context("node type")?;
     for n in nodes {
-        let mut node = create("", "nodes", json!({"metadata": {"name": n, "labels": {
+        let mut node = create(
+            "",
+            "nodes",
+            json!({"metadata": {"name": n, "labels": {
             "kubernetes.io/hostname": n, "kubernetes.io/os": "linux", "kubernetes.io/arch": std::env::consts::ARCH,
-        }}, "spec": {}}))?;
+        }}, "spec": {}}),
+        )?;
         node["status"] = json!({
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status",
                             "lastHeartbeatTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -131,7 +175,18 @@ fn bootstrap(store: &Store, nodes: &[String]) -> anyhow::Result<()> {
                          "machineID": "", "systemUUID": "", "bootID": ""}
         });
         store
-            .update_obj(&node_rt, None, n, node, WriteOpts { dry_run: false, part: Part::Status, http: false })
+            .update_obj(
+                &node_rt,
+                None,
+                n,
+                node,
+                WriteOpts {
+                    dry_run: false,
+                    part: Part::Status,
+                    http: false,
+                    strict: false,
+                },
+            )
             .map_err(|e| anyhow::anyhow!("node status: {e}"))?;
     }
     Ok(())
@@ -143,9 +198,12 @@ impl Cluster {
     /// populator CRDs, and the simulated controllers.
     pub async fn start(opts: ClusterOptions) -> anyhow::Result<Cluster> {
         let dir = opts.dir.clone();
-        std::fs::create_dir_all(dir.join("pods")).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("pods"))
+            .with_context(|| format!("creating {}", dir.display()))?;
         let store = Store::new();
-        let nodes: Vec<String> = (1..=opts.nodes.max(1)).map(|i| format!("node-{i}")).collect();
+        let nodes: Vec<String> = (1..=opts.nodes.max(1))
+            .map(|i| format!("node-{i}"))
+            .collect();
         bootstrap(&store, &nodes)?;
         let auth = Arc::new(Auth::new(store.clone()));
         let admin_token = hex::encode(rand::random::<[u8; 24]>());
@@ -154,7 +212,13 @@ impl Cluster {
         let tls = pki.server_config()?;
         let listener = bind(0)?;
         let port = listener.local_addr()?.port();
-        let state = Arc::new(ServerState { store: store.clone(), auth: auth.clone(), faults: Arc::new(Faults::default()), dir: dir.clone(), port });
+        let state = Arc::new(ServerState {
+            store: store.clone(),
+            auth: auth.clone(),
+            faults: Arc::new(Faults::default()),
+            dir: dir.clone(),
+            port,
+        });
         let server = tokio::spawn(serve(listener, tls.clone(), state.clone()));
         let kubeconfig = dir.join("kubeconfig");
         let cluster = Cluster {
@@ -180,7 +244,10 @@ impl Cluster {
             nodes,
         };
         let ctrl = controllers::spawn_controllers(store as Arc<dyn ObjectStore>, ctx);
-        *cluster.controllers.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctrl);
+        *cluster
+            .controllers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(ctrl);
         Ok(cluster)
     }
 
@@ -235,7 +302,11 @@ impl Cluster {
     }
 
     /// A client certificate for `user` in `groups` signed by the cluster CA: (cert PEM, key PEM).
-    pub fn issue_client_cert(&self, user: &str, groups: &[&str]) -> anyhow::Result<(String, String)> {
+    pub fn issue_client_cert(
+        &self,
+        user: &str,
+        groups: &[&str],
+    ) -> anyhow::Result<(String, String)> {
         self.pki.issue_client_cert(user, groups)
     }
 
@@ -243,7 +314,12 @@ impl Cluster {
     /// `{"token": ...}`, `{"client-certificate-data": ..., "client-key-data": ...}` or
     /// `{"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": ..., "interactiveMode": "Never"}}`)
     /// with `namespace` as the context's namespace.
-    pub fn write_kubeconfig(&self, path: &Path, user: Value, namespace: &str) -> anyhow::Result<()> {
+    pub fn write_kubeconfig(
+        &self,
+        path: &Path,
+        user: Value,
+        namespace: &str,
+    ) -> anyhow::Result<()> {
         let cfg = json!({
             "apiVersion": "v1",
             "kind": "Config",
@@ -259,7 +335,11 @@ impl Cluster {
 
     /// Kills the processes of a running pod (see `Controllers::kill_pod`).
     pub fn kill_pod(&self, namespace: &str, name: &str) -> bool {
-        self.controllers.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|c| c.kill_pod(namespace, name))
+        self.controllers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|c| c.kill_pod(namespace, name))
     }
 
     /// Stops serving (open connections and watches are cut) and serves again on the same
@@ -292,7 +372,12 @@ impl Cluster {
         if let Some(h) = self.server.lock().unwrap_or_else(|e| e.into_inner()).take() {
             h.abort();
         }
-        if let Some(mut c) = self.controllers.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(mut c) = self
+            .controllers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             c.shutdown();
         }
     }

@@ -18,7 +18,9 @@ const RENAMES: &[(&str, &str)] = &[
 ];
 
 fn rename(obj: &Value, from_core: bool, api_version: &str) -> Value {
-    let Some(m) = obj.as_object() else { return obj.clone() };
+    let Some(m) = obj.as_object() else {
+        return obj.clone();
+    };
     let mut out = Map::new();
     for (k, v) in m {
         let nk = RENAMES

@@ -64,13 +64,20 @@ pub fn api_versions(port: u16) -> Value {
 }
 
 fn group_json(name: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
+        .collect();
     json!({"name": name, "versions": vs, "preferredVersion": vs[0]})
 }
 
 /// `/apis`
 pub fn group_list(types: &[ResourceType]) -> Value {
-    let gs: Vec<Value> = groups(types).iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_json(g, vs)).collect();
+    let gs: Vec<Value> = groups(types)
+        .iter()
+        .filter(|(g, _)| !g.is_empty())
+        .map(|(g, vs)| group_json(g, vs))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs})
 }
 
@@ -86,9 +93,16 @@ pub fn group(types: &[ResourceType], name: &str) -> Option<Value> {
 
 /// `/api/v1` or `/apis/GROUP/VERSION`
 pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Value {
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     let mut resources = Vec::new();
-    for t in types.iter().filter(|t| t.group == group && t.version == version) {
+    for t in types
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+    {
         let mut r = json!({
             "name": t.plural, "singularName": t.singular, "namespaced": t.namespaced, "kind": t.kind,
             "verbs": t.verbs(),
@@ -104,7 +118,11 @@ pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Valu
             resources.push(json!({"name": format!("{}/status", t.plural), "singularName": "", "namespaced": t.namespaced, "kind": t.kind, "verbs": ["get", "patch", "update"]}));
         }
         for s in &t.extra_subresources {
-            let verbs = if s == "log" { json!(["get"]) } else { json!(["update"]) };
+            let verbs = if s == "log" {
+                json!(["get"])
+            } else {
+                json!(["update"])
+            };
             let kind = if s == "log" { "Pod" } else { t.kind.as_str() };
             resources.push(json!({"name": format!("{}/{s}", t.plural), "singularName": "", "namespaced": t.namespaced, "kind": kind, "verbs": verbs}));
         }
@@ -158,7 +176,9 @@ pub fn aggregated(types: &[ResourceType], core: bool) -> Value {
                 json!({"version": v, "resources": resources, "freshness": "Current"})
             })
             .collect();
-        items.push(json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions}));
+        items.push(
+            json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions}),
+        );
     }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }

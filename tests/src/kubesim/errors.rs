@@ -8,7 +8,11 @@ use super::api::ApiError;
 use super::schema::FieldError;
 
 fn err(code: u16, reason: &str, message: String) -> ApiError {
-    ApiError { code, reason: reason.into(), message }
+    ApiError {
+        code,
+        reason: reason.into(),
+        message,
+    }
 }
 
 /// 404 `persistentvolumeclaims "x" not found`
@@ -18,7 +22,11 @@ pub fn not_found(qualified: &str, name: &str) -> ApiError {
 
 /// 409 `persistentvolumeclaims "x" already exists`
 pub fn already_exists(qualified: &str, name: &str) -> ApiError {
-    err(409, "AlreadyExists", format!("{qualified} \"{name}\" already exists"))
+    err(
+        409,
+        "AlreadyExists",
+        format!("{qualified} \"{name}\" already exists"),
+    )
 }
 
 /// 409 on a stale resourceVersion.
@@ -34,19 +42,39 @@ pub fn conflict_modified(qualified: &str, name: &str) -> ApiError {
 
 /// 409 with a custom cause (`Operation cannot be fulfilled on ...: <why>`).
 pub fn conflict(qualified: &str, name: &str, why: &str) -> ApiError {
-    err(409, "Conflict", format!("Operation cannot be fulfilled on {qualified} \"{name}\": {why}"))
+    err(
+        409,
+        "Conflict",
+        format!("Operation cannot be fulfilled on {qualified} \"{name}\": {why}"),
+    )
 }
 
 /// 422 `Kind.group "name" is invalid: [errors]`
 pub fn invalid(group_kind: &str, name: &str, errs: &[FieldError]) -> ApiError {
     let list: Vec<String> = errs.iter().map(FieldError::message).collect();
-    let joined = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
-    err(422, "Invalid", format!("{group_kind} \"{name}\" is invalid: {joined}"))
+    let joined = if list.len() == 1 {
+        list[0].clone()
+    } else {
+        format!("[{}]", list.join(", "))
+    };
+    err(
+        422,
+        "Invalid",
+        format!("{group_kind} \"{name}\" is invalid: {joined}"),
+    )
 }
 
 /// 422 with one field error.
 pub fn invalid1(group_kind: &str, name: &str, field: &str, detail: &str) -> ApiError {
-    invalid(group_kind, name, &[FieldError { field: field.into(), detail: detail.into(), reason: "FieldValueInvalid" }])
+    invalid(
+        group_kind,
+        name,
+        &[FieldError {
+            field: field.into(),
+            detail: detail.into(),
+            reason: "FieldValueInvalid",
+        }],
+    )
 }
 
 /// 400 BadRequest.
@@ -61,12 +89,20 @@ pub fn forbidden(message: impl Into<String>) -> ApiError {
 
 /// 405 MethodNotAllowed.
 pub fn method_not_supported(qualified: &str, action: &str) -> ApiError {
-    err(405, "MethodNotAllowed", format!("{action} is not supported on resources of kind \"{qualified}\""))
+    err(
+        405,
+        "MethodNotAllowed",
+        format!("{action} is not supported on resources of kind \"{qualified}\""),
+    )
 }
 
 /// 410 Gone / Expired for a too old resourceVersion in a watch.
 pub fn expired(requested: u64, oldest: u64) -> ApiError {
-    err(410, "Expired", format!("too old resource version: {requested} ({oldest})"))
+    err(
+        410,
+        "Expired",
+        format!("too old resource version: {requested} ({oldest})"),
+    )
 }
 
 /// 500.
@@ -82,5 +118,9 @@ pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
 /// `Kind.group` as `GroupKind.String()` prints it (`PersistentVolumeClaim`,
 /// `VolumeBackup.volbackup.io`).
 pub fn group_kind(group: &str, kind: &str) -> String {
-    if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") }
+    if group.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}.{group}")
+    }
 }

@@ -57,23 +57,53 @@ impl Faults {
     /// `Status` body whose reason fits the code.
     pub fn fail_next(&self, verb: &str, resource: &str, times: usize, code: u16) {
         let message = format!("kubesim injected fault: {code} {}", reason_of(code));
-        self.fail_next_with(verb, resource, times, ApiError { code, reason: reason_of(code).into(), message });
+        self.fail_next_with(
+            verb,
+            resource,
+            times,
+            ApiError {
+                code,
+                reason: reason_of(code).into(),
+                message,
+            },
+        );
     }
 
     /// Like `fail_next` with a given error.
     pub fn fail_next_with(&self, verb: &str, resource: &str, times: usize, error: ApiError) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).push(Failure { verb: verb.into(), resource: resource.into(), remaining: times, error });
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Failure {
+                verb: verb.into(),
+                resource: resource.into(),
+                remaining: times,
+                error,
+            });
     }
 
     /// Delays every response whose verb and resource match by `by` (until `clear`).
     pub fn delay(&self, verb: &str, resource: &str, by: Duration) {
-        self.delays.lock().unwrap_or_else(|e| e.into_inner()).push(Delay { verb: verb.into(), resource: resource.into(), by });
+        self.delays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Delay {
+                verb: verb.into(),
+                resource: resource.into(),
+                by,
+            });
     }
 
     /// Removes every fault.
     pub fn clear(&self) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.delays.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.delays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// For one request: the error to answer with (consuming one use), and the delay.
@@ -81,7 +111,10 @@ impl Faults {
         let mut fail = None;
         {
             let mut fs = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(f) = fs.iter_mut().find(|f| f.remaining > 0 && matches(&f.verb, &f.resource, verb, resource)) {
+            if let Some(f) = fs
+                .iter_mut()
+                .find(|f| f.remaining > 0 && matches(&f.verb, &f.resource, verb, resource))
+            {
                 f.remaining -= 1;
                 fail = Some(f.error.clone());
             }

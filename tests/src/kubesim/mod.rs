@@ -11,6 +11,7 @@ pub mod faults;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod proto;
 pub mod registry;
 pub mod schema;
 pub mod selector;

@@ -17,7 +17,11 @@ use serde_json::{Map, Value, json};
 use super::registry::ResourceType;
 
 fn gv_path(t: &ResourceType) -> String {
-    if t.group.is_empty() { format!("api/{}", t.version) } else { format!("apis/{}/{}", t.group, t.version) }
+    if t.group.is_empty() {
+        format!("api/{}", t.version)
+    } else {
+        format!("apis/{}/{}", t.group, t.version)
+    }
 }
 
 fn schema_name(t: &ResourceType) -> String {
@@ -25,7 +29,11 @@ fn schema_name(t: &ResourceType) -> String {
         let rev: Vec<&str> = t.group.split('.').rev().collect();
         format!("{}.{}.{}", rev.join("."), t.version, t.kind)
     } else {
-        let g = if t.group.is_empty() { "core".to_string() } else { t.group.split('.').next().unwrap_or("").to_string() };
+        let g = if t.group.is_empty() {
+            "core".to_string()
+        } else {
+            t.group.split('.').next().unwrap_or("").to_string()
+        };
         format!("io.k8s.api.{g}.{}.{}", t.version, t.kind)
     }
 }
@@ -46,7 +54,10 @@ pub fn index(types: &[ResourceType]) -> Value {
     let gvs: BTreeMap<String, ()> = types.iter().map(|t| (gv_path(t), ())).collect();
     for gv in gvs.keys() {
         let doc = document(types, gv).unwrap_or(Value::Null);
-        paths.insert(gv.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={}", hash(&doc))}));
+        paths.insert(
+            gv.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={}", hash(&doc))}),
+        );
     }
     json!({"paths": paths})
 }
@@ -81,8 +92,16 @@ pub fn document(types: &[ResourceType], gv: &str) -> Option<Value> {
             });
         schema["x-kubernetes-group-version-kind"] = json!([gvk]);
         schemas.insert(name.clone(), schema);
-        let base = if t.group.is_empty() { format!("/api/{}", t.version) } else { format!("/apis/{}/{}", t.group, t.version) };
-        let coll = if t.namespaced { format!("{base}/namespaces/{{namespace}}/{}", t.plural) } else { format!("{base}/{}", t.plural) };
+        let base = if t.group.is_empty() {
+            format!("/api/{}", t.version)
+        } else {
+            format!("/apis/{}/{}", t.group, t.version)
+        };
+        let coll = if t.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}", t.plural)
+        } else {
+            format!("{base}/{}", t.plural)
+        };
         let item = format!("{coll}/{{name}}");
         let ok = |r: &Value| json!({"200": {"description": "OK", "content": {"application/json": {"schema": r}}}});
         let op = |action: &str| {
@@ -94,7 +113,10 @@ pub fn document(types: &[ResourceType], gv: &str) -> Option<Value> {
             })
         };
         let mut patch = op("patch");
-        patch["parameters"].as_array_mut().expect("array").push(param("force", "boolean"));
+        patch["parameters"]
+            .as_array_mut()
+            .expect("array")
+            .push(param("force", "boolean"));
         patch["requestBody"] = json!({"content": {
             "application/apply-patch+yaml": {"schema": {"type": "object"}},
             "application/json-patch+json": {"schema": {"type": "object"}},
@@ -107,7 +129,11 @@ pub fn document(types: &[ResourceType], gv: &str) -> Option<Value> {
         let mut post = op("post");
         post["requestBody"] = json!({"content": {"*/*": {"schema": reference}}, "required": true});
         let mut list = op("list");
-        list["parameters"] = json!([param("labelSelector", "string"), param("fieldSelector", "string"), param("watch", "boolean")]);
+        list["parameters"] = json!([
+            param("labelSelector", "string"),
+            param("fieldSelector", "string"),
+            param("watch", "boolean")
+        ]);
         paths.insert(item.clone(), json!({"get": get, "put": put, "patch": patch, "delete": op("delete"), "parameters": [
             {"name": "name", "in": "path", "required": true, "schema": {"type": "string", "uniqueItems": true}}
         ]}));
@@ -115,7 +141,10 @@ pub fn document(types: &[ResourceType], gv: &str) -> Option<Value> {
         if t.status_subresource {
             let mut sp = patch.clone();
             sp["x-kubernetes-action"] = json!("patch");
-            paths.insert(format!("{item}/status"), json!({"get": get, "put": put, "patch": sp}));
+            paths.insert(
+                format!("{item}/status"),
+                json!({"get": get, "put": put, "patch": sp}),
+            );
         }
     }
     Some(json!({

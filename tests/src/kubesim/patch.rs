@@ -23,7 +23,13 @@ enum ListStrategy {
 
 fn strategy(field: &str, sample: &[Value]) -> ListStrategy {
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets" | "resourceClaims" => ListStrategy::Key("name"),
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "resourceClaims" => ListStrategy::Key("name"),
         "volumeMounts" => ListStrategy::Key("mountPath"),
         "volumeDevices" => ListStrategy::Key("devicePath"),
         "ownerReferences" => ListStrategy::Key("uid"),
@@ -45,10 +51,16 @@ fn strategy(field: &str, sample: &[Value]) -> ListStrategy {
 fn strip_directives(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), strip_directives(v))).collect(),
+            m.iter()
+                .filter(|(k, _)| !k.starts_with('$'))
+                .map(|(k, v)| (k.clone(), strip_directives(v)))
+                .collect(),
         ),
         Value::Array(a) => Value::Array(
-            a.iter().filter(|e| e.get("$patch").is_none()).map(strip_directives).collect(),
+            a.iter()
+                .filter(|e| e.get("$patch").is_none())
+                .map(strip_directives)
+                .collect(),
         ),
         other => other.clone(),
     }
@@ -129,8 +141,15 @@ fn merge_map(t: &mut Map<String, Value>, p: &Map<String, Value>) -> Result<bool,
 }
 
 fn merge_list(field: &str, mut current: Vec<Value>, patch: &[Value]) -> Result<Vec<Value>, String> {
-    if patch.iter().any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace")) {
-        return Ok(patch.iter().filter(|e| e.get("$patch").is_none()).map(strip_directives).collect());
+    if patch
+        .iter()
+        .any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        return Ok(patch
+            .iter()
+            .filter(|e| e.get("$patch").is_none())
+            .map(strip_directives)
+            .collect());
     }
     let mut sample = current.clone();
     sample.extend(patch.iter().cloned());
@@ -147,7 +166,9 @@ fn merge_list(field: &str, mut current: Vec<Value>, patch: &[Value]) -> Result<V
         ListStrategy::Key(key) => {
             for e in patch {
                 let Some(kv) = e.get(key) else {
-                    return Err(format!("map: {e} does not contain declared merge key: {key}"));
+                    return Err(format!(
+                        "map: {e} does not contain declared merge key: {key}"
+                    ));
                 };
                 let pos = current.iter().position(|c| c.get(key) == Some(kv));
                 if e.get("$patch").and_then(Value::as_str) == Some("delete") {
@@ -193,13 +214,20 @@ fn removal_patch(prev: &Value, next: &Value, field: &str) -> Option<Value> {
             // Lists are handled in the parent through the `$deleteFromPrimitiveList` key.
             let extra: Vec<(String, Value)> = out
                 .iter()
-                .filter_map(|(k, v)| v.get("$deleteFromPrimitiveList").map(|d| (format!("$deleteFromPrimitiveList/{k}"), d.clone())))
+                .filter_map(|(k, v)| {
+                    v.get("$deleteFromPrimitiveList")
+                        .map(|d| (format!("$deleteFromPrimitiveList/{k}"), d.clone()))
+                })
                 .collect();
             for (k, v) in extra {
                 out.remove(k.trim_start_matches("$deleteFromPrimitiveList/"));
                 out.insert(k, v);
             }
-            if out.is_empty() { None } else { Some(Value::Object(out)) }
+            if out.is_empty() {
+                None
+            } else {
+                Some(Value::Object(out))
+            }
         }
         (Value::Array(pa), Value::Array(na)) => {
             let mut sample = pa.clone();
@@ -212,11 +240,19 @@ fn removal_patch(prev: &Value, next: &Value, field: &str) -> Option<Value> {
                         .filter(|kv| !na.iter().any(|n| n.get(key) == Some(*kv)))
                         .map(|kv| serde_json::json!({"$patch": "delete", key: kv}))
                         .collect();
-                    if gone.is_empty() { None } else { Some(Value::Array(gone)) }
+                    if gone.is_empty() {
+                        None
+                    } else {
+                        Some(Value::Array(gone))
+                    }
                 }
                 ListStrategy::PrimitiveSet => {
                     let gone: Vec<Value> = pa.iter().filter(|e| !na.contains(e)).cloned().collect();
-                    if gone.is_empty() { None } else { Some(serde_json::json!({"$deleteFromPrimitiveList": gone})) }
+                    if gone.is_empty() {
+                        None
+                    } else {
+                        Some(serde_json::json!({"$deleteFromPrimitiveList": gone}))
+                    }
                 }
                 ListStrategy::Replace => None,
             }
@@ -252,13 +288,17 @@ mod tests {
         let p = json!({"metadata": {"finalizers": ["b"]}, "spec": {"containers": [{"name": "y", "image": "3"}, {"name": "z", "image": "4"}]}});
         let r = strategic_merge(&t, &p).unwrap();
         assert_eq!(r["metadata"]["finalizers"], json!(["a", "b"]));
-        assert_eq!(r["spec"]["containers"], json!([{"name": "x", "image": "1"}, {"name": "y", "image": "3"}, {"name": "z", "image": "4"}]));
+        assert_eq!(
+            r["spec"]["containers"],
+            json!([{"name": "x", "image": "1"}, {"name": "y", "image": "3"}, {"name": "z", "image": "4"}])
+        );
     }
 
     #[test]
     fn patch_delete_directive_removes_a_keyed_element() {
         let t = json!({"volumes": [{"name": "a"}, {"name": "b"}]});
-        let r = strategic_merge(&t, &json!({"volumes": [{"name": "a", "$patch": "delete"}]})).unwrap();
+        let r =
+            strategic_merge(&t, &json!({"volumes": [{"name": "a", "$patch": "delete"}]})).unwrap();
         assert_eq!(r, json!({"volumes": [{"name": "b"}]}));
     }
 

@@ -59,7 +59,11 @@ impl ResourceType {
     }
     /// `group/version`, or `v1` for core.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
     /// `plural.group` as the API server names a resource in messages (`persistentvolumeclaims`,
     /// `volumesnapshots.snapshot.storage.k8s.io`).
@@ -71,7 +75,16 @@ impl ResourceType {
         if self.create_only {
             return vec!["create"];
         }
-        vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        vec![
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ]
     }
     /// Whether this is a custom resource (strategic merge patch is not served for those).
     pub fn is_custom(&self) -> bool {
@@ -81,7 +94,11 @@ impl ResourceType {
 
 /// `resource.group` as the API server's `GroupResource.String()` prints it.
 pub fn qualified(group: &str, plural: &str) -> String {
-    if group.is_empty() { plural.to_string() } else { format!("{plural}.{group}") }
+    if group.is_empty() {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
+    }
 }
 
 struct B {
@@ -96,26 +113,206 @@ struct B {
 }
 
 const BUILTINS: &[B] = &[
-    B { group: "", version: "v1", kind: "Namespace", plural: "namespaces", namespaced: false, short: &["ns"], status: true, extra: &["finalize"] },
-    B { group: "", version: "v1", kind: "Node", plural: "nodes", namespaced: false, short: &["no"], status: true, extra: &[] },
-    B { group: "", version: "v1", kind: "PersistentVolume", plural: "persistentvolumes", namespaced: false, short: &["pv"], status: true, extra: &[] },
-    B { group: "", version: "v1", kind: "PersistentVolumeClaim", plural: "persistentvolumeclaims", namespaced: true, short: &["pvc"], status: true, extra: &[] },
-    B { group: "", version: "v1", kind: "Pod", plural: "pods", namespaced: true, short: &["po"], status: true, extra: &["log"] },
-    B { group: "", version: "v1", kind: "Secret", plural: "secrets", namespaced: true, short: &[], status: false, extra: &[] },
-    B { group: "", version: "v1", kind: "ConfigMap", plural: "configmaps", namespaced: true, short: &["cm"], status: false, extra: &[] },
-    B { group: "", version: "v1", kind: "ServiceAccount", plural: "serviceaccounts", namespaced: true, short: &["sa"], status: false, extra: &[] },
-    B { group: "", version: "v1", kind: "Service", plural: "services", namespaced: true, short: &["svc"], status: true, extra: &[] },
-    B { group: "", version: "v1", kind: "Event", plural: "events", namespaced: true, short: &["ev"], status: false, extra: &[] },
-    B { group: "events.k8s.io", version: "v1", kind: "Event", plural: "events", namespaced: true, short: &["ev"], status: false, extra: &[] },
-    B { group: "storage.k8s.io", version: "v1", kind: "StorageClass", plural: "storageclasses", namespaced: false, short: &["sc"], status: false, extra: &[] },
-    B { group: "apiextensions.k8s.io", version: "v1", kind: "CustomResourceDefinition", plural: "customresourcedefinitions", namespaced: false, short: &["crd", "crds"], status: true, extra: &[] },
-    B { group: "rbac.authorization.k8s.io", version: "v1", kind: "Role", plural: "roles", namespaced: true, short: &[], status: false, extra: &[] },
-    B { group: "rbac.authorization.k8s.io", version: "v1", kind: "ClusterRole", plural: "clusterroles", namespaced: false, short: &[], status: false, extra: &[] },
-    B { group: "rbac.authorization.k8s.io", version: "v1", kind: "RoleBinding", plural: "rolebindings", namespaced: true, short: &[], status: false, extra: &[] },
-    B { group: "rbac.authorization.k8s.io", version: "v1", kind: "ClusterRoleBinding", plural: "clusterrolebindings", namespaced: false, short: &[], status: false, extra: &[] },
-    B { group: "apps", version: "v1", kind: "Deployment", plural: "deployments", namespaced: true, short: &["deploy"], status: true, extra: &[] },
-    B { group: "apps", version: "v1", kind: "ReplicaSet", plural: "replicasets", namespaced: true, short: &["rs"], status: true, extra: &[] },
-    B { group: "coordination.k8s.io", version: "v1", kind: "Lease", plural: "leases", namespaced: true, short: &[], status: false, extra: &[] },
+    B {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        namespaced: false,
+        short: &["ns"],
+        status: true,
+        extra: &["finalize"],
+    },
+    B {
+        group: "",
+        version: "v1",
+        kind: "Node",
+        plural: "nodes",
+        namespaced: false,
+        short: &["no"],
+        status: true,
+        extra: &[],
+    },
+    B {
+        group: "",
+        version: "v1",
+        kind: "PersistentVolume",
+        plural: "persistentvolumes",
+        namespaced: false,
+        short: &["pv"],
+        status: true,
+        extra: &[],
+    },
+    B {
+        group: "",
+        version: "v1",
+        kind: "PersistentVolumeClaim",
+        plural: "persistentvolumeclaims",
+        namespaced: true,
+        short: &["pvc"],
+        status: true,
+        extra: &[],
+    },
+    B {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        plural: "pods",
+        namespaced: true,
+        short: &["po"],
+        status: true,
+        extra: &["log"],
+    },
+    B {
+        group: "",
+        version: "v1",
+        kind: "Secret",
+        plural: "secrets",
+        namespaced: true,
+        short: &[],
+        status: false,
+        extra: &[],
+    },
+    B {
+        group: "",
+        version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        namespaced: true,
+        short: &["cm"],
+        status: false,
+        extra: &[],
+    },
+    B {
+        group: "",
+        version: "v1",
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        namespaced: true,
+        short: &["sa"],
+        status: false,
+        extra: &[],
+    },
+    B {
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+        namespaced: true,
+        short: &["svc"],
+        status: true,
+        extra: &[],
+    },
+    B {
+        group: "",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        namespaced: true,
+        short: &["ev"],
+        status: false,
+        extra: &[],
+    },
+    B {
+        group: "events.k8s.io",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        namespaced: true,
+        short: &["ev"],
+        status: false,
+        extra: &[],
+    },
+    B {
+        group: "storage.k8s.io",
+        version: "v1",
+        kind: "StorageClass",
+        plural: "storageclasses",
+        namespaced: false,
+        short: &["sc"],
+        status: false,
+        extra: &[],
+    },
+    B {
+        group: "apiextensions.k8s.io",
+        version: "v1",
+        kind: "CustomResourceDefinition",
+        plural: "customresourcedefinitions",
+        namespaced: false,
+        short: &["crd", "crds"],
+        status: true,
+        extra: &[],
+    },
+    B {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "Role",
+        plural: "roles",
+        namespaced: true,
+        short: &[],
+        status: false,
+        extra: &[],
+    },
+    B {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRole",
+        plural: "clusterroles",
+        namespaced: false,
+        short: &[],
+        status: false,
+        extra: &[],
+    },
+    B {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "RoleBinding",
+        plural: "rolebindings",
+        namespaced: true,
+        short: &[],
+        status: false,
+        extra: &[],
+    },
+    B {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRoleBinding",
+        plural: "clusterrolebindings",
+        namespaced: false,
+        short: &[],
+        status: false,
+        extra: &[],
+    },
+    B {
+        group: "apps",
+        version: "v1",
+        kind: "Deployment",
+        plural: "deployments",
+        namespaced: true,
+        short: &["deploy"],
+        status: true,
+        extra: &[],
+    },
+    B {
+        group: "apps",
+        version: "v1",
+        kind: "ReplicaSet",
+        plural: "replicasets",
+        namespaced: true,
+        short: &["rs"],
+        status: true,
+        extra: &[],
+    },
+    B {
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        plural: "leases",
+        namespaced: true,
+        short: &[],
+        status: false,
+        extra: &[],
+    },
 ];
 
 /// The built-in resource types (the snapshot and populator kinds are CRDs, see `builtin_crds`).
@@ -130,10 +327,21 @@ pub fn builtins() -> Vec<ResourceType> {
             singular: b.kind.to_lowercase(),
             namespaced: b.namespaced,
             short_names: b.short.iter().map(|s| s.to_string()).collect(),
-            categories: if matches!(b.plural, "pods" | "services" | "deployments" | "replicasets") { vec!["all".into()] } else { vec![] },
+            categories: if matches!(
+                b.plural,
+                "pods" | "services" | "deployments" | "replicasets"
+            ) {
+                vec!["all".into()]
+            } else {
+                vec![]
+            },
             status_subresource: b.status,
             extra_subresources: b.extra.iter().map(|s| s.to_string()).collect(),
-            storage: if b.group == "events.k8s.io" { ResourceKey::core("events") } else { ResourceKey::new(b.group, b.plural) },
+            storage: if b.group == "events.k8s.io" {
+                ResourceKey::core("events")
+            } else {
+                ResourceKey::new(b.group, b.plural)
+            },
             crd: None,
             create_only: false,
         })
@@ -162,29 +370,69 @@ pub fn builtins() -> Vec<ResourceType> {
 /// when the CRD is malformed.
 pub fn types_of_crd(crd: &Value) -> Result<Vec<ResourceType>, String> {
     let spec = crd.get("spec").ok_or("spec: Required value")?;
-    let group = spec.get("group").and_then(Value::as_str).ok_or("spec.group: Required value")?;
+    let group = spec
+        .get("group")
+        .and_then(Value::as_str)
+        .ok_or("spec.group: Required value")?;
     let names = spec.get("names").ok_or("spec.names: Required value")?;
-    let plural = names.get("plural").and_then(Value::as_str).ok_or("spec.names.plural: Required value")?;
-    let kind = names.get("kind").and_then(Value::as_str).ok_or("spec.names.kind: Required value")?;
-    let singular = names.get("singular").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| kind.to_lowercase());
-    let scope = spec.get("scope").and_then(Value::as_str).ok_or("spec.scope: Required value")?;
+    let plural = names
+        .get("plural")
+        .and_then(Value::as_str)
+        .ok_or("spec.names.plural: Required value")?;
+    let kind = names
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or("spec.names.kind: Required value")?;
+    let singular = names
+        .get("singular")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| kind.to_lowercase());
+    let scope = spec
+        .get("scope")
+        .and_then(Value::as_str)
+        .ok_or("spec.scope: Required value")?;
     if scope != "Namespaced" && scope != "Cluster" {
-        return Err(format!("spec.scope: Unsupported value: \"{scope}\": supported values: \"Cluster\", \"Namespaced\""));
+        return Err(format!(
+            "spec.scope: Unsupported value: \"{scope}\": supported values: \"Cluster\", \"Namespaced\""
+        ));
     }
     let strs = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    let name = crd.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = crd
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if name != format!("{plural}.{group}") {
-        return Err(format!("metadata.name: Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"));
+        return Err(format!(
+            "metadata.name: Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"
+        ));
     }
     let versions = spec.get("versions").and_then(Value::as_array).ok_or("spec.versions: Invalid value: null: must have exactly one version marked as storage version")?;
-    if versions.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).count() != 1 {
-        return Err("spec.versions: Invalid value: must have exactly one version marked as storage version".into());
+    if versions
+        .iter()
+        .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+        .count()
+        != 1
+    {
+        return Err(
+            "spec.versions: Invalid value: must have exactly one version marked as storage version"
+                .into(),
+        );
     }
     let mut out = Vec::new();
     for v in versions {
-        let vname = v.get("name").and_then(Value::as_str).ok_or("spec.versions[].name: Required value")?;
+        let vname = v
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or("spec.versions[].name: Required value")?;
         if v.get("served").and_then(Value::as_bool) != Some(true) {
             continue;
         }
@@ -202,7 +450,11 @@ pub fn types_of_crd(crd: &Value) -> Result<Vec<ResourceType>, String> {
             storage: ResourceKey::new(group, plural),
             crd: Some(CrdVersion {
                 schema: v.pointer("/schema/openAPIV3Schema").cloned(),
-                printer_columns: v.get("additionalPrinterColumns").and_then(Value::as_array).cloned().unwrap_or_default(),
+                printer_columns: v
+                    .get("additionalPrinterColumns")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
                 crd_name: name.to_string(),
             }),
             create_only: false,
@@ -222,7 +474,14 @@ pub fn types_of_crd(crd: &Value) -> Result<Vec<ResourceType>, String> {
 pub fn builtin_crds() -> Vec<Value> {
     use serde_json::json;
     let open = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
-    let crd = |group: &str, version: &str, kind: &str, plural: &str, short: Vec<&str>, namespaced: bool, schema: Value, columns: Value| {
+    let crd = |group: &str,
+               version: &str,
+               kind: &str,
+               plural: &str,
+               short: Vec<&str>,
+               namespaced: bool,
+               schema: Value,
+               columns: Value| {
         json!({
             "apiVersion": "apiextensions.k8s.io/v1",
             "kind": "CustomResourceDefinition",
@@ -245,7 +504,12 @@ pub fn builtin_crds() -> Vec<Value> {
     let deletion_policy = json!({"type": "string", "enum": ["Delete", "Retain"]});
     vec![
         crd(
-            "snapshot.storage.k8s.io", "v1", "VolumeSnapshot", "volumesnapshots", vec!["vs"], true,
+            "snapshot.storage.k8s.io",
+            "v1",
+            "VolumeSnapshot",
+            "volumesnapshots",
+            vec!["vs"],
+            true,
             json!({"type": "object", "required": ["spec"], "properties": {
                 "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
                 "spec": {"type": "object", "required": ["source"], "properties": {
@@ -262,7 +526,12 @@ pub fn builtin_crds() -> Vec<Value> {
                    age.clone()]),
         ),
         crd(
-            "snapshot.storage.k8s.io", "v1", "VolumeSnapshotContent", "volumesnapshotcontents", vec!["vsc", "vscs"], false,
+            "snapshot.storage.k8s.io",
+            "v1",
+            "VolumeSnapshotContent",
+            "volumesnapshotcontents",
+            vec!["vsc", "vscs"],
+            false,
             json!({"type": "object", "required": ["spec"], "properties": {
                 "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
                 "spec": {"type": "object", "required": ["deletionPolicy", "driver", "source", "volumeSnapshotRef"], "properties": {
@@ -281,7 +550,12 @@ pub fn builtin_crds() -> Vec<Value> {
                    age.clone()]),
         ),
         crd(
-            "snapshot.storage.k8s.io", "v1", "VolumeSnapshotClass", "volumesnapshotclasses", vec!["vsclass", "vsclasses"], false,
+            "snapshot.storage.k8s.io",
+            "v1",
+            "VolumeSnapshotClass",
+            "volumesnapshotclasses",
+            vec!["vsclass", "vsclasses"],
+            false,
             json!({"type": "object", "required": ["deletionPolicy", "driver"], "properties": {
                 "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
                 "deletionPolicy": deletion_policy,
@@ -292,7 +566,12 @@ pub fn builtin_crds() -> Vec<Value> {
                    age.clone()]),
         ),
         crd(
-            "populator.storage.k8s.io", "v1beta1", "VolumePopulator", "volumepopulators", vec![], false,
+            "populator.storage.k8s.io",
+            "v1beta1",
+            "VolumePopulator",
+            "volumepopulators",
+            vec![],
+            false,
             json!({"type": "object", "required": ["sourceKind"], "properties": {
                 "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
                 "sourceKind": {"type": "object", "required": ["kind"], "properties": {

@@ -52,7 +52,11 @@ fn quoted(v: &Value) -> String {
 }
 
 fn join(path: &str, seg: &str) -> String {
-    if path.is_empty() { seg.to_string() } else { format!("{path}.{seg}") }
+    if path.is_empty() {
+        seg.to_string()
+    } else {
+        format!("{path}.{seg}")
+    }
 }
 
 fn truthy(schema: &Value, key: &str) -> bool {
@@ -62,11 +66,13 @@ fn truthy(schema: &Value, key: &str) -> bool {
 /// Applies defaults and prunes unknown fields of `obj` (a whole custom object) in place, then
 /// returns the validation errors. `apiVersion`, `kind` and `metadata` at the root are kept as
 /// they are (ObjectMeta is validated by the generic code).
-pub fn default_prune_validate(schema: &Value, obj: &mut Value) -> Vec<FieldError> {
+pub fn default_prune_validate(schema: &Value, obj: &mut Value) -> (Vec<FieldError>, Vec<String>) {
     let mut errs = Vec::new();
     if let Value::Object(map) = obj {
-        let saved: Vec<(String, Value)> =
-            ["apiVersion", "kind", "metadata"].iter().filter_map(|k| map.remove(*k).map(|v| (k.to_string(), v))).collect();
+        let saved: Vec<(String, Value)> = ["apiVersion", "kind", "metadata"]
+            .iter()
+            .filter_map(|k| map.remove(*k).map(|v| (k.to_string(), v)))
+            .collect();
         walk(schema, obj, "", &mut errs, true);
         if let Value::Object(map) = obj {
             for (k, v) in saved {
@@ -74,8 +80,13 @@ pub fn default_prune_validate(schema: &Value, obj: &mut Value) -> Vec<FieldError
             }
         }
     }
-    errs
+    // Pruned fields are reported separately: they only fail `fieldValidation=Strict`.
+    let (pruned, errs): (Vec<FieldError>, Vec<FieldError>) =
+        errs.into_iter().partition(|e| e.reason == PRUNED);
+    (errs, pruned.into_iter().map(|e| e.field).collect())
 }
+
+const PRUNED: &str = "Pruned";
 
 fn walk(schema: &Value, v: &mut Value, path: &str, errs: &mut Vec<FieldError>, root: bool) {
     let int_or_string = truthy(schema, "x-kubernetes-int-or-string");
@@ -85,7 +96,11 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errs: &mut Vec<FieldError>, r
         if !matches!(type_name(v), "integer" | "string") {
             errs.push(FieldError {
                 field: path.into(),
-                detail: format!("Invalid value: {}: {path} in body must be of type integer,string: {}", quoted(&Value::String(type_name(v).into())), quoted(&Value::String(type_name(v).into()))),
+                detail: format!(
+                    "Invalid value: {}: {path} in body must be of type integer,string: {}",
+                    quoted(&Value::String(type_name(v).into())),
+                    quoted(&Value::String(type_name(v).into()))
+                ),
                 reason: "FieldValueInvalid",
             });
             return;
@@ -96,7 +111,9 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errs: &mut Vec<FieldError>, r
         if !ok {
             errs.push(FieldError {
                 field: path.into(),
-                detail: format!("Invalid value: \"{actual}\": {path} in body must be of type {t}: \"{actual}\""),
+                detail: format!(
+                    "Invalid value: \"{actual}\": {path} in body must be of type {t}: \"{actual}\""
+                ),
                 reason: "FieldValueInvalid",
             });
             return;
@@ -108,7 +125,11 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errs: &mut Vec<FieldError>, r
         let list: Vec<String> = allowed.iter().map(quoted).collect();
         errs.push(FieldError {
             field: path.into(),
-            detail: format!("Unsupported value: {}: supported values: {}", quoted(v), list.join(", ")),
+            detail: format!(
+                "Unsupported value: {}: supported values: {}",
+                quoted(v),
+                list.join(", ")
+            ),
             reason: "FieldValueNotSupported",
         });
     }
@@ -121,7 +142,9 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errs: &mut Vec<FieldError>, r
                 .iter()
                 .filter(|(k, val)| {
                     val.is_null()
-                        && !props.and_then(|p| p.get(k.as_str())).is_some_and(|s| truthy(s, "nullable"))
+                        && !props
+                            .and_then(|p| p.get(k.as_str()))
+                            .is_some_and(|s| truthy(s, "nullable"))
                         && !additional.is_some_and(|s| truthy(s, "nullable"))
                 })
                 .map(|(k, _)| k.clone())
@@ -149,21 +172,43 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errs: &mut Vec<FieldError>, r
                             walk(sub, child, &join(path, &k), errs, false);
                         }
                     }
-                    None if preserve || schema.get("additionalProperties").and_then(Value::as_bool) == Some(true) => {}
+                    None if preserve
+                        || schema.get("additionalProperties").and_then(Value::as_bool)
+                            == Some(true) => {}
                     None if props.is_none() && ty.is_none() => {}
+                    // An embedded resource keeps its apiVersion, kind and metadata.
+                    None if truthy(schema, "x-kubernetes-embedded-resource")
+                        && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") => {}
                     None => {
                         map.remove(&k);
+                        errs.push(FieldError {
+                            field: join(path, &k),
+                            detail: String::new(),
+                            reason: PRUNED,
+                        });
                     }
                 }
             }
             if let Some(req) = schema.get("required").and_then(Value::as_array) {
                 for r in req.iter().filter_map(Value::as_str) {
                     if !map.contains_key(r) {
-                        errs.push(FieldError { field: join(path, r), detail: "Required value".into(), reason: "FieldValueRequired" });
+                        errs.push(FieldError {
+                            field: join(path, r),
+                            detail: "Required value".into(),
+                            reason: "FieldValueRequired",
+                        });
                     }
                 }
             }
-            check_len(schema, map.len(), "minProperties", "maxProperties", path, v_quoted_obj(), errs);
+            check_len(
+                schema,
+                map.len(),
+                "minProperties",
+                "maxProperties",
+                path,
+                v_quoted_obj(),
+                errs,
+            );
         }
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
@@ -171,19 +216,37 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errs: &mut Vec<FieldError>, r
                     walk(item_schema, item, &format!("{path}[{i}]"), errs, false);
                 }
             }
-            check_len(schema, items.len(), "minItems", "maxItems", path, "array".into(), errs);
+            check_len(
+                schema,
+                items.len(),
+                "minItems",
+                "maxItems",
+                path,
+                "array".into(),
+                errs,
+            );
         }
         Value::String(s) => {
             let n = s.chars().count();
             if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
                 && (n as u64) < min
             {
-                errs.push(FieldError { field: path.into(), detail: format!("Invalid value: \"{s}\": {path} in body should be at least {min} chars long"), reason: "FieldValueInvalid" });
+                errs.push(FieldError {
+                    field: path.into(),
+                    detail: format!(
+                        "Invalid value: \"{s}\": {path} in body should be at least {min} chars long"
+                    ),
+                    reason: "FieldValueInvalid",
+                });
             }
             if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
                 && (n as u64) > max
             {
-                errs.push(FieldError { field: path.into(), detail: format!("Too long: may not be more than {max} bytes"), reason: "FieldValueTooLong" });
+                errs.push(FieldError {
+                    field: path.into(),
+                    detail: format!("Too long: may not be more than {max} bytes"),
+                    reason: "FieldValueTooLong",
+                });
             }
         }
         Value::Number(n) => {
@@ -196,7 +259,13 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errs: &mut Vec<FieldError>, r
             if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
                 && x > max
             {
-                errs.push(FieldError { field: path.into(), detail: format!("Invalid value: {n}: {path} in body should be less than or equal to {max}"), reason: "FieldValueInvalid" });
+                errs.push(FieldError {
+                    field: path.into(),
+                    detail: format!(
+                        "Invalid value: {n}: {path} in body should be less than or equal to {max}"
+                    ),
+                    reason: "FieldValueInvalid",
+                });
             }
         }
         _ => {}
@@ -207,15 +276,45 @@ fn v_quoted_obj() -> String {
     "object".into()
 }
 
-fn check_len(schema: &Value, len: usize, min_key: &str, max_key: &str, path: &str, what: String, errs: &mut Vec<FieldError>) {
+fn check_len(
+    schema: &Value,
+    len: usize,
+    min_key: &str,
+    max_key: &str,
+    path: &str,
+    what: String,
+    errs: &mut Vec<FieldError>,
+) {
     if let Some(min) = schema.get(min_key).and_then(Value::as_u64)
         && (len as u64) < min
     {
-        errs.push(FieldError { field: path.into(), detail: format!("Invalid value: {len}: {path} in body should have at least {min} {}", if what == "array" { "items" } else { "properties" }), reason: "FieldValueInvalid" });
+        errs.push(FieldError {
+            field: path.into(),
+            detail: format!(
+                "Invalid value: {len}: {path} in body should have at least {min} {}",
+                if what == "array" {
+                    "items"
+                } else {
+                    "properties"
+                }
+            ),
+            reason: "FieldValueInvalid",
+        });
     }
     if let Some(max) = schema.get(max_key).and_then(Value::as_u64)
         && (len as u64) > max
     {
-        errs.push(FieldError { field: path.into(), detail: format!("Too many: {len}: must have at most {max} {}", if what == "array" { "items" } else { "properties" }), reason: "FieldValueTooMany" });
+        errs.push(FieldError {
+            field: path.into(),
+            detail: format!(
+                "Too many: {len}: must have at most {max} {}",
+                if what == "array" {
+                    "items"
+                } else {
+                    "properties"
+                }
+            ),
+            reason: "FieldValueTooMany",
+        });
     }
 }

@@ -24,7 +24,11 @@ enum Req {
 pub struct LabelSelector(Vec<Req>);
 
 fn bad(msg: String) -> ApiError {
-    ApiError { code: 400, reason: "BadRequest".into(), message: msg }
+    ApiError {
+        code: 400,
+        reason: "BadRequest".into(),
+        message: msg,
+    }
 }
 
 /// Splits at commas outside parentheses.
@@ -47,7 +51,10 @@ fn split_top(s: &str) -> Vec<String> {
         }
     }
     out.push(cur);
-    out.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    out.into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn set_values(rest: &str, whole: &str) -> Result<Vec<String>, ApiError> {
@@ -55,8 +62,16 @@ fn set_values(rest: &str, whole: &str) -> Result<Vec<String>, ApiError> {
     let inner = rest
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| bad(format!("unable to parse requirement: found '{rest}', expected: '(' in \"{whole}\"")))?;
-    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+        .ok_or_else(|| {
+            bad(format!(
+                "unable to parse requirement: found '{rest}', expected: '(' in \"{whole}\""
+            ))
+        })?;
+    Ok(inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect())
 }
 
 impl LabelSelector {
@@ -74,11 +89,19 @@ impl LabelSelector {
             } else if let Some((k, v)) = p.split_once('=') {
                 reqs.push(Req::Eq(k.trim().into(), v.trim().into()));
             } else if let Some(idx) = p.find(" notin ") {
-                reqs.push(Req::NotIn(p[..idx].trim().into(), set_values(&p[idx + 7..], s)?));
+                reqs.push(Req::NotIn(
+                    p[..idx].trim().into(),
+                    set_values(&p[idx + 7..], s)?,
+                ));
             } else if let Some(idx) = p.find(" in ") {
-                reqs.push(Req::In(p[..idx].trim().into(), set_values(&p[idx + 4..], s)?));
+                reqs.push(Req::In(
+                    p[..idx].trim().into(),
+                    set_values(&p[idx + 4..], s)?,
+                ));
             } else if p.contains(' ') || p.contains('(') {
-                return Err(bad(format!("unable to parse requirement: <nil>: found '{p}' in \"{s}\"")));
+                return Err(bad(format!(
+                    "unable to parse requirement: <nil>: found '{p}' in \"{s}\""
+                )));
             } else {
                 reqs.push(Req::Exists(p.to_string()));
             }
@@ -115,7 +138,9 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
                 reqs.push((k.trim().to_string(), true, v.trim().to_string()));
             } else {
-                return Err(bad(format!("invalid selector: '{s}'; can't understand '{part}'")));
+                return Err(bad(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                )));
             }
         }
         Ok(FieldSelector(reqs))
@@ -123,7 +148,10 @@ impl FieldSelector {
 
     /// The value a `metadata.name=` requirement asks for (RBAC authorizes such a list by name).
     pub fn exact_name(&self) -> Option<&str> {
-        self.0.iter().find(|(k, eq, _)| k == "metadata.name" && *eq).map(|(_, _, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, eq, _)| k == "metadata.name" && *eq)
+            .map(|(_, _, v)| v.as_str())
     }
 
     /// Whether an object matches.

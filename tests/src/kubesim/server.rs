@@ -88,7 +88,8 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
                     Ok(v) => {
                         out.push(v);
                         i += 2;
@@ -124,19 +125,40 @@ struct ResReq {
 }
 
 /// Handles one request. `cert_user` is the identity of a verified client certificate.
-pub async fn handle(state: Arc<ServerState>, cert_user: Option<UserInfo>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    state: Arc<ServerState>,
+    cert_user: Option<UserInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query());
     let headers = req.headers().clone();
-    let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let segs: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let accept = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let segs: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
     let seg: Vec<&str> = segs.iter().map(String::as_str).collect();
 
     // Health and version endpoints are readable anonymously (system:public-info-viewer).
     match seg.as_slice() {
-        ["healthz" | "livez" | "readyz", ..] => return Ok(Response::builder().status(200).body(full("ok")).expect("response")),
+        ["healthz" | "livez" | "readyz", ..] => {
+            return Ok(Response::builder()
+                .status(200)
+                .body(full("ok"))
+                .expect("response"));
+        }
         ["version"] => return Ok(json_response(200, &discovery::version())),
         _ => {}
     }
@@ -145,40 +167,129 @@ pub async fn handle(state: Arc<ServerState>, cert_user: Option<UserInfo>, req: R
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     let user = match token {
         Some(t) => state.auth.authenticate_token(t),
         None => cert_user,
     };
     let Some(user) = user else {
-        let e = ApiError { code: 401, reason: "Unauthorized".into(), message: "Unauthorized".into() };
+        let e = ApiError {
+            code: 401,
+            reason: "Unauthorized".into(),
+            message: "Unauthorized".into(),
+        };
         return Ok(error_response(&e, None));
+    };
+    // Impersonation (`kubectl --as`, `--as-group`): allowed when the real user may
+    // `impersonate` the user, its groups, or the ServiceAccount
+    // (https://kubernetes.io/docs/reference/access-authn-authz/authentication/#user-impersonation).
+    let user = match headers
+        .get("impersonate-user")
+        .and_then(|v| v.to_str().ok())
+    {
+        None => user,
+        Some(as_user) => {
+            let groups: Vec<String> = headers
+                .get_all("impersonate-group")
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_string))
+                .collect();
+            let mut checks = vec![match as_user
+                .strip_prefix("system:serviceaccount:")
+                .and_then(|r| r.split_once(':'))
+            {
+                Some((ns, sa)) => Attributes {
+                    verb: "impersonate".into(),
+                    resource: "serviceaccounts".into(),
+                    namespace: ns.into(),
+                    name: sa.into(),
+                    ..Default::default()
+                },
+                None => Attributes {
+                    verb: "impersonate".into(),
+                    resource: "users".into(),
+                    name: as_user.into(),
+                    ..Default::default()
+                },
+            }];
+            checks.extend(groups.iter().map(|g| Attributes {
+                verb: "impersonate".into(),
+                resource: "groups".into(),
+                name: g.clone(),
+                ..Default::default()
+            }));
+            if let Some(denied) = checks.iter().find(|a| !state.auth.authorize(&user, a)) {
+                let e = errors::forbidden(Auth::forbidden_message(&user, denied));
+                return Ok(error_response(
+                    &e,
+                    Some(json!({"name": denied.name, "group": "", "kind": denied.resource})),
+                ));
+            }
+            let mut all = groups;
+            if let Some((ns, _)) = as_user
+                .strip_prefix("system:serviceaccount:")
+                .and_then(|r| r.split_once(':'))
+            {
+                all.push("system:serviceaccounts".into());
+                all.push(format!("system:serviceaccounts:{ns}"));
+            }
+            all.push("system:authenticated".into());
+            UserInfo {
+                name: as_user.to_string(),
+                groups: all,
+            }
+        }
     };
 
     // Discovery and OpenAPI (any authenticated user: system:discovery).
     let types = state.store.types();
-    let aggregated = accept.contains("as=APIGroupDiscoveryList") && accept.contains("v=v2;") || accept.contains("as=APIGroupDiscoveryList") && accept.contains("v=v2,");
-    let aggregated = aggregated || (accept.contains("as=APIGroupDiscoveryList") && accept.split(',').any(|a| a.contains("v=v2") && !a.contains("v=v2beta1")));
+    // Aggregated discovery v2 when the client lists it; v2beta1 alone gets the plain documents.
+    let aggregated = accept.split(',').any(|a| {
+        a.contains("as=APIGroupDiscoveryList") && a.contains("v=v2") && !a.contains("v=v2beta1")
+    });
     let disco = |v: Value| {
         Response::builder()
             .status(200)
-            .header("Content-Type", "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
+            .header(
+                "Content-Type",
+                "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+            )
             .body(full(serde_json::to_vec(&v).unwrap_or_default()))
             .expect("response")
     };
     let not_found_path = || {
-        let e = ApiError { code: 404, reason: "NotFound".into(), message: "the server could not find the requested resource".into() };
+        let e = ApiError {
+            code: 404,
+            reason: "NotFound".into(),
+            message: "the server could not find the requested resource".into(),
+        };
         error_response(&e, Some(json!({})))
     };
     match seg.as_slice() {
         ["api"] if method == Method::GET => {
-            return Ok(if aggregated { disco(discovery::aggregated(&types, true)) } else { json_response(200, &discovery::api_versions(state.port)) });
+            return Ok(if aggregated {
+                disco(discovery::aggregated(&types, true))
+            } else {
+                json_response(200, &discovery::api_versions(state.port))
+            });
         }
         ["apis"] if method == Method::GET => {
-            return Ok(if aggregated { disco(discovery::aggregated(&types, false)) } else { json_response(200, &discovery::group_list(&types)) });
+            return Ok(if aggregated {
+                disco(discovery::aggregated(&types, false))
+            } else {
+                json_response(200, &discovery::group_list(&types))
+            });
         }
-        ["api", "v1"] if method == Method::GET => return Ok(json_response(200, &discovery::resource_list(&types, "", "v1"))),
+        ["api", "v1"] if method == Method::GET => {
+            return Ok(json_response(
+                200,
+                &discovery::resource_list(&types, "", "v1"),
+            ));
+        }
         ["apis", g] if method == Method::GET => {
             return Ok(match discovery::group(&types, g) {
                 Some(v) => json_response(200, &v),
@@ -210,17 +321,30 @@ pub async fn handle(state: Arc<ServerState>, cert_user: Option<UserInfo>, req: R
         _ => return Ok(not_found_path()),
     };
     let parsed = parse_resource(&state.store, group, version, rest, &method, &query);
-    let Some(mut rr) = parsed else { return Ok(not_found_path()) };
+    let Some(mut rr) = parsed else {
+        return Ok(not_found_path());
+    };
 
     // Authorization.
-    let field_sel_name = query.get("fieldSelector").and_then(|f| FieldSelector::parse(f).ok()).and_then(|f| f.exact_name().map(str::to_string));
+    let field_sel_name = query
+        .get("fieldSelector")
+        .and_then(|f| FieldSelector::parse(f).ok())
+        .and_then(|f| f.exact_name().map(str::to_string));
     let attrs = Attributes {
         verb: rr.verb.clone(),
         group: rr.rt.group.clone(),
         resource: rr.rt.plural.clone(),
         subresource: rr.sub.clone().unwrap_or_default(),
         namespace: rr.namespace.clone().unwrap_or_default(),
-        name: rr.name.clone().or(if matches!(rr.verb.as_str(), "list" | "watch") { field_sel_name } else { None }).unwrap_or_default(),
+        name: rr
+            .name
+            .clone()
+            .or(if matches!(rr.verb.as_str(), "list" | "watch") {
+                field_sel_name
+            } else {
+                None
+            })
+            .unwrap_or_default(),
     };
     let details = json!({"name": rr.name.clone().unwrap_or_default(), "group": rr.rt.group, "kind": rr.rt.plural});
     if !state.auth.authorize(&user, &attrs) {
@@ -248,7 +372,12 @@ pub async fn handle(state: Arc<ServerState>, cert_user: Option<UserInfo>, req: R
     // Body.
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return Ok(error_response(&errors::bad_request(format!("reading the request body: {e}")), None)),
+        Err(e) => {
+            return Ok(error_response(
+                &errors::bad_request(format!("reading the request body: {e}")),
+                None,
+            ));
+        }
     };
     let table = accept.contains("as=Table");
     let result = dispatch(&state, &user, &mut rr, &query, &content_type, &body, table).await;
@@ -274,11 +403,21 @@ pub async fn handle(state: Arc<ServerState>, cert_user: Option<UserInfo>, req: R
 /// The object name and `details.causes` of an Invalid error, recovered from its message
 /// (`Kind "name" is invalid: [field: detail, ...]`), as `errors.NewInvalid` fills them.
 fn invalid_details(message: &str) -> (Option<String>, Vec<Value>) {
-    let Some((head, list)) = message.split_once(" is invalid: ") else { return (None, Vec::new()) };
+    let Some((head, list)) = message.split_once(" is invalid: ") else {
+        return (None, Vec::new());
+    };
     let name = head.split('"').nth(1).map(str::to_string);
-    let list = list.strip_prefix('[').and_then(|l| l.strip_suffix(']')).unwrap_or(list);
+    let list = list
+        .strip_prefix('[')
+        .and_then(|l| l.strip_suffix(']'))
+        .unwrap_or(list);
     let is_field_start = |chunk: &str| {
-        chunk.split_once(": ").is_some_and(|(f, _)| !f.is_empty() && f.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) && f.chars().all(|c| c.is_ascii_alphanumeric() || "._[]-/".contains(c)))
+        chunk.split_once(": ").is_some_and(|(f, _)| {
+            !f.is_empty()
+                && f.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && f.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._[]-/".contains(c))
+        })
     };
     let mut items: Vec<String> = Vec::new();
     for chunk in list.split(", ") {
@@ -309,11 +448,20 @@ fn invalid_details(message: &str) -> (Option<String>, Vec<Value>) {
     (name, causes)
 }
 
-fn parse_resource(store: &Store, group: &str, version: &str, rest: &[&str], method: &Method, query: &HashMap<String, String>) -> Option<ResReq> {
+fn parse_resource(
+    store: &Store,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    method: &Method,
+    query: &HashMap<String, String>,
+) -> Option<ResReq> {
     let find = |plural: &str| store.find_type(group, version, plural);
     let (rt, namespace, name, sub) = match rest {
         [plural] => (find(plural)?, None, None, None),
-        ["namespaces", ns, plural] if !(group.is_empty() && (*plural == "status" || *plural == "finalize")) => {
+        ["namespaces", ns, plural]
+            if !(group.is_empty() && (*plural == "status" || *plural == "finalize")) =>
+        {
             let rt = find(plural)?;
             if !rt.namespaced {
                 return None;
@@ -332,7 +480,12 @@ fn parse_resource(store: &Store, group: &str, version: &str, rest: &[&str], meth
             if !rt.namespaced {
                 return None;
             }
-            (rt, Some(ns.to_string()), Some(name.to_string()), Some(sub.to_string()))
+            (
+                rt,
+                Some(ns.to_string()),
+                Some(name.to_string()),
+                Some(sub.to_string()),
+            )
         }
         [plural, name] => {
             let rt = find(plural)?;
@@ -368,13 +521,25 @@ fn parse_resource(store: &Store, group: &str, version: &str, rest: &[&str], meth
         (Method::DELETE, false) => "deletecollection",
         _ => return None,
     };
-    Some(ResReq { rt, namespace, name, sub, verb: verb.to_string() })
+    Some(ResReq {
+        rt,
+        namespace,
+        name,
+        sub,
+        verb: verb.to_string(),
+    })
 }
 
 /// The type the store keeps objects of this request under (events.k8s.io/v1 events are
 /// stored as core v1 events).
 fn storage_type(store: &Store, rt: &ResourceType) -> ResourceType {
-    if rt.group == "events.k8s.io" { store.type_for_key(&ResourceKey::core("events")).unwrap_or_else(|| rt.clone()) } else { rt.clone() }
+    if rt.group == "events.k8s.io" {
+        store
+            .type_for_key(&ResourceKey::core("events"))
+            .unwrap_or_else(|| rt.clone())
+    } else {
+        rt.clone()
+    }
 }
 
 /// An object as served at the request's group/version.
@@ -391,27 +556,59 @@ fn present(rt: &ResourceType, mut obj: Value) -> Value {
 
 /// A request body as stored.
 fn ingest(rt: &ResourceType, obj: Value) -> Value {
-    if rt.group == "events.k8s.io" { super::convert::events_v1_to_core_event(&obj) } else { obj }
+    if rt.group == "events.k8s.io" {
+        super::convert::events_v1_to_core_event(&obj)
+    } else {
+        obj
+    }
 }
 
 fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(Value::Null);
     }
+    if content_type.contains("protobuf") {
+        let decoded =
+            super::proto::unwrap_unknown(body).and_then(|(_, kind, raw)| match kind.as_str() {
+                "SelfSubjectAccessReview" => super::proto::self_subject_access_review(&raw),
+                other => super::proto::core_object(other, &raw),
+            });
+        return decoded.ok_or_else(|| {
+            errors::unsupported_media_type("kubesim reads protobuf bodies only of SelfSubjectAccessReview, Namespace, ServiceAccount, Secret and ConfigMap; send application/json")
+        });
+    }
     if content_type.contains("yaml") {
-        return serde_yaml::from_slice::<Value>(body).map_err(|e| errors::bad_request(format!("error decoding YAML: {e}")));
+        return serde_yaml::from_slice::<Value>(body)
+            .map_err(|e| errors::bad_request(format!("error decoding YAML: {e}")));
     }
     serde_json::from_slice(body).map_err(|e| errors::bad_request(format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf ({e})")))
 }
 
-async fn dispatch(state: &Arc<ServerState>, user: &UserInfo, rr: &mut ResReq, query: &HashMap<String, String>, content_type: &str, body: &Bytes, table: bool) -> Result<Response<Body>, ApiError> {
+async fn dispatch(
+    state: &Arc<ServerState>,
+    user: &UserInfo,
+    rr: &mut ResReq,
+    query: &HashMap<String, String>,
+    content_type: &str,
+    body: &Bytes,
+    table: bool,
+) -> Result<Response<Body>, ApiError> {
     let store = &state.store;
     let rt = rr.rt.clone();
     let srt = storage_type(store, &rt);
     let ns = rr.namespace.clone();
     let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
-    let part = if rr.sub.as_deref() == Some("status") { Part::Status } else { Part::Main };
-    let opts = WriteOpts { dry_run, part, http: true };
+    let part = if rr.sub.as_deref() == Some("status") {
+        Part::Status
+    } else {
+        Part::Main
+    };
+    let opts = WriteOpts {
+        dry_run,
+        part,
+        http: true,
+        strict: query.get("fieldValidation").is_some_and(|v| v == "Strict"),
+    };
     if rt.create_only && rr.verb != "create" {
         return Err(errors::method_not_supported(&rt.qualified(), &rr.verb));
     }
@@ -423,38 +620,70 @@ async fn dispatch(state: &Arc<ServerState>, user: &UserInfo, rr: &mut ResReq, qu
             }
             let obj = present(&rt, store.get_obj(&srt, ns.as_deref(), &name)?);
             if table {
-                return Ok(json_response(200, &table::table(&rt, std::slice::from_ref(&obj), Some(&store.current_rv().to_string()), query.get("includeObject").map(String::as_str))));
+                return Ok(json_response(
+                    200,
+                    &table::table(
+                        &rt,
+                        std::slice::from_ref(&obj),
+                        Some(&store.current_rv().to_string()),
+                        query.get("includeObject").map(String::as_str),
+                    ),
+                ));
             }
             Ok(json_response(200, &obj))
         }
         "list" => {
-            let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
-            let fields = FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
+            let labels =
+                LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
+            let fields =
+                FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
             let (items, rv) = store.list_objs(&srt.key(), ns.as_deref());
-            let mut items: Vec<Value> = items.into_iter().filter(|o| labels.matches(o) && fields.matches(o)).collect();
+            let mut items: Vec<Value> = items
+                .into_iter()
+                .filter(|o| labels.matches(o) && fields.matches(o))
+                .collect();
             // Chunking: `continue` is the namespace/name of the last object returned.
             if let Some(c) = query.get("continue").filter(|c| !c.is_empty()) {
                 let (c_ns, c_name) = c.split_once('/').unwrap_or(("", c));
                 items.retain(|o| {
-                    let k = (o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(""), o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""));
+                    let k = (
+                        o.pointer("/metadata/namespace")
+                            .and_then(Value::as_str)
+                            .unwrap_or(""),
+                        o.pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or(""),
+                    );
                     k > (c_ns, c_name)
                 });
             }
             let mut cont = None;
-            if let Some(limit) = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0)
+            if let Some(limit) = query
+                .get("limit")
+                .and_then(|l| l.parse::<usize>().ok())
+                .filter(|l| *l > 0)
                 && items.len() > limit
             {
                 items.truncate(limit);
                 let last = &items[limit - 1];
                 cont = Some(format!(
                     "{}/{}",
-                    last.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(""),
-                    last.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")
+                    last.pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or(""),
+                    last.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
                 ));
             }
             let items: Vec<Value> = items.into_iter().map(|o| present(&rt, o)).collect();
             if table {
-                let mut t = table::table(&rt, &items, Some(&rv.to_string()), query.get("includeObject").map(String::as_str));
+                let mut t = table::table(
+                    &rt,
+                    &items,
+                    Some(&rv.to_string()),
+                    query.get("includeObject").map(String::as_str),
+                );
                 if let Some(c) = &cont {
                     t["metadata"]["continue"] = Value::String(c.clone());
                 }
@@ -464,13 +693,19 @@ async fn dispatch(state: &Arc<ServerState>, user: &UserInfo, rr: &mut ResReq, qu
             if let Some(c) = cont {
                 meta["continue"] = Value::String(c);
             }
-            Ok(json_response(200, &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items})))
+            Ok(json_response(
+                200,
+                &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
+            ))
         }
         "watch" => watch(state, &rt, &srt, ns, query, table),
         "create" => {
             let obj = parse_body(body, content_type)?;
             if rt.plural == "selfsubjectaccessreviews" {
-                return Ok(json_response(201, &self_subject_access_review(state, user, obj)?));
+                return Ok(json_response(
+                    201,
+                    &self_subject_access_review(state, user, obj)?,
+                ));
             }
             let obj = ingest(&rt, obj);
             if rr.name.is_some() {
@@ -487,21 +722,41 @@ async fn dispatch(state: &Arc<ServerState>, user: &UserInfo, rr: &mut ResReq, qu
         }
         "patch" => {
             let name = rr.name.clone().unwrap_or_default();
-            let ct = content_type.split(';').next().unwrap_or("").trim().to_string();
+            let ct = content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
             if ct == "application/apply-patch+yaml" {
                 let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
-                    return Err(errors::bad_request("PATCH, application/apply-patch+yaml requires fieldManager parameter"));
+                    return Err(errors::bad_request(
+                        "PATCH, application/apply-patch+yaml requires fieldManager parameter",
+                    ));
                 };
-                let applied = serde_yaml::from_slice::<Value>(body).map_err(|e| errors::bad_request(format!("error decoding YAML: {e}")))?;
-                if applied.get("apiVersion").and_then(Value::as_str).is_none_or(str::is_empty) || applied.get("kind").and_then(Value::as_str).is_none_or(str::is_empty) {
+                let applied = serde_yaml::from_slice::<Value>(body)
+                    .map_err(|e| errors::bad_request(format!("error decoding YAML: {e}")))?;
+                if applied
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                    || applied
+                        .get("kind")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                {
                     return Err(errors::bad_request("invalid object type: /, Kind="));
                 }
                 let existed = store.get_obj(&srt, ns.as_deref(), &name).is_ok();
                 let applied = ingest(&rt, applied);
                 let out = store.apply(&srt, ns.as_deref(), &name, applied, manager, opts)?;
-                return Ok(json_response(if existed { 200 } else { 201 }, &present(&rt, out)));
+                return Ok(json_response(
+                    if existed { 200 } else { 201 },
+                    &present(&rt, out),
+                ));
             }
-            let patch_body: Value = serde_json::from_slice(body).map_err(|e| errors::bad_request(format!("error decoding patch: {e}")))?;
+            let patch_body: Value = serde_json::from_slice(body)
+                .map_err(|e| errors::bad_request(format!("error decoding patch: {e}")))?;
             let kind = ct.clone();
             let rt2 = rt.clone();
             let out = store.modify(&srt, ns.as_deref(), &name, opts, move |cur| {
@@ -552,35 +807,67 @@ async fn dispatch(state: &Arc<ServerState>, user: &UserInfo, rr: &mut ResReq, qu
             Ok(json_response(200, &present(&rt, out)))
         }
         "deletecollection" => {
-            let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
-            let fields = FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
+            let labels =
+                LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
+            let fields =
+                FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
             let d = delete_opts(body, query)?;
             let (items, _) = store.list_objs(&srt.key(), ns.as_deref());
             let mut deleted = Vec::new();
-            for o in items.into_iter().filter(|o| labels.matches(o) && fields.matches(o)) {
-                let o_ns = o.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string);
-                let o_name = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+            for o in items
+                .into_iter()
+                .filter(|o| labels.matches(o) && fields.matches(o))
+            {
+                let o_ns = o
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                let o_name = o
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 match store.delete_obj(&srt, o_ns.as_deref(), &o_name, d.clone()) {
                     Ok(v) => deleted.push(present(&rt, v)),
                     Err(e) if e.code == 404 => {}
                     Err(e) => return Err(e),
                 }
             }
-            Ok(json_response(200, &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": {"resourceVersion": store.current_rv().to_string()}, "items": deleted})))
+            Ok(json_response(
+                200,
+                &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": {"resourceVersion": store.current_rv().to_string()}, "items": deleted}),
+            ))
         }
         other => Err(errors::method_not_supported(&rt.qualified(), other)),
     }
 }
 
 fn delete_opts(body: &Bytes, query: &HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
-    let b: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(body).map_err(|e| errors::bad_request(format!("error decoding DeleteOptions: {e}")))? };
+    let b: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| errors::bad_request(format!("error decoding DeleteOptions: {e}")))?
+    };
     let s = |k: &str| b.get(k).and_then(Value::as_str).map(str::to_string);
     let mut d = DeleteOpts {
         propagation: s("propagationPolicy").or_else(|| query.get("propagationPolicy").cloned()),
-        uid: b.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
-        resource_version: b.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string),
-        dry_run: query.get("dryRun").is_some_and(|v| v == "All") || b.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "All")),
-        grace_period: b.get("gracePeriodSeconds").and_then(Value::as_i64).or_else(|| query.get("gracePeriodSeconds").and_then(|g| g.parse().ok())),
+        uid: b
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        resource_version: b
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        dry_run: query.get("dryRun").is_some_and(|v| v == "All")
+            || b.get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|x| x == "All")),
+        grace_period: b
+            .get("gracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .or_else(|| query.get("gracePeriodSeconds").and_then(|g| g.parse().ok())),
     };
     // The deprecated `orphanDependents: true` means propagationPolicy Orphan.
     if d.propagation.is_none() && b.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
@@ -589,27 +876,45 @@ fn delete_opts(body: &Bytes, query: &HashMap<String, String>) -> Result<DeleteOp
     if let Some(p) = &d.propagation
         && !matches!(p.as_str(), "Background" | "Foreground" | "Orphan")
     {
-        return Err(errors::bad_request(format!("propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\"")));
+        return Err(errors::bad_request(format!(
+            "propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+        )));
     }
     Ok(d)
 }
 
 /// `authorization.k8s.io/v1` SelfSubjectAccessReview: answers with the caller's own RBAC
 /// (https://kubernetes.io/docs/reference/access-authn-authz/authorization/#checking-api-access).
-fn self_subject_access_review(state: &Arc<ServerState>, user: &UserInfo, mut obj: Value) -> Result<Value, ApiError> {
+fn self_subject_access_review(
+    state: &Arc<ServerState>,
+    user: &UserInfo,
+    mut obj: Value,
+) -> Result<Value, ApiError> {
     let Some(ra) = obj.pointer("/spec/resourceAttributes").cloned() else {
         // Non-resource paths are readable by every authenticated user (system:discovery).
         obj["status"] = json!({"allowed": obj.pointer("/spec/nonResourceAttributes/verb").and_then(Value::as_str) == Some("get")});
         return Ok(obj);
     };
     let s = |k: &str| ra.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-    let attrs = Attributes { verb: s("verb"), group: s("group"), resource: s("resource"), subresource: s("subresource"), namespace: s("namespace"), name: s("name") };
+    let attrs = Attributes {
+        verb: s("verb"),
+        group: s("group"),
+        resource: s("resource"),
+        subresource: s("subresource"),
+        namespace: s("namespace"),
+        name: s("name"),
+    };
     let allowed = state.auth.authorize(user, &attrs);
-    obj["status"] = if allowed { json!({"allowed": true, "reason": "RBAC: allowed"}) } else { json!({"allowed": false}) };
+    obj["status"] = if allowed {
+        json!({"allowed": true, "reason": "RBAC: allowed"})
+    } else {
+        json!({"allowed": false})
+    };
     if let Some(m) = obj.as_object_mut() {
         m.insert("apiVersion".into(), json!("authorization.k8s.io/v1"));
         m.insert("kind".into(), json!("SelfSubjectAccessReview"));
-        m.entry("metadata").or_insert_with(|| json!({"creationTimestamp": null}));
+        m.entry("metadata")
+            .or_insert_with(|| json!({"creationTimestamp": null}));
     }
     Ok(obj)
 }
@@ -621,7 +926,11 @@ fn line(v: &Value) -> Bytes {
 }
 
 fn streaming(rx: tokio::sync::mpsc::Receiver<Bytes>, content_type: &str) -> Response<Body> {
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
     Response::builder()
         .status(200)
         .header("Content-Type", content_type)
@@ -631,35 +940,57 @@ fn streaming(rx: tokio::sync::mpsc::Receiver<Bytes>, content_type: &str) -> Resp
 }
 
 /// A watch: JSON lines of `{type, object}`.
-fn watch(state: &Arc<ServerState>, rt: &ResourceType, srt: &ResourceType, ns: Option<String>, query: &HashMap<String, String>, table: bool) -> Result<Response<Body>, ApiError> {
-    let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
-    let fields = FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
+fn watch(
+    state: &Arc<ServerState>,
+    rt: &ResourceType,
+    srt: &ResourceType,
+    ns: Option<String>,
+    query: &HashMap<String, String>,
+    table: bool,
+) -> Result<Response<Body>, ApiError> {
+    let labels =
+        LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
+    let fields =
+        FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
     let rv_param = query.get("resourceVersion").cloned().unwrap_or_default();
     let send_initial = query.get("sendInitialEvents").is_some_and(|v| v == "true");
-    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|v| v == "true");
-    let timeout = query.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(1800);
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(1800);
     let key = srt.key();
     let matches = {
         let ns = ns.clone();
         move |o: &Value| {
-            ns.as_deref().is_none_or(|n| o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(n)) && labels.matches(o) && fields.matches(o)
+            ns.as_deref()
+                .is_none_or(|n| o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(n))
+                && labels.matches(o)
+                && fields.matches(o)
         }
     };
-    let (initial, start_rv, past, mut rx): (Vec<Value>, u64, Vec<Arc<super::store::Event>>, _) = if rv_param.is_empty() || rv_param == "0" || send_initial {
-        let (items, rv, rx) = state.store.snapshot_and_watch(&key, ns.as_deref());
-        (items, rv, Vec::new(), rx)
-    } else {
-        let rv: u64 = rv_param.parse().map_err(|_| errors::bad_request(format!("invalid resource version: {rv_param}")))?;
-        match state.store.watch_from(rv) {
-            Ok((past, rx)) => (Vec::new(), rv, past, rx),
-            Err(e) => {
-                // A too old resourceVersion: HTTP 200 with one ERROR event (410 Expired).
-                let (tx, rx) = tokio::sync::mpsc::channel(1);
-                let _ = tx.try_send(line(&json!({"type": "ERROR", "object": status_body(&e, None)})));
-                return Ok(streaming(rx, "application/json"));
+    let (initial, start_rv, past, mut rx): (Vec<Value>, u64, Vec<Arc<super::store::Event>>, _) =
+        if rv_param.is_empty() || rv_param == "0" || send_initial {
+            let (items, rv, rx) = state.store.snapshot_and_watch(&key, ns.as_deref());
+            (items, rv, Vec::new(), rx)
+        } else {
+            let rv: u64 = rv_param.parse().map_err(|_| {
+                errors::bad_request(format!("invalid resource version: {rv_param}"))
+            })?;
+            match state.store.watch_from(rv) {
+                Ok((past, rx)) => (Vec::new(), rv, past, rx),
+                Err(e) => {
+                    // A too old resourceVersion: HTTP 200 with one ERROR event (410 Expired).
+                    let (tx, rx) = tokio::sync::mpsc::channel(1);
+                    let _ = tx.try_send(line(
+                        &json!({"type": "ERROR", "object": status_body(&e, None)}),
+                    ));
+                    return Ok(streaming(rx, "application/json"));
+                }
             }
-        }
-    };
+        };
     let (tx, out_rx) = tokio::sync::mpsc::channel::<Bytes>(256);
     let rt = rt.clone();
     let include = query.get("includeObject").cloned();
@@ -667,7 +998,10 @@ fn watch(state: &Arc<ServerState>, rt: &ResourceType, srt: &ResourceType, ns: Op
         let render = |kind: &str, obj: Value| -> Value {
             let obj = present(&rt, obj);
             if table {
-                let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
                 json!({"type": kind, "object": table::table(&rt, &[obj], rv.as_deref(), include.as_deref())})
             } else {
                 json!({"type": kind, "object": obj})
@@ -744,41 +1078,70 @@ fn watch(state: &Arc<ServerState>, rt: &ResourceType, srt: &ResourceType, ns: Op
 /// `pods/log`: the container's log file written by the kubelet; with `follow=true` it keeps
 /// streaming until the container has terminated and the file is drained
 /// (https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/pod-v1/#get-read-log-of-the-specified-pod).
-async fn pod_log(state: &Arc<ServerState>, ns: &str, name: &str, query: &HashMap<String, String>) -> Result<Response<Body>, ApiError> {
+async fn pod_log(
+    state: &Arc<ServerState>,
+    ns: &str,
+    name: &str,
+    query: &HashMap<String, String>,
+) -> Result<Response<Body>, ApiError> {
     let store = state.store.clone();
     let pods = ResourceKey::core("pods");
-    let pod = store.get(&pods, Some(ns), name).ok_or_else(|| errors::not_found("pods", name))?;
+    let pod = store
+        .get(&pods, Some(ns), name)
+        .ok_or_else(|| errors::not_found("pods", name))?;
     let containers: Vec<String> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
-        .map(|cs| cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string)).collect())
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let container = match query.get("container").filter(|c| !c.is_empty()) {
         Some(c) => {
             let init: Vec<String> = pod
                 .pointer("/spec/initContainers")
                 .and_then(Value::as_array)
-                .map(|cs| cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string)).collect())
+                .map(|cs| {
+                    cs.iter()
+                        .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             if !containers.contains(c) && !init.contains(c) {
-                return Err(errors::bad_request(format!("container {c} is not valid for pod {name}")));
+                return Err(errors::bad_request(format!(
+                    "container {c} is not valid for pod {name}"
+                )));
             }
             c.clone()
         }
         None if containers.len() == 1 => containers[0].clone(),
         None => {
-            return Err(errors::bad_request(format!("a container name must be specified for pod {name}, choose one of: [{}]", containers.join(" "))));
+            return Err(errors::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            )));
         }
     };
-    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
+    let uid = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let path = pod_log_path(&state.dir, ns, name, &uid, &container);
     let follow = matches!(query.get("follow").map(String::as_str), Some("true" | "1"));
     let tail: Option<usize> = query.get("tailLines").and_then(|t| t.parse().ok());
     let limit_bytes: Option<usize> = query.get("limitBytes").and_then(|t| t.parse().ok());
     if !path.exists() {
-        let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending");
+        let phase = pod
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("Pending");
         if phase == "Pending" {
-            return Err(errors::bad_request(format!("container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating")));
+            return Err(errors::bad_request(format!(
+                "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
+            )));
         }
     }
     let read_all = |p: &std::path::Path| std::fs::read(p).unwrap_or_default();
@@ -794,20 +1157,33 @@ async fn pod_log(state: &Arc<ServerState>, ns: &str, name: &str, query: &HashMap
         data.truncate(l);
     }
     if !follow {
-        return Ok(Response::builder().status(200).header("Content-Type", "text/plain").body(full(data)).expect("response"));
+        return Ok(Response::builder()
+            .status(200)
+            .header("Content-Type", "text/plain")
+            .body(full(data))
+            .expect("response"));
     }
     let (ns_o, name_o) = (ns.to_string(), name.to_string());
     let terminated = move |store: &Store| -> bool {
         match store.get(&pods, Some(ns_o.as_str()), &name_o) {
             None => true,
-            Some(p) if p.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid.as_str()) => true,
+            Some(p) if p.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid.as_str()) => {
+                true
+            }
             Some(p) => {
-                if matches!(p.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed")) {
+                if matches!(
+                    p.pointer("/status/phase").and_then(Value::as_str),
+                    Some("Succeeded" | "Failed")
+                ) {
                     return true;
                 }
                 p.pointer("/status/containerStatuses")
                     .and_then(Value::as_array)
-                    .and_then(|cs| cs.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(container.as_str())))
+                    .and_then(|cs| {
+                        cs.iter().find(|c| {
+                            c.get("name").and_then(Value::as_str) == Some(container.as_str())
+                        })
+                    })
                     .is_some_and(|c| c.pointer("/state/terminated").is_some())
             }
         }

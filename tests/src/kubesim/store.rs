@@ -89,12 +89,19 @@ pub struct WriteOpts {
     pub part: Part,
     /// The write came through HTTP (admission rules that only API clients meet apply).
     pub http: bool,
+    /// `fieldValidation=Strict`: unknown fields of custom resources are rejected.
+    pub strict: bool,
 }
 
 impl WriteOpts {
     /// A write of the main resource.
     pub fn main() -> Self {
-        Self { dry_run: false, part: Part::Main, http: false }
+        Self {
+            dry_run: false,
+            part: Part::Main,
+            http: false,
+            strict: false,
+        }
     }
 }
 
@@ -138,11 +145,21 @@ fn now() -> String {
 fn new_uid() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
-    format!("{}-{}-4{}-{}{}-{}", &h[0..8], &h[8..12], &h[13..16], ["8", "9", "a", "b"][(b[8] & 3) as usize], &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-{}{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        ["8", "9", "a", "b"][(b[8] & 3) as usize],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str)
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
 }
 
 fn meta_mut(obj: &mut Value) -> &mut serde_json::Map<String, Value> {
@@ -153,13 +170,19 @@ fn meta_mut(obj: &mut Value) -> &mut serde_json::Map<String, Value> {
     if !o.get("metadata").is_some_and(Value::is_object) {
         o.insert("metadata".into(), json!({}));
     }
-    o.get_mut("metadata").and_then(Value::as_object_mut).expect("metadata object")
+    o.get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .expect("metadata object")
 }
 
 fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -168,11 +191,17 @@ fn finalizers(obj: &Value) -> Vec<String> {
 fn ready_to_go(obj: &Value) -> bool {
     obj.pointer("/metadata/deletionTimestamp").is_some()
         && finalizers(obj).is_empty()
-        && obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) == 0
+        && obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            == 0
 }
 
 fn rv_of(obj: &Value) -> u64 {
-    meta_str(obj, "resourceVersion").and_then(|s| s.parse().ok()).unwrap_or(0)
+    meta_str(obj, "resourceVersion")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// DNS-1123 subdomain (`metadata.name` of most kinds).
@@ -181,7 +210,8 @@ fn valid_subdomain(n: &str) -> bool {
         && n.len() <= 253
         && n.split('.').all(|l| {
             !l.is_empty()
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -196,7 +226,9 @@ fn name_error(rt: &ResourceType, name: &str) -> Option<String> {
     if rt.group == "rbac.authorization.k8s.io" {
         // Path segment names: `ValidatePathSegmentName`.
         if name == "." || name == ".." || name.contains('/') || name.contains('%') {
-            return Some(format!("Invalid value: \"{name}\": may not contain '/' or '%'"));
+            return Some(format!(
+                "Invalid value: \"{name}\": may not contain '/' or '%'"
+            ));
         }
         return None;
     }
@@ -244,7 +276,13 @@ impl State {
     }
 
     fn emit(&mut self, kind: &'static str, key: &ResourceKey, object: &Value, old: Option<Value>) {
-        let ev = Arc::new(Event { rv: rv_of(object), kind, key: key.clone(), object: object.clone(), old });
+        let ev = Arc::new(Event {
+            rv: rv_of(object),
+            kind,
+            key: key.clone(),
+            object: object.clone(),
+            old,
+        });
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_limit {
             if let Some(e) = self.history.pop_front() {
@@ -252,7 +290,11 @@ impl State {
             }
         }
         let _ = self.events.send(ev);
-        let _ = self.changes.send(Change { kind, resource: key.clone(), object: object.clone() });
+        let _ = self.changes.send(Change {
+            kind,
+            resource: key.clone(),
+            object: object.clone(),
+        });
     }
 
     fn bucket(&mut self, key: &ResourceKey) -> &mut BTreeMap<(String, String), Value> {
@@ -260,7 +302,9 @@ impl State {
     }
 
     fn get(&self, key: &ResourceKey, ns: &str, name: &str) -> Option<&Value> {
-        self.objects.get(key).and_then(|b| b.get(&(ns.to_string(), name.to_string())))
+        self.objects
+            .get(key)
+            .and_then(|b| b.get(&(ns.to_string(), name.to_string())))
     }
 }
 
@@ -299,7 +343,9 @@ impl Store {
 
     /// The type served at `group/version/plural`.
     pub fn find_type(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
-        self.types().into_iter().find(|t| t.group == group && t.version == version && t.plural == plural)
+        self.types()
+            .into_iter()
+            .find(|t| t.group == group && t.version == version && t.plural == plural)
     }
 
     /// The type of a storage key (the first served version).
@@ -309,7 +355,11 @@ impl Store {
     }
 
     fn type_in(builtins: &[ResourceType], st: &State, key: &ResourceKey) -> Option<ResourceType> {
-        builtins.iter().chain(st.crd_types.iter()).find(|t| t.group == key.group && t.plural == key.resource).cloned()
+        builtins
+            .iter()
+            .chain(st.crd_types.iter())
+            .find(|t| t.group == key.group && t.plural == key.resource)
+            .cloned()
     }
 
     /// The current resourceVersion.
@@ -318,9 +368,16 @@ impl Store {
     }
 
     /// One object, or 404.
-    pub fn get_obj(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub fn get_obj(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         let st = self.lock();
-        st.get(&rt.key(), ns.unwrap_or(""), name).cloned().ok_or_else(|| errors::not_found(&rt.qualified(), name))
+        st.get(&rt.key(), ns.unwrap_or(""), name)
+            .cloned()
+            .ok_or_else(|| errors::not_found(&rt.qualified(), name))
     }
 
     /// All objects of a kind in a namespace or everywhere, and the list's resourceVersion.
@@ -329,7 +386,12 @@ impl Store {
         let items = st
             .objects
             .get(key)
-            .map(|b| b.iter().filter(|((n, _), _)| ns.is_none_or(|want| want == n)).map(|(_, v)| v.clone()).collect())
+            .map(|b| {
+                b.iter()
+                    .filter(|((n, _), _)| ns.is_none_or(|want| want == n))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         (items, st.rv)
     }
@@ -347,18 +409,33 @@ impl Store {
     }
 
     /// The current objects of a kind and a receiver for the changes after them, atomically.
-    pub fn snapshot_and_watch(&self, key: &ResourceKey, ns: Option<&str>) -> (Vec<Value>, u64, broadcast::Receiver<Arc<Event>>) {
+    pub fn snapshot_and_watch(
+        &self,
+        key: &ResourceKey,
+        ns: Option<&str>,
+    ) -> (Vec<Value>, u64, broadcast::Receiver<Arc<Event>>) {
         let st = self.lock();
         let items = st
             .objects
             .get(key)
-            .map(|b| b.iter().filter(|((n, _), _)| ns.is_none_or(|want| want == n)).map(|(_, v)| v.clone()).collect())
+            .map(|b| {
+                b.iter()
+                    .filter(|((n, _), _)| ns.is_none_or(|want| want == n))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         (items, st.rv, st.events.subscribe())
     }
 
     /// Creates an object of type `rt` in namespace `ns`.
-    pub fn create_obj(&self, rt: &ResourceType, ns: Option<&str>, obj: Value, opts: WriteOpts) -> Result<Value, ApiError> {
+    pub fn create_obj(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        obj: Value,
+        opts: WriteOpts,
+    ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let out = self.create_locked(&mut st, rt, ns, obj, opts)?;
         if !opts.dry_run {
@@ -367,31 +444,57 @@ impl Store {
         Ok(out)
     }
 
-    fn create_locked(&self, st: &mut State, rt: &ResourceType, ns: Option<&str>, mut obj: Value, opts: WriteOpts) -> Result<Value, ApiError> {
+    fn create_locked(
+        &self,
+        st: &mut State,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        mut obj: Value,
+        opts: WriteOpts,
+    ) -> Result<Value, ApiError> {
         if !obj.is_object() {
-            return Err(errors::bad_request("the body of the request must be a JSON object"));
+            return Err(errors::bad_request(
+                "the body of the request must be a JSON object",
+            ));
         }
         let gk = group_kind(&rt.group, &rt.kind);
-        let ns = if rt.namespaced { ns.or(meta_str(&obj, "namespace")).unwrap_or("default").to_string() } else { String::new() };
+        let ns = if rt.namespaced {
+            ns.or(meta_str(&obj, "namespace"))
+                .unwrap_or("default")
+                .to_string()
+        } else {
+            String::new()
+        };
         if rt.namespaced
             && let Some(body_ns) = meta_str(&obj, "namespace")
             && body_ns != ns
         {
-            return Err(errors::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            return Err(errors::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
         if meta_str(&obj, "resourceVersion").is_some_and(|s| !s.is_empty()) {
-            return Err(errors::internal("resourceVersion should not be set on objects to be created"));
+            return Err(errors::internal(
+                "resourceVersion should not be set on objects to be created",
+            ));
         }
         // Name or generateName.
         let mut name = meta_str(&obj, "name").unwrap_or("").to_string();
         if name.is_empty() {
             let Some(prefix) = meta_str(&obj, "generateName").filter(|p| !p.is_empty()) else {
-                return Err(errors::invalid1(&gk, "", "metadata.name", "Required value: name or generateName is required"));
+                return Err(errors::invalid1(
+                    &gk,
+                    "",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                ));
             };
             // `names.SimpleNameGenerator`: five random characters from a consonant/digit alphabet.
             const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
             loop {
-                let suffix: String = (0..5).map(|_| ALPHA[rand::random_range(0..ALPHA.len())] as char).collect();
+                let suffix: String = (0..5)
+                    .map(|_| ALPHA[rand::random_range(0..ALPHA.len())] as char)
+                    .collect();
                 let candidate = format!("{prefix}{suffix}");
                 if st.get(&rt.key(), &ns, &candidate).is_none() {
                     name = candidate;
@@ -458,16 +561,37 @@ impl Store {
 
     /// Defaulting, admission and validation of a new state of an object (`old` is `None` on
     /// create).
-    fn admit(&self, st: &State, rt: &ResourceType, old: Option<&Value>, obj: &mut Value, opts: WriteOpts) -> Result<(), ApiError> {
+    fn admit(
+        &self,
+        st: &State,
+        rt: &ResourceType,
+        old: Option<&Value>,
+        obj: &mut Value,
+        opts: WriteOpts,
+    ) -> Result<(), ApiError> {
         let gk = group_kind(&rt.group, &rt.kind);
         let name = meta_str(obj, "name").unwrap_or("").to_string();
         let ns = meta_str(obj, "namespace").unwrap_or("").to_string();
         if let Some(crd) = &rt.crd
             && let Some(schema) = &crd.schema
         {
-            let errs = schema::default_prune_validate(schema, obj);
+            let (errs, pruned) = schema::default_prune_validate(schema, obj);
             if !errs.is_empty() {
                 return Err(errors::invalid(&gk, &name, &errs));
+            }
+            // `fieldValidation=Strict` (kubectl's default): unknown fields are an error
+            // ("Field validation", https://kubernetes.io/docs/reference/using-api/api-concepts/#field-validation).
+            if opts.strict && !pruned.is_empty() {
+                let list: Vec<String> = pruned
+                    .iter()
+                    .map(|p| format!("unknown field \"{p}\""))
+                    .collect();
+                return Err(errors::bad_request(format!(
+                    "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {}",
+                    list.join(", "),
+                    kind = rt.kind,
+                    v = rt.version
+                )));
             }
         }
         match (rt.group.as_str(), rt.plural.as_str()) {
@@ -478,27 +602,54 @@ impl Store {
                 let m = meta_mut(obj);
                 let labels = m.entry("labels").or_insert_with(|| json!({}));
                 if let Some(l) = labels.as_object_mut() {
-                    l.insert("kubernetes.io/metadata.name".into(), Value::String(name.clone()));
+                    l.insert(
+                        "kubernetes.io/metadata.name".into(),
+                        Value::String(name.clone()),
+                    );
                 }
             }
             ("", "persistentvolumeclaims") => {
                 let spec = obj.get("spec").cloned().unwrap_or(json!({}));
                 if old.is_none() {
                     if spec.pointer("/resources/requests/storage").is_none() {
-                        return Err(errors::invalid1(&gk, &name, "spec.resources[storage]", "Required value"));
+                        return Err(errors::invalid1(
+                            &gk,
+                            &name,
+                            "spec.resources[storage]",
+                            "Required value",
+                        ));
                     }
-                    if spec.get("accessModes").and_then(Value::as_array).is_none_or(|a| a.is_empty()) {
-                        return Err(errors::invalid1(&gk, &name, "spec.accessModes", "Required value: at least 1 access mode is required"));
+                    if spec
+                        .get("accessModes")
+                        .and_then(Value::as_array)
+                        .is_none_or(|a| a.is_empty())
+                    {
+                        return Err(errors::invalid1(
+                            &gk,
+                            &name,
+                            "spec.accessModes",
+                            "Required value: at least 1 access mode is required",
+                        ));
                     }
                     let mut spec = spec;
-                    let s = spec.as_object_mut().ok_or_else(|| errors::bad_request("spec must be an object"))?;
+                    let s = spec
+                        .as_object_mut()
+                        .ok_or_else(|| errors::bad_request("spec must be an object"))?;
                     s.entry("volumeMode").or_insert_with(|| json!("Filesystem"));
                     // NormalizeDataSources (AnyVolumeDataSource, GA in 1.33).
-                    match (s.get("dataSource").cloned(), s.get("dataSourceRef").cloned()) {
+                    match (
+                        s.get("dataSource").cloned(),
+                        s.get("dataSourceRef").cloned(),
+                    ) {
                         (Some(ds), None) if !ds.is_null() => {
                             s.insert("dataSourceRef".into(), ds);
                         }
-                        (None, Some(r)) if !r.is_null() && r.get("namespace").and_then(Value::as_str).is_none_or(str::is_empty) => {
+                        (None, Some(r))
+                            if !r.is_null()
+                                && r.get("namespace")
+                                    .and_then(Value::as_str)
+                                    .is_none_or(str::is_empty) =>
+                        {
                             let mut ds = r.clone();
                             if let Some(m) = ds.as_object_mut() {
                                 m.remove("namespace");
@@ -508,7 +659,10 @@ impl Store {
                         _ => {}
                     }
                     if let Some(ds) = s.get("dataSource")
-                        && ds.get("apiGroup").and_then(Value::as_str).is_none_or(str::is_empty)
+                        && ds
+                            .get("apiGroup")
+                            .and_then(Value::as_str)
+                            .is_none_or(str::is_empty)
                         && ds.get("kind").and_then(Value::as_str) != Some("PersistentVolumeClaim")
                     {
                         return Err(errors::invalid1(
@@ -521,8 +675,12 @@ impl Store {
                             ),
                         ));
                     }
-                    obj.as_object_mut().expect("object").insert("spec".into(), spec);
-                    obj.as_object_mut().expect("object").insert("status".into(), json!({"phase": "Pending"}));
+                    obj.as_object_mut()
+                        .expect("object")
+                        .insert("spec".into(), spec);
+                    obj.as_object_mut()
+                        .expect("object")
+                        .insert("status".into(), json!({"phase": "Pending"}));
                 } else if let Some(old) = old {
                     // Spec is immutable except resources.requests, volumeAttributesClassName,
                     // and volumeName while it is still empty.
@@ -539,9 +697,17 @@ impl Store {
                         }
                         v
                     };
-                    let old_vol_empty = old.pointer("/spec/volumeName").and_then(Value::as_str).is_none_or(str::is_empty);
+                    let old_vol_empty = old
+                        .pointer("/spec/volumeName")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty);
                     if strip(old, old_vol_empty) != strip(obj, old_vol_empty) {
-                        return Err(errors::invalid1(&gk, &name, "spec", "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"));
+                        return Err(errors::invalid1(
+                            &gk,
+                            &name,
+                            "spec",
+                            "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
+                        ));
                     }
                 }
             }
@@ -550,30 +716,62 @@ impl Store {
                 let Some(spec) = spec else {
                     return Err(errors::invalid1(&gk, &name, "spec", "Required value"));
                 };
-                spec.entry("volumeMode").or_insert_with(|| json!("Filesystem"));
-                spec.entry("persistentVolumeReclaimPolicy").or_insert_with(|| json!("Retain"));
-                obj.as_object_mut().expect("object").insert("status".into(), json!({"phase": "Pending"}));
+                spec.entry("volumeMode")
+                    .or_insert_with(|| json!("Filesystem"));
+                spec.entry("persistentVolumeReclaimPolicy")
+                    .or_insert_with(|| json!("Retain"));
+                obj.as_object_mut()
+                    .expect("object")
+                    .insert("status".into(), json!({"phase": "Pending"}));
             }
             ("", "pods") => {
                 if old.is_none() {
                     let spec = obj.get_mut("spec").and_then(Value::as_object_mut);
                     let Some(spec) = spec else {
-                        return Err(errors::invalid1(&gk, &name, "spec.containers", "Required value"));
+                        return Err(errors::invalid1(
+                            &gk,
+                            &name,
+                            "spec.containers",
+                            "Required value",
+                        ));
                     };
-                    if spec.get("containers").and_then(Value::as_array).is_none_or(|a| a.is_empty()) {
-                        return Err(errors::invalid1(&gk, &name, "spec.containers", "Required value"));
+                    if spec
+                        .get("containers")
+                        .and_then(Value::as_array)
+                        .is_none_or(|a| a.is_empty())
+                    {
+                        return Err(errors::invalid1(
+                            &gk,
+                            &name,
+                            "spec.containers",
+                            "Required value",
+                        ));
                     }
-                    spec.entry("restartPolicy").or_insert_with(|| json!("Always"));
-                    spec.entry("schedulerName").or_insert_with(|| json!("default-scheduler"));
-                    spec.entry("terminationGracePeriodSeconds").or_insert_with(|| json!(30));
-                    let sa = spec.entry("serviceAccountName").or_insert_with(|| json!("default")).as_str().unwrap_or("default").to_string();
+                    spec.entry("restartPolicy")
+                        .or_insert_with(|| json!("Always"));
+                    spec.entry("schedulerName")
+                        .or_insert_with(|| json!("default-scheduler"));
+                    spec.entry("terminationGracePeriodSeconds")
+                        .or_insert_with(|| json!(30));
+                    let sa = spec
+                        .entry("serviceAccountName")
+                        .or_insert_with(|| json!("default"))
+                        .as_str()
+                        .unwrap_or("default")
+                        .to_string();
                     spec.insert("serviceAccount".into(), Value::String(sa.clone()));
-                    if st.get(&ResourceKey::core("serviceaccounts"), &ns, &sa).is_none() {
+                    if st
+                        .get(&ResourceKey::core("serviceaccounts"), &ns, &sa)
+                        .is_none()
+                    {
                         return Err(errors::forbidden(format!(
                             "pods \"{name}\" is forbidden: error looking up service account {ns}/{sa}: serviceaccount \"{sa}\" not found"
                         )));
                     }
-                    obj.as_object_mut().expect("object").insert("status".into(), json!({"phase": "Pending", "qosClass": "BestEffort"}));
+                    obj.as_object_mut().expect("object").insert(
+                        "status".into(),
+                        json!({"phase": "Pending", "qosClass": "BestEffort"}),
+                    );
                 } else if let Some(old) = old
                     && opts.http
                 {
@@ -608,16 +806,36 @@ impl Store {
             }
             ("storage.k8s.io", "storageclasses") => {
                 if old.is_none() {
-                    if obj.get("provisioner").and_then(Value::as_str).is_none_or(str::is_empty) {
-                        return Err(errors::invalid1(&gk, &name, "provisioner", "Required value"));
+                    if obj
+                        .get("provisioner")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                    {
+                        return Err(errors::invalid1(
+                            &gk,
+                            &name,
+                            "provisioner",
+                            "Required value",
+                        ));
                     }
                     let o = obj.as_object_mut().expect("object");
                     o.entry("reclaimPolicy").or_insert_with(|| json!("Delete"));
-                    o.entry("volumeBindingMode").or_insert_with(|| json!("Immediate"));
+                    o.entry("volumeBindingMode")
+                        .or_insert_with(|| json!("Immediate"));
                 } else if let Some(old) = old {
-                    for f in ["provisioner", "parameters", "reclaimPolicy", "volumeBindingMode"] {
+                    for f in [
+                        "provisioner",
+                        "parameters",
+                        "reclaimPolicy",
+                        "volumeBindingMode",
+                    ] {
                         if old.get(f) != obj.get(f) {
-                            return Err(errors::invalid1(&gk, &name, f, "Forbidden: updates to provisioner are forbidden."));
+                            return Err(errors::invalid1(
+                                &gk,
+                                &name,
+                                f,
+                                "Forbidden: updates to provisioner are forbidden.",
+                            ));
                         }
                     }
                 }
@@ -625,11 +843,17 @@ impl Store {
             ("apps", "deployments") if old.is_none() => {
                 if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
                     spec.entry("replicas").or_insert_with(|| json!(1));
-                    spec.entry("revisionHistoryLimit").or_insert_with(|| json!(10));
+                    spec.entry("revisionHistoryLimit")
+                        .or_insert_with(|| json!(10));
                     spec.entry("strategy").or_insert_with(|| json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
                 }
                 if obj.pointer("/spec/selector").is_none() {
-                    return Err(errors::invalid1(&gk, &name, "spec.selector", "Required value"));
+                    return Err(errors::invalid1(
+                        &gk,
+                        &name,
+                        "spec.selector",
+                        "Required value",
+                    ));
                 }
             }
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
@@ -659,12 +883,30 @@ impl Store {
     }
 
     fn refresh_crds(st: &mut State) {
-        let crds: Vec<Value> = st.objects.get(&ResourceKey::new("apiextensions.k8s.io", "customresourcedefinitions")).map(|b| b.values().cloned().collect()).unwrap_or_default();
-        st.crd_types = crds.iter().filter_map(|c| registry::types_of_crd(c).ok()).flatten().collect();
+        let crds: Vec<Value> = st
+            .objects
+            .get(&ResourceKey::new(
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+            ))
+            .map(|b| b.values().cloned().collect())
+            .unwrap_or_default();
+        st.crd_types = crds
+            .iter()
+            .filter_map(|c| registry::types_of_crd(c).ok())
+            .flatten()
+            .collect();
     }
 
     /// Replaces an object (PUT), or writes its status (`part == Status`).
-    pub fn update_obj(&self, rt: &ResourceType, ns: Option<&str>, name: &str, obj: Value, opts: WriteOpts) -> Result<Value, ApiError> {
+    pub fn update_obj(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        obj: Value,
+        opts: WriteOpts,
+    ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let out = self.update_locked(&mut st, rt, ns, name, obj, opts)?;
         if !opts.dry_run {
@@ -685,7 +927,10 @@ impl Store {
         f: impl FnOnce(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
         let mut st = self.lock();
-        let cur = st.get(&rt.key(), ns.unwrap_or(""), name).cloned().ok_or_else(|| errors::not_found(&rt.qualified(), name))?;
+        let cur = st
+            .get(&rt.key(), ns.unwrap_or(""), name)
+            .cloned()
+            .ok_or_else(|| errors::not_found(&rt.qualified(), name))?;
         let mut new = f(&cur)?;
         let cur_rv = meta_str(&cur, "resourceVersion").unwrap_or("").to_string();
         // A patch may carry its own resourceVersion precondition; otherwise the current one.
@@ -701,7 +946,15 @@ impl Store {
 
     /// Server-side apply (see `patch::apply` for the simplification). Creates the object when
     /// missing.
-    pub fn apply(&self, rt: &ResourceType, ns: Option<&str>, name: &str, applied: Value, manager: &str, opts: WriteOpts) -> Result<Value, ApiError> {
+    pub fn apply(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        applied: Value,
+        manager: &str,
+        opts: WriteOpts,
+    ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let cur = st.get(&rt.key(), ns.unwrap_or(""), name).cloned();
         let out = match cur {
@@ -722,11 +975,18 @@ impl Store {
                 let uid = meta_str(&cur, "uid").unwrap_or("").to_string();
                 let prev = st.applied.get(&(uid.clone(), manager.to_string())).cloned();
                 let mut applied_body = applied.clone();
-                if let Some(m) = applied_body.get_mut("metadata").and_then(Value::as_object_mut) {
+                if let Some(m) = applied_body
+                    .get_mut("metadata")
+                    .and_then(Value::as_object_mut)
+                {
                     m.remove("resourceVersion");
                 }
-                let mut new = patch::apply(&cur, &applied_body, prev.as_ref()).map_err(errors::bad_request)?;
-                meta_mut(&mut new).insert("resourceVersion".into(), cur["metadata"]["resourceVersion"].clone());
+                let mut new = patch::apply(&cur, &applied_body, prev.as_ref())
+                    .map_err(errors::bad_request)?;
+                meta_mut(&mut new).insert(
+                    "resourceVersion".into(),
+                    cur["metadata"]["resourceVersion"].clone(),
+                );
                 let out = self.update_locked(&mut st, rt, ns, name, new, opts)?;
                 if !opts.dry_run {
                     st.applied.insert((uid, manager.into()), applied);
@@ -740,24 +1000,45 @@ impl Store {
         Ok(out)
     }
 
-    fn update_locked(&self, st: &mut State, rt: &ResourceType, ns: Option<&str>, name: &str, mut obj: Value, opts: WriteOpts) -> Result<Value, ApiError> {
+    fn update_locked(
+        &self,
+        st: &mut State,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        opts: WriteOpts,
+    ) -> Result<Value, ApiError> {
         if !obj.is_object() {
-            return Err(errors::bad_request("the body of the request must be a JSON object"));
+            return Err(errors::bad_request(
+                "the body of the request must be a JSON object",
+            ));
         }
-        let ns = if rt.namespaced { ns.unwrap_or("").to_string() } else { String::new() };
+        let ns = if rt.namespaced {
+            ns.unwrap_or("").to_string()
+        } else {
+            String::new()
+        };
         if let Some(n) = meta_str(&obj, "name")
             && n != name
         {
-            return Err(errors::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
+            return Err(errors::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
         }
         if rt.namespaced
             && let Some(n) = meta_str(&obj, "namespace")
             && n != ns
         {
-            return Err(errors::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            return Err(errors::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
         let key = rt.key();
-        let old = st.get(&key, &ns, name).cloned().ok_or_else(|| errors::not_found(&rt.qualified(), name))?;
+        let old = st
+            .get(&key, &ns, name)
+            .cloned()
+            .ok_or_else(|| errors::not_found(&rt.qualified(), name))?;
         let want_rv = meta_str(&obj, "resourceVersion").unwrap_or("").to_string();
         if !want_rv.is_empty() && want_rv != meta_str(&old, "resourceVersion").unwrap_or("") {
             return Err(errors::conflict_modified(&rt.qualified(), name));
@@ -768,7 +1049,9 @@ impl Store {
                 let mut n = old.clone();
                 match obj.get("status") {
                     Some(s) => {
-                        n.as_object_mut().expect("object").insert("status".into(), s.clone());
+                        n.as_object_mut()
+                            .expect("object")
+                            .insert("status".into(), s.clone());
                     }
                     None => {
                         n.as_object_mut().expect("object").remove("status");
@@ -787,7 +1070,15 @@ impl Store {
                 // Metadata the client cannot change.
                 let old_meta = old.get("metadata").cloned().unwrap_or(json!({}));
                 let m = meta_mut(&mut obj);
-                for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+                for f in [
+                    "uid",
+                    "creationTimestamp",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "generation",
+                    "namespace",
+                    "name",
+                ] {
                     match old_meta.get(f) {
                         Some(v) => m.insert(f.into(), v.clone()),
                         None => m.remove(f),
@@ -805,14 +1096,22 @@ impl Store {
         if old.pointer("/metadata/deletionTimestamp").is_some() {
             let before = finalizers(&old);
             if finalizers(&new).iter().any(|f| !before.contains(f)) {
-                return Err(errors::invalid1(&gk, name, "metadata.finalizers", "Forbidden: no new finalizers can be added if the object is being deleted"));
+                return Err(errors::invalid1(
+                    &gk,
+                    name,
+                    "metadata.finalizers",
+                    "Forbidden: no new finalizers can be added if the object is being deleted",
+                ));
             }
         }
         if opts.part != Part::Status {
             self.admit(st, rt, Some(&old), &mut new, opts)?;
         }
         if spec_part(&old, rt) != spec_part(&new, rt) {
-            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let g = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             meta_mut(&mut new).insert("generation".into(), json!(g + 1));
         }
         if without_rv(&new) == without_rv(&old) {
@@ -823,7 +1122,8 @@ impl Store {
         }
         let rv = st.bump();
         meta_mut(&mut new).insert("resourceVersion".into(), Value::String(rv.to_string()));
-        st.bucket(&key).insert((ns.clone(), name.to_string()), new.clone());
+        st.bucket(&key)
+            .insert((ns.clone(), name.to_string()), new.clone());
         st.emit("MODIFIED", &key, &new, Some(old));
         if ready_to_go(&new) {
             Self::remove(st, &key, &ns, name);
@@ -849,17 +1149,29 @@ impl Store {
     }
 
     /// Deletes an object (DELETE).
-    pub fn delete_obj(&self, rt: &ResourceType, ns: Option<&str>, name: &str, opts: DeleteOpts) -> Result<Value, ApiError> {
+    pub fn delete_obj(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        opts: DeleteOpts,
+    ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let ns = if rt.namespaced { ns.unwrap_or("") } else { "" };
-        let cur = st.get(&rt.key(), ns, name).cloned().ok_or_else(|| errors::not_found(&rt.qualified(), name))?;
+        let cur = st
+            .get(&rt.key(), ns, name)
+            .cloned()
+            .ok_or_else(|| errors::not_found(&rt.qualified(), name))?;
         if let Some(uid) = &opts.uid
             && Some(uid.as_str()) != meta_str(&cur, "uid")
         {
             return Err(errors::conflict(
                 &rt.qualified(),
                 name,
-                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&cur, "uid").unwrap_or("")),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&cur, "uid").unwrap_or("")
+                ),
             ));
         }
         if let Some(rv) = &opts.resource_version
@@ -877,7 +1189,14 @@ impl Store {
         if opts.dry_run {
             return Ok(cur);
         }
-        let out = Self::delete_locked(&mut st, &rt.key(), ns, name, opts.propagation.as_deref(), opts.grace_period);
+        let out = Self::delete_locked(
+            &mut st,
+            &rt.key(),
+            ns,
+            name,
+            opts.propagation.as_deref(),
+            opts.grace_period,
+        );
         self.housekeeping(&mut st);
         Ok(out.unwrap_or(cur))
     }
@@ -889,24 +1208,45 @@ impl Store {
     /// deletionTimestamp and deletionGracePeriodSeconds; the kubelet stops its containers and
     /// then deletes it for good (a second delete, or `gracePeriodSeconds=0`). Unscheduled or
     /// terminal pods go at once.
-    fn delete_locked(st: &mut State, key: &ResourceKey, ns: &str, name: &str, propagation: Option<&str>, grace: Option<i64>) -> Option<Value> {
+    fn delete_locked(
+        st: &mut State,
+        key: &ResourceKey,
+        ns: &str,
+        name: &str,
+        propagation: Option<&str>,
+        grace: Option<i64>,
+    ) -> Option<Value> {
         let mut obj = st.get(key, ns, name).cloned()?;
         let is_pod = key.group.is_empty() && key.resource == "pods";
         let graceful_pod = is_pod
             && grace != Some(0)
             && obj.pointer("/metadata/deletionTimestamp").is_none()
-            && obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty())
-            && !matches!(obj.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+            && obj
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty())
+            && !matches!(
+                obj.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            );
         if is_pod && grace != Some(0) && obj.pointer("/metadata/deletionTimestamp").is_some() {
             return Some(obj);
         }
         if graceful_pod {
-            let secs = grace.or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64)).unwrap_or(30);
+            let secs = grace
+                .or_else(|| {
+                    obj.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                })
+                .unwrap_or(30);
             let old = obj.clone();
             let at = chrono::Utc::now() + chrono::Duration::seconds(secs);
             {
                 let m = meta_mut(&mut obj);
-                m.insert("deletionTimestamp".into(), Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+                m.insert(
+                    "deletionTimestamp".into(),
+                    Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                );
                 m.insert("deletionGracePeriodSeconds".into(), json!(secs));
                 if let Some(f) = match propagation {
                     Some("Foreground") => Some("foregroundDeletion"),
@@ -921,12 +1261,14 @@ impl Store {
             }
             let rv = st.bump();
             meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
-            st.bucket(key).insert((ns.to_string(), name.to_string()), obj.clone());
+            st.bucket(key)
+                .insert((ns.to_string(), name.to_string()), obj.clone());
             st.emit("MODIFIED", key, &obj, Some(old));
             return Some(obj);
         }
         let is_ns = key.group.is_empty() && key.resource == "namespaces";
-        let is_crd = key.group == "apiextensions.k8s.io" && key.resource == "customresourcedefinitions";
+        let is_crd =
+            key.group == "apiextensions.k8s.io" && key.resource == "customresourcedefinitions";
         let mut fins = finalizers(&obj);
         let marked = obj.pointer("/metadata/deletionTimestamp").is_some();
         let extra = match propagation {
@@ -953,7 +1295,8 @@ impl Store {
         {
             let m = meta_mut(&mut obj);
             m.insert("finalizers".into(), json!(fins));
-            m.entry("deletionTimestamp").or_insert_with(|| Value::String(now()));
+            m.entry("deletionTimestamp")
+                .or_insert_with(|| Value::String(now()));
             m.entry("deletionGracePeriodSeconds").or_insert(json!(0));
         }
         if is_ns && let Some(o) = obj.as_object_mut() {
@@ -961,18 +1304,22 @@ impl Store {
         }
         let rv = st.bump();
         meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
-        st.bucket(key).insert((ns.to_string(), name.to_string()), obj.clone());
+        st.bucket(key)
+            .insert((ns.to_string(), name.to_string()), obj.clone());
         st.emit("MODIFIED", key, &obj, Some(old));
         Some(obj)
     }
 
     fn set_finalizers(st: &mut State, key: &ResourceKey, ns: &str, name: &str, fins: Vec<String>) {
-        let Some(mut obj) = st.get(key, ns, name).cloned() else { return };
+        let Some(mut obj) = st.get(key, ns, name).cloned() else {
+            return;
+        };
         let old = obj.clone();
         meta_mut(&mut obj).insert("finalizers".into(), json!(fins));
         let rv = st.bump();
         meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
-        st.bucket(key).insert((ns.to_string(), name.to_string()), obj.clone());
+        st.bucket(key)
+            .insert((ns.to_string(), name.to_string()), obj.clone());
         st.emit("MODIFIED", key, &obj, Some(old));
         if ready_to_go(&obj) {
             Self::remove(st, key, ns, name);
@@ -985,10 +1332,23 @@ impl Store {
         for _round in 0..50 {
             let mut changed = false;
             let ns_key = ResourceKey::core("namespaces");
-            let namespaces: Vec<Value> = st.objects.get(&ns_key).map(|b| b.values().cloned().collect()).unwrap_or_default();
+            let namespaces: Vec<Value> = st
+                .objects
+                .get(&ns_key)
+                .map(|b| b.values().cloned().collect())
+                .unwrap_or_default();
             let namespaced_keys: Vec<ResourceKey> = {
-                let types: Vec<ResourceType> = self.builtins.iter().chain(st.crd_types.iter()).cloned().collect();
-                let mut keys: Vec<ResourceKey> = types.iter().filter(|t| t.namespaced).map(ResourceType::key).collect();
+                let types: Vec<ResourceType> = self
+                    .builtins
+                    .iter()
+                    .chain(st.crd_types.iter())
+                    .cloned()
+                    .collect();
+                let mut keys: Vec<ResourceKey> = types
+                    .iter()
+                    .filter(|t| t.namespaced)
+                    .map(ResourceType::key)
+                    .collect();
                 keys.sort();
                 keys.dedup();
                 keys
@@ -1004,7 +1364,12 @@ impl Store {
                             .map(|b| {
                                 b.iter()
                                     .filter(|((o_ns, _), _)| *o_ns == name)
-                                    .map(|((_, o), v)| (o.clone(), v.pointer("/metadata/deletionTimestamp").is_some()))
+                                    .map(|((_, o), v)| {
+                                        (
+                                            o.clone(),
+                                            v.pointer("/metadata/deletionTimestamp").is_some(),
+                                        )
+                                    })
                                     .collect()
                             })
                             .unwrap_or_default();
@@ -1020,36 +1385,72 @@ impl Store {
                         Self::remove(st, &ns_key, "", &name);
                         changed = true;
                     }
-                } else if st.get(&ResourceKey::core("serviceaccounts"), &name, "default").is_none() {
-                    let rt = self.builtins.iter().find(|t| t.plural == "serviceaccounts").cloned().expect("builtin");
+                } else if st
+                    .get(&ResourceKey::core("serviceaccounts"), &name, "default")
+                    .is_none()
+                {
+                    let rt = self
+                        .builtins
+                        .iter()
+                        .find(|t| t.plural == "serviceaccounts")
+                        .cloned()
+                        .expect("builtin");
                     let sa = json!({"metadata": {"name": "default", "namespace": name}});
-                    if self.create_locked(st, &rt, Some(&name), sa, WriteOpts::main()).is_ok() {
+                    if self
+                        .create_locked(st, &rt, Some(&name), sa, WriteOpts::main())
+                        .is_ok()
+                    {
                         changed = true;
                     }
                 }
             }
             // CRD cleanup.
             let crd_key = ResourceKey::new("apiextensions.k8s.io", "customresourcedefinitions");
-            let crds: Vec<Value> = st.objects.get(&crd_key).map(|b| b.values().cloned().collect()).unwrap_or_default();
+            let crds: Vec<Value> = st
+                .objects
+                .get(&crd_key)
+                .map(|b| b.values().cloned().collect())
+                .unwrap_or_default();
             for c in crds {
                 if c.pointer("/metadata/deletionTimestamp").is_none() {
                     continue;
                 }
                 let fins = finalizers(&c);
-                if !fins.iter().any(|f| f == "customresourcecleanup.apiextensions.k8s.io") {
+                if !fins
+                    .iter()
+                    .any(|f| f == "customresourcecleanup.apiextensions.k8s.io")
+                {
                     continue;
                 }
-                let group = c.pointer("/spec/group").and_then(Value::as_str).unwrap_or("");
-                let plural = c.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or("");
+                let group = c
+                    .pointer("/spec/group")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let plural = c
+                    .pointer("/spec/names/plural")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let key = ResourceKey::new(group, plural);
                 let objs: Vec<((String, String), bool)> = st
                     .objects
                     .get(&key)
-                    .map(|b| b.iter().map(|(k, v)| (k.clone(), v.pointer("/metadata/deletionTimestamp").is_some())).collect())
+                    .map(|b| {
+                        b.iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.clone(),
+                                    v.pointer("/metadata/deletionTimestamp").is_some(),
+                                )
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if objs.is_empty() {
                     let name = meta_str(&c, "name").unwrap_or("").to_string();
-                    let rest: Vec<String> = fins.into_iter().filter(|f| f != "customresourcecleanup.apiextensions.k8s.io").collect();
+                    let rest: Vec<String> = fins
+                        .into_iter()
+                        .filter(|f| f != "customresourcecleanup.apiextensions.k8s.io")
+                        .collect();
                     Self::set_finalizers(st, &crd_key, "", &name, rest);
                     changed = true;
                 } else {
@@ -1072,35 +1473,67 @@ impl Store {
 
     /// One pass of the garbage collector. Returns whether anything changed.
     fn collect_garbage(&self, st: &mut State) -> bool {
-        let mut live: HashMap<String, (ResourceKey, String, String, Vec<String>, bool)> = HashMap::new();
+        let mut live: HashMap<String, (ResourceKey, String, String, Vec<String>, bool)> =
+            HashMap::new();
         let mut dependents: Vec<(ResourceKey, String, String, Vec<Value>, bool)> = Vec::new();
         for (k, b) in &st.objects {
             for ((ns, name), v) in b {
                 if let Some(uid) = meta_str(v, "uid") {
-                    live.insert(uid.to_string(), (k.clone(), ns.clone(), name.clone(), finalizers(v), v.pointer("/metadata/deletionTimestamp").is_some()));
+                    live.insert(
+                        uid.to_string(),
+                        (
+                            k.clone(),
+                            ns.clone(),
+                            name.clone(),
+                            finalizers(v),
+                            v.pointer("/metadata/deletionTimestamp").is_some(),
+                        ),
+                    );
                 }
-                if let Some(refs) = v.pointer("/metadata/ownerReferences").and_then(Value::as_array)
+                if let Some(refs) = v
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
                     && !refs.is_empty()
                 {
-                    dependents.push((k.clone(), ns.clone(), name.clone(), refs.clone(), v.pointer("/metadata/deletionTimestamp").is_some()));
+                    dependents.push((
+                        k.clone(),
+                        ns.clone(),
+                        name.clone(),
+                        refs.clone(),
+                        v.pointer("/metadata/deletionTimestamp").is_some(),
+                    ));
                 }
             }
         }
         let mut changed = false;
         let mut has_dependents: HashSet<String> = HashSet::new();
         for (k, ns, name, refs, marked) in &dependents {
-            let uids: Vec<&str> = refs.iter().filter_map(|r| r.get("uid").and_then(Value::as_str)).collect();
-            let present: Vec<&str> = uids.iter().copied().filter(|u| live.contains_key(*u)).collect();
+            let uids: Vec<&str> = refs
+                .iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str))
+                .collect();
+            let present: Vec<&str> = uids
+                .iter()
+                .copied()
+                .filter(|u| live.contains_key(*u))
+                .collect();
             // Owners being deleted with orphan propagation: drop the reference.
             let orphaning: Vec<&str> = present
                 .iter()
                 .copied()
-                .filter(|u| live.get(*u).is_some_and(|(_, _, _, f, m)| *m && f.iter().any(|x| x == "orphan")))
+                .filter(|u| {
+                    live.get(*u)
+                        .is_some_and(|(_, _, _, f, m)| *m && f.iter().any(|x| x == "orphan"))
+                })
                 .collect();
             let foreground: Vec<&str> = present
                 .iter()
                 .copied()
-                .filter(|u| live.get(*u).is_some_and(|(_, _, _, f, m)| *m && f.iter().any(|x| x == "foregroundDeletion")))
+                .filter(|u| {
+                    live.get(*u).is_some_and(|(_, _, _, f, m)| {
+                        *m && f.iter().any(|x| x == "foregroundDeletion")
+                    })
+                })
                 .collect();
             for u in &present {
                 has_dependents.insert(u.to_string());
@@ -1133,7 +1566,8 @@ impl Store {
                     let old = obj.clone();
                     meta_mut(&mut obj).insert("ownerReferences".into(), Value::Array(keep));
                     let rv = st.bump();
-                    meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
+                    meta_mut(&mut obj)
+                        .insert("resourceVersion".into(), Value::String(rv.to_string()));
                     st.bucket(k).insert((ns.clone(), name.clone()), obj.clone());
                     st.emit("MODIFIED", k, &obj, Some(old));
                     changed = true;
@@ -1181,7 +1615,9 @@ fn obj_storage_versions(spec: &Value) -> Vec<String> {
 }
 
 fn key_type(store: &Store, r: &ResourceKey) -> Result<ResourceType, ApiError> {
-    store.type_for_key(r).ok_or_else(|| errors::not_found("resource", &r.resource))
+    store
+        .type_for_key(r)
+        .ok_or_else(|| errors::not_found("resource", &r.resource))
 }
 
 impl ObjectStore for Store {
@@ -1211,24 +1647,63 @@ impl ObjectStore for Store {
         let rt = key_type(self, r)?;
         let ns = meta_str(&object, "namespace").map(str::to_string);
         let name = meta_str(&object, "name").unwrap_or("").to_string();
-        self.update_obj(&rt, ns.as_deref(), &name, object, WriteOpts { dry_run: false, part: Part::Status, http: false })
+        self.update_obj(
+            &rt,
+            ns.as_deref(),
+            &name,
+            object,
+            WriteOpts {
+                dry_run: false,
+                part: Part::Status,
+                http: false,
+                strict: false,
+            },
+        )
     }
 
-    fn merge_patch(&self, r: &ResourceKey, namespace: Option<&str>, name: &str, patch: &Value) -> Result<Value, ApiError> {
+    fn merge_patch(
+        &self,
+        r: &ResourceKey,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<Value, ApiError> {
         let rt = key_type(self, r)?;
-        self.modify(&rt, namespace, name, WriteOpts { dry_run: false, part: Part::All, http: false }, |cur| {
-            let mut new = cur.clone();
-            json_patch::merge(&mut new, patch);
-            Ok(new)
-        })
+        self.modify(
+            &rt,
+            namespace,
+            name,
+            WriteOpts {
+                dry_run: false,
+                part: Part::All,
+                http: false,
+                strict: false,
+            },
+            |cur| {
+                let mut new = cur.clone();
+                json_patch::merge(&mut new, patch);
+                Ok(new)
+            },
+        )
     }
 
     fn delete(&self, r: &ResourceKey, namespace: Option<&str>, name: &str) -> Result<(), ApiError> {
         let rt = key_type(self, r)?;
         // The kubelet's final delete of a pod that is already terminating has grace 0.
-        let terminating = self.get(r, namespace, name).is_some_and(|o| o.pointer("/metadata/deletionTimestamp").is_some());
+        let terminating = self
+            .get(r, namespace, name)
+            .is_some_and(|o| o.pointer("/metadata/deletionTimestamp").is_some());
         let grace_period = if terminating { Some(0) } else { None };
-        self.delete_obj(&rt, namespace, name, DeleteOpts { grace_period, ..DeleteOpts::default() }).map(|_| ())
+        self.delete_obj(
+            &rt,
+            namespace,
+            name,
+            DeleteOpts {
+                grace_period,
+                ..DeleteOpts::default()
+            },
+        )
+        .map(|_| ())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Change> {

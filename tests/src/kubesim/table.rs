@@ -10,24 +10,40 @@ use super::registry::ResourceType;
 
 /// `duration.HumanDuration` of the time since an RFC 3339 timestamp.
 pub fn age(ts: Option<&str>) -> String {
-    let Some(t) = ts.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) else { return "<unknown>".into() };
-    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+    let Some(t) = ts.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) else {
+        return "<unknown>".into();
+    };
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
     let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
     if secs < 120 {
         format!("{secs}s")
     } else if m < 10 {
         let s = secs % 60;
-        if s == 0 { format!("{m}m") } else { format!("{m}m{s}s") }
+        if s == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{s}s")
+        }
     } else if m < 180 {
         format!("{m}m")
     } else if h < 8 {
         let mm = m % 60;
-        if mm == 0 { format!("{h}h") } else { format!("{h}h{mm}m") }
+        if mm == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{mm}m")
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
         let hh = h % 24;
-        if hh == 0 { format!("{d}d") } else { format!("{d}d{hh}h") }
+        if hh == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{hh}h")
+        }
     } else {
         format!("{d}d")
     }
@@ -66,7 +82,11 @@ fn modes(v: Option<&Value>) -> String {
 /// Follows a simple JSONPath (`.status.phase`, `.spec.items[0].name`).
 fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
     let mut cur = obj;
-    for part in path.trim_start_matches('.').split('.').filter(|p| !p.is_empty()) {
+    for part in path
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|p| !p.is_empty())
+    {
         let (field, idx) = match part.split_once('[') {
             Some((f, rest)) => (f, rest.trim_end_matches(']').parse::<usize>().ok()),
             None => (part, None),
@@ -89,11 +109,23 @@ type Row = Vec<Value>;
 
 fn columns_and_cells(rt: &ResourceType, obj: &Value) -> (Vec<Value>, Row) {
     let name = json!(s(obj.pointer("/metadata/name")));
-    let created = obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str);
+    let created = obj
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str);
     let age_cell = json!(age(created));
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "persistentvolumeclaims") => (
-            vec![col("Name", "string", 0), col("Status", "string", 0), col("Volume", "string", 0), col("Capacity", "string", 0), col("Access Modes", "string", 0), col("StorageClass", "string", 0), col("VolumeAttributesClass", "string", 0), col("Age", "string", 0), col("VolumeMode", "string", 1)],
+            vec![
+                col("Name", "string", 0),
+                col("Status", "string", 0),
+                col("Volume", "string", 0),
+                col("Capacity", "string", 0),
+                col("Access Modes", "string", 0),
+                col("StorageClass", "string", 0),
+                col("VolumeAttributesClass", "string", 0),
+                col("Age", "string", 0),
+                col("VolumeMode", "string", 1),
+            ],
             vec![
                 name,
                 json!(s(obj.pointer("/status/phase"))),
@@ -101,18 +133,36 @@ fn columns_and_cells(rt: &ResourceType, obj: &Value) -> (Vec<Value>, Row) {
                 json!(s(obj.pointer("/status/capacity/storage"))),
                 json!(modes(obj.pointer("/status/accessModes"))),
                 json!(s(obj.pointer("/spec/storageClassName"))),
-                json!(or(s(obj.pointer("/spec/volumeAttributesClassName")), "<unset>")),
+                json!(or(
+                    s(obj.pointer("/spec/volumeAttributesClassName")),
+                    "<unset>"
+                )),
                 age_cell,
                 json!(s(obj.pointer("/spec/volumeMode"))),
             ],
         ),
         ("", "persistentvolumes") => {
-            let claim = match (obj.pointer("/spec/claimRef/namespace"), obj.pointer("/spec/claimRef/name")) {
+            let claim = match (
+                obj.pointer("/spec/claimRef/namespace"),
+                obj.pointer("/spec/claimRef/name"),
+            ) {
                 (Some(n), Some(c)) => format!("{}/{}", s(Some(n)), s(Some(c))),
                 _ => String::new(),
             };
             (
-                vec![col("Name", "string", 0), col("Capacity", "string", 0), col("Access Modes", "string", 0), col("Reclaim Policy", "string", 0), col("Status", "string", 0), col("Claim", "string", 0), col("StorageClass", "string", 0), col("VolumeAttributesClass", "string", 0), col("Reason", "string", 0), col("Age", "string", 0), col("VolumeMode", "string", 1)],
+                vec![
+                    col("Name", "string", 0),
+                    col("Capacity", "string", 0),
+                    col("Access Modes", "string", 0),
+                    col("Reclaim Policy", "string", 0),
+                    col("Status", "string", 0),
+                    col("Claim", "string", 0),
+                    col("StorageClass", "string", 0),
+                    col("VolumeAttributesClass", "string", 0),
+                    col("Reason", "string", 0),
+                    col("Age", "string", 0),
+                    col("VolumeMode", "string", 1),
+                ],
                 vec![
                     name,
                     json!(s(obj.pointer("/spec/capacity/storage"))),
@@ -121,7 +171,10 @@ fn columns_and_cells(rt: &ResourceType, obj: &Value) -> (Vec<Value>, Row) {
                     json!(s(obj.pointer("/status/phase"))),
                     json!(claim),
                     json!(s(obj.pointer("/spec/storageClassName"))),
-                    json!(or(s(obj.pointer("/spec/volumeAttributesClassName")), "<unset>")),
+                    json!(or(
+                        s(obj.pointer("/spec/volumeAttributesClassName")),
+                        "<unset>"
+                    )),
                     json!(s(obj.pointer("/status/reason"))),
                     age_cell,
                     json!(s(obj.pointer("/spec/volumeMode"))),
@@ -129,16 +182,34 @@ fn columns_and_cells(rt: &ResourceType, obj: &Value) -> (Vec<Value>, Row) {
             )
         }
         ("", "pods") => {
-            let total = obj.pointer("/spec/containers").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
-            let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
-            let ready = statuses.iter().filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true)).count();
-            let restarts: i64 = statuses.iter().filter_map(|c| c.get("restartCount").and_then(Value::as_i64)).sum();
-            let mut status = or(s(obj.pointer("/status/reason")), &s(obj.pointer("/status/phase")));
+            let total = obj
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                .unwrap_or(0);
+            let statuses = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let ready = statuses
+                .iter()
+                .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
+                .count();
+            let restarts: i64 = statuses
+                .iter()
+                .filter_map(|c| c.get("restartCount").and_then(Value::as_i64))
+                .sum();
+            let mut status = or(
+                s(obj.pointer("/status/reason")),
+                &s(obj.pointer("/status/phase")),
+            );
             for c in &statuses {
                 if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
                     status = r.to_string();
-                } else if let Some(r) = c.pointer("/state/terminated/reason").and_then(Value::as_str)
-                    && status == "Running"
+                } else if let Some(r) = c
+                    .pointer("/state/terminated/reason")
+                    .and_then(Value::as_str)
                 {
                     status = r.to_string();
                 }
@@ -147,13 +218,43 @@ fn columns_and_cells(rt: &ResourceType, obj: &Value) -> (Vec<Value>, Row) {
                 status = "Terminating".into();
             }
             (
-                vec![col("Name", "string", 0), col("Ready", "string", 0), col("Status", "string", 0), col("Restarts", "string", 0), col("Age", "string", 0), col("IP", "string", 1), col("Node", "string", 1)],
-                vec![name, json!(format!("{ready}/{total}")), json!(status), json!(restarts.to_string()), age_cell, json!(or(s(obj.pointer("/status/podIP")), "<none>")), json!(or(s(obj.pointer("/spec/nodeName")), "<none>"))],
+                vec![
+                    col("Name", "string", 0),
+                    col("Ready", "string", 0),
+                    col("Status", "string", 0),
+                    col("Restarts", "string", 0),
+                    col("Age", "string", 0),
+                    col("IP", "string", 1),
+                    col("Node", "string", 1),
+                ],
+                vec![
+                    name,
+                    json!(format!("{ready}/{total}")),
+                    json!(status),
+                    json!(restarts.to_string()),
+                    age_cell,
+                    json!(or(s(obj.pointer("/status/podIP")), "<none>")),
+                    json!(or(s(obj.pointer("/spec/nodeName")), "<none>")),
+                ],
             )
         }
-        ("", "namespaces") => (vec![col("Name", "string", 0), col("Status", "string", 0), col("Age", "string", 0)], vec![name, json!(s(obj.pointer("/status/phase"))), age_cell]),
+        ("", "namespaces") => (
+            vec![
+                col("Name", "string", 0),
+                col("Status", "string", 0),
+                col("Age", "string", 0),
+            ],
+            vec![name, json!(s(obj.pointer("/status/phase"))), age_cell],
+        ),
         ("storage.k8s.io", "storageclasses") => (
-            vec![col("Name", "string", 0), col("Provisioner", "string", 0), col("ReclaimPolicy", "string", 0), col("VolumeBindingMode", "string", 0), col("AllowVolumeExpansion", "string", 0), col("Age", "string", 0)],
+            vec![
+                col("Name", "string", 0),
+                col("Provisioner", "string", 0),
+                col("ReclaimPolicy", "string", 0),
+                col("VolumeBindingMode", "string", 0),
+                col("AllowVolumeExpansion", "string", 0),
+                col("Age", "string", 0),
+            ],
             vec![
                 name,
                 json!(s(obj.get("provisioner"))),
@@ -164,17 +265,39 @@ fn columns_and_cells(rt: &ResourceType, obj: &Value) -> (Vec<Value>, Row) {
             ],
         ),
         ("apps", "deployments") => {
-            let want = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+            let want = obj
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             let n = |p: &str| obj.pointer(p).and_then(Value::as_i64).unwrap_or(0);
             (
-                vec![col("Name", "string", 0), col("Ready", "string", 0), col("Up-to-date", "string", 0), col("Available", "string", 0), col("Age", "string", 0)],
-                vec![name, json!(format!("{}/{want}", n("/status/readyReplicas"))), json!(n("/status/updatedReplicas").to_string()), json!(n("/status/availableReplicas").to_string()), age_cell],
+                vec![
+                    col("Name", "string", 0),
+                    col("Ready", "string", 0),
+                    col("Up-to-date", "string", 0),
+                    col("Available", "string", 0),
+                    col("Age", "string", 0),
+                ],
+                vec![
+                    name,
+                    json!(format!("{}/{want}", n("/status/readyReplicas"))),
+                    json!(n("/status/updatedReplicas").to_string()),
+                    json!(n("/status/availableReplicas").to_string()),
+                    age_cell,
+                ],
             )
         }
         _ => {
-            let printer = rt.crd.as_ref().map(|c| c.printer_columns.clone()).unwrap_or_default();
+            let printer = rt
+                .crd
+                .as_ref()
+                .map(|c| c.printer_columns.clone())
+                .unwrap_or_default();
             if printer.is_empty() {
-                return (vec![col("Name", "string", 0), col("Age", "string", 0)], vec![name, age_cell]);
+                return (
+                    vec![col("Name", "string", 0), col("Age", "string", 0)],
+                    vec![name, age_cell],
+                );
             }
             let mut cols = vec![col("Name", "string", 0)];
             let mut cells = vec![name];
@@ -183,7 +306,11 @@ fn columns_and_cells(rt: &ResourceType, obj: &Value) -> (Vec<Value>, Row) {
                 let ty = s(p.get("type"));
                 let pri = p.get("priority").and_then(Value::as_i64).unwrap_or(0);
                 let v = json_path(obj, &s(p.get("jsonPath")));
-                let cell = if ty == "date" { json!(age(v.and_then(Value::as_str))) } else { json!(s(v)) };
+                let cell = if ty == "date" {
+                    json!(age(v.and_then(Value::as_str)))
+                } else {
+                    json!(s(v))
+                };
                 cols.push(col(&cname, "string", pri));
                 cells.push(cell);
             }
@@ -204,7 +331,9 @@ pub fn table(rt: &ResourceType, objs: &[Value], rv: Option<&str>, include: Optio
         match include.unwrap_or("Metadata") {
             "None" => {}
             "Object" => row["object"] = o.clone(),
-            _ => row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))}),
+            _ => {
+                row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
+            }
         }
         rows.push(row);
     }

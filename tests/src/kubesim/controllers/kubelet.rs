@@ -22,7 +22,8 @@
 //!   kube-rs's in-cluster configuration works unchanged;
 //! - the termination message file (`terminationMessagePath`, default `/dev/termination-log`)
 //!   bind-mounted from a per-container host file the kubelet reads after the exit;
-//! - an empty tmpfs on `/root` (HOME), as in a fresh image, so no host kubeconfig leaks in.
+//! - an empty tmpfs on `/root` (HOME), as in a fresh image, so no host kubeconfig leaks in
+//!   (skipped when the cluster directory or a mapped binary lives under `/root`).
 //!
 //! Mount points that do not exist on the host (`/data`, `/var/run/secrets/...`) are created
 //! there as empty directories (or empty files); what is mounted on them is only visible inside
@@ -1604,8 +1605,12 @@ impl PodWorker {
                 ));
             }
         }
-        // An empty home, as in a fresh image.
-        sc.push_str("mount -t tmpfs -o mode=700 kubesim-home /root\n");
+        // An empty home, as in a fresh image (not when the cluster's files or a mapped binary
+        // live under /root: hiding them would break the pod).
+        let under_root = |p: &Path| p.starts_with("/root");
+        if !under_root(&self.ctx.dir) && !self.ctx.images.values().any(|b| under_root(b)) {
+            sc.push_str("mount -t tmpfs -o mode=700 kubesim-home /root\n");
+        }
         // The termination message file.
         let term_target = s(c, "/terminationMessagePath").unwrap_or("/dev/termination-log");
         bind(

@@ -59,7 +59,11 @@ pub struct Controllers {
 /// Starts all simulated controllers as tokio tasks on the current runtime.
 ///
 /// Panics when called outside a tokio runtime.
-pub fn spawn_controllers(store: Arc<dyn ObjectStore>, ctx: ControllerContext) -> Controllers {
+pub fn spawn_controllers(store: Arc<dyn ObjectStore>, mut ctx: ControllerContext) -> Controllers {
+    // Pods see host paths below the directory from their own working directory: make it absolute.
+    if let Ok(abs) = std::path::absolute(&ctx.dir) {
+        ctx.dir = abs;
+    }
     let (stop, stop_rx) = watch::channel(false);
     let handle = tokio::runtime::Handle::current();
     let kubelet_shared = Arc::new(kubelet::KubeletShared::new(handle.clone()));

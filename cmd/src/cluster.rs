@@ -1,0 +1,173 @@
+//! Talking to the user's cluster: the client from kubeconfig flags, the kinds we use that
+//! k8s-openapi does not have (VolumeSnapshot, VolumeSnapshotClass), and errors that say what
+//! to do.
+
+use anyhow::{Context, Result, anyhow};
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::cli::KubeOptions;
+
+/// Label on everything a `create` run makes temporarily; the value is the run's id.
+pub const BACKUP_LABEL: &str = "volbackup.io/backup";
+/// Label naming the source PVC of a temporary object.
+pub const PVC_LABEL: &str = "volbackup.io/pvc";
+/// Annotation of the default VolumeSnapshotClass of a driver.
+pub const DEFAULT_SNAPSHOT_CLASS: &str = "snapshot.storage.kubernetes.io/is-default-class";
+
+/// A connected client and the namespace the flags (or the context) chose.
+pub struct Kube {
+    /// The client, authenticated as the kubeconfig says (token, client certificate, exec).
+    pub client: Client,
+    /// `-n`, else the context's namespace, else `default`.
+    pub namespace: String,
+}
+
+/// Builds the client from `--kubeconfig`, `--context` and `-n`, the way kubectl does.
+pub async fn connect(opts: &KubeOptions) -> Result<Kube> {
+    // Both ring and aws-lc-rs are linked (the S3 client brings the latter), so rustls cannot
+    // pick a provider by itself. An error only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let options = KubeConfigOptions {
+        context: opts.context.clone(),
+        cluster: None,
+        user: None,
+    };
+    let config = match &opts.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .with_context(|| format!("cannot use the kubeconfig {}", path.display()))?
+        }
+        None => Config::from_kubeconfig(&options).await.context(
+            "cannot load a kubeconfig: set KUBECONFIG, use --kubeconfig, or create ~/.kube/config",
+        )?,
+    };
+    let namespace = opts
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
+    Ok(Kube { client, namespace })
+}
+
+/// `snapshot.storage.k8s.io/v1` VolumeSnapshot.
+pub fn volume_snapshot_resource() -> ApiResource {
+    ApiResource {
+        group: "snapshot.storage.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "snapshot.storage.k8s.io/v1".into(),
+        kind: "VolumeSnapshot".into(),
+        plural: "volumesnapshots".into(),
+    }
+}
+
+/// `snapshot.storage.k8s.io/v1` VolumeSnapshotClass.
+pub fn volume_snapshot_class_resource() -> ApiResource {
+    ApiResource {
+        group: "snapshot.storage.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "snapshot.storage.k8s.io/v1".into(),
+        kind: "VolumeSnapshotClass".into(),
+        plural: "volumesnapshotclasses".into(),
+    }
+}
+
+/// `snapshot.storage.k8s.io/v1` VolumeSnapshotContent.
+pub fn volume_snapshot_content_resource() -> ApiResource {
+    ApiResource {
+        group: "snapshot.storage.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "snapshot.storage.k8s.io/v1".into(),
+        kind: "VolumeSnapshotContent".into(),
+        plural: "volumesnapshotcontents".into(),
+    }
+}
+
+/// VolumeSnapshots of a namespace.
+pub fn snapshots(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &volume_snapshot_resource())
+}
+
+/// Whether an API error is this HTTP status.
+pub fn is_status(err: &kube::Error, code: u16) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == code)
+}
+
+/// An API error as one line with a hint: RBAC denials name the verb and resource, a missing
+/// resource type names what to install.
+pub fn explain(err: kube::Error, verb: &str, what: &str, ns: Option<&str>) -> anyhow::Error {
+    let place = ns
+        .map(|n| format!(" in namespace {n:?}"))
+        .unwrap_or_default();
+    match &err {
+        kube::Error::Api(s) if s.code == 403 => anyhow!(
+            "forbidden: you may not {verb} {what}{place} ({}); ask a cluster admin for a Role granting `{verb}` on {what}",
+            s.message
+        ),
+        kube::Error::Api(s) if s.code == 401 => anyhow!(
+            "unauthorized: the cluster rejected your credentials ({}); check the kubeconfig user",
+            s.message
+        ),
+        kube::Error::Api(s) => anyhow!("cannot {verb} {what}{place}: {}", s.message),
+        _ => anyhow!("cannot {verb} {what}{place}: {err}"),
+    }
+}
+
+/// Parses `90s`, `10m`, `1h30m`, `2h`, or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
+    let bad =
+        || anyhow!("invalid duration {text:?}: use a number with a unit, like 90s, 10m or 1h30m");
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(n.saturating_mul(unit));
+    }
+    if !num.is_empty() {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_accept_units_and_plain_seconds() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("42").unwrap(), Duration::from_secs(42));
+    }
+
+    #[test]
+    fn durations_without_a_known_unit_are_refused() {
+        for bad in ["", "10x", "m", "5m3"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

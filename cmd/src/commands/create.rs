@@ -1,0 +1,1010 @@
+//! `create`: back up PVCs from the user's own context. Per PVC: VolumeSnapshot, a temporary
+//! PVC from it, a mover pod that reads the temporary volume and writes to the repository, then
+//! a `VolumeBackup` that records the result. Whatever happens, the temporary objects go.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PostParams,
+};
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use volbackup_populator::api::{
+    Phase, RepositoryRef, SecretRef, VolumeBackup, VolumeBackupSpec, VolumeBackupStatus, VolumeInfo,
+};
+
+use crate::cli::CreateArgs;
+use crate::cluster::{self, BACKUP_LABEL, DEFAULT_SNAPSHOT_CLASS, PVC_LABEL, explain};
+use crate::repository;
+
+/// Name of the repository Secret the plugin writes into each namespace.
+pub const REPOSITORY_SECRET: &str = "volbackup-repository";
+/// Where a Block volume appears in the mover pod.
+pub const BLOCK_PATH: &str = "/dev/volbackup-source";
+/// Where a Filesystem volume is mounted in the mover pod.
+pub const MOUNT_PATH: &str = "/data";
+/// The mover image of this version.
+pub fn default_image() -> String {
+    format!("ghcr.io/volbackup/volbackup:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Local settings copied into the repository Secret (keys as the mover reads them).
+const COPIED_ENV: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+];
+
+/// One PVC that passed the checks, with everything the backup records about it.
+#[derive(Debug, Clone)]
+struct Target {
+    info: VolumeInfo,
+    snapshot_class: String,
+}
+
+impl Target {
+    fn label(&self) -> String {
+        format!("{}/{}", self.info.namespace, self.info.pvc)
+    }
+    fn is_block(&self) -> bool {
+        self.info.volume_mode == "Block"
+    }
+}
+
+/// What the whole run shares.
+struct Run {
+    client: Client,
+    id: String,
+    args_tags: Vec<String>,
+    image: String,
+    secret: String,
+    keep_snapshot: bool,
+    timeout: Duration,
+    bars: MultiProgress,
+    show: bool,
+}
+
+/// The last line of `mover backup --json`.
+#[derive(Debug, Deserialize)]
+struct MoverSummary {
+    snapshot_id: String,
+    bytes_total: u64,
+    bytes_new: u64,
+    bytes_stored: u64,
+}
+
+/// One line of the mover's output, as far as `create` cares.
+#[derive(Debug, PartialEq)]
+enum MoverLine {
+    Progress { done: u64, total: Option<u64> },
+    Summary(String),
+    Other(String),
+}
+
+/// Classifies a line of the mover pod's log (pure; unit-tested).
+fn parse_mover_line(line: &str) -> MoverLine {
+    let Ok(v) = serde_json::from_str::<Value>(line) else {
+        return MoverLine::Other(line.trim().to_string());
+    };
+    match v.get("type").and_then(Value::as_str) {
+        Some("progress") => MoverLine::Progress {
+            done: v.get("bytes_done").and_then(Value::as_u64).unwrap_or(0),
+            total: v.get("bytes_total").and_then(Value::as_u64),
+        },
+        Some("summary") => MoverLine::Summary(line.to_string()),
+        _ => MoverLine::Other(line.trim().to_string()),
+    }
+}
+
+/// A random id for this run: the value of the `volbackup.io/backup` label.
+fn new_run_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// `<pvc>-<id>`, short enough for any object name and a pod's hostname.
+fn temp_name(pvc: &str, id: &str) -> String {
+    let keep = 63 - id.len() - 1;
+    let base: String = pvc.chars().take(keep).collect();
+    format!("{}-{id}", base.trim_end_matches('-'))
+}
+
+/// `<pvc>-<yyyymmddhhmmss>`, the VolumeBackup's name.
+fn backup_name(pvc: &str, at: chrono::DateTime<chrono::Utc>) -> String {
+    let stamp = at.format("%Y%m%d%H%M%S").to_string();
+    let keep = 253 - stamp.len() - 1;
+    let base: String = pvc.chars().take(keep).collect();
+    format!("{base}-{stamp}")
+}
+
+/// The repository settings for the Secret, from flags and the environment.
+fn secret_data(args: &CreateArgs) -> Result<BTreeMap<String, String>> {
+    let mut location = repository::location(&args.repo)?;
+    if !location.contains(':') {
+        location = std::path::absolute(&location)
+            .with_context(|| format!("cannot resolve the repository path {location}"))?
+            .to_string_lossy()
+            .into_owned();
+    }
+    let password = repository::password(&args.repo, false)?;
+    let mut data = BTreeMap::new();
+    data.insert("VOLBACKUP_REPOSITORY".to_string(), location);
+    data.insert("VOLBACKUP_PASSWORD".to_string(), password);
+    for key in COPIED_ENV {
+        if let Ok(v) = std::env::var(key)
+            && !v.is_empty()
+        {
+            data.insert(key.to_string(), v);
+        }
+    }
+    Ok(data)
+}
+
+/// `create`
+pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
+    if args.pvcs.is_empty() && args.selector.is_none() && !args.all_namespaces {
+        bail!("no PVC given: name PVCs, select them with -l SELECTOR, or use -A for all");
+    }
+    if args.all_namespaces && !args.pvcs.is_empty() {
+        bail!(
+            "PVC names and -A do not go together: name PVCs with -n NAMESPACE, or use -A with -l SELECTOR"
+        );
+    }
+    let timeout = cluster::parse_duration(&args.timeout)?;
+    // The repository is checked here, before anything exists in the cluster: a wrong password
+    // or an unreachable repository fails in a second and leaves nothing behind.
+    let data = match &args.repo_secret {
+        Some(_) => None,
+        None => {
+            let data = secret_data(args)?;
+            let backend = repository::open_backend(&data["VOLBACKUP_REPOSITORY"])?;
+            volbackup_store::Repository::open(backend, &data["VOLBACKUP_PASSWORD"]).context(
+                "cannot open the repository (create it with `kubectl volbackup repo init`)",
+            )?;
+            Some(data)
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(run_async(args, quiet, timeout, data))
+}
+
+async fn run_async(
+    args: &CreateArgs,
+    quiet: bool,
+    timeout: Duration,
+    data: Option<BTreeMap<String, String>>,
+) -> Result<()> {
+    let kube = cluster::connect(&args.kube).await?;
+    let client = kube.client.clone();
+    let targets = preflight(&client, args, &kube.namespace).await?;
+    if targets.is_empty() {
+        bail!("no PVC matches: check the selector and namespace (kubectl get pvc --show-labels)");
+    }
+    let namespaces: BTreeSet<String> = targets.iter().map(|t| t.info.namespace.clone()).collect();
+    let secret = args
+        .repo_secret
+        .clone()
+        .unwrap_or_else(|| REPOSITORY_SECRET.to_string());
+    for ns in &namespaces {
+        match &data {
+            Some(d) => write_secret(&client, ns, d).await?,
+            None => check_secret(&client, ns, &secret).await?,
+        }
+    }
+    let show = !quiet && std::io::stderr().is_terminal();
+    let bars = MultiProgress::with_draw_target(if show {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let run = Run {
+        client: client.clone(),
+        id: new_run_id(),
+        args_tags: args.tags.clone(),
+        image: args.image.clone().unwrap_or_else(default_image),
+        secret,
+        keep_snapshot: args.keep_snapshot,
+        timeout,
+        bars,
+        show,
+    };
+    let total = targets.len();
+    let work = futures::stream::iter(targets.clone())
+        .map(|t| {
+            let run = &run;
+            async move {
+                let r = backup_one(run, &t).await;
+                (t, r)
+            }
+        })
+        .buffer_unordered(args.parallel.max(1))
+        .collect::<Vec<_>>();
+    let results = tokio::select! {
+        r = work => r,
+        sig = interrupted() => {
+            let sig = sig?;
+            for ns in &namespaces {
+                cleanup_selector(&client, ns, &format!("{BACKUP_LABEL}={}", run.id), run.keep_snapshot).await?;
+            }
+            bail!("interrupted by {sig}: the temporary objects of this run were removed");
+        }
+    };
+    let mut failed = Vec::new();
+    for (t, r) in results {
+        match r {
+            Ok((name, s)) => {
+                println!(
+                    "volumebackup.volbackup.io/{name} created in {} (snapshot {}, {} read, {} new)",
+                    t.info.namespace,
+                    &s.snapshot_id[..8.min(s.snapshot_id.len())],
+                    super::human_bytes(s.bytes_total),
+                    super::human_bytes(s.bytes_new)
+                );
+            }
+            Err(e) => failed.push((t, e)),
+        }
+    }
+    match failed.len() {
+        0 => Ok(()),
+        1 if total == 1 => Err(failed.pop().map(|(_, e)| e).expect("one failure")),
+        n => {
+            for (t, e) in &failed {
+                eprintln!("error: {}: {}", t.label(), crate::one_line(e));
+            }
+            bail!("{n} of {total} backups failed (see above)")
+        }
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM and names it.
+async fn interrupted() -> Result<&'static str> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r.context("cannot listen for Ctrl-C")?; Ok("Ctrl-C") }
+        _ = term.recv() => Ok("SIGTERM"),
+    }
+}
+
+/// Finds the PVCs and checks each one before anything is created.
+async fn preflight(client: &Client, args: &CreateArgs, ns: &str) -> Result<Vec<Target>> {
+    // The VolumeBackup kind must exist, or the backup would have no record.
+    let vb: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
+    if let Err(e) = vb.list(&ListParams::default().limit(1)).await {
+        if cluster::is_status(&e, 404) {
+            bail!(
+                "the VolumeBackup CRD (volbackup.io/v1alpha1) is not installed: run `kubectl volbackup install` or kubectl apply -f manifests/crds/"
+            );
+        }
+        return Err(explain(e, "list", "volumebackups.volbackup.io", Some(ns)));
+    }
+    let mut pvcs = Vec::new();
+    if !args.pvcs.is_empty() {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+        for name in &args.pvcs {
+            match api.get_opt(name).await {
+                Ok(Some(p)) => pvcs.push(p),
+                Ok(None) => bail!(
+                    "PVC {name:?} not found in namespace {ns:?}: list them with kubectl get pvc -n {ns}"
+                ),
+                Err(e) => return Err(explain(e, "get", "persistentvolumeclaims", Some(ns))),
+            }
+        }
+    } else {
+        let api: Api<PersistentVolumeClaim> = if args.all_namespaces {
+            Api::all(client.clone())
+        } else {
+            Api::namespaced(client.clone(), ns)
+        };
+        let mut lp = ListParams::default();
+        if let Some(sel) = &args.selector {
+            lp = lp.labels(sel);
+        }
+        let list = api.list(&lp).await.map_err(|e| {
+            explain(
+                e,
+                "list",
+                "persistentvolumeclaims",
+                (!args.all_namespaces).then_some(ns),
+            )
+        })?;
+        // Our own temporary PVCs are never backed up.
+        pvcs.extend(
+            list.items
+                .into_iter()
+                .filter(|p| !p.labels().contains_key(BACKUP_LABEL)),
+        );
+    }
+    let mut class_cache: BTreeMap<String, String> = BTreeMap::new();
+    let mut targets = Vec::new();
+    for pvc in pvcs {
+        let info = volume_info(client, &pvc).await?;
+        let driver = info.csi_driver.clone().unwrap_or_default();
+        let class = match class_cache.get(&driver) {
+            Some(c) => c.clone(),
+            None => {
+                let c =
+                    snapshot_class(client, args.snapshot_class.as_deref(), &driver, &info).await?;
+                class_cache.insert(driver.clone(), c.clone());
+                c
+            }
+        };
+        targets.push(Target {
+            info,
+            snapshot_class: class,
+        });
+    }
+    Ok(targets)
+}
+
+/// Checks that a PVC can be snapshotted and describes it.
+async fn volume_info(client: &Client, pvc: &PersistentVolumeClaim) -> Result<VolumeInfo> {
+    let ns = pvc.namespace().unwrap_or_default();
+    let name = pvc.name_any();
+    let phase = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_else(|| "Pending".into());
+    if phase != "Bound" {
+        bail!(
+            "PVC {ns}/{name} is {phase}, not Bound: only a bound claim has data to back up; wait until it binds (kubectl describe pvc {name} -n {ns})"
+        );
+    }
+    let spec = pvc.spec.clone().unwrap_or_default();
+    let pv_name = spec.volume_name.clone().unwrap_or_default();
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pv = pvs
+        .get(&pv_name)
+        .await
+        .map_err(|e| explain(e, "get", "persistentvolumes", None))?;
+    let storage_class = spec.storage_class_name.clone();
+    let Some(csi) = pv.spec.as_ref().and_then(|s| s.csi.clone()) else {
+        bail!(
+            "PVC {ns}/{name} is not a CSI volume (PV {pv_name}, storage class {}): volbackup needs a CSI driver with snapshot support",
+            storage_class.as_deref().unwrap_or("none")
+        );
+    };
+    let capacity = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("storage"))
+        .map(|q| q.0.clone())
+        .unwrap_or_default();
+    Ok(VolumeInfo {
+        namespace: ns,
+        pvc: name,
+        pv: Some(pv_name),
+        storage_class,
+        csi_driver: Some(csi.driver),
+        volume_mode: spec
+            .volume_mode
+            .clone()
+            .unwrap_or_else(|| "Filesystem".into()),
+        access_modes: spec.access_modes.clone().unwrap_or_default(),
+        capacity,
+        snapshot_handle: None,
+    })
+}
+
+/// The VolumeSnapshotClass: the flag's, else the driver's default.
+async fn snapshot_class(
+    client: &Client,
+    flag: Option<&str>,
+    driver: &str,
+    info: &VolumeInfo,
+) -> Result<String> {
+    let api: Api<DynamicObject> =
+        Api::all_with(client.clone(), &cluster::volume_snapshot_class_resource());
+    let missing_crds = "the VolumeSnapshot CRDs (snapshot.storage.k8s.io/v1) are not installed: install the external-snapshotter CRDs and snapshot controller";
+    if let Some(name) = flag {
+        let class = match api.get_opt(name).await {
+            Ok(Some(c)) => c,
+            Ok(None) => bail!(
+                "VolumeSnapshotClass {name:?} not found: list them with kubectl get volumesnapshotclass"
+            ),
+            Err(e) if cluster::is_status(&e, 404) => bail!("{missing_crds}"),
+            Err(e) => return Err(explain(e, "get", "volumesnapshotclasses", None)),
+        };
+        let class_driver = class
+            .data
+            .get("driver")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if class_driver != driver {
+            bail!(
+                "VolumeSnapshotClass {name} is for driver {class_driver}, but PVC {}/{} uses {driver}: pick a class of that driver",
+                info.namespace,
+                info.pvc
+            );
+        }
+        return Ok(name.to_string());
+    }
+    let list = match api.list(&ListParams::default()).await {
+        Ok(l) => l,
+        Err(e) if cluster::is_status(&e, 404) => bail!("{missing_crds}"),
+        Err(e) => return Err(explain(e, "list", "volumesnapshotclasses", None)),
+    };
+    let defaults: Vec<String> = list
+        .items
+        .iter()
+        .filter(|c| c.data.get("driver").and_then(Value::as_str) == Some(driver))
+        .filter(|c| {
+            c.annotations()
+                .get(DEFAULT_SNAPSHOT_CLASS)
+                .map(String::as_str)
+                == Some("true")
+        })
+        .map(|c| c.name_any())
+        .collect();
+    match defaults.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "no default VolumeSnapshotClass for CSI driver {driver} (PVC {}/{}): pass --snapshot-class NAME, or mark a class with kubectl annotate volumesnapshotclass NAME {DEFAULT_SNAPSHOT_CLASS}=true",
+            info.namespace,
+            info.pvc
+        ),
+        many => bail!(
+            "several default VolumeSnapshotClasses for CSI driver {driver} ({}): pass --snapshot-class NAME",
+            many.join(", ")
+        ),
+    }
+}
+
+/// Creates or updates `volbackup-repository` in a namespace. Its values are never printed.
+async fn write_secret(client: &Client, ns: &str, data: &BTreeMap<String, String>) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": REPOSITORY_SECRET, "namespace": ns,
+                     "labels": {"app.kubernetes.io/managed-by": "volbackup"}},
+        "type": "Opaque",
+        "stringData": data,
+    }))?;
+    match api.get_opt(REPOSITORY_SECRET).await {
+        Ok(None) => {
+            api.create(&PostParams::default(), &secret)
+                .await
+                .map_err(|e| explain(e, "create", "secrets", Some(ns)))?;
+        }
+        Ok(Some(old)) => {
+            let mut new = secret;
+            new.metadata.resource_version = old.metadata.resource_version;
+            api.replace(REPOSITORY_SECRET, &PostParams::default(), &new)
+                .await
+                .map_err(|e| explain(e, "update", "secrets", Some(ns)))?;
+        }
+        Err(e) => return Err(explain(e, "get", "secrets", Some(ns))),
+    }
+    Ok(())
+}
+
+/// Checks that `--repo-secret` exists and names a repository and a password (by key only).
+async fn check_secret(client: &Client, ns: &str, name: &str) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = match api.get_opt(name).await {
+        Ok(Some(s)) => s,
+        Ok(None) => bail!(
+            "Secret {name:?} not found in namespace {ns:?}: create it or leave out --repo-secret"
+        ),
+        Err(e) => return Err(explain(e, "get", "secrets", Some(ns))),
+    };
+    let mut keys: BTreeSet<String> = secret.data.unwrap_or_default().into_keys().collect();
+    keys.extend(secret.string_data.unwrap_or_default().into_keys());
+    for (a, b) in [
+        ("VOLBACKUP_REPOSITORY", "RESTIC_REPOSITORY"),
+        ("VOLBACKUP_PASSWORD", "RESTIC_PASSWORD"),
+    ] {
+        if !keys.contains(a) && !keys.contains(b) {
+            bail!("Secret {ns}/{name} has neither {a} nor {b}: add one of them");
+        }
+    }
+    Ok(())
+}
+
+fn bar_for(run: &Run, t: &Target) -> ProgressBar {
+    let bar = run.bars.add(ProgressBar::new(0));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:.bold} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(t.label());
+    bar
+}
+
+/// Backs up one PVC and always removes its temporary objects.
+async fn backup_one(run: &Run, t: &Target) -> Result<(String, MoverSummary)> {
+    let bar = bar_for(run, t);
+    let result = backup_steps(run, t, &bar).await;
+    bar.finish_and_clear();
+    let selector = format!("{BACKUP_LABEL}={},{PVC_LABEL}={}", run.id, t.info.pvc);
+    let cleanup =
+        cleanup_selector(&run.client, &t.info.namespace, &selector, run.keep_snapshot).await;
+    let out = result.with_context(|| format!("backup of PVC {} failed", t.label()))?;
+    cleanup.with_context(|| format!("cleaning up after the backup of PVC {}", t.label()))?;
+    Ok(out)
+}
+
+fn labels(run: &Run, t: &Target) -> Value {
+    json!({BACKUP_LABEL: run.id, PVC_LABEL: t.info.pvc, "app.kubernetes.io/managed-by": "volbackup"})
+}
+
+async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(String, MoverSummary)> {
+    let started = chrono::Utc::now();
+    let deadline = Instant::now() + run.timeout;
+    let ns = t.info.namespace.as_str();
+    let tmp = temp_name(&t.info.pvc, &run.id);
+    let client = &run.client;
+
+    // 1. The VolumeSnapshot.
+    bar.set_message("snapshot");
+    let snaps = cluster::snapshots(client, ns);
+    let vs: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshot",
+        "metadata": {"name": tmp, "namespace": ns, "labels": labels(run, t)},
+        "spec": {"volumeSnapshotClassName": t.snapshot_class,
+                 "source": {"persistentVolumeClaimName": t.info.pvc}},
+    }))?;
+    snaps
+        .create(&PostParams::default(), &vs)
+        .await
+        .map_err(|e| {
+            explain(
+                e,
+                "create",
+                "volumesnapshots.snapshot.storage.k8s.io",
+                Some(ns),
+            )
+        })?;
+    let ready = loop {
+        let cur = snaps.get(&tmp).await.map_err(|e| {
+            explain(
+                e,
+                "get",
+                "volumesnapshots.snapshot.storage.k8s.io",
+                Some(ns),
+            )
+        })?;
+        let status = cur.data.get("status").cloned().unwrap_or(Value::Null);
+        if status.get("readyToUse") == Some(&Value::Bool(true)) {
+            break status;
+        }
+        if let Some(msg) = status.pointer("/error/message").and_then(Value::as_str) {
+            bail!("VolumeSnapshot {ns}/{tmp} failed: {msg}");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "VolumeSnapshot {ns}/{tmp} was not ready within {:?}: is the snapshot controller running? (kubectl describe volumesnapshot {tmp} -n {ns})",
+                run.timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let restore_size = match ready.get("restoreSize") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => t.info.capacity.clone(),
+    };
+    let mut info = t.info.clone();
+    if let Some(content) = ready
+        .get("boundVolumeSnapshotContentName")
+        .and_then(Value::as_str)
+    {
+        let contents: Api<DynamicObject> =
+            Api::all_with(client.clone(), &cluster::volume_snapshot_content_resource());
+        // The handle is informative; a user without rights on contents still gets a backup.
+        if let Ok(c) = contents.get(content).await {
+            info.snapshot_handle = c
+                .data
+                .pointer("/status/snapshotHandle")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        }
+    }
+
+    // 2. The temporary PVC from the snapshot.
+    bar.set_message("volume");
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let mut pvc_spec = json!({
+        "accessModes": if info.access_modes.is_empty() { json!(["ReadWriteOnce"]) } else { json!(info.access_modes) },
+        "volumeMode": info.volume_mode,
+        "resources": {"requests": {"storage": restore_size}},
+        "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": tmp},
+    });
+    if let Some(sc) = &info.storage_class {
+        pvc_spec["storageClassName"] = json!(sc);
+    }
+    let temp_pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": tmp, "namespace": ns, "labels": labels(run, t)},
+        "spec": pvc_spec,
+    }))?;
+    pvcs.create(&PostParams::default(), &temp_pvc)
+        .await
+        .map_err(|e| explain(e, "create", "persistentvolumeclaims", Some(ns)))?;
+
+    // 3. The mover pod.
+    bar.set_message("mover");
+    let description = serde_json::to_string(&info)?;
+    let mut mover_args = vec![
+        "mover".to_string(),
+        "backup".into(),
+        "--json".into(),
+        "--source".into(),
+        if t.is_block() {
+            BLOCK_PATH.into()
+        } else {
+            MOUNT_PATH.into()
+        },
+        "--name".into(),
+        format!("{}.img", info.pvc),
+        "--host".into(),
+        format!("{}/{}", info.namespace, info.pvc),
+        "--tag".into(),
+        format!("namespace={}", info.namespace),
+        "--tag".into(),
+        format!("pvc={}", info.pvc),
+    ];
+    for tag in &run.args_tags {
+        mover_args.push("--tag".into());
+        mover_args.push(tag.clone());
+    }
+    mover_args.push("--description".into());
+    mover_args.push(description);
+    let mut container = json!({
+        "name": "mover",
+        "image": run.image,
+        "args": mover_args,
+        "envFrom": [{"secretRef": {"name": run.secret}}],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        "securityContext": {"runAsUser": 0, "runAsGroup": 0, "allowPrivilegeEscalation": false},
+    });
+    if t.is_block() {
+        container["volumeDevices"] = json!([{"name": "source", "devicePath": BLOCK_PATH}]);
+    } else {
+        container["volumeMounts"] =
+            json!([{"name": "source", "mountPath": MOUNT_PATH, "readOnly": true}]);
+    }
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": tmp, "namespace": ns, "labels": labels(run, t)},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "containers": [container],
+            "volumes": [{"name": "source", "persistentVolumeClaim": {"claimName": tmp, "readOnly": true}}],
+        },
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .map_err(|e| explain(e, "create", "pods", Some(ns)))?;
+    wait_started(&pods, &tmp, &run.image, deadline, run.timeout).await?;
+
+    // 4. Follow the log.
+    bar.set_message("");
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let followed = tokio::time::timeout(remaining, follow_log(&pods, &tmp, bar, run.show)).await;
+    let (summary, last_error) = match followed {
+        Ok(r) => r?,
+        Err(_) => bail!(
+            "the mover pod {ns}/{tmp} did not finish within {:?}",
+            run.timeout
+        ),
+    };
+    let phase = wait_finished(&pods, &tmp).await?;
+    let summary = match (summary, phase.as_str()) {
+        (Some(s), "Succeeded") => s,
+        (_, _) => {
+            let why =
+                last_error.unwrap_or_else(|| format!("the pod ended {phase} without a result"));
+            bail!(
+                "mover pod {ns}/{tmp}: {}",
+                why.trim_start_matches("error: ")
+            );
+        }
+    };
+    let summary: MoverSummary = serde_json::from_str(&summary)
+        .context("the mover's result line is not what this version expects")?;
+
+    // 5. The record.
+    let name = backup_name(&info.pvc, started);
+    let api: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
+    let mut vb = VolumeBackup::new(
+        &name,
+        VolumeBackupSpec {
+            repository: RepositoryRef {
+                secret_ref: SecretRef {
+                    name: run.secret.clone(),
+                },
+            },
+            snapshot: summary.snapshot_id.clone(),
+            path: t.is_block().then(|| format!("/{}.img", info.pvc)),
+        },
+    );
+    vb.metadata.namespace = Some(ns.to_string());
+    vb.metadata.labels = Some(BTreeMap::from([
+        (PVC_LABEL.to_string(), info.pvc.clone()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "volbackup".to_string(),
+        ),
+    ]));
+    api.create(&PostParams::default(), &vb)
+        .await
+        .map_err(|e| explain(e, "create", "volumebackups.volbackup.io", Some(ns)))?;
+    let status = VolumeBackupStatus {
+        phase: Some(Phase::Completed),
+        volume: Some(info.clone()),
+        bytes_total: Some(summary.bytes_total),
+        bytes_new: Some(summary.bytes_new),
+        bytes_stored: Some(summary.bytes_stored),
+        start_time: Some(started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        completion_time: Some(
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ),
+        ..Default::default()
+    };
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await
+    .map_err(|e| explain(e, "patch", "volumebackups/status", Some(ns)))?;
+    Ok((name, summary))
+}
+
+/// Waits until the mover container runs or ended; an image that cannot be pulled fails at once.
+async fn wait_started(
+    pods: &Api<Pod>,
+    name: &str,
+    image: &str,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<()> {
+    loop {
+        let pod = pods
+            .get(name)
+            .await
+            .map_err(|e| explain(e, "get", "pods", None))?;
+        let status = pod.status.unwrap_or_default();
+        for cs in status.container_statuses.unwrap_or_default() {
+            if let Some(w) = cs.state.and_then(|s| s.waiting) {
+                let reason = w.reason.unwrap_or_default();
+                if matches!(
+                    reason.as_str(),
+                    "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"
+                ) {
+                    bail!(
+                        "the cluster cannot pull the mover image {image} ({reason}): use --image to name one it can pull"
+                    );
+                }
+                if reason == "CreateContainerConfigError" {
+                    bail!(
+                        "the mover pod cannot start: {}",
+                        w.message.unwrap_or(reason)
+                    );
+                }
+            }
+        }
+        if matches!(
+            status.phase.as_deref(),
+            Some("Running" | "Succeeded" | "Failed")
+        ) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the mover pod {name} did not start within {timeout:?}: kubectl describe pod {name} shows why"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Follows the mover's log: returns its result line and its last other line (an error).
+async fn follow_log(
+    pods: &Api<Pod>,
+    name: &str,
+    bar: &ProgressBar,
+    show: bool,
+) -> Result<(Option<String>, Option<String>)> {
+    let lp = LogParams {
+        follow: true,
+        container: Some("mover".into()),
+        ..Default::default()
+    };
+    let stream = pods
+        .log_stream(name, &lp)
+        .await
+        .map_err(|e| explain(e, "get", "pods/log", None))?;
+    let mut lines = stream.lines();
+    let mut summary = None;
+    let mut other = None;
+    while let Some(line) = lines.try_next().await.context("reading the mover's log")? {
+        match parse_mover_line(&line) {
+            MoverLine::Progress { done, total } => {
+                if let Some(total) = total {
+                    bar.set_length(total);
+                }
+                bar.set_position(done);
+            }
+            MoverLine::Summary(s) => summary = Some(s),
+            MoverLine::Other(text) if !text.is_empty() => {
+                if show {
+                    bar.println(&text);
+                }
+                other = Some(text);
+            }
+            MoverLine::Other(_) => {}
+        }
+    }
+    Ok((summary, other))
+}
+
+/// Waits (briefly: the log already ended) for the pod's final phase.
+async fn wait_finished(pods: &Api<Pod>, name: &str) -> Result<String> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pod = pods
+            .get(name)
+            .await
+            .map_err(|e| explain(e, "get", "pods", None))?;
+        let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" || Instant::now() > until {
+            return Ok(phase);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deletes the pods, PVCs and (unless kept) VolumeSnapshots matching a label selector in a
+/// namespace and waits until they are gone. A kept snapshot loses the run label, so `cleanup`
+/// leaves it alone.
+pub async fn cleanup_selector(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+    keep_snapshot: bool,
+) -> Result<usize> {
+    let lp = ListParams::default().labels(selector);
+    let dp = DeleteParams::default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let snaps = cluster::snapshots(client, ns);
+    let mut removed = 0;
+    for p in pods
+        .list(&lp)
+        .await
+        .map_err(|e| explain(e, "list", "pods", Some(ns)))?
+    {
+        delete_ignoring_gone(pods.delete(&p.name_any(), &dp).await)
+            .map_err(|e| explain(e, "delete", "pods", Some(ns)))?;
+        removed += 1;
+    }
+    for p in pvcs
+        .list(&lp)
+        .await
+        .map_err(|e| explain(e, "list", "persistentvolumeclaims", Some(ns)))?
+    {
+        delete_ignoring_gone(pvcs.delete(&p.name_any(), &dp).await)
+            .map_err(|e| explain(e, "delete", "persistentvolumeclaims", Some(ns)))?;
+        removed += 1;
+    }
+    match snaps.list(&lp).await {
+        Ok(list) => {
+            for s in list {
+                let name = s.name_any();
+                if keep_snapshot {
+                    let patch = json!({"metadata": {"labels": {BACKUP_LABEL: null}}});
+                    snaps
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                        .map_err(|e| {
+                            explain(
+                                e,
+                                "patch",
+                                "volumesnapshots.snapshot.storage.k8s.io",
+                                Some(ns),
+                            )
+                        })?;
+                } else {
+                    delete_ignoring_gone(snaps.delete(&name, &dp).await).map_err(|e| {
+                        explain(
+                            e,
+                            "delete",
+                            "volumesnapshots.snapshot.storage.k8s.io",
+                            Some(ns),
+                        )
+                    })?;
+                    removed += 1;
+                }
+            }
+        }
+        Err(e) if cluster::is_status(&e, 404) => {}
+        Err(e) => {
+            return Err(explain(
+                e,
+                "list",
+                "volumesnapshots.snapshot.storage.k8s.io",
+                Some(ns),
+            ));
+        }
+    }
+    // Pods take their grace period; the PVCs follow once no pod uses them.
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        let left = pods.list(&lp).await.map(|l| l.items.len()).unwrap_or(0)
+            + pvcs.list(&lp).await.map(|l| l.items.len()).unwrap_or(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(removed)
+}
+
+fn delete_ignoring_gone<T>(
+    r: std::result::Result<T, kube::Error>,
+) -> std::result::Result<(), kube::Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if cluster::is_status(&e, 404) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mover_lines_are_told_apart() {
+        assert_eq!(
+            parse_mover_line(r#"{"type":"progress","bytes_done":5,"bytes_total":10}"#),
+            MoverLine::Progress {
+                done: 5,
+                total: Some(10)
+            }
+        );
+        let s = r#"{"type":"summary","snapshot_id":"ab","bytes_total":1,"bytes_new":1,"bytes_stored":1,"seconds":0.1}"#;
+        assert_eq!(parse_mover_line(s), MoverLine::Summary(s.to_string()));
+        assert_eq!(
+            parse_mover_line("error: wrong password\n"),
+            MoverLine::Other("error: wrong password".into())
+        );
+    }
+
+    #[test]
+    fn temporary_names_fit_a_pod_hostname_and_keep_the_run_id() {
+        let long = "p".repeat(100);
+        let n = temp_name(&long, "0123abcd");
+        assert!(n.len() <= 63, "{n}");
+        assert!(n.ends_with("-0123abcd"));
+        assert_eq!(temp_name("data", "0123abcd"), "data-0123abcd");
+    }
+
+    #[test]
+    fn backup_names_carry_the_pvc_and_the_time() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-21T12:34:56Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(backup_name("db", at), "db-20261121123456");
+    }
+}

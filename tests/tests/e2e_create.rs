@@ -1,0 +1,437 @@
+//! `kubectl volbackup create` end to end: the real binary against kubesim, whose mover pods run
+//! the same binary as processes; the real `restic` reads what they wrote.
+//!
+//! Needs root, util-linux (`losetup`, `unshare`), loop devices, `/usr/bin/restic` and a built
+//! `target/debug/kubectl-volbackup` (`cargo test --workspace` builds it first); each missing
+//! piece fails the test with a message saying so.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use volbackup_e2e::kubesim::cluster::{Cluster, ClusterOptions};
+
+const NS: &str = "t";
+const PASSWORD: &str = "e2e-secret-pw-7f3a";
+const IMAGE: &str = "ghcr.io/volbackup/volbackup";
+
+fn require_host() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "kubesim's kubelet needs root (mount namespaces, loop devices): run the tests as root"
+    );
+    for tool in ["losetup", "unshare", "mount", "setpriv", "sh", "dd", "cp"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        assert!(found, "`{tool}` is missing from PATH: install util-linux/coreutils");
+    }
+    assert!(
+        Path::new("/dev/loop-control").exists(),
+        "/dev/loop-control is missing: load the loop module (modprobe loop)"
+    );
+    assert!(
+        Path::new("/usr/bin/restic").is_file(),
+        "/usr/bin/restic is missing: apt-get install restic (it is the test oracle)"
+    );
+}
+
+/// The plugin binary built by cargo for this workspace.
+fn plugin_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/kubectl-volbackup");
+    assert!(
+        bin.is_file(),
+        "{} is not built: run `cargo build -p kubectl-volbackup` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin.canonicalize().expect("canonical binary path")
+}
+
+fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: if group.is_empty() { version.into() } else { format!("{group}/{version}") },
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+fn pvcs_ar() -> ApiResource {
+    ar("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims")
+}
+fn pods_ar() -> ApiResource {
+    ar("", "v1", "Pod", "pods")
+}
+fn snapshots_ar() -> ApiResource {
+    ar("snapshot.storage.k8s.io", "v1", "VolumeSnapshot", "volumesnapshots")
+}
+fn snapclass_ar() -> ApiResource {
+    ar("snapshot.storage.k8s.io", "v1", "VolumeSnapshotClass", "volumesnapshotclasses")
+}
+fn backups_ar() -> ApiResource {
+    ar("volbackup.io", "v1alpha1", "VolumeBackup", "volumebackups")
+}
+
+/// What `kubectl-volbackup` printed and how it ended.
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+struct Env {
+    cluster: Cluster,
+    client: kube::Client,
+    dir: tempfile::TempDir,
+    repo: PathBuf,
+    bin: PathBuf,
+}
+
+impl Env {
+    async fn start() -> Env {
+        require_host();
+        let bin = plugin_binary();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut opts = ClusterOptions::new(dir.path().join("cluster"));
+        opts.images = BTreeMap::from([(IMAGE.to_string(), bin.clone())]);
+        let cluster = Cluster::start(opts).await.expect("kubesim starts");
+        let kc = kube::config::Kubeconfig::read_from(cluster.kubeconfig_path()).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
+        let client = kube::Client::try_from(config).expect("client");
+        let repo = dir.path().join("repo");
+        let env = Env { cluster, client, dir, repo, bin };
+        env.create(&ar("", "v1", "Namespace", "namespaces"), json!({"metadata": {"name": NS}})).await;
+        env.create(
+            &ar("storage.k8s.io", "v1", "StorageClass", "storageclasses"),
+            json!({"metadata": {"name": "fast"}, "provisioner": "hostpath.csi.kubesim.io", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"}),
+        )
+        .await;
+        env.create(
+            &snapclass_ar(),
+            json!({"metadata": {"name": "snap", "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}}, "driver": "hostpath.csi.kubesim.io", "deletionPolicy": "Delete"}),
+        )
+        .await;
+        let crd_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds/volumebackups.yaml");
+        let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(&crd_path).expect("CRD manifest")).expect("CRD yaml");
+        env.create(&ar("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions"), crd).await;
+        let out = env.plugin(&["repo", "init", "--repo", env.repo.to_str().unwrap()], &[]).await;
+        assert_eq!(out.code, 0, "repo init failed: {}", out.stderr);
+        env
+    }
+
+    fn api(&self, r: &ApiResource, namespaced: bool) -> Api<DynamicObject> {
+        if namespaced {
+            Api::namespaced_with(self.client.clone(), NS, r)
+        } else {
+            Api::all_with(self.client.clone(), r)
+        }
+    }
+
+    async fn create(&self, r: &ApiResource, mut obj: Value) -> Value {
+        let namespaced = obj.pointer("/metadata/namespace").is_some()
+            || matches!(r.plural.as_str(), "persistentvolumeclaims" | "pods" | "volumesnapshots");
+        obj["apiVersion"] = json!(r.api_version);
+        obj["kind"] = json!(r.kind);
+        let o: DynamicObject = serde_json::from_value(obj).expect("object");
+        let created = self
+            .api(r, namespaced)
+            .create(&PostParams::default(), &o)
+            .await
+            .unwrap_or_else(|e| panic!("creating {}: {e}", r.plural));
+        serde_json::to_value(created).expect("json")
+    }
+
+    async fn list(&self, r: &ApiResource, namespaced: bool, labels: Option<&str>) -> Vec<Value> {
+        let mut lp = ListParams::default();
+        if let Some(l) = labels {
+            lp = lp.labels(l);
+        }
+        self.api(r, namespaced)
+            .list(&lp)
+            .await
+            .unwrap_or_else(|e| panic!("listing {}: {e}", r.plural))
+            .items
+            .into_iter()
+            .map(|o| serde_json::to_value(o).expect("json"))
+            .collect()
+    }
+
+    async fn wait_for(&self, r: &ApiResource, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let o = self.api(r, true).get_opt(name).await.expect("get");
+            if let Some(o) = o.map(|o| serde_json::to_value(o).expect("json")).filter(|o| pred(o)) {
+                return o;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {} {name} {what}", r.plural);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A bound PVC of this mode and size.
+    async fn pvc(&self, name: &str, mode: &str, size: &str, labels: Value) {
+        self.create(
+            &pvcs_ar(),
+            json!({"metadata": {"name": name, "labels": labels}, "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "volumeMode": mode, "resources": {"requests": {"storage": size}}}}),
+        )
+        .await;
+        self.wait_for(&pvcs_ar(), name, "to bind", |p| p.pointer("/status/phase") == Some(&json!("Bound"))).await;
+    }
+
+    /// Runs `sh -c script` in a pod with the PVC at /dev/xvda (Block) or /data, to completion.
+    async fn run_pod(&self, name: &str, pvc: &str, mode: &str, script: &str) {
+        let mut c = json!({"name": "main", "image": "busybox:1.36", "command": ["sh", "-c", script]});
+        if mode == "Block" {
+            c["volumeDevices"] = json!([{"name": "v", "devicePath": "/dev/xvda"}]);
+        } else {
+            c["volumeMounts"] = json!([{"name": "v", "mountPath": "/data"}]);
+        }
+        self.create(
+            &pods_ar(),
+            json!({"metadata": {"name": name}, "spec": {"restartPolicy": "Never", "containers": [c], "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": pvc}}]}}),
+        )
+        .await;
+        let done = self
+            .wait_for(&pods_ar(), name, "to finish", |p| {
+                matches!(p.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+            })
+            .await;
+        assert_eq!(done.pointer("/status/phase"), Some(&json!("Succeeded")), "pod {name} failed: {}", done["status"]);
+        self.api(&pods_ar(), true).delete(name, &Default::default()).await.expect("delete pod");
+    }
+
+    /// Runs the plugin binary with the cluster's kubeconfig and the repository password.
+    async fn plugin(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Outcome {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.args(args)
+            .env("KUBECONFIG", self.cluster.kubeconfig_path())
+            .env("VOLBACKUP_PASSWORD", PASSWORD)
+            .env_remove("VOLBACKUP_REPOSITORY")
+            .env_remove("RESTIC_REPOSITORY")
+            .env_remove("RESTIC_PASSWORD")
+            .stdin(std::process::Stdio::null());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+            .await
+            .expect("kubectl-volbackup finished within 120 s")
+            .expect("kubectl-volbackup runs");
+        let o = Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert!(!o.stdout.contains(PASSWORD) && !o.stderr.contains(PASSWORD), "the password was printed");
+        o
+    }
+
+    async fn create_backup(&self, extra: &[&str]) -> Outcome {
+        let mut args = vec!["create", "-n", NS, "--repo", self.repo.to_str().unwrap(), "--timeout", "60s"];
+        args.extend_from_slice(extra);
+        self.plugin(&args, &[]).await
+    }
+
+    /// Polls until nothing labelled `volbackup.io/backup` is left in the namespace.
+    async fn assert_nothing_temporary_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut left = Vec::new();
+            for r in [pods_ar(), pvcs_ar(), snapshots_ar()] {
+                for o in self.list(&r, true, Some("volbackup.io/backup")).await {
+                    left.push(format!("{}/{}", r.plural, o["metadata"]["name"].as_str().unwrap_or("")));
+                }
+            }
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "temporary objects left behind: {left:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn restic(&self, args: &[&str]) -> std::process::Output {
+        let out = std::process::Command::new("/usr/bin/restic")
+            .arg("--repo")
+            .arg(&self.repo)
+            .arg("--no-cache")
+            .args(args)
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .output()
+            .expect("restic runs");
+        assert!(out.status.success(), "restic {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+}
+
+/// Deterministic bytes that do not compress or deduplicate.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn assert_one_line_failure(out: &Outcome, expect: &str) {
+    assert_ne!(out.code, 0, "succeeded unexpectedly: {}", out.stdout);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {:?}", out.stderr);
+    assert!(lines[0].contains(expect), "{:?} does not mention {expect:?}", lines[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_and_filesystem_pvcs_are_backed_up_and_restic_reads_them_back() {
+    let env = Env::start().await;
+    let data = env.dir.path().join("data");
+    std::fs::create_dir_all(data.join("tree/sub")).unwrap();
+    let block = pattern(4 << 20, 7);
+    std::fs::write(data.join("block.bin"), &block).unwrap();
+    std::fs::write(data.join("tree/a.txt"), b"alpha\n").unwrap();
+    std::fs::write(data.join("tree/sub/b.bin"), pattern(300_000, 9)).unwrap();
+    std::os::unix::fs::symlink("../a.txt", data.join("tree/sub/link")).unwrap();
+
+    env.pvc("blk", "Block", "4Mi", json!({"app": "db"})).await;
+    env.pvc("files", "Filesystem", "8Mi", json!({"app": "web"})).await;
+    let d = data.display();
+    env.run_pod("fill-blk", "blk", "Block", &format!("dd if={d}/block.bin of=/dev/xvda bs=1M conv=notrunc 2>/dev/null && sync")).await;
+    env.run_pod("fill-files", "files", "Filesystem", &format!("cp -a {d}/tree/. /data/ && sync")).await;
+
+    let started = Instant::now();
+    let out = env.create_backup(&["blk", "files"]).await;
+    assert_eq!(out.code, 0, "create failed: {}", out.stderr);
+    eprintln!("create of 2 PVCs took {:?}", started.elapsed());
+    assert_eq!(out.stdout.matches("volumebackup.volbackup.io/").count(), 2, "{}", out.stdout);
+
+    // The records.
+    let backups = env.list(&backups_ar(), true, None).await;
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    let by_pvc = |pvc: &str| {
+        backups
+            .iter()
+            .find(|b| b.pointer("/status/volume/pvc") == Some(&json!(pvc)))
+            .unwrap_or_else(|| panic!("no VolumeBackup for {pvc}: {backups:?}"))
+            .clone()
+    };
+    let vb_blk = by_pvc("blk");
+    let vb_fs = by_pvc("files");
+    for vb in [&vb_blk, &vb_fs] {
+        assert_eq!(vb["status"]["phase"], "Completed");
+        assert_eq!(vb["spec"]["repository"]["secretRef"]["name"], "volbackup-repository");
+        assert_eq!(vb["spec"]["snapshot"].as_str().unwrap().len(), 64);
+        assert_eq!(vb["status"]["volume"]["csiDriver"], "hostpath.csi.kubesim.io");
+        assert_eq!(vb["status"]["volume"]["storageClass"], "fast");
+        assert!(vb["status"]["volume"]["snapshotHandle"].is_string(), "{vb}");
+        assert!(vb["status"]["startTime"].is_string() && vb["status"]["completionTime"].is_string());
+    }
+    assert_eq!(vb_blk["spec"]["path"], "/blk.img");
+    assert_eq!(vb_blk["status"]["volume"]["volumeMode"], "Block");
+    assert_eq!(vb_blk["status"]["volume"]["capacity"], "4Mi");
+    assert_eq!(vb_blk["status"]["bytesTotal"], 4 << 20);
+    assert_eq!(vb_fs["status"]["volume"]["volumeMode"], "Filesystem");
+    assert!(vb_fs["spec"].get("path").is_none());
+
+    // The repository, read by restic.
+    env.restic(&["check", "--read-data"]);
+    let snaps: Value = serde_json::from_slice(&env.restic(&["snapshots", "--json"]).stdout).unwrap();
+    let snaps = snaps.as_array().unwrap();
+    assert_eq!(snaps.len(), 2);
+    let blk_snap = snaps.iter().find(|s| s["id"] == vb_blk["spec"]["snapshot"]).expect("block snapshot in the repository");
+    let tags: Vec<&str> = blk_snap["tags"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(tags.contains(&"namespace=t") && tags.contains(&"pvc=blk"), "{tags:?}");
+    let dumped = env.restic(&["dump", vb_blk["spec"]["snapshot"].as_str().unwrap(), "/blk.img"]).stdout;
+    assert!(dumped == block, "restic dump differs from the block volume ({} bytes)", dumped.len());
+
+    let target = env.dir.path().join("restored");
+    env.restic(&["restore", vb_fs["spec"]["snapshot"].as_str().unwrap(), "--target", target.to_str().unwrap()]);
+    let root = target.join("data");
+    assert_eq!(std::fs::read(root.join("a.txt")).unwrap(), b"alpha\n");
+    assert_eq!(std::fs::read(root.join("sub/b.bin")).unwrap(), pattern(300_000, 9));
+    assert_eq!(std::fs::read_link(root.join("sub/link")).unwrap(), Path::new("../a.txt"));
+
+    // Nothing temporary is left; the Secret holds the settings, but no event repeats them.
+    env.assert_nothing_temporary_left().await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.client.clone(), NS);
+    let secret = secrets.get("volbackup-repository").await.expect("repository Secret");
+    let keys: Vec<String> = secret.data.unwrap_or_default().into_keys().collect();
+    assert!(keys.contains(&"VOLBACKUP_REPOSITORY".into()) && keys.contains(&"VOLBACKUP_PASSWORD".into()), "{keys:?}");
+    let events = env.list(&ar("", "v1", "Event", "events"), true, None).await;
+    assert!(!serde_json::to_string(&events).unwrap().contains(PASSWORD), "an event holds the password");
+
+    // list and describe show the records.
+    let kc = env.cluster.kubeconfig_path().to_str().unwrap().to_string();
+    let listed = env.plugin(&["list", "-n", NS, "--kubeconfig", &kc], &[]).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert!(listed.stdout.contains("blk") && listed.stdout.contains("files") && listed.stdout.contains("Completed"), "{}", listed.stdout);
+    let name = vb_blk["metadata"]["name"].as_str().unwrap();
+    let described = env.plugin(&["describe", name, "-n", NS, "--kubeconfig", &kc], &[]).await;
+    assert_eq!(described.code, 0, "{}", described.stderr);
+    assert!(described.stdout.contains("hostpath.csi.kubesim.io") && described.stdout.contains("Block"), "{}", described.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_fails_in_one_line_and_leaves_nothing_behind() {
+    let env = Env::start().await;
+    env.pvc("vol", "Block", "2Mi", json!({})).await;
+
+    // PVC not found.
+    let out = env.create_backup(&["nope"]).await;
+    assert_one_line_failure(&out, "PVC \"nope\" not found in namespace \"t\"");
+
+    // PVC not bound: a class nobody provisions.
+    env.create(
+        &pvcs_ar(),
+        json!({"metadata": {"name": "pending"}, "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "nobody", "resources": {"requests": {"storage": "1Mi"}}}}),
+    )
+    .await;
+    let out = env.create_backup(&["pending"]).await;
+    assert_one_line_failure(&out, "is Pending, not Bound");
+
+    // Wrong password: refused before anything is created.
+    let out = env
+        .plugin(
+            &["create", "vol", "-n", NS, "--repo", env.repo.to_str().unwrap()],
+            &[("VOLBACKUP_PASSWORD", "not-the-password")],
+        )
+        .await;
+    assert_ne!(out.code, 0);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.to_lowercase().contains("password"), "{}", out.stderr);
+
+    // The image cannot be pulled: noticed within seconds, and the snapshot, temporary PVC and
+    // pod that already existed are removed.
+    let started = Instant::now();
+    let out = env.create_backup(&["vol", "--image", "registry.invalid/volbackup:none"]).await;
+    assert_one_line_failure(&out, "cannot pull the mover image");
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    env.assert_nothing_temporary_left().await;
+
+    // No default snapshot class for the driver.
+    env.api(&snapclass_ar(), false)
+        .patch(
+            "snap",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"snapshot.storage.kubernetes.io/is-default-class": "false"}}})),
+        )
+        .await
+        .expect("patch class");
+    let out = env.create_backup(&["vol"]).await;
+    assert_one_line_failure(&out, "no default VolumeSnapshotClass for CSI driver hostpath.csi.kubesim.io");
+    // ... and a named class that does not exist.
+    let out = env.create_backup(&["vol", "--snapshot-class", "gone"]).await;
+    assert_one_line_failure(&out, "VolumeSnapshotClass \"gone\" not found");
+
+    env.assert_nothing_temporary_left().await;
+    assert!(env.list(&backups_ar(), true, None).await.is_empty(), "a VolumeBackup was recorded for a failed run");
+    assert!(env.list(&snapshots_ar(), true, None).await.is_empty(), "a VolumeSnapshot was left");
+}
