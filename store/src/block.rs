@@ -150,7 +150,7 @@ pub fn open_source(path: &Path) -> Result<Source> {
 /// Takes a shared lock, loads the index, writes packs, index, then the snapshot.
 pub fn backup_block(
     repo: &Repository,
-    source: &mut (dyn Read + Send),
+    source: &mut dyn Read,
     name: &str,
     opts: &BackupOptions,
     progress: &dyn Progress,

@@ -197,6 +197,12 @@ impl BlobWriter {
     /// A writer for `repo`, deduplicating against the repository's loaded index.
     pub fn new(repo: &Repository, opts: WriterOptions) -> Result<BlobWriter> {
         let opts = WriterOptions {
+            // Format version 1 knows no compressed blobs.
+            compression_level: if repo.config().version < 2 {
+                0
+            } else {
+                opts.compression_level
+            },
             workers: opts.workers.max(1),
             upload_threads: opts.upload_threads.max(1),
             pack_size: opts.pack_size.clamp(64 << 10, 128 << 20),

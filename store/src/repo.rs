@@ -176,16 +176,14 @@ impl Repository {
     /// Loads every index file into memory, replacing the current index.
     pub fn load_index(&self) -> Result<()> {
         let files = self.list_ids(FileType::Index)?;
+        let loaded = load_parallel(&files, |id| self.load_index_file(id))?;
         let mut index = Index::new();
-        for id in files {
-            let f = match self.load_index_file(&id) {
-                Ok(f) => f,
-                // Removed by a concurrent prune between listing and reading: it was
-                // superseded by another index file.
-                Err(Error::NotFound { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            index.add_file(Some(id), &f);
+        // A file removed by a concurrent prune between listing and reading was superseded
+        // by another index file: skip it.
+        for (id, f) in files.into_iter().zip(loaded) {
+            if let Some(f) = f {
+                index.add_file(Some(id), &f);
+            }
         }
         *self.inner.index.write().expect("index lock") = Arc::new(index);
         Ok(())
@@ -331,11 +329,17 @@ impl Repository {
     /// Seals and stores an unpacked file (index, snapshot, lock): `0x02 || zstd(json)`.
     /// Returns its id (= file name).
     pub fn save_unpacked_raw(&self, t: FileType, json: &[u8]) -> Result<Id> {
-        let mut plain = Vec::with_capacity(json.len() / 4 + 64);
-        plain.push(2u8);
-        let compressed = zstd::bulk::compress(json, 3)
-            .map_err(|e| Error::Invalid(format!("zstd compression failed: {e}")))?;
-        plain.extend_from_slice(&compressed);
+        // Format version 1 knows no compression: its readers expect bare JSON.
+        let plain = if self.inner.config.version < 2 {
+            json.to_vec()
+        } else {
+            let mut plain = Vec::with_capacity(json.len() / 4 + 64);
+            plain.push(2u8);
+            let compressed = zstd::bulk::compress(json, 3)
+                .map_err(|e| Error::Invalid(format!("zstd compression failed: {e}")))?;
+            plain.extend_from_slice(&compressed);
+            plain
+        };
         let sealed = self.inner.key.seal(&plain);
         let id = Id::hash(&sealed);
         self.inner.backend.write(t, &id.to_hex(), &sealed)?;
@@ -397,14 +401,15 @@ impl Repository {
 
     /// All snapshots, oldest first.
     pub fn list_snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let mut out = Vec::new();
-        for id in self.list_ids(FileType::Snapshot)? {
-            match self.load_unpacked::<Snapshot>(FileType::Snapshot, &id) {
-                Ok(s) => out.push((id, s)),
-                Err(Error::NotFound { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        let ids = self.list_ids(FileType::Snapshot)?;
+        let loaded = load_parallel(&ids, |id| {
+            self.load_unpacked::<Snapshot>(FileType::Snapshot, id)
+        })?;
+        let mut out: Vec<(Id, Snapshot)> = ids
+            .into_iter()
+            .zip(loaded)
+            .filter_map(|(id, s)| s.map(|s| (id, s)))
+            .collect();
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(out)
     }
@@ -535,6 +540,58 @@ impl BlobReader {
         }
         Ok(data)
     }
+}
+
+/// Loads many small files with a few threads (object stores answer each request slowly but
+/// many at once). Files that vanished meanwhile (`NotFound`) come back as `None`; any other
+/// error fails the whole load.
+fn load_parallel<T: Send>(
+    ids: &[Id],
+    load: impl Fn(&Id) -> Result<T> + Sync,
+) -> Result<Vec<Option<T>>> {
+    const THREADS: usize = 8;
+    if ids.len() <= 1 {
+        return ids
+            .iter()
+            .map(|id| match load(id) {
+                Ok(v) => Ok(Some(v)),
+                Err(Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<T>>>> =
+        ids.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..THREADS.min(ids.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(id) = ids.get(i) else { return };
+                    let r = load(id);
+                    let failed = r.is_err() && !matches!(r, Err(Error::NotFound { .. }));
+                    *results[i].lock().expect("result slot") = Some(r);
+                    if failed {
+                        // Stop the other threads early too.
+                        next.store(ids.len(), std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(ids.len());
+    for slot in results {
+        match slot.into_inner().expect("result slot") {
+            Some(Ok(v)) => out.push(Some(v)),
+            Some(Err(Error::NotFound { .. })) => out.push(None),
+            Some(Err(e)) => return Err(e),
+            // Not loaded because another file failed; that error comes first or later.
+            None => out.push(None),
+        }
+    }
+    Ok(out)
 }
 
 /// Decodes the plaintext of an unpacked file: `0x02 || zstd frame`, or bare JSON.

@@ -173,3 +173,118 @@ fn a_damaged_pack_is_reported_naming_the_pack() {
     assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
     assert!(msg.contains("in pack data/"), "{msg}");
 }
+
+#[test]
+fn an_exclusive_lock_blocks_our_backups_and_restics_until_released() {
+    use volbackup_store::lock::Lock;
+    let t = TempRepo::new();
+    let repo = t.init_ours();
+    let guard = Lock::exclusive(&repo).unwrap();
+
+    let image = mixed_image(8, 4);
+    let err = backup_block(
+        &repo,
+        &mut &image[..],
+        "d.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Locked(_)), "{err:?}");
+    let msg = one_line(&err);
+    assert!(
+        msg.contains("is locked exclusively by")
+            && msg.contains(&format!("(pid {})", std::process::id())),
+        "{msg}"
+    );
+    assert!(Lock::shared(&repo).is_err());
+    assert!(Lock::exclusive(&repo).is_err());
+
+    // restic reads our lock file and refuses too.
+    let out = common::restic_output(
+        &t.path,
+        PASSWORD,
+        &["backup", "--stdin", "--stdin-filename", "x"],
+        Some(b"hello"),
+    );
+    assert!(!out.status.success(), "restic ignored our exclusive lock");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("locked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    drop(guard);
+    assert!(
+        repo.list_ids(volbackup_store::backend::FileType::Lock)
+            .unwrap()
+            .is_empty(),
+        "lock file left behind"
+    );
+    // Shared locks coexist, with each other and with restic's.
+    let a = Lock::shared(&repo).unwrap();
+    let b = Lock::shared(&repo).unwrap();
+    t.restic(
+        &["backup", "-q", "--stdin", "--stdin-filename", "x"],
+        Some(b"hello"),
+    );
+    drop((a, b));
+    backup_block(
+        &repo,
+        &mut &image[..],
+        "d.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_lock_left_by_a_dead_process_on_this_host_is_ignored() {
+    use volbackup_store::backend::FileType;
+    use volbackup_store::format::{LockFile, hostname, now};
+    let t = TempRepo::new();
+    let repo = t.init_ours();
+    // A process that has exited: its pid is free (not reused within this test).
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let stale = LockFile {
+        time: now(),
+        exclusive: true,
+        hostname: hostname(),
+        username: "someone".into(),
+        pid: i64::from(pid),
+        uid: 0,
+        gid: 0,
+    };
+    repo.save_unpacked(FileType::Lock, &stale).unwrap();
+    let image = mixed_image(9, 4);
+    backup_block(
+        &repo,
+        &mut &image[..],
+        "e.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    // An exclusive lock from another host, taken just now, is respected.
+    let remote = LockFile {
+        hostname: "other-host".into(),
+        pid: 1,
+        ..stale
+    };
+    repo.save_unpacked(FileType::Lock, &remote).unwrap();
+    let err = backup_block(
+        &repo,
+        &mut &image[..],
+        "e.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(
+        one_line(&err).contains("someone@other-host (pid 1)"),
+        "{err}"
+    );
+}

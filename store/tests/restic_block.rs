@@ -320,3 +320,30 @@ fn restore_onto_a_loop_device_writes_the_image_and_refuses_a_small_one() {
         "bytes past the image changed"
     );
 }
+
+#[test]
+fn a_version_1_repository_gets_uncompressed_files_restic_accepts() {
+    let t = TempRepo::new();
+    t.restic(&["init", "-q", "--repository-version", "1"], None);
+    let repo = t.open();
+    assert_eq!(repo.config().version, 1);
+    let image = mixed_image(10, 4);
+    let sum = backup_block(
+        &repo,
+        &mut &image[..],
+        "old.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    repo.load_index().unwrap();
+    assert!(
+        repo.index()
+            .iter()
+            .all(|(_, _, e)| e.uncompressed_length.is_none())
+    );
+    let check = t.restic(&["check", "--read-data"], None);
+    assert!(String::from_utf8_lossy(&check).contains("no errors were found"));
+    let dumped = t.restic(&["dump", &sum.snapshot_id.to_string(), "/old.img"], None);
+    assert!(dumped == image, "restic dump differs from the input");
+}

@@ -458,7 +458,13 @@ fn an_unreachable_endpoint_is_reported_quickly_after_bounded_retries() {
         .unwrap()
         .port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let b = backend_via(&endpoint, "bucket", "x", |_| {});
+    let mut cfg = S3Config::new(Some(endpoint.clone()), "bucket", "x");
+    cfg.region = Some("garage".into());
+    cfg.credentials = Some(S3Credentials {
+        access_key_id: "GKunused".into(),
+        secret_access_key: "unused".into(),
+    });
+    let b = S3Backend::open(cfg).unwrap();
     let t = Instant::now();
     let err = b.read(FileType::Config, "config").unwrap_err();
     let took = t.elapsed();
@@ -582,10 +588,19 @@ fn a_repository_restic_wrote_on_garage_restores_through_the_s3_backend() {
         Some(&image),
     );
 
-    let backend: Arc<dyn Backend> =
-        Arc::new(backend_via(&g.endpoint(), &bucket, "restic-made", |_| {}));
+    // Read through the proxy: pack downloads that fail or break off are fetched again.
+    let proxy = FaultProxy::start(&g.endpoint());
+    let backend: Arc<dyn Backend> = Arc::new(backend_via(
+        &proxy.endpoint(),
+        &bucket,
+        "restic-made",
+        |_| {},
+    ));
     let repo = Repository::open(backend, PASSWORD).expect("open restic's repository over S3");
     let (id, _snap) = repo.find_snapshot("latest").expect("restic's snapshot");
+    let packs = Match::method("GET").path_contains("/data/");
+    proxy.inject(packs.clone(), Fault::Status(500), 2);
+    proxy.inject(packs.clone(), Fault::Reset, 2);
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("restored.img");
     restore_block(
@@ -600,6 +615,12 @@ fn a_repository_restic_wrote_on_garage_restores_through_the_s3_backend() {
     assert!(
         std::fs::read(&target).unwrap() == image,
         "restored bytes differ"
+    );
+    let n = proxy.injected();
+    assert_eq!(
+        (n.statuses, n.resets),
+        (2, 2),
+        "the faults hit pack reads: {n:?}"
     );
 }
 

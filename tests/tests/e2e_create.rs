@@ -26,7 +26,10 @@ fn require_host() {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
-        assert!(found, "`{tool}` is missing from PATH: install util-linux/coreutils");
+        assert!(
+            found,
+            "`{tool}` is missing from PATH: install util-linux/coreutils"
+        );
     }
     assert!(
         Path::new("/dev/loop-control").exists(),
@@ -56,7 +59,11 @@ fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource {
         group: group.into(),
         version: version.into(),
-        api_version: if group.is_empty() { version.into() } else { format!("{group}/{version}") },
+        api_version: if group.is_empty() {
+            version.into()
+        } else {
+            format!("{group}/{version}")
+        },
         kind: kind.into(),
         plural: plural.into(),
     }
@@ -69,10 +76,20 @@ fn pods_ar() -> ApiResource {
     ar("", "v1", "Pod", "pods")
 }
 fn snapshots_ar() -> ApiResource {
-    ar("snapshot.storage.k8s.io", "v1", "VolumeSnapshot", "volumesnapshots")
+    ar(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshot",
+        "volumesnapshots",
+    )
 }
 fn snapclass_ar() -> ApiResource {
-    ar("snapshot.storage.k8s.io", "v1", "VolumeSnapshotClass", "volumesnapshotclasses")
+    ar(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshotClass",
+        "volumesnapshotclasses",
+    )
 }
 fn backups_ar() -> ApiResource {
     ar("volbackup.io", "v1alpha1", "VolumeBackup", "volumebackups")
@@ -96,17 +113,32 @@ struct Env {
 impl Env {
     async fn start() -> Env {
         require_host();
+        // volbackup-store (for the S3 harness) links aws-lc-rs next to ring: pick one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let bin = plugin_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut opts = ClusterOptions::new(dir.path().join("cluster"));
         opts.images = BTreeMap::from([(IMAGE.to_string(), bin.clone())]);
         let cluster = Cluster::start(opts).await.expect("kubesim starts");
-        let kc = kube::config::Kubeconfig::read_from(cluster.kubeconfig_path()).expect("kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
+        let kc =
+            kube::config::Kubeconfig::read_from(cluster.kubeconfig_path()).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
         let client = kube::Client::try_from(config).expect("client");
         let repo = dir.path().join("repo");
-        let env = Env { cluster, client, dir, repo, bin };
-        env.create(&ar("", "v1", "Namespace", "namespaces"), json!({"metadata": {"name": NS}})).await;
+        let env = Env {
+            cluster,
+            client,
+            dir,
+            repo,
+            bin,
+        };
+        env.create(
+            &ar("", "v1", "Namespace", "namespaces"),
+            json!({"metadata": {"name": NS}}),
+        )
+        .await;
         env.create(
             &ar("storage.k8s.io", "v1", "StorageClass", "storageclasses"),
             json!({"metadata": {"name": "fast"}, "provisioner": "hostpath.csi.kubesim.io", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"}),
@@ -117,10 +149,24 @@ impl Env {
             json!({"metadata": {"name": "snap", "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}}, "driver": "hostpath.csi.kubesim.io", "deletionPolicy": "Delete"}),
         )
         .await;
-        let crd_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds/volumebackups.yaml");
-        let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(&crd_path).expect("CRD manifest")).expect("CRD yaml");
-        env.create(&ar("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions"), crd).await;
-        let out = env.plugin(&["repo", "init", "--repo", env.repo.to_str().unwrap()], &[]).await;
+        let crd_path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds/volumebackups.yaml");
+        let crd: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&crd_path).expect("CRD manifest"))
+                .expect("CRD yaml");
+        env.create(
+            &ar(
+                "apiextensions.k8s.io",
+                "v1",
+                "CustomResourceDefinition",
+                "customresourcedefinitions",
+            ),
+            crd,
+        )
+        .await;
+        let out = env
+            .plugin(&["repo", "init", "--repo", env.repo.to_str().unwrap()], &[])
+            .await;
         assert_eq!(out.code, 0, "repo init failed: {}", out.stderr);
         env
     }
@@ -135,7 +181,10 @@ impl Env {
 
     async fn create(&self, r: &ApiResource, mut obj: Value) -> Value {
         let namespaced = obj.pointer("/metadata/namespace").is_some()
-            || matches!(r.plural.as_str(), "persistentvolumeclaims" | "pods" | "volumesnapshots");
+            || matches!(
+                r.plural.as_str(),
+                "persistentvolumeclaims" | "pods" | "volumesnapshots"
+            );
         obj["apiVersion"] = json!(r.api_version);
         obj["kind"] = json!(r.kind);
         let o: DynamicObject = serde_json::from_value(obj).expect("object");
@@ -162,14 +211,27 @@ impl Env {
             .collect()
     }
 
-    async fn wait_for(&self, r: &ApiResource, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    async fn wait_for(
+        &self,
+        r: &ApiResource,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let o = self.api(r, true).get_opt(name).await.expect("get");
-            if let Some(o) = o.map(|o| serde_json::to_value(o).expect("json")).filter(|o| pred(o)) {
+            if let Some(o) = o
+                .map(|o| serde_json::to_value(o).expect("json"))
+                .filter(|o| pred(o))
+            {
                 return o;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {} {name} {what}", r.plural);
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {} {name} {what}",
+                r.plural
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -181,12 +243,16 @@ impl Env {
             json!({"metadata": {"name": name, "labels": labels}, "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "volumeMode": mode, "resources": {"requests": {"storage": size}}}}),
         )
         .await;
-        self.wait_for(&pvcs_ar(), name, "to bind", |p| p.pointer("/status/phase") == Some(&json!("Bound"))).await;
+        self.wait_for(&pvcs_ar(), name, "to bind", |p| {
+            p.pointer("/status/phase") == Some(&json!("Bound"))
+        })
+        .await;
     }
 
     /// Runs `sh -c script` in a pod with the PVC at /dev/xvda (Block) or /data, to completion.
     async fn run_pod(&self, name: &str, pvc: &str, mode: &str, script: &str) {
-        let mut c = json!({"name": "main", "image": "busybox:1.36", "command": ["sh", "-c", script]});
+        let mut c =
+            json!({"name": "main", "image": "busybox:1.36", "command": ["sh", "-c", script]});
         if mode == "Block" {
             c["volumeDevices"] = json!([{"name": "v", "devicePath": "/dev/xvda"}]);
         } else {
@@ -199,11 +265,22 @@ impl Env {
         .await;
         let done = self
             .wait_for(&pods_ar(), name, "to finish", |p| {
-                matches!(p.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+                matches!(
+                    p.pointer("/status/phase").and_then(Value::as_str),
+                    Some("Succeeded" | "Failed")
+                )
             })
             .await;
-        assert_eq!(done.pointer("/status/phase"), Some(&json!("Succeeded")), "pod {name} failed: {}", done["status"]);
-        self.api(&pods_ar(), true).delete(name, &Default::default()).await.expect("delete pod");
+        assert_eq!(
+            done.pointer("/status/phase"),
+            Some(&json!("Succeeded")),
+            "pod {name} failed: {}",
+            done["status"]
+        );
+        self.api(&pods_ar(), true)
+            .delete(name, &Default::default())
+            .await
+            .expect("delete pod");
     }
 
     /// Runs the plugin binary with the cluster's kubeconfig and the repository password.
@@ -228,12 +305,23 @@ impl Env {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         };
-        assert!(!o.stdout.contains(PASSWORD) && !o.stderr.contains(PASSWORD), "the password was printed");
+        assert!(
+            !o.stdout.contains(PASSWORD) && !o.stderr.contains(PASSWORD),
+            "the password was printed"
+        );
         o
     }
 
     async fn create_backup(&self, extra: &[&str]) -> Outcome {
-        let mut args = vec!["create", "-n", NS, "--repo", self.repo.to_str().unwrap(), "--timeout", "60s"];
+        let mut args = vec![
+            "create",
+            "-n",
+            NS,
+            "--repo",
+            self.repo.to_str().unwrap(),
+            "--timeout",
+            "60s",
+        ];
         args.extend_from_slice(extra);
         self.plugin(&args, &[]).await
     }
@@ -245,13 +333,20 @@ impl Env {
             let mut left = Vec::new();
             for r in [pods_ar(), pvcs_ar(), snapshots_ar()] {
                 for o in self.list(&r, true, Some("volbackup.io/backup")).await {
-                    left.push(format!("{}/{}", r.plural, o["metadata"]["name"].as_str().unwrap_or("")));
+                    left.push(format!(
+                        "{}/{}",
+                        r.plural,
+                        o["metadata"]["name"].as_str().unwrap_or("")
+                    ));
                 }
             }
             if left.is_empty() {
                 return;
             }
-            assert!(Instant::now() < deadline, "temporary objects left behind: {left:?}");
+            assert!(
+                Instant::now() < deadline,
+                "temporary objects left behind: {left:?}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -265,7 +360,11 @@ impl Env {
             .env("RESTIC_PASSWORD", PASSWORD)
             .output()
             .expect("restic runs");
-        assert!(out.status.success(), "restic {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "restic {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     }
 }
@@ -287,7 +386,11 @@ fn assert_one_line_failure(out: &Outcome, expect: &str) {
     assert_ne!(out.code, 0, "succeeded unexpectedly: {}", out.stdout);
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "not one line: {:?}", out.stderr);
-    assert!(lines[0].contains(expect), "{:?} does not mention {expect:?}", lines[0]);
+    assert!(
+        lines[0].contains(expect),
+        "{:?} does not mention {expect:?}",
+        lines[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,16 +405,34 @@ async fn block_and_filesystem_pvcs_are_backed_up_and_restic_reads_them_back() {
     std::os::unix::fs::symlink("../a.txt", data.join("tree/sub/link")).unwrap();
 
     env.pvc("blk", "Block", "4Mi", json!({"app": "db"})).await;
-    env.pvc("files", "Filesystem", "8Mi", json!({"app": "web"})).await;
+    env.pvc("files", "Filesystem", "8Mi", json!({"app": "web"}))
+        .await;
     let d = data.display();
-    env.run_pod("fill-blk", "blk", "Block", &format!("dd if={d}/block.bin of=/dev/xvda bs=1M conv=notrunc 2>/dev/null && sync")).await;
-    env.run_pod("fill-files", "files", "Filesystem", &format!("cp -a {d}/tree/. /data/ && sync")).await;
+    env.run_pod(
+        "fill-blk",
+        "blk",
+        "Block",
+        &format!("dd if={d}/block.bin of=/dev/xvda bs=1M conv=notrunc 2>/dev/null && sync"),
+    )
+    .await;
+    env.run_pod(
+        "fill-files",
+        "files",
+        "Filesystem",
+        &format!("cp -a {d}/tree/. /data/ && sync"),
+    )
+    .await;
 
     let started = Instant::now();
     let out = env.create_backup(&["blk", "files"]).await;
     assert_eq!(out.code, 0, "create failed: {}", out.stderr);
     eprintln!("create of 2 PVCs took {:?}", started.elapsed());
-    assert_eq!(out.stdout.matches("volumebackup.volbackup.io/").count(), 2, "{}", out.stdout);
+    assert_eq!(
+        out.stdout.matches("volumebackup.volbackup.io/").count(),
+        2,
+        "{}",
+        out.stdout
+    );
 
     // The records.
     let backups = env.list(&backups_ar(), true, None).await;
@@ -327,12 +448,20 @@ async fn block_and_filesystem_pvcs_are_backed_up_and_restic_reads_them_back() {
     let vb_fs = by_pvc("files");
     for vb in [&vb_blk, &vb_fs] {
         assert_eq!(vb["status"]["phase"], "Completed");
-        assert_eq!(vb["spec"]["repository"]["secretRef"]["name"], "volbackup-repository");
+        assert_eq!(
+            vb["spec"]["repository"]["secretRef"]["name"],
+            "volbackup-repository"
+        );
         assert_eq!(vb["spec"]["snapshot"].as_str().unwrap().len(), 64);
-        assert_eq!(vb["status"]["volume"]["csiDriver"], "hostpath.csi.kubesim.io");
+        assert_eq!(
+            vb["status"]["volume"]["csiDriver"],
+            "hostpath.csi.kubesim.io"
+        );
         assert_eq!(vb["status"]["volume"]["storageClass"], "fast");
         assert!(vb["status"]["volume"]["snapshotHandle"].is_string(), "{vb}");
-        assert!(vb["status"]["startTime"].is_string() && vb["status"]["completionTime"].is_string());
+        assert!(
+            vb["status"]["startTime"].is_string() && vb["status"]["completionTime"].is_string()
+        );
     }
     assert_eq!(vb_blk["spec"]["path"], "/blk.img");
     assert_eq!(vb_blk["status"]["volume"]["volumeMode"], "Block");
@@ -343,40 +472,98 @@ async fn block_and_filesystem_pvcs_are_backed_up_and_restic_reads_them_back() {
 
     // The repository, read by restic.
     env.restic(&["check", "--read-data"]);
-    let snaps: Value = serde_json::from_slice(&env.restic(&["snapshots", "--json"]).stdout).unwrap();
+    let snaps: Value =
+        serde_json::from_slice(&env.restic(&["snapshots", "--json"]).stdout).unwrap();
     let snaps = snaps.as_array().unwrap();
     assert_eq!(snaps.len(), 2);
-    let blk_snap = snaps.iter().find(|s| s["id"] == vb_blk["spec"]["snapshot"]).expect("block snapshot in the repository");
-    let tags: Vec<&str> = blk_snap["tags"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    assert!(tags.contains(&"namespace=t") && tags.contains(&"pvc=blk"), "{tags:?}");
-    let dumped = env.restic(&["dump", vb_blk["spec"]["snapshot"].as_str().unwrap(), "/blk.img"]).stdout;
-    assert!(dumped == block, "restic dump differs from the block volume ({} bytes)", dumped.len());
+    let blk_snap = snaps
+        .iter()
+        .find(|s| s["id"] == vb_blk["spec"]["snapshot"])
+        .expect("block snapshot in the repository");
+    let tags: Vec<&str> = blk_snap["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        tags.contains(&"namespace=t") && tags.contains(&"pvc=blk"),
+        "{tags:?}"
+    );
+    let dumped = env
+        .restic(&[
+            "dump",
+            vb_blk["spec"]["snapshot"].as_str().unwrap(),
+            "/blk.img",
+        ])
+        .stdout;
+    assert!(
+        dumped == block,
+        "restic dump differs from the block volume ({} bytes)",
+        dumped.len()
+    );
 
     let target = env.dir.path().join("restored");
-    env.restic(&["restore", vb_fs["spec"]["snapshot"].as_str().unwrap(), "--target", target.to_str().unwrap()]);
-    let root = target.join("data");
+    env.restic(&[
+        "restore",
+        vb_fs["spec"]["snapshot"].as_str().unwrap(),
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    // The snapshot's root tree holds the volume's contents (like `restic backup .` inside it).
+    let root = target.as_path();
     assert_eq!(std::fs::read(root.join("a.txt")).unwrap(), b"alpha\n");
-    assert_eq!(std::fs::read(root.join("sub/b.bin")).unwrap(), pattern(300_000, 9));
-    assert_eq!(std::fs::read_link(root.join("sub/link")).unwrap(), Path::new("../a.txt"));
+    assert_eq!(
+        std::fs::read(root.join("sub/b.bin")).unwrap(),
+        pattern(300_000, 9)
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("sub/link")).unwrap(),
+        Path::new("../a.txt")
+    );
 
     // Nothing temporary is left; the Secret holds the settings, but no event repeats them.
     env.assert_nothing_temporary_left().await;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.client.clone(), NS);
-    let secret = secrets.get("volbackup-repository").await.expect("repository Secret");
+    let secret = secrets
+        .get("volbackup-repository")
+        .await
+        .expect("repository Secret");
     let keys: Vec<String> = secret.data.unwrap_or_default().into_keys().collect();
-    assert!(keys.contains(&"VOLBACKUP_REPOSITORY".into()) && keys.contains(&"VOLBACKUP_PASSWORD".into()), "{keys:?}");
+    assert!(
+        keys.contains(&"VOLBACKUP_REPOSITORY".into())
+            && keys.contains(&"VOLBACKUP_PASSWORD".into()),
+        "{keys:?}"
+    );
     let events = env.list(&ar("", "v1", "Event", "events"), true, None).await;
-    assert!(!serde_json::to_string(&events).unwrap().contains(PASSWORD), "an event holds the password");
+    assert!(
+        !serde_json::to_string(&events).unwrap().contains(PASSWORD),
+        "an event holds the password"
+    );
 
     // list and describe show the records.
     let kc = env.cluster.kubeconfig_path().to_str().unwrap().to_string();
-    let listed = env.plugin(&["list", "-n", NS, "--kubeconfig", &kc], &[]).await;
+    let listed = env
+        .plugin(&["list", "-n", NS, "--kubeconfig", &kc], &[])
+        .await;
     assert_eq!(listed.code, 0, "{}", listed.stderr);
-    assert!(listed.stdout.contains("blk") && listed.stdout.contains("files") && listed.stdout.contains("Completed"), "{}", listed.stdout);
+    assert!(
+        listed.stdout.contains("blk")
+            && listed.stdout.contains("files")
+            && listed.stdout.contains("Completed"),
+        "{}",
+        listed.stdout
+    );
     let name = vb_blk["metadata"]["name"].as_str().unwrap();
-    let described = env.plugin(&["describe", name, "-n", NS, "--kubeconfig", &kc], &[]).await;
+    let described = env
+        .plugin(&["describe", name, "-n", NS, "--kubeconfig", &kc], &[])
+        .await;
     assert_eq!(described.code, 0, "{}", described.stderr);
-    assert!(described.stdout.contains("hostpath.csi.kubesim.io") && described.stdout.contains("Block"), "{}", described.stdout);
+    assert!(
+        described.stdout.contains("hostpath.csi.kubesim.io") && described.stdout.contains("Block"),
+        "{}",
+        described.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,20 +587,37 @@ async fn bad_input_fails_in_one_line_and_leaves_nothing_behind() {
     // Wrong password: refused before anything is created.
     let out = env
         .plugin(
-            &["create", "vol", "-n", NS, "--repo", env.repo.to_str().unwrap()],
+            &[
+                "create",
+                "vol",
+                "-n",
+                NS,
+                "--repo",
+                env.repo.to_str().unwrap(),
+            ],
             &[("VOLBACKUP_PASSWORD", "not-the-password")],
         )
         .await;
     assert_ne!(out.code, 0);
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
-    assert!(out.stderr.to_lowercase().contains("password"), "{}", out.stderr);
+    assert!(
+        out.stderr.to_lowercase().contains("password"),
+        "{}",
+        out.stderr
+    );
 
     // The image cannot be pulled: noticed within seconds, and the snapshot, temporary PVC and
     // pod that already existed are removed.
     let started = Instant::now();
-    let out = env.create_backup(&["vol", "--image", "registry.invalid/volbackup:none"]).await;
+    let out = env
+        .create_backup(&["vol", "--image", "registry.invalid/volbackup:none"])
+        .await;
     assert_one_line_failure(&out, "cannot pull the mover image");
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
     env.assert_nothing_temporary_left().await;
 
     // No default snapshot class for the driver.
@@ -426,12 +630,481 @@ async fn bad_input_fails_in_one_line_and_leaves_nothing_behind() {
         .await
         .expect("patch class");
     let out = env.create_backup(&["vol"]).await;
-    assert_one_line_failure(&out, "no default VolumeSnapshotClass for CSI driver hostpath.csi.kubesim.io");
+    assert_one_line_failure(
+        &out,
+        "no default VolumeSnapshotClass for CSI driver hostpath.csi.kubesim.io",
+    );
     // ... and a named class that does not exist.
-    let out = env.create_backup(&["vol", "--snapshot-class", "gone"]).await;
+    let out = env
+        .create_backup(&["vol", "--snapshot-class", "gone"])
+        .await;
     assert_one_line_failure(&out, "VolumeSnapshotClass \"gone\" not found");
 
+    // No VolumeSnapshot API at all.
+    env.api(
+        &ar(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+        ),
+        false,
+    )
+    .delete(
+        "volumesnapshotclasses.snapshot.storage.k8s.io",
+        &Default::default(),
+    )
+    .await
+    .expect("delete the VolumeSnapshotClass CRD");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = env.create_backup(&["vol"]).await;
+    assert_one_line_failure(
+        &out,
+        "the VolumeSnapshot CRDs (snapshot.storage.k8s.io/v1) are not installed",
+    );
+
     env.assert_nothing_temporary_left().await;
-    assert!(env.list(&backups_ar(), true, None).await.is_empty(), "a VolumeBackup was recorded for a failed run");
-    assert!(env.list(&snapshots_ar(), true, None).await.is_empty(), "a VolumeSnapshot was left");
+    assert!(
+        env.list(&backups_ar(), true, None).await.is_empty(),
+        "a VolumeBackup was recorded for a failed run"
+    );
+    assert!(
+        env.list(&snapshots_ar(), true, None).await.is_empty(),
+        "a VolumeSnapshot was left"
+    );
+}
+
+/// The VolumeBackups of one PVC, oldest first.
+async fn backups_of(env: &Env, pvc: &str) -> Vec<Value> {
+    let mut v: Vec<Value> = env
+        .list(
+            &backups_ar(),
+            true,
+            Some(&format!("volbackup.io/pvc={pvc}")),
+        )
+        .await;
+    v.sort_by_key(|b| b["status"]["startTime"].as_str().unwrap_or("").to_string());
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pvcs_selected_by_label_are_backed_up_and_a_second_backup_stores_only_the_change() {
+    let env = Env::start().await;
+    let data = env.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (i, name) in ["b1", "b2"].iter().enumerate() {
+        env.pvc(name, "Block", "2Mi", json!({"tier": "batch"}))
+            .await;
+        std::fs::write(
+            data.join(format!("{name}.bin")),
+            pattern(2 << 20, 100 + i as u64),
+        )
+        .unwrap();
+        env.run_pod(
+            &format!("fill-{name}"),
+            name,
+            "Block",
+            &format!(
+                "dd if={}/{name}.bin of=/dev/xvda bs=1M 2>/dev/null && sync",
+                data.display()
+            ),
+        )
+        .await;
+    }
+    env.pvc("f1", "Filesystem", "4Mi", json!({"tier": "batch"}))
+        .await;
+    env.run_pod(
+        "fill-f1",
+        "f1",
+        "Filesystem",
+        "echo hello > /data/x && sync",
+    )
+    .await;
+    env.pvc("other", "Block", "2Mi", json!({"tier": "web"}))
+        .await;
+
+    let out = env
+        .create_backup(&[
+            "-l",
+            "tier=batch",
+            "--parallel",
+            "3",
+            "--tag",
+            "run=nightly",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "create failed: {}", out.stderr);
+    for pvc in ["b1", "b2", "f1"] {
+        let b = backups_of(&env, pvc).await;
+        assert_eq!(b.len(), 1, "{pvc}: {b:?}");
+        assert_eq!(b[0]["status"]["phase"], "Completed");
+    }
+    assert!(
+        backups_of(&env, "other").await.is_empty(),
+        "a PVC outside the selector was backed up"
+    );
+    let snaps: Value = serde_json::from_slice(
+        &env.restic(&["snapshots", "--json", "--tag", "run=nightly"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 3, "{snaps}");
+
+    // A 32 MiB volume, backed up, 1% of it changed, backed up again.
+    const SIZE: usize = 32 << 20;
+    let mut image = pattern(SIZE, 5);
+    std::fs::write(data.join("big.bin"), &image).unwrap();
+    env.pvc("big", "Block", "32Mi", json!({})).await;
+    env.run_pod(
+        "fill-big",
+        "big",
+        "Block",
+        &format!(
+            "dd if={}/big.bin of=/dev/xvda bs=1M 2>/dev/null && sync",
+            data.display()
+        ),
+    )
+    .await;
+    let out = env.create_backup(&["big"]).await;
+    assert_eq!(out.code, 0, "first backup failed: {}", out.stderr);
+    let change = SIZE / 100;
+    let offset = 10 << 20;
+    image[offset..offset + change].copy_from_slice(&pattern(change, 77));
+    std::fs::write(data.join("change.bin"), &image[offset..offset + change]).unwrap();
+    env.run_pod(
+        "change-big",
+        "big",
+        "Block",
+        &format!(
+            "dd if={}/change.bin of=/dev/xvda bs=4096 seek={} conv=notrunc 2>/dev/null && sync",
+            data.display(),
+            offset / 4096
+        ),
+    )
+    .await;
+    // The backup name carries the second; two backups in the same second would collide.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = env.create_backup(&["big"]).await;
+    assert_eq!(out.code, 0, "second backup failed: {}", out.stderr);
+    let b = backups_of(&env, "big").await;
+    assert_eq!(b.len(), 2, "{b:?}");
+    let first_new = b[0]["status"]["bytesNew"].as_u64().unwrap();
+    let second_new = b[1]["status"]["bytesNew"].as_u64().unwrap();
+    eprintln!(
+        "big volume: first backup {first_new} new bytes, after a {change}-byte change {second_new}"
+    );
+    assert_eq!(first_new, SIZE as u64);
+    assert!(
+        second_new > 0 && second_new < (SIZE / 4) as u64,
+        "the second backup stored {second_new} new bytes for a {change}-byte change"
+    );
+    let dumped = env
+        .restic(&[
+            "dump",
+            b[1]["spec"]["snapshot"].as_str().unwrap(),
+            "/big.img",
+        ])
+        .stdout;
+    assert!(
+        dumped == image,
+        "the second snapshot does not hold the changed volume"
+    );
+    env.restic(&["check", "--read-data"]);
+    env.assert_nothing_temporary_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_backup_removes_its_temporary_objects_and_the_repository_stays_sound() {
+    let env = Env::start().await;
+    let data = env.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("v.bin"), pattern(64 << 20, 3)).unwrap();
+    env.pvc("v", "Block", "64Mi", json!({})).await;
+    env.run_pod(
+        "fill",
+        "v",
+        "Block",
+        &format!(
+            "dd if={}/v.bin of=/dev/xvda bs=1M 2>/dev/null && sync",
+            data.display()
+        ),
+    )
+    .await;
+
+    let child = tokio::process::Command::new(&env.bin)
+        .args([
+            "create",
+            "v",
+            "-n",
+            NS,
+            "--repo",
+            env.repo.to_str().unwrap(),
+        ])
+        .env("KUBECONFIG", env.cluster.kubeconfig_path())
+        .env("VOLBACKUP_PASSWORD", PASSWORD)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl-volbackup starts");
+    let pid = child.id().expect("pid");
+    // Interrupt once the mover runs (it is then reading and uploading).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = env
+            .list(&pods_ar(), true, Some("volbackup.io/backup"))
+            .await
+            .iter()
+            .any(|p| p.pointer("/status/phase") == Some(&json!("Running")));
+        if running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the mover pod never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).expect("pid"),
+        rustix::process::Signal::INT,
+    )
+    .expect("SIGINT");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("exits after SIGINT")
+        .expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the interrupted run reported success"
+    );
+    assert!(stderr.contains("interrupted by Ctrl-C"), "{stderr}");
+    env.assert_nothing_temporary_left().await;
+    assert!(
+        backups_of(&env, "v").await.is_empty(),
+        "an interrupted run recorded a VolumeBackup"
+    );
+
+    // `cleanup` finds nothing more, and the repository passes check.
+    let kc = env.cluster.kubeconfig_path().to_str().unwrap().to_string();
+    let out = env
+        .plugin(&["cleanup", "-n", NS, "--kubeconfig", &kc], &[])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The killed mover's lock stays in the repository (the mover does not remove it on
+    // SIGTERM). `restic unlock` removes only stale locks (same host, process gone), so this
+    // also shows that the mover process really ended; then the repository passes check.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        env.restic(&["unlock"]);
+        let out = std::process::Command::new("/usr/bin/restic")
+            .arg("--repo")
+            .arg(&env.repo)
+            .args(["--no-cache", "check", "--read-data"])
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .output()
+            .expect("restic runs");
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            err.contains("already locked") && Instant::now() < deadline,
+            "restic check failed: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_removes_what_a_killed_run_left() {
+    let env = Env::start().await;
+    env.pvc("v", "Block", "2Mi", json!({})).await;
+    // What a run killed with SIGKILL right after creating its snapshot and temporary PVC leaves.
+    let labels = json!({"volbackup.io/backup": "deadbeef", "volbackup.io/pvc": "v"});
+    env.create(&snapshots_ar(), json!({"metadata": {"name": "v-deadbeef", "labels": labels}, "spec": {"source": {"persistentVolumeClaimName": "v"}}})).await;
+    env.wait_for(&snapshots_ar(), "v-deadbeef", "to be ready", |s| {
+        s.pointer("/status/readyToUse") == Some(&json!(true))
+    })
+    .await;
+    env.create(
+        &pvcs_ar(),
+        json!({"metadata": {"name": "v-deadbeef", "labels": labels}, "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "volumeMode": "Block", "resources": {"requests": {"storage": "2Mi"}},
+            "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "v-deadbeef"}}}),
+    )
+    .await;
+    let kc = env.cluster.kubeconfig_path().to_str().unwrap().to_string();
+    let out = env
+        .plugin(&["cleanup", "-n", NS, "--kubeconfig", &kc], &[])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    env.assert_nothing_temporary_left().await;
+    // The user's PVC is untouched.
+    env.wait_for(&pvcs_ar(), "v", "to stay bound", |p| {
+        p.pointer("/status/phase") == Some(&json!("Bound"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_user_without_rights_is_told_the_missing_verb_and_resource() {
+    use base64::Engine;
+    let env = Env::start().await;
+    env.pvc("vol", "Block", "2Mi", json!({})).await;
+    let (cert, key) = env
+        .cluster
+        .issue_client_cert("alice", &["devs"])
+        .expect("client cert");
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let kc = env.dir.path().join("alice.kubeconfig");
+    env.cluster
+        .write_kubeconfig(
+            &kc,
+            json!({"client-certificate-data": b64(&cert), "client-key-data": b64(&key)}),
+            NS,
+        )
+        .expect("kubeconfig");
+    let kcs = kc.to_str().unwrap();
+    let out = env
+        .plugin(
+            &[
+                "create",
+                "vol",
+                "--kubeconfig",
+                kcs,
+                "--repo",
+                env.repo.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_one_line_failure(
+        &out,
+        "forbidden: you may not list volumebackups.volbackup.io in namespace \"t\"",
+    );
+
+    // With read rights on the PVC side but none on snapshots, the denial names the next step.
+    let rbac = |kind: &str, plural: &str| ar("rbac.authorization.k8s.io", "v1", kind, plural);
+    env.api(&rbac("Role", "roles"), true)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "reader", "namespace": NS},
+                "rules": [{"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "list"]},
+                          {"apiGroups": ["volbackup.io"], "resources": ["volumebackups"], "verbs": ["get", "list"]}]}))
+            .unwrap(),
+        )
+        .await
+        .expect("role");
+    env.api(&rbac("RoleBinding", "rolebindings"), true)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "reader", "namespace": NS},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}))
+            .unwrap(),
+        )
+        .await
+        .expect("binding");
+    let out = env
+        .plugin(
+            &[
+                "create",
+                "vol",
+                "--kubeconfig",
+                kcs,
+                "--repo",
+                env.repo.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_one_line_failure(&out, "forbidden: you may not get persistentvolumes");
+    env.assert_nothing_temporary_left().await;
+}
+
+#[path = "../../store/tests/support_s3/mod.rs"]
+mod support_s3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_pvc_is_backed_up_to_s3_with_credentials_from_the_secret() {
+    let env = Env::start().await;
+    let garage = tokio::task::spawn_blocking(support_s3::Garage::shared)
+        .await
+        .expect("garage");
+    let bucket = garage.new_bucket("e2e-create");
+    let location = format!("s3:{}/{bucket}/repo", garage.endpoint());
+    let aws: Vec<(&str, String)> = garage.restic_env();
+    let aws_ref: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = env
+        .plugin(&["repo", "init", "--repo", &location], &aws_ref)
+        .await;
+    assert_eq!(out.code, 0, "repo init on S3: {}", out.stderr);
+
+    let data = env.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let block = pattern(3 << 20, 11);
+    std::fs::write(data.join("s3.bin"), &block).unwrap();
+    env.pvc("s3vol", "Block", "3Mi", json!({})).await;
+    env.run_pod(
+        "fill",
+        "s3vol",
+        "Block",
+        &format!(
+            "dd if={}/s3.bin of=/dev/xvda bs=1M 2>/dev/null && sync",
+            data.display()
+        ),
+    )
+    .await;
+
+    let out = env
+        .plugin(
+            &[
+                "create",
+                "s3vol",
+                "-n",
+                NS,
+                "--repo",
+                &location,
+                "--timeout",
+                "60s",
+            ],
+            &aws_ref,
+        )
+        .await;
+    assert_eq!(out.code, 0, "create to S3 failed: {}", out.stderr);
+    assert!(
+        !out.stdout.contains(garage.secret_key()) && !out.stderr.contains(garage.secret_key()),
+        "the S3 secret key was printed"
+    );
+    let b = backups_of(&env, "s3vol").await;
+    assert_eq!(b.len(), 1);
+    let snapshot = b[0]["spec"]["snapshot"].as_str().unwrap().to_string();
+
+    let restic = |args: &[&str]| {
+        let out = std::process::Command::new("/usr/bin/restic")
+            .args(["--repo", &location, "--no-cache"])
+            .args(args)
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .envs(aws.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("restic runs");
+        assert!(
+            out.status.success(),
+            "restic {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    restic(&["check", "--read-data"]);
+    assert!(
+        restic(&["dump", &snapshot, "/s3vol.img"]) == block,
+        "restic dump from S3 differs from the volume"
+    );
+    let events = env.list(&ar("", "v1", "Event", "events"), true, None).await;
+    assert!(
+        !serde_json::to_string(&events)
+            .unwrap()
+            .contains(garage.secret_key()),
+        "an event holds the S3 secret key"
+    );
+    env.assert_nothing_temporary_left().await;
 }

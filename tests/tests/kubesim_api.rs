@@ -1625,4 +1625,30 @@ async fn kubectl_create_commands_logs_and_auth_can_i_work() {
         err.contains("users \"admin\" is forbidden: User \"system:serviceaccount:team:bot\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"),
         "{err}"
     );
+
+    // `kubectl scale` goes through the Deployment's `scale` subresource.
+    let deps: Api<Deployment> = Api::namespaced(sim.client.clone(), "team");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}}, "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["sleep", "30"]}]}
+        }}
+    }))
+    .unwrap();
+    deps.create(&PostParams::default(), &d).await.unwrap();
+    let kc = sim.cluster.kubeconfig_path().to_path_buf();
+    let scaled = tokio::task::spawn_blocking(move || {
+        ok(kubectl(
+            &kc,
+            &["scale", "deployment", "web", "-n", "team", "--replicas=2"],
+        ))
+    })
+    .await
+    .unwrap();
+    assert_eq!(scaled.trim(), "deployment.apps/web scaled");
+    assert_eq!(deps.get("web").await.unwrap().spec.replicas, Some(2));
+    let scale = deps.get_scale("web").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(2));
+    assert_eq!(scale.status.unwrap().selector.as_deref(), Some("app=web"));
 }

@@ -464,14 +464,19 @@ async fn snapshot_class(
 /// Creates or updates `volbackup-repository` in a namespace. Its values are never printed.
 async fn write_secret(client: &Client, ns: &str, data: &BTreeMap<String, String>) -> Result<()> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret: Secret = serde_json::from_value(json!({
+    // `data`, not `stringData`: what an API server stores and what a replace must carry.
+    let mut secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": REPOSITORY_SECRET, "namespace": ns,
                      "labels": {"app.kubernetes.io/managed-by": "volbackup"}},
         "type": "Opaque",
-        "stringData": data,
     }))?;
+    secret.data = Some(
+        data.iter()
+            .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.clone().into_bytes())))
+            .collect(),
+    );
     match api.get_opt(REPOSITORY_SECRET).await {
         Ok(None) => {
             api.create(&PostParams::default(), &secret)

@@ -86,9 +86,7 @@ impl Garage {
                 std::process::id(),
                 random_hex(4)
             ));
-            let mut g = Garage::start_in(&dir, true);
-            g.dir = dir;
-            g
+            Garage::start_in(&dir, true)
         })
     }
 
@@ -99,6 +97,23 @@ impl Garage {
     }
 
     fn start_in(dir: &Path, remove_dir_on_exit: bool) -> Garage {
+        // A port picked as free may be taken by someone else before Garage binds it: then
+        // Garage exits at once, and we try again with other ports.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut g = Garage::spawn(dir, remove_dir_on_exit);
+            match g.wait_ready() {
+                Ok(node) => {
+                    g.setup(&node);
+                    return g;
+                }
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}")
+    }
+
+    fn spawn(dir: &Path, remove_dir_on_exit: bool) -> Garage {
         let bin = garage_binary();
         std::fs::create_dir_all(dir).expect("create the Garage folder");
         let (rpc, s3, admin) = (free_port(), free_port(), free_port());
@@ -126,13 +141,20 @@ api_bind_addr = "127.0.0.1:{admin}"
         );
         std::fs::write(&config, text).expect("write garage.toml");
         let log = std::fs::File::create(dir.join("garage.log")).expect("create garage.log");
-        // The shell runs Garage in the background and waits on its stdin, which is our pipe:
-        // when we close it (drop) or die, `read` returns and the server is killed.
-        let script = r#""$0" -c "$1" server </dev/null & pid=$!
-read _ignored
-kill "$pid" 2>/dev/null
-wait "$pid"
-if [ -n "$2" ]; then rm -rf "$2"; fi"#;
+        // The shell runs Garage and exits with it. A watcher in the background waits on the
+        // shell's stdin, which is our pipe: when we close it (drop) or die, the watcher kills
+        // the server and, for the shared server, removes its folder (not when the server had
+        // already exited: a failed start is retried in the same folder).
+        let script = r#"exec 3<&0
+"$0" -c "$1" server </dev/null & pid=$!
+(
+  read _ignored <&3
+  if kill "$pid" 2>/dev/null; then
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    if [ -n "$2" ]; then rm -rf "$2"; fi
+  fi
+) &
+wait "$pid""#;
         let cleanup = if remove_dir_on_exit {
             dir.display().to_string()
         } else {
@@ -151,7 +173,7 @@ if [ -n "$2" ]; then rm -rf "$2"; fi"#;
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let stdin = child.stdin.take();
-        let mut g = Garage {
+        Garage {
             bin,
             config,
             dir: dir.to_path_buf(),
@@ -162,22 +184,21 @@ if [ -n "$2" ]; then rm -rf "$2"; fi"#;
             child,
             stdin,
             buckets: AtomicUsize::new(0),
-        };
-        g.setup();
-        g
+        }
     }
 
-    fn setup(&mut self) {
-        // Ready when the CLI can talk to the node over RPC.
+    /// Waits until the CLI can talk to the node over RPC and returns the node id; `Err` if
+    /// the server exited.
+    fn wait_ready(&mut self) -> Result<String, String> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let node = loop {
+        loop {
             match self.try_cli(&["node", "id", "-q"]) {
                 Ok(out) => {
                     if let Some(id) = out
                         .lines()
                         .find_map(|l| l.trim().split_once('@').map(|(id, _)| id.to_string()))
                     {
-                        break id;
+                        return Ok(id);
                     }
                 }
                 Err(e) if Instant::now() > deadline => {
@@ -189,11 +210,17 @@ if [ -n "$2" ]; then rm -rf "$2"; fi"#;
                 Err(_) => {}
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("Garage exited ({status}) while starting:\n{}", self.log());
+                return Err(format!(
+                    "Garage exited ({status}) while starting:\n{}",
+                    self.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(200));
-        };
-        self.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        }
+    }
+
+    fn setup(&mut self, node: &str) {
+        self.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", node]);
         self.cli(&["layout", "apply", "--version", "1"]);
         let key = self.cli(&["key", "create", &self.key_name.clone()]);
         for line in key.lines() {

@@ -197,6 +197,10 @@ impl Cluster {
     /// namespaces `default`, `kube-system`, `kube-public`, `kube-node-lease`, the snapshot and
     /// populator CRDs, and the simulated controllers.
     pub async fn start(opts: ClusterOptions) -> anyhow::Result<Cluster> {
+        // Test processes link rustls with both ring (kube) and aws-lc-rs (the AWS SDK), so
+        // rustls cannot pick a process-wide provider by itself and clients built without an
+        // explicit one (kube's) would panic. Choose ring, unless the process already chose.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = opts.dir.clone();
         std::fs::create_dir_all(dir.join("pods"))
             .with_context(|| format!("creating {}", dir.display()))?;

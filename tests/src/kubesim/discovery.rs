@@ -118,13 +118,22 @@ pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Valu
             resources.push(json!({"name": format!("{}/status", t.plural), "singularName": "", "namespaced": t.namespaced, "kind": t.kind, "verbs": ["get", "patch", "update"]}));
         }
         for s in &t.extra_subresources {
-            let verbs = if s == "log" {
-                json!(["get"])
-            } else {
-                json!(["update"])
+            let (verbs, kind, group, version) = match s.as_str() {
+                "log" => (json!(["get"]), "Pod", "", ""),
+                "scale" => (
+                    json!(["get", "patch", "update"]),
+                    "Scale",
+                    "autoscaling",
+                    "v1",
+                ),
+                _ => (json!(["update"]), t.kind.as_str(), "", ""),
             };
-            let kind = if s == "log" { "Pod" } else { t.kind.as_str() };
-            resources.push(json!({"name": format!("{}/{s}", t.plural), "singularName": "", "namespaced": t.namespaced, "kind": kind, "verbs": verbs}));
+            let mut r = json!({"name": format!("{}/{s}", t.plural), "singularName": "", "namespaced": t.namespaced, "kind": kind, "verbs": verbs});
+            if !group.is_empty() {
+                r["group"] = json!(group);
+                r["version"] = json!(version);
+            }
+            resources.push(r);
         }
     }
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
@@ -150,7 +159,9 @@ pub fn aggregated(types: &[ResourceType], core: bool) -> Value {
                             subs.push(json!({"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}));
                         }
                         for s in &t.extra_subresources {
-                            if s == "log" {
+                            if s == "scale" {
+                                subs.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+                            } else if s == "log" {
                                 subs.push(json!({"subresource": "log", "responseKind": {"group": "", "version": "", "kind": "string"}, "verbs": ["get"]}));
                             } else {
                                 subs.push(json!({"subresource": s, "responseKind": kind, "verbs": ["update"]}));

@@ -291,7 +291,7 @@ const BUILTINS: &[B] = &[
         namespaced: true,
         short: &["deploy"],
         status: true,
-        extra: &[],
+        extra: &["scale"],
     },
     B {
         group: "apps",
@@ -301,7 +301,7 @@ const BUILTINS: &[B] = &[
         namespaced: true,
         short: &["rs"],
         status: true,
-        extra: &[],
+        extra: &["scale"],
     },
     B {
         group: "coordination.k8s.io",

@@ -612,6 +612,9 @@ async fn dispatch(
     if rt.create_only && rr.verb != "create" {
         return Err(errors::method_not_supported(&rt.qualified(), &rr.verb));
     }
+    if rr.sub.as_deref() == Some("scale") {
+        return scale(state, rr, &srt, ns.as_deref(), content_type, body, opts);
+    }
     match rr.verb.as_str() {
         "get" => {
             let name = rr.name.clone().unwrap_or_default();
@@ -840,6 +843,100 @@ async fn dispatch(
         }
         other => Err(errors::method_not_supported(&rt.qualified(), other)),
     }
+}
+
+/// The `scale` subresource of Deployments and ReplicaSets: an `autoscaling/v1` Scale view of
+/// `spec.replicas` (what `kubectl scale` reads and patches;
+/// https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/deployment-v1/).
+fn scale(
+    state: &Arc<ServerState>,
+    rr: &ResReq,
+    srt: &ResourceType,
+    ns: Option<&str>,
+    content_type: &str,
+    body: &Bytes,
+    opts: WriteOpts,
+) -> Result<Response<Body>, ApiError> {
+    let name = rr.name.clone().unwrap_or_default();
+    let view = |o: &Value| -> Value {
+        let labels = o
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let selector: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        let m = o.get("metadata").cloned().unwrap_or(json!({}));
+        json!({
+            "kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"], "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
+            "spec": {"replicas": o.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+            "status": {"replicas": o.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector.join(",")}
+        })
+    };
+    let store = &state.store;
+    let out = match rr.verb.as_str() {
+        "get" => store.get_obj(srt, ns, &name)?,
+        "update" | "patch" => {
+            let input = parse_body(body, content_type)?;
+            let ct = content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            let opts = WriteOpts {
+                part: Part::Main,
+                ..opts
+            };
+            store.modify(srt, ns, &name, opts, |cur| {
+                let current = view(cur);
+                let wanted = match (rr.verb.as_str(), ct.as_str()) {
+                    ("update", _) => input.clone(),
+                    (_, "application/json-patch+json") => {
+                        let p: json_patch::Patch = serde_json::from_value(input.clone())
+                            .map_err(|e| errors::bad_request(e.to_string()))?;
+                        let mut doc = current.clone();
+                        json_patch::patch(&mut doc, &p)
+                            .map_err(|e| errors::bad_request(e.to_string()))?;
+                        doc
+                    }
+                    _ => {
+                        let mut doc = current.clone();
+                        json_patch::merge(&mut doc, &input);
+                        doc
+                    }
+                };
+                if let Some(rv) = wanted
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    && !rv.is_empty()
+                    && Some(rv)
+                        != cur
+                            .pointer("/metadata/resourceVersion")
+                            .and_then(Value::as_str)
+                {
+                    return Err(errors::conflict_modified(&srt.qualified(), &name));
+                }
+                let replicas = wanted
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                let mut next = cur.clone();
+                next["spec"]["replicas"] = json!(replicas);
+                Ok(next)
+            })?
+        }
+        other => {
+            return Err(errors::method_not_supported(
+                &format!("{}/scale", srt.qualified()),
+                other,
+            ));
+        }
+    };
+    Ok(json_response(200, &view(&out)))
 }
 
 fn delete_opts(body: &Bytes, query: &HashMap<String, String>) -> Result<DeleteOpts, ApiError> {

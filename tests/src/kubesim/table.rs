@@ -238,6 +238,36 @@ fn columns_and_cells(rt: &ResourceType, obj: &Value) -> (Vec<Value>, Row) {
                 ],
             )
         }
+        ("", "events") => {
+            let last = obj
+                .get("lastTimestamp")
+                .and_then(Value::as_str)
+                .or_else(|| obj.get("eventTime").and_then(Value::as_str))
+                .or(created);
+            let object = format!(
+                "{}/{}",
+                s(obj.pointer("/involvedObject/kind")).to_lowercase(),
+                s(obj.pointer("/involvedObject/name"))
+            );
+            (
+                vec![
+                    col("Last Seen", "string", 0),
+                    col("Type", "string", 0),
+                    col("Reason", "string", 0),
+                    col("Object", "string", 0),
+                    col("Message", "string", 0),
+                    col("Name", "string", 1),
+                ],
+                vec![
+                    json!(age(last)),
+                    json!(s(obj.get("type"))),
+                    json!(s(obj.get("reason"))),
+                    json!(object),
+                    json!(s(obj.get("message"))),
+                    name,
+                ],
+            )
+        }
         ("", "namespaces") => (
             vec![
                 col("Name", "string", 0),
