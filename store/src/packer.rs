@@ -206,7 +206,6 @@ impl BlobWriter {
             workers: opts.workers.max(1),
             upload_threads: opts.upload_threads.max(1),
             pack_size: opts.pack_size.clamp(64 << 10, 128 << 20),
-            ..opts
         };
         // Fail early on a bad level.
         let first = Scratch::new(opts.compression_level)?;

@@ -640,6 +640,30 @@ async fn bad_input_fails_in_one_line_and_leaves_nothing_behind() {
         .await;
     assert_one_line_failure(&out, "VolumeSnapshotClass \"gone\" not found");
 
+    // An existing Secret named with --repo-secret must exist.
+    let out = env
+        .create_backup(&["vol", "--repo-secret", "missing"])
+        .await;
+    assert_one_line_failure(&out, "Secret \"missing\" not found in namespace \"t\"");
+
+    // A repository that is not there: refused before anything is created.
+    let out = env
+        .plugin(
+            &[
+                "create",
+                "vol",
+                "-n",
+                NS,
+                "--repo",
+                "/nonexistent/volbackup-repo",
+            ],
+            &[],
+        )
+        .await;
+    assert_ne!(out.code, 0);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("repository"), "{}", out.stderr);
+
     // No VolumeSnapshot API at all.
     env.api(
         &ar(
@@ -1107,4 +1131,75 @@ async fn a_block_pvc_is_backed_up_to_s3_with_credentials_from_the_secret() {
         "an event holds the S3 secret key"
     );
     env.assert_nothing_temporary_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_credential_user_lists_and_deletes_backups_with_confirmation_rules() {
+    let env = Env::start().await;
+    env.pvc("vol", "Filesystem", "2Mi", json!({})).await;
+    env.run_pod("fill", "vol", "Filesystem", "echo x > /data/x && sync")
+        .await;
+    let out = env.create_backup(&["vol"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let name = backups_of(&env, "vol").await[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // An EKS/GKE-style exec credential plugin hands out a token the cluster knows.
+    let token = "exec-token-5c1d";
+    env.cluster
+        .add_user_token(token, "bob", &["system:masters"]);
+    let cred = json!({"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential", "status": {"token": token}});
+    let kc = env.dir.path().join("exec.kubeconfig");
+    env.cluster
+        .write_kubeconfig(
+            &kc,
+            json!({"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "sh", "args": ["-c", format!("echo '{cred}'")], "interactiveMode": "Never"}}),
+            NS,
+        )
+        .expect("kubeconfig");
+    let kcs = kc.to_str().unwrap();
+    let out = env
+        .plugin(&["list", "--kubeconfig", kcs, "-o", "json"], &[])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let listed: Value = serde_json::from_str(&out.stdout).expect("list -o json is JSON");
+    assert_eq!(listed[0]["metadata"]["name"], name.as_str());
+    let out = env
+        .plugin(&["list", "--kubeconfig", kcs, "-o", "wide"], &[])
+        .await;
+    assert!(
+        out.stdout.contains("Filesystem") && out.stdout.contains("volbackup-repository"),
+        "{}",
+        out.stdout
+    );
+    let out = env
+        .plugin(&["list", "-A", "--kubeconfig", kcs, "-o", "yaml"], &[])
+        .await;
+    assert!(
+        out.stdout.contains(&format!("name: {name}")),
+        "{}",
+        out.stdout
+    );
+
+    // Without a terminal, delete needs --yes.
+    let out = env
+        .plugin(&["delete", &name, "--kubeconfig", kcs], &[])
+        .await;
+    assert_one_line_failure(&out, "pass --yes");
+    assert_eq!(
+        backups_of(&env, "vol").await.len(),
+        1,
+        "deleted without confirmation"
+    );
+    let out = env
+        .plugin(&["delete", &name, "--yes", "--kubeconfig", kcs], &[])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(backups_of(&env, "vol").await.is_empty(), "not deleted");
+    let out = env
+        .plugin(&["describe", &name, "--kubeconfig", kcs], &[])
+        .await;
+    assert_one_line_failure(&out, "not found");
 }
