@@ -642,7 +642,13 @@ async fn bad_input_fails_in_one_line_and_leaves_nothing_behind() {
 
     // An existing Secret named with --repo-secret must exist.
     let out = env
-        .create_backup(&["vol", "--repo-secret", "missing"])
+        .create_backup(&[
+            "vol",
+            "--snapshot-class",
+            "snap",
+            "--repo-secret",
+            "missing",
+        ])
         .await;
     assert_one_line_failure(&out, "Secret \"missing\" not found in namespace \"t\"");
 

@@ -589,14 +589,20 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
         if status.get("readyToUse") == Some(&Value::Bool(true)) {
             break status;
         }
-        if let Some(msg) = status.pointer("/error/message").and_then(Value::as_str) {
-            bail!("VolumeSnapshot {ns}/{tmp} failed: {msg}");
-        }
+        // The snapshot controller reports transient errors here and retries, so an error
+        // only ends the wait at the deadline, where it says why.
+        let error = status.pointer("/error/message").and_then(Value::as_str);
         if Instant::now() > deadline {
-            bail!(
-                "VolumeSnapshot {ns}/{tmp} was not ready within {:?}: is the snapshot controller running? (kubectl describe volumesnapshot {tmp} -n {ns})",
-                run.timeout
-            );
+            match error {
+                Some(msg) => bail!(
+                    "VolumeSnapshot {ns}/{tmp} was not ready within {:?}: {msg}",
+                    run.timeout
+                ),
+                None => bail!(
+                    "VolumeSnapshot {ns}/{tmp} was not ready within {:?}: is the snapshot controller running? (kubectl describe volumesnapshot {tmp} -n {ns})",
+                    run.timeout
+                ),
+            }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
