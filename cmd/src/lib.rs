@@ -4,8 +4,8 @@
 //! stderr and turns the outcome into an exit code.
 
 pub mod cli;
-pub mod commands;
 pub mod cluster;
+pub mod commands;
 pub mod progress;
 pub mod repository;
 
@@ -30,6 +30,18 @@ pub fn run() -> i32 {
 
 fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     let quiet = cli.quiet;
+    let repository_command = matches!(
+        cli.command,
+        Command::Repo(_)
+            | Command::Snapshots(_)
+            | Command::Forget(_)
+            | Command::Prune(_)
+            | Command::Mover(_)
+    );
+    if repository_command {
+        // The Kubernetes commands handle Ctrl-C themselves (they clean up cluster objects).
+        exit_cleanly_on_signals();
+    }
     match &cli.command {
         Command::Repo(RepoCommand::Init(a)) => commands::repo::init(a, quiet),
         Command::Repo(RepoCommand::Check(a)) => commands::repo::check_cmd(a, quiet),
@@ -44,6 +56,45 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Describe(a) => commands::backups::describe(a),
         Command::Delete(a) => commands::backups::delete(a, quiet),
     }
+}
+
+/// On SIGINT or SIGTERM: remove the repository locks this process holds, say so, and exit
+/// (130 / 143, as a shell reports a process stopped by those signals). Everything a backup had
+/// written by then is valid on its own; the next backup picks its packs up (see
+/// `volbackup_store::resume`).
+fn exit_cleanly_on_signals() {
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(|| {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let code = rt.block_on(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return None;
+                };
+                tokio::select! {
+                    _ = int.recv() => Some(130),
+                    _ = term.recv() => Some(143),
+                }
+            });
+            if let Some(code) = code {
+                volbackup_store::lock::release_held_locks();
+                eprintln!(
+                    "error: interrupted; repository locks removed, nothing half-written is used"
+                );
+                std::process::exit(code);
+            }
+        });
+    // Without the thread the default signal action still ends the process.
+    drop(spawned);
 }
 
 /// The error chain on one line, each cause once (a cause whose text the outer message already

@@ -452,3 +452,67 @@ fn a_backup_killed_midway_leaves_a_valid_repository_and_the_rerun_uploads_nothin
     );
     assert!(dumped.stdout == data, "restic dump differs from the image");
 }
+
+#[test]
+fn a_backup_stopped_with_sigterm_removes_its_lock_so_restic_check_runs_at_once() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let image = dir.path().join("big.img");
+    let mut data = Vec::new();
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .take(320 << 20)
+        .read_to_end(&mut data)
+        .unwrap();
+    std::fs::write(&image, &data).unwrap();
+    let mut child = bin()
+        .args(["mover", "backup", "-q", "--repo"])
+        .arg(&repo)
+        .arg("--source")
+        .arg(&image)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while packs(&repo).len() < 2 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup finished before it could be stopped"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no packs appeared within 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let locks_while_running = std::fs::read_dir(repo.join("locks")).unwrap().count();
+    assert_eq!(locks_while_running, 1, "a running backup holds one lock");
+    ok(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .output()
+            .unwrap(),
+        "kill -TERM",
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = one_error_line(&out);
+    assert!(line.contains("interrupted"), "{line}");
+    assert_eq!(
+        std::fs::read_dir(repo.join("locks")).unwrap().count(),
+        0,
+        "the lock was left behind"
+    );
+    ok(
+        restic(&repo).arg("check").output().unwrap(),
+        "restic check right after SIGTERM",
+    );
+}

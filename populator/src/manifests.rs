@@ -9,5 +9,7 @@ use crate::api::VolumeBackup;
 pub fn volumebackup_crd_yaml() -> String {
     let crd = VolumeBackup::crd();
     let body = serde_yaml::to_string(&crd).expect("a CRD always serializes");
-    format!("# Generated from populator/src/api.rs; do not edit. Regenerate with:\n#   VOLBACKUP_UPDATE_MANIFESTS=1 cargo test -p volbackup-populator --test crd\n{body}")
+    format!(
+        "# Generated from populator/src/api.rs; do not edit. Regenerate with:\n#   VOLBACKUP_UPDATE_MANIFESTS=1 cargo test -p volbackup-populator --test crd\n{body}"
+    )
 }

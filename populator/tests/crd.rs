@@ -32,6 +32,14 @@ fn the_crd_declares_the_status_subresource_and_a_structural_schema() {
     assert_eq!(v["name"], "v1alpha1");
     assert!(v["subresources"]["status"].is_object());
     let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
-    let required: Vec<&str> = spec["required"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
-    assert!(required.contains(&"repository") && required.contains(&"snapshot"), "{required:?}");
+    let required: Vec<&str> = spec["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(
+        required.contains(&"repository") && required.contains(&"snapshot"),
+        "{required:?}"
+    );
 }

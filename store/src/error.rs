@@ -44,7 +44,9 @@ pub enum Error {
     },
 
     /// No key in the repository opens with the given password.
-    #[error("wrong password: no key in {location} opens with it (check VOLBACKUP_PASSWORD or --password-file)")]
+    #[error(
+        "wrong password: no key in {location} opens with it (check VOLBACKUP_PASSWORD or --password-file)"
+    )]
     WrongPassword {
         /// The backend location.
         location: String,
@@ -78,11 +80,20 @@ pub enum Error {
 impl Error {
     /// Whether trying the same operation again can help.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Backend { retryable: true, .. })
+        matches!(
+            self,
+            Error::Backend {
+                retryable: true,
+                ..
+            }
+        )
     }
 
     /// An I/O error on a local path.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -5,8 +5,8 @@
 //! [`progress::Progress`], errors are values.
 
 pub mod backend;
-pub mod block;
 pub mod backup_tree;
+pub mod block;
 pub mod check;
 pub mod chunker;
 pub mod crypto;

@@ -38,8 +38,25 @@ impl Lock {
     }
 }
 
+/// Every lock this process holds, so that a process that is told to stop (SIGTERM, Ctrl-C)
+/// can remove its lock files before it exits: restic does not pass over a stale lock when it
+/// locks, so a lock left behind blocks `restic check` until someone runs `restic unlock`.
+static HELD: Mutex<Vec<(u64, Repository, Arc<Mutex<Id>>)>> = Mutex::new(Vec::new());
+static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Removes the lock files of every lock this process holds, without waiting for their guards.
+/// For a signal handler that is about to exit the process; best effort.
+pub fn release_held_locks() {
+    let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, repo, current) in held.iter() {
+        let id = *current.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = repo.backend().remove(FileType::Lock, &id.to_hex());
+    }
+}
+
 /// A held lock. Dropping it stops the refresh thread and removes the lock file.
 pub struct LockGuard {
+    token: u64,
     repo: Repository,
     current: Arc<Mutex<Id>>,
     exclusive: bool,
@@ -86,7 +103,12 @@ impl LockGuard {
                 }
             })
             .map_err(|e| Error::Invalid(format!("cannot start lock refresh thread: {e}")))?;
+        let token = NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HELD.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((token, repo.clone(), current.clone()));
         Ok(LockGuard {
+            token,
             repo: repo.clone(),
             current,
             exclusive,
@@ -114,6 +136,9 @@ impl Drop for LockGuard {
         }
         let id = *self.current.lock().expect("lock id");
         let _ = self.repo.backend().remove(FileType::Lock, &id.to_hex());
+        HELD.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(t, _, _)| *t != self.token);
     }
 }
 
