@@ -149,22 +149,6 @@ pub(crate) fn pack_path(id: &Id) -> String {
     relative_path(FileType::Pack, &id.to_hex())
 }
 
-/// The size a pack must have, given its complete blob list.
-pub(crate) fn expected_pack_size(blobs: &[IndexBlob]) -> u64 {
-    let header: u64 = blobs
-        .iter()
-        .map(|b| {
-            if b.uncompressed_length.is_some() {
-                format::HEADER_ENTRY_COMPRESSED_LEN as u64
-            } else {
-                format::HEADER_ENTRY_LEN as u64
-            }
-        })
-        .sum();
-    let body: u64 = blobs.iter().map(|b| u64::from(b.length)).sum();
-    body + header + crypto::OVERHEAD as u64 + 4
-}
-
 /// The index as check sees it: per pack, the blobs listed for it (first index file wins) and
 /// which index files mention it.
 #[derive(Debug, Default)]
@@ -363,7 +347,7 @@ fn check_packs(
             }
             pos += u64::from(b.length);
         }
-        let expected = expected_pack_size(blobs);
+        let expected = format::pack_size(blobs);
         if tiled && expected != size {
             report.error(
                 &path,

@@ -431,6 +431,39 @@ pub fn base64_encode(v: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(v)
 }
 
+/// A byte count as people read it, in binary units (`1.5 MiB`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The size a pack must have, given its complete blob list: the sealed blobs, the sealed header
+/// (one entry per blob, longer for compressed blobs) and the header's u32 length.
+pub fn pack_size(blobs: &[IndexBlob]) -> u64 {
+    let header: u64 = blobs
+        .iter()
+        .map(|b| {
+            if b.uncompressed_length.is_some() {
+                HEADER_ENTRY_COMPRESSED_LEN as u64
+            } else {
+                HEADER_ENTRY_LEN as u64
+            }
+        })
+        .sum();
+    let body: u64 = blobs.iter().map(|b| u64::from(b.length)).sum();
+    body + header + crate::crypto::OVERHEAD as u64 + 4
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,7 +41,10 @@ impl Lock {
 /// Every lock this process holds, so that a process that is told to stop (SIGTERM, Ctrl-C)
 /// can remove its lock files before it exits: restic does not pass over a stale lock when it
 /// locks, so a lock left behind blocks `restic check` until someone runs `restic unlock`.
-static HELD: Mutex<Vec<(u64, Repository, Arc<Mutex<Id>>)>> = Mutex::new(Vec::new());
+static HELD: Mutex<Vec<HeldLock>> = Mutex::new(Vec::new());
+
+/// A held lock's token, repository and current lock file id.
+type HeldLock = (u64, Repository, Arc<Mutex<Id>>);
 static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Removes the lock files of every lock this process holds, without waiting for their guards.

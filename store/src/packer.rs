@@ -739,18 +739,8 @@ mod tests {
             let header = repo.read_pack_header(&pack).unwrap();
             assert_eq!(header, from_index);
             let size = repo.backend().stat(FileType::Pack, &pack.to_hex()).unwrap();
-            let hlen: u64 = header
-                .iter()
-                .map(|b| {
-                    if b.uncompressed_length.is_some() {
-                        format::HEADER_ENTRY_COMPRESSED_LEN as u64
-                    } else {
-                        format::HEADER_ENTRY_LEN as u64
-                    }
-                })
-                .sum();
-            let blobs: u64 = header.iter().map(|b| u64::from(b.length)).sum();
-            assert_eq!(size, blobs + hlen + crate::crypto::OVERHEAD as u64 + 4);
+            let listed: Vec<_> = header.iter().map(PackedBlob::to_index_blob).collect();
+            assert_eq!(size, format::pack_size(&listed));
         }
         for (id, data) in ids {
             let e = index.get(BlobType::Data, &id).unwrap();

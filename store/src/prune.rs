@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use crate::backend::FileType;
-use crate::check::{PackMap, expected_pack_size, pack_path, walk_trees};
+use crate::check::{PackMap, pack_path, walk_trees};
 use crate::format::{self, BlobType, IndexBlob, IndexFile, IndexPack, PackedBlob, Snapshot};
 use crate::id::Id;
 use crate::index::IndexEntry;
@@ -148,22 +148,6 @@ impl PrunePlan {
     }
 }
 
-/// Formats a byte count in binary units (`1.500 MiB`).
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.3} {}", UNITS[u])
-    }
-}
-
 fn percent(part: u64, whole: u64) -> String {
     if whole == 0 {
         "0.00%".into()
@@ -180,27 +164,27 @@ impl fmt::Display for PrunePlan {
             f,
             "used:         {:>10} blobs / {}",
             c.used_blobs,
-            bytes(c.used_bytes)
+            format::human_bytes(c.used_bytes)
         )?;
         if c.duplicate_blobs > 0 {
             writeln!(
                 f,
                 "duplicates:   {:>10} blobs / {}",
                 c.duplicate_blobs,
-                bytes(c.duplicate_bytes)
+                format::human_bytes(c.duplicate_bytes)
             )?;
         }
         writeln!(
             f,
             "unused:       {:>10} blobs / {}",
             c.unused_blobs,
-            bytes(c.unused_bytes)
+            format::human_bytes(c.unused_bytes)
         )?;
         if c.unreferenced_bytes > 0 {
             writeln!(
                 f,
                 "unreferenced:                    {}",
-                bytes(c.unreferenced_bytes)
+                format::human_bytes(c.unreferenced_bytes)
             )?;
         }
         let total_blobs = c.used_blobs + c.duplicate_blobs + c.unused_blobs;
@@ -210,7 +194,7 @@ impl fmt::Display for PrunePlan {
             f,
             "total:        {:>10} blobs / {}",
             total_blobs,
-            bytes(total)
+            format::human_bytes(total)
         )?;
         writeln!(f, "unused size: {} of total size", percent(unused, total))?;
         writeln!(f)?;
@@ -218,19 +202,19 @@ impl fmt::Display for PrunePlan {
             f,
             "to repack:    {:>10} blobs / {}",
             c.repack_blobs,
-            bytes(c.repack_bytes)
+            format::human_bytes(c.repack_bytes)
         )?;
         writeln!(
             f,
             "this removes: {:>10} blobs / {}",
             c.repack_removed_blobs,
-            bytes(c.repack_removed_bytes)
+            format::human_bytes(c.repack_removed_bytes)
         )?;
         writeln!(
             f,
             "to delete:    {:>10} blobs / {}",
             c.remove_blobs,
-            bytes(c.remove_bytes + c.unreferenced_bytes)
+            format::human_bytes(c.remove_bytes + c.unreferenced_bytes)
         )?;
         let pruned = c.remove_bytes + c.repack_removed_bytes + c.unreferenced_bytes;
         let pruned_blobs = c.remove_blobs + c.repack_removed_blobs;
@@ -238,20 +222,20 @@ impl fmt::Display for PrunePlan {
             f,
             "total prune:  {:>10} blobs / {}",
             pruned_blobs,
-            bytes(pruned)
+            format::human_bytes(pruned)
         )?;
         let remaining = total.saturating_sub(pruned);
         writeln!(
             f,
             "remaining:    {:>10} blobs / {}",
             total_blobs.saturating_sub(pruned_blobs),
-            bytes(remaining)
+            format::human_bytes(remaining)
         )?;
         let unused_after = unused.saturating_sub(c.remove_bytes + c.repack_removed_bytes);
         writeln!(
             f,
             "unused size after prune: {} ({} of remaining size)",
-            bytes(unused_after),
+            format::human_bytes(unused_after),
             percent(unused_after, remaining)
         )?;
         writeln!(f)?;
@@ -432,7 +416,7 @@ fn plan_from(repo: &Repository, opts: &PruneOptions, obs: &Observed) -> Result<P
     for (pack, blobs) in packs {
         // The header counts as used space, as in restic.
         let header =
-            expected_pack_size(blobs) - blobs.iter().map(|b| u64::from(b.length)).sum::<u64>();
+            format::pack_size(blobs) - blobs.iter().map(|b| u64::from(b.length)).sum::<u64>();
         let mut pi = PackInfo {
             used_size: header,
             ..Default::default()

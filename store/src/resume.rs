@@ -71,8 +71,6 @@ fn header_fits(blobs: &[PackedBlob], pack_size: u64) -> bool {
         }
         end += u64::from(b.length);
     }
-    let header_len =
-        crate::format::encode_pack_header(blobs).len() as u64 + crate::crypto::OVERHEAD as u64;
-    // The pack ends with the header's length as a u32.
-    end + header_len + 4 == pack_size
+    let listed: Vec<_> = blobs.iter().map(PackedBlob::to_index_blob).collect();
+    crate::format::pack_size(&listed) == pack_size
 }
