@@ -79,6 +79,79 @@ def make_tree(src, dst):
             i += 1
 
 
+class Garage:
+    """A single-node Garage on loopback (the facts are in ../shared/TESTING.md)."""
+
+    def __init__(self, work):
+        import socket
+        self.dir = os.path.join(work, "garage")
+        os.makedirs(self.dir)
+        ports = []
+        for _ in range(3):
+            with socket.socket() as sk:
+                sk.bind(("127.0.0.1", 0))
+                ports.append(sk.getsockname()[1])
+        self.port = ports[0]
+        self.config = os.path.join(self.dir, "garage.toml")
+        with open(self.config, "w") as f:
+            f.write(f"""metadata_dir = "{self.dir}/meta"
+data_dir = "{self.dir}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{ports[1]}"
+rpc_public_addr = "127.0.0.1:{ports[1]}"
+rpc_secret = "{os.urandom(32).hex()}"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{ports[0]}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{ports[2]}"
+""")
+        binary = shutil.which("garage") or os.path.expanduser("~/.cargo/bin/garage")
+        if not os.path.exists(binary):
+            sys.exit("garage not found: cargo install --locked garage")
+        self.bin = binary
+        self.proc = subprocess.Popen([binary, "-c", self.config, "server"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        node = None
+        for _ in range(100):
+            p = subprocess.run(self.cli("status"), capture_output=True, text=True)
+            for line in p.stdout.splitlines():
+                parts = line.split()
+                if parts and len(parts[0]) == 16 and all(c in "0123456789abcdef" for c in parts[0]):
+                    node = parts[0]
+            if node:
+                break
+            time.sleep(0.2)
+        if not node:
+            sys.exit("garage did not start")
+        subprocess.run(self.cli("layout", "assign", "-z", "dc1", "-c", "10G", node), check=True, capture_output=True)
+        subprocess.run(self.cli("layout", "apply", "--version", "1"), check=True, capture_output=True)
+        subprocess.run(self.cli("bucket", "create", "bench"), check=True, capture_output=True)
+        out = subprocess.run(self.cli("key", "create", "bench-key"), check=True, capture_output=True, text=True).stdout
+        self.key_id = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.strip().startswith("Key ID"))
+        self.secret = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.strip().startswith("Secret key"))
+        subprocess.run(self.cli("bucket", "allow", "--read", "--write", "--owner", "bench", "--key", "bench-key"),
+                       check=True, capture_output=True)
+
+    def cli(self, *args):
+        return [self.bin, "-c", self.config] + list(args)
+
+    def env(self):
+        return {"AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret,
+                "AWS_DEFAULT_REGION": "garage", "AWS_REGION": "garage"}
+
+    def repo(self, prefix):
+        return "s3:http://127.0.0.1:%d/bench/%s" % (self.port, prefix)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
 def run(cmd, env):
     """Runs a set-up command; stops the benchmark when it fails."""
     p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -117,6 +190,7 @@ def main():
         sys.exit("restic not found: apt-get install restic")
 
     work = tempfile.mkdtemp(prefix="vb-bench-", dir="/dev/shm")
+    garage = None
     try:
         data = os.path.join(work, "data.bin")
         print("generating %d MiB of data in %s" % (args.size_mib, work), file=sys.stderr)
@@ -129,6 +203,8 @@ def main():
         env = dict(os.environ, RESTIC_PASSWORD=PASSWORD, VOLBACKUP_PASSWORD=PASSWORD,
                    RESTIC_CACHE_DIR=os.path.join(work, "restic-cache"))
         results = {}
+        if args.s3:
+            garage = Garage(work)
 
         def record(case, who, secs, rss):
             results.setdefault(case, {}).setdefault(who, []).append((secs, rss))
@@ -175,6 +251,17 @@ def main():
                     record("tree restore", who, s, m)
                     shutil.rmtree(out)
                 shutil.rmtree(repo, ignore_errors=True)
+            if garage:
+                senv = dict(env, **garage.env())
+                for who in (["ours", "restic"] if r % 2 == 0 else ["restic", "ours"]):
+                    repo = garage.repo("%s-%d" % (who, r))
+                    if who == "ours":
+                        run([OURS, "repo", "init", "--repo", repo, "-q"], senv)
+                        s, m = run_rss([OURS, "mover", "backup", "-q", "--repo", repo, "--source", data, "--name", "data.bin"], senv)
+                    else:
+                        run(["restic", "init", "-q", "--repo", repo], senv)
+                        s, m = run_rss(["sh", "-c", 'exec restic backup -q --repo "$0" --stdin --stdin-filename data.bin < "$1"', repo, data], senv)
+                    record("image backup to S3 (Garage on loopback)", who, s, m)
 
         lines = ["| case | ours (s) | restic (s) | speed-up | ours MB/s | peak RSS ours / restic (MiB) |",
                  "|---|---|---|---|---|---|"]
@@ -191,6 +278,8 @@ def main():
             with open(args.out, "w") as f:
                 f.write(table + "\n")
     finally:
+        if garage:
+            garage.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
