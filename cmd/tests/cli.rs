@@ -516,3 +516,115 @@ fn a_backup_stopped_with_sigterm_removes_its_lock_so_restic_check_runs_at_once()
         "restic check right after SIGTERM",
     );
 }
+
+#[test]
+fn forget_dry_run_changes_nothing_and_forget_with_prune_leaves_a_sound_smaller_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let image = dir.path().join("vol.img");
+    let mut last = Vec::new();
+    for round in 0..3u8 {
+        let mut data = mixed_data(6);
+        data[..4096].fill(round + 1);
+        data.extend(
+            std::iter::repeat_n(round, 3 << 20)
+                .enumerate()
+                .map(|(i, r)| (i as u8) ^ r.wrapping_mul(97)),
+        );
+        std::fs::write(&image, &data).unwrap();
+        ok(
+            bin()
+                .args(["mover", "backup", "-q", "--repo"])
+                .arg(&repo)
+                .arg("--source")
+                .arg(&image)
+                .output()
+                .unwrap(),
+            "backup",
+        );
+        last = data;
+    }
+    let before = fingerprint(&repo);
+    let plan = ok(
+        bin()
+            .args([
+                "forget",
+                "--keep-last",
+                "1",
+                "--dry-run",
+                "-o",
+                "json",
+                "--repo",
+            ])
+            .arg(&repo)
+            .output()
+            .unwrap(),
+        "forget --dry-run",
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(
+        plan["groups"][0]["keep"].as_array().unwrap().len(),
+        1,
+        "{plan}"
+    );
+    assert_eq!(
+        plan["groups"][0]["remove"].as_array().unwrap().len(),
+        2,
+        "{plan}"
+    );
+    assert_eq!(
+        before,
+        fingerprint(&repo),
+        "a dry run changed the repository"
+    );
+
+    let size = |m: &BTreeMap<PathBuf, Vec<u8>>| m.values().map(|v| v.len()).sum::<usize>();
+    ok(
+        bin()
+            .args(["forget", "-q", "--keep-last", "1", "--prune", "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap(),
+        "forget --prune",
+    );
+    let after = fingerprint(&repo);
+    assert!(
+        size(&after) < size(&before),
+        "prune did not shrink the repository"
+    );
+    let snaps = ok(
+        restic(&repo)
+            .args(["snapshots", "--json"])
+            .output()
+            .unwrap(),
+        "restic snapshots",
+    );
+    let snaps: serde_json::Value = serde_json::from_slice(&snaps.stdout).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+    ok(
+        restic(&repo)
+            .args(["check", "--read-data"])
+            .output()
+            .unwrap(),
+        "restic check --read-data",
+    );
+    let dumped = ok(
+        restic(&repo)
+            .args(["dump", "latest", "/vol.img"])
+            .output()
+            .unwrap(),
+        "restic dump",
+    );
+    assert!(
+        dumped.stdout == last,
+        "the kept snapshot does not dump to the last image"
+    );
+
+    let no_policy = bin()
+        .args(["forget", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let line = one_error_line(&no_policy);
+    assert!(line.contains("no policy"), "{line}");
+}
