@@ -334,12 +334,16 @@ fn packs(repo: &Path) -> std::collections::BTreeSet<String> {
     out
 }
 
-#[test]
-fn a_backup_killed_midway_leaves_a_valid_repository_and_the_rerun_uploads_nothing_twice() {
+/// A 320 MiB random image in `dir`, and a backup of it running in the background (stderr
+/// piped), returned once at least `packs_wanted` packs are stored — so it can be stopped
+/// midway.
+fn backup_running_midway(
+    dir: &Path,
+    repo: &Path,
+    packs_wanted: usize,
+) -> (std::process::Child, Vec<u8>, PathBuf) {
     use std::io::Read;
-    let dir = tempfile::tempdir().unwrap();
-    let repo = init_repo(dir.path());
-    let image = dir.path().join("big.img");
+    let image = dir.join("big.img");
     let mut data = Vec::new();
     std::fs::File::open("/dev/urandom")
         .unwrap()
@@ -347,21 +351,20 @@ fn a_backup_killed_midway_leaves_a_valid_repository_and_the_rerun_uploads_nothin
         .read_to_end(&mut data)
         .unwrap();
     std::fs::write(&image, &data).unwrap();
-
     let mut child = bin()
         .args(["mover", "backup", "-q", "--repo"])
-        .arg(&repo)
+        .arg(repo)
         .arg("--source")
         .arg(&image)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while packs(&repo).len() < 3 {
+    while packs(repo).len() < packs_wanted {
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the backup finished before it could be killed"
+            "the backup finished before it could be stopped"
         );
         assert!(
             std::time::Instant::now() < deadline,
@@ -369,6 +372,14 @@ fn a_backup_killed_midway_leaves_a_valid_repository_and_the_rerun_uploads_nothin
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    (child, data, image)
+}
+
+#[test]
+fn a_backup_killed_midway_leaves_a_valid_repository_and_the_rerun_uploads_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let (mut child, data, image) = backup_running_midway(dir.path(), &repo, 3);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let before = packs(&repo);
@@ -455,38 +466,9 @@ fn a_backup_killed_midway_leaves_a_valid_repository_and_the_rerun_uploads_nothin
 
 #[test]
 fn a_backup_stopped_with_sigterm_removes_its_lock_so_restic_check_runs_at_once() {
-    use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let repo = init_repo(dir.path());
-    let image = dir.path().join("big.img");
-    let mut data = Vec::new();
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .take(320 << 20)
-        .read_to_end(&mut data)
-        .unwrap();
-    std::fs::write(&image, &data).unwrap();
-    let mut child = bin()
-        .args(["mover", "backup", "-q", "--repo"])
-        .arg(&repo)
-        .arg("--source")
-        .arg(&image)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while packs(&repo).len() < 2 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup finished before it could be stopped"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no packs appeared within 120 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let (child, _, _) = backup_running_midway(dir.path(), &repo, 2);
     let locks_while_running = std::fs::read_dir(repo.join("locks")).unwrap().count();
     assert_eq!(locks_while_running, 1, "a running backup holds one lock");
     ok(
