@@ -1652,3 +1652,37 @@ async fn kubectl_create_commands_logs_and_auth_can_i_work() {
     assert_eq!(scale.spec.unwrap().replicas, Some(2));
     assert_eq!(scale.status.unwrap().selector.as_deref(), Some("app=web"));
 }
+
+#[tokio::test]
+async fn secret_string_data_is_merged_into_data_and_never_returned() {
+    let sim = start().await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(sim.client.clone(), "default");
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "creds"},
+        "data": {"kept": "a2VwdA==", "both": "b2xk"},
+        "stringData": {"both": "new", "plain": "p4ss"}
+    }))
+    .unwrap();
+    let created = secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    assert!(created.string_data.is_none(), "stringData was returned");
+    let read = secrets.get("creds").await.unwrap();
+    assert!(read.string_data.is_none(), "stringData was stored");
+    let data: BTreeMap<String, String> = read
+        .data
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .collect();
+    assert_eq!(
+        data,
+        BTreeMap::from([
+            ("both".to_string(), "new".to_string()),
+            ("kept".to_string(), "kept".to_string()),
+            ("plain".to_string(), "p4ss".to_string()),
+        ])
+    );
+}

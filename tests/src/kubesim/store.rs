@@ -711,6 +711,28 @@ impl Store {
                     }
                 }
             }
+            ("", "secrets") => {
+                // Secret.stringData is write-only: it is merged into `data` (base64), overwriting
+                // keys of the same name, and never returned (core/v1 types.go, Secret.StringData).
+                if let Some(Value::Object(plain)) =
+                    obj.as_object_mut().and_then(|o| o.remove("stringData"))
+                {
+                    use base64::Engine as _;
+                    let o = obj.as_object_mut().expect("object");
+                    let data = o.entry("data").or_insert_with(|| json!({}));
+                    if !data.is_object() {
+                        *data = json!({});
+                    }
+                    let data = data.as_object_mut().expect("object");
+                    for (k, v) in plain {
+                        let text = v.as_str().unwrap_or_default().to_string();
+                        data.insert(
+                            k,
+                            Value::String(base64::engine::general_purpose::STANDARD.encode(text)),
+                        );
+                    }
+                }
+            }
             ("", "persistentvolumes") if old.is_none() => {
                 let spec = obj.get_mut("spec").and_then(Value::as_object_mut);
                 let Some(spec) = spec else {
