@@ -89,6 +89,29 @@ fn mixed_data(mib: usize) -> Vec<u8> {
     out
 }
 
+/// restic 0.14 passes `check --read-data` on `repo`, and `restic dump SNAPSHOT PATH` gives
+/// back exactly `expected`.
+fn assert_restic_checks_and_dumps(repo: &Path, snapshot: &str, path: &str, expected: &[u8]) {
+    ok(
+        restic(repo)
+            .args(["check", "--read-data"])
+            .output()
+            .unwrap(),
+        "restic check --read-data",
+    );
+    let dumped = ok(
+        restic(repo)
+            .args(["dump", snapshot, path])
+            .output()
+            .unwrap(),
+        "restic dump",
+    );
+    assert!(
+        dumped.stdout == expected,
+        "restic dump {snapshot} {path} differs from what was backed up"
+    );
+}
+
 fn init_repo(dir: &Path) -> PathBuf {
     let repo = dir.join("repo");
     ok(
@@ -139,21 +162,7 @@ fn an_image_backed_up_by_the_binary_passes_restic_check_and_dumps_back_identical
     );
     let snap = last["snapshot_id"].as_str().unwrap().to_string();
 
-    ok(
-        restic(&repo)
-            .args(["check", "--read-data"])
-            .output()
-            .unwrap(),
-        "restic check",
-    );
-    let dumped = ok(
-        restic(&repo)
-            .args(["dump", &snap, "/disk.img"])
-            .output()
-            .unwrap(),
-        "restic dump",
-    );
-    assert!(dumped.stdout == data, "restic dump differs from the image");
+    assert_restic_checks_and_dumps(&repo, &snap, "/disk.img", &data);
 
     let target = dir.path().join("restored.img");
     ok(
@@ -447,21 +456,7 @@ fn a_backup_killed_midway_leaves_a_valid_repository_and_the_rerun_uploads_nothin
         "the rerun stored all {new} bytes again"
     );
 
-    ok(
-        restic(&repo)
-            .args(["check", "--read-data"])
-            .output()
-            .unwrap(),
-        "restic check --read-data",
-    );
-    let dumped = ok(
-        restic(&repo)
-            .args(["dump", "latest", "/big.img"])
-            .output()
-            .unwrap(),
-        "restic dump",
-    );
-    assert!(dumped.stdout == data, "restic dump differs from the image");
+    assert_restic_checks_and_dumps(&repo, "latest", "/big.img", &data);
 }
 
 #[test]
@@ -583,24 +578,7 @@ fn forget_dry_run_changes_nothing_and_forget_with_prune_leaves_a_sound_smaller_r
     );
     let snaps: serde_json::Value = serde_json::from_slice(&snaps.stdout).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 1);
-    ok(
-        restic(&repo)
-            .args(["check", "--read-data"])
-            .output()
-            .unwrap(),
-        "restic check --read-data",
-    );
-    let dumped = ok(
-        restic(&repo)
-            .args(["dump", "latest", "/vol.img"])
-            .output()
-            .unwrap(),
-        "restic dump",
-    );
-    assert!(
-        dumped.stdout == last,
-        "the kept snapshot does not dump to the last image"
-    );
+    assert_restic_checks_and_dumps(&repo, "latest", "/vol.img", &last);
 
     let no_policy = bin()
         .args(["forget", "--repo"])

@@ -251,6 +251,19 @@ fn copy_dir(from: &Path, to: &Path) {
 // ---------------------------------------------------------------------------------------------
 // check
 
+/// A new repository of ours at `repo`, with a fast key derivation.
+fn init_ours(repo: &Path) -> Repository {
+    Repository::init(
+        Arc::new(LocalBackend::new(repo)),
+        PASSWORD,
+        &InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            polynomial: None,
+        },
+    )
+    .unwrap()
+}
+
 #[test]
 fn check_passes_on_a_repository_restic_wrote_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -275,15 +288,7 @@ fn check_passes_on_a_repository_restic_wrote_and_changes_nothing() {
 fn check_passes_on_a_repository_we_wrote_and_restic_agrees() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
-    let r = Repository::init(
-        Arc::new(LocalBackend::new(&repo)),
-        PASSWORD,
-        &InitOptions {
-            kdf: KdfParams::insecure_fast(),
-            polynomial: None,
-        },
-    )
-    .unwrap();
+    let r = init_ours(&repo);
     let image = noise(7, 5 << 20);
     backup_block(
         &r,
@@ -423,15 +428,7 @@ fn check_passes_after_restic_forgot_and_pruned_and_our_prune_continues_from_ther
 fn prune_removes_duplicate_copies_of_a_blob_and_keeps_one() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
-    let r = Repository::init(
-        Arc::new(LocalBackend::new(&repo)),
-        PASSWORD,
-        &InitOptions {
-            kdf: KdfParams::insecure_fast(),
-            polynomial: None,
-        },
-    )
-    .unwrap();
+    let r = init_ours(&repo);
     let content = noise(77, 200 << 10);
     // Two writers that do not know of each other's blobs store the same blob twice (as two
     // backups racing each other can).
@@ -836,15 +833,7 @@ fn a_prune_interrupted_after_any_number_of_writes_leaves_a_repository_that_passe
 fn forget_and_prune_on_block_snapshots_we_wrote_keep_the_images_restic_restores() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
-    let r = Repository::init(
-        Arc::new(LocalBackend::new(&repo)),
-        PASSWORD,
-        &InitOptions {
-            kdf: KdfParams::insecure_fast(),
-            polynomial: None,
-        },
-    )
-    .unwrap();
+    let r = init_ours(&repo);
     // An image that changes a little between backups, each backup dated a day apart.
     let mut image = noise(5, 4 << 20);
     let mut images = Vec::new();
