@@ -47,6 +47,118 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Delete VolumeBackups (and with --prune their repository snapshots).
     Delete(DeleteArgs),
+    /// Restore a backup into a new PVC (filled by the volbackup populator).
+    Restore(RestoreArgs),
+    /// Install the populator (CRDs, RBAC, Deployment, VolumePopulator) into the cluster.
+    Install(InstallArgs),
+    /// Remove what `install` created.
+    Uninstall(UninstallArgs),
+    /// Run the populator controller (what the populator Deployment runs).
+    Populator(PopulatorArgs),
+}
+
+/// The namespace the populator runs in unless told otherwise.
+pub const POPULATOR_NAMESPACE: &str = "volbackup-system";
+
+/// `restore`
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub kube: KubeOptions,
+    #[command(flatten)]
+    pub repo: RepoOptions,
+    /// A VolumeBackup (`NAME` in the target namespace, or `NAMESPACE/NAME`), or a repository
+    /// snapshot id (with --repo: restore from the repository alone).
+    #[arg(value_name = "BACKUP")]
+    pub backup: String,
+    /// Name of the new PVC.
+    #[arg(long, value_name = "PVC")]
+    pub to: String,
+    /// StorageClass of the new PVC (default: the backed-up volume's, else the default class).
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+    /// Size of the new PVC (default: the backed-up volume's capacity; never smaller).
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// Access mode of the new PVC (repeatable; default: the backed-up volume's).
+    #[arg(long = "access-mode", value_name = "MODE")]
+    pub access_modes: Vec<String>,
+    /// Copy the repository Secret along with the VolumeBackup into the target namespace.
+    #[arg(long)]
+    pub copy_secret: bool,
+    /// Wait until the PVC is bound, with a progress bar.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (`90s`, `10m`, `1h`).
+    #[arg(long, default_value = "30m", value_name = "DURATION")]
+    pub timeout: String,
+    /// Namespace of the populator (to check that it is installed).
+    #[arg(long, default_value = POPULATOR_NAMESPACE, value_name = "NAMESPACE")]
+    pub populator_namespace: String,
+}
+
+/// `install`
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Path to the kubeconfig file (default: KUBECONFIG, then ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Namespace for the populator.
+    #[arg(short = 'n', long, default_value = POPULATOR_NAMESPACE, value_name = "NAMESPACE")]
+    pub namespace: String,
+    /// Populator image (default: ghcr.io/volbackup/volbackup:<this version>).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Print the manifests instead of applying them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `uninstall`
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Path to the kubeconfig file (default: KUBECONFIG, then ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Namespace of the populator.
+    #[arg(short = 'n', long, default_value = POPULATOR_NAMESPACE, value_name = "NAMESPACE")]
+    pub namespace: String,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Keep the VolumeBackup CRD (and so every VolumeBackup object).
+    #[arg(long)]
+    pub keep_crds: bool,
+}
+
+/// `populator`
+#[derive(Debug, Args)]
+pub struct PopulatorArgs {
+    /// Namespace for prime PVCs, populate pods and their Secrets (default: POD_NAMESPACE, then
+    /// volbackup-system).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Image of the populate pods (default: ghcr.io/volbackup/volbackup:<this version>).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Where to serve /metrics and /healthz.
+    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    pub metrics_addr: String,
+    /// Populate attempts before a restore is given up.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubles with each attempt (`5s`, `1m`).
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub retry_backoff: String,
+    /// Name of the Lease used for leader election.
+    #[arg(long, default_value = "volbackup-populator", value_name = "NAME")]
+    pub lease: String,
 }
 
 /// The kubectl-standard connection flags.
@@ -141,6 +253,9 @@ pub struct ListArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: ListFormat,
+    /// Also list the repository's snapshots (made here or in other clusters).
+    #[command(flatten)]
+    pub repo: RepoOptions,
 }
 
 /// `describe`
@@ -164,6 +279,11 @@ pub struct DeleteArgs {
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Also forget the repository snapshots and prune the data only they used.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub repo: RepoOptions,
 }
 
 /// `repo ...`

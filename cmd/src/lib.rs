@@ -55,6 +55,10 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::List(a) => commands::backups::list(a),
         Command::Describe(a) => commands::backups::describe(a),
         Command::Delete(a) => commands::backups::delete(a, quiet),
+        Command::Restore(a) => commands::restore::run(a, quiet),
+        Command::Install(a) => commands::install::install(a, quiet),
+        Command::Uninstall(a) => commands::install::uninstall(a, quiet),
+        Command::Populator(a) => commands::populator::run(a),
     }
 }
 

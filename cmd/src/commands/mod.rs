@@ -3,8 +3,11 @@
 pub mod backups;
 pub mod create;
 pub mod forget;
+pub mod install;
 pub mod mover;
+pub mod populator;
 pub mod repo;
+pub mod restore;
 pub mod snapshots;
 
 use std::io::Write;
