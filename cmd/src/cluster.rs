@@ -151,6 +151,46 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs(total))
 }
 
+/// Creates or replaces the repository Secret `volbackup-repository` in `ns` from `data`.
+pub async fn write_repository_secret(
+    client: &Client,
+    ns: &str,
+    data: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::PostParams;
+    let name = crate::repository::REPOSITORY_SECRET;
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    // `data`, not `stringData`: what an API server stores and what a replace must carry.
+    let mut secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns,
+                     "labels": {"app.kubernetes.io/managed-by": "volbackup"}},
+        "type": "Opaque",
+    }))?;
+    secret.data = Some(
+        data.iter()
+            .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.clone().into_bytes())))
+            .collect(),
+    );
+    match api.get_opt(name).await {
+        Ok(None) => {
+            api.create(&PostParams::default(), &secret)
+                .await
+                .map_err(|e| explain(e, "create", "secrets", Some(ns)))?;
+        }
+        Ok(Some(old)) => {
+            secret.metadata.resource_version = old.metadata.resource_version;
+            api.replace(name, &PostParams::default(), &secret)
+                .await
+                .map_err(|e| explain(e, "update", "secrets", Some(ns)))?;
+        }
+        Err(e) => return Err(explain(e, "get", "secrets", Some(ns))),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_duration;

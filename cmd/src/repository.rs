@@ -84,3 +84,48 @@ pub fn open(opts: &RepoOptions) -> Result<Repository> {
     repo.load_index()?;
     Ok(repo)
 }
+
+/// Name of the repository Secret the plugin writes into a namespace.
+pub const REPOSITORY_SECRET: &str = "volbackup-repository";
+
+/// Local settings copied into the repository Secret (keys as the mover reads them).
+const COPIED_ENV: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+];
+
+/// The repository settings for a Secret, from flags and the environment: the location (a local
+/// path made absolute), the password, and the AWS settings that are set.
+pub fn secret_data(opts: &RepoOptions) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut location = location(opts)?;
+    if !location.contains(':') {
+        location = std::path::absolute(&location)
+            .with_context(|| format!("cannot resolve the repository path {location}"))?
+            .to_string_lossy()
+            .into_owned();
+    }
+    let password = password(opts, false)?;
+    let mut data = std::collections::BTreeMap::new();
+    data.insert("VOLBACKUP_REPOSITORY".to_string(), location);
+    data.insert("VOLBACKUP_PASSWORD".to_string(), password);
+    for key in COPIED_ENV {
+        if let Ok(v) = std::env::var(key)
+            && !v.is_empty()
+        {
+            data.insert(key.to_string(), v);
+        }
+    }
+    Ok(data)
+}
+
+/// Opens the repository the settings of [`secret_data`] name (password checked, index loaded).
+pub fn open_from(data: &std::collections::BTreeMap<String, String>) -> Result<Repository> {
+    let backend = open_backend(&data["VOLBACKUP_REPOSITORY"])?;
+    let repo = Repository::open(backend, &data["VOLBACKUP_PASSWORD"])?;
+    repo.load_index()?;
+    Ok(repo)
+}

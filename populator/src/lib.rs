@@ -1,5 +1,10 @@
-//! The `VolumeBackup` API (group `volbackup.io`, version `v1alpha1`) and, later, the populator
+//! The `VolumeBackup` API (group `volbackup.io`, version `v1alpha1`) and the populator
 //! controller that fills PVCs whose `dataSourceRef` names a `VolumeBackup`.
 
 pub mod api;
+pub mod controller;
+pub mod leader;
 pub mod manifests;
+pub mod metrics;
+pub mod quantity;
+pub mod state;

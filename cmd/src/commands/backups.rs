@@ -1,17 +1,26 @@
 //! `list`, `describe`, `delete` (VolumeBackups) and `cleanup` (what an interrupted `create`
 //! left).
 
+use std::collections::BTreeSet;
 use std::io::IsTerminal;
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
+use serde::Serialize;
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
-use volbackup_populator::api::VolumeBackup;
+use volbackup_populator::api::{VolumeBackup, VolumeInfo};
+use volbackup_store::forget::{ForgetGroup, ForgetPlan, GroupKey, Removed};
+use volbackup_store::{Id, Repository, Snapshot};
 
-use crate::cli::{CleanupArgs, DeleteArgs, DescribeArgs, ListArgs, ListFormat, OutputFormat};
+use crate::cli::{
+    CleanupArgs, DeleteArgs, DescribeArgs, ListArgs, ListFormat, OutputFormat, RepoOptions,
+};
 use crate::cluster::{self, BACKUP_LABEL, explain};
+use crate::progress::{Mode, Reporter};
+use crate::repository;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("cannot start the async runtime")
@@ -109,9 +118,137 @@ fn row(b: &VolumeBackup) -> Row {
     }
 }
 
-/// `list`
+/// A repository snapshot that no listed VolumeBackup names: a backup made in another cluster,
+/// or one whose VolumeBackup was deleted (or one written by restic itself).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RepositoryOnly {
+    /// The full snapshot id.
+    snapshot: String,
+    /// When the backup started (RFC 3339, UTC).
+    time: String,
+    /// Namespace and PVC, from the stored volume description, else from the tags.
+    namespace: Option<String>,
+    pvc: Option<String>,
+    hostname: String,
+    paths: Vec<String>,
+    tags: Vec<String>,
+    /// The volume description `create` stored with the snapshot.
+    volume: Option<VolumeInfo>,
+}
+
+/// `list -o json|yaml` with `--repo`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListWithRepository<'a> {
+    volume_backups: &'a [VolumeBackup],
+    repository: String,
+    repository_only: &'a [RepositoryOnly],
+}
+
+fn tag_value(tags: &[String], key: &str) -> Option<String> {
+    tags.iter()
+        .find_map(|t| t.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_string)
+}
+
+/// Describes one repository snapshot from its stored volume description and tags.
+fn repository_only(id: &Id, snap: &Snapshot) -> RepositoryOnly {
+    let volume: Option<VolumeInfo> = snap
+        .volbackup
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok());
+    let namespace = volume
+        .as_ref()
+        .map(|v| v.namespace.clone())
+        .filter(|n| !n.is_empty())
+        .or_else(|| tag_value(&snap.tags, "namespace"));
+    let pvc = volume
+        .as_ref()
+        .map(|v| v.pvc.clone())
+        .filter(|n| !n.is_empty())
+        .or_else(|| tag_value(&snap.tags, "pvc"));
+    RepositoryOnly {
+        snapshot: id.to_hex(),
+        time: snap
+            .time
+            .with_timezone(&chrono::Utc)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        namespace,
+        pvc,
+        hostname: snap.hostname.clone(),
+        paths: snap.paths.clone(),
+        tags: snap.tags.clone(),
+        volume,
+    }
+}
+
+/// The snapshots of the repository `--repo` names (password from the usual chain).
+fn repository_snapshots(opts: &RepoOptions) -> Result<(String, Vec<(Id, Snapshot)>)> {
+    let location = repository::location(opts)?;
+    let backend = repository::open_backend(&location)?;
+    let password = repository::password(opts, false)?;
+    let repo = Repository::open(backend, &password)
+        .with_context(|| format!("cannot open the repository {location}"))?;
+    let snaps = repo
+        .list_snapshots()
+        .with_context(|| format!("cannot list the snapshots of {location}"))?;
+    Ok((repo.location(), snaps))
+}
+
+#[derive(Tabled)]
+struct RepoRow {
+    #[tabled(rename = "NAMESPACE")]
+    namespace: String,
+    #[tabled(rename = "PVC")]
+    pvc: String,
+    #[tabled(rename = "SNAPSHOT")]
+    snapshot: String,
+    #[tabled(rename = "MODE")]
+    mode: String,
+    #[tabled(rename = "SIZE")]
+    size: String,
+    #[tabled(rename = "TIME")]
+    time: String,
+}
+
+#[derive(Tabled)]
+struct WideRepoRow {
+    #[tabled(inline)]
+    row: RepoRow,
+    #[tabled(rename = "HOST")]
+    host: String,
+    #[tabled(rename = "DRIVER")]
+    driver: String,
+    #[tabled(rename = "CLASS")]
+    class: String,
+    #[tabled(rename = "TAGS")]
+    tags: String,
+}
+
+fn repo_row(r: &RepositoryOnly) -> RepoRow {
+    let dash = |o: Option<String>| o.filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into());
+    RepoRow {
+        namespace: dash(r.namespace.clone()),
+        pvc: dash(r.pvc.clone()),
+        snapshot: r.snapshot.chars().take(8).collect(),
+        mode: dash(r.volume.as_ref().map(|v| v.volume_mode.clone())),
+        size: dash(r.volume.as_ref().map(|v| v.capacity.clone())),
+        time: r.time.clone(),
+    }
+}
+
+/// `list`; with `--repo` on the command line, also the repository's snapshots that no listed
+/// VolumeBackup names. In one namespace those are the snapshots of that namespace (by the
+/// stored description or the `namespace=` tag) and the ones that name no namespace; with `-A`,
+/// all of them.
 pub fn list(args: &ListArgs) -> Result<()> {
-    runtime()?.block_on(async {
+    // The repository is read first and outside the async runtime (its client is blocking).
+    let repo = match &args.repo.repo {
+        Some(_) => Some(repository_snapshots(&args.repo)?),
+        None => None,
+    };
+    let (items, namespace) = runtime()?.block_on(async {
         let kube = cluster::connect(&args.kube).await?;
         let api: Api<VolumeBackup> = if args.all_namespaces {
             Api::all(kube.client.clone())
@@ -125,30 +262,85 @@ pub fn list(args: &ListArgs) -> Result<()> {
             .map_err(|e| missing_crd(e, "list", ns))?
             .items;
         items.sort_by_key(|b| (b.namespace(), b.name_any()));
-        match args.output {
-            ListFormat::Json => super::print_structured(OutputFormat::Json, &items),
-            ListFormat::Yaml => super::print_structured(OutputFormat::Yaml, &items),
-            ListFormat::Table => {
-                println!("{}", Table::new(items.iter().map(row)).with(Style::blank()));
-                Ok(())
-            }
-            ListFormat::Wide => {
-                let rows = items.iter().map(|b| {
-                    let st = b.status.clone().unwrap_or_default();
-                    let vol = st.volume.unwrap_or_default();
-                    WideRow {
-                        row: row(b),
-                        mode: vol.volume_mode,
-                        class: vol.storage_class.unwrap_or_default(),
-                        new: st.bytes_new.map(super::human_bytes).unwrap_or_default(),
-                        secret: b.spec.repository.secret_ref.name.clone(),
-                    }
-                });
-                println!("{}", Table::new(rows).with(Style::blank()));
-                Ok(())
+        anyhow::Ok((items, kube.namespace.clone()))
+    })?;
+    let repo_only: Option<(String, Vec<RepositoryOnly>)> = repo.map(|(location, snaps)| {
+        let named: BTreeSet<&str> = items.iter().map(|b| b.spec.snapshot.as_str()).collect();
+        let rows = snaps
+            .iter()
+            .filter(|(id, _)| !named.contains(id.to_hex().as_str()))
+            .map(|(id, s)| repository_only(id, s))
+            .filter(|r| {
+                args.all_namespaces || r.namespace.as_deref().is_none_or(|n| n == namespace)
+            })
+            .collect();
+        (location, rows)
+    });
+    let structured = |format: OutputFormat| match &repo_only {
+        None => super::print_structured(format, &items),
+        Some((location, rows)) => super::print_structured(
+            format,
+            &ListWithRepository {
+                volume_backups: &items,
+                repository: location.clone(),
+                repository_only: rows,
+            },
+        ),
+    };
+    match args.output {
+        ListFormat::Json => structured(OutputFormat::Json)?,
+        ListFormat::Yaml => structured(OutputFormat::Yaml)?,
+        ListFormat::Table => {
+            println!("{}", Table::new(items.iter().map(row)).with(Style::blank()));
+            if let Some((location, rows)) = &repo_only {
+                println!();
+                println!(
+                    "Repository only ({location}; no VolumeBackup here names these snapshots):"
+                );
+                println!(
+                    "{}",
+                    Table::new(rows.iter().map(repo_row)).with(Style::blank())
+                );
             }
         }
-    })
+        ListFormat::Wide => {
+            let rows = items.iter().map(|b| {
+                let st = b.status.clone().unwrap_or_default();
+                let vol = st.volume.unwrap_or_default();
+                WideRow {
+                    row: row(b),
+                    mode: vol.volume_mode,
+                    class: vol.storage_class.unwrap_or_default(),
+                    new: st.bytes_new.map(super::human_bytes).unwrap_or_default(),
+                    secret: b.spec.repository.secret_ref.name.clone(),
+                }
+            });
+            println!("{}", Table::new(rows).with(Style::blank()));
+            if let Some((location, rows)) = &repo_only {
+                let wide = rows.iter().map(|r| WideRepoRow {
+                    row: repo_row(r),
+                    host: r.hostname.clone(),
+                    driver: r
+                        .volume
+                        .as_ref()
+                        .and_then(|v| v.csi_driver.clone())
+                        .unwrap_or_else(|| "-".into()),
+                    class: r
+                        .volume
+                        .as_ref()
+                        .and_then(|v| v.storage_class.clone())
+                        .unwrap_or_else(|| "-".into()),
+                    tags: r.tags.join(","),
+                });
+                println!();
+                println!(
+                    "Repository only ({location}; no VolumeBackup here names these snapshots):"
+                );
+                println!("{}", Table::new(wide).with(Style::blank()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `describe`
@@ -194,17 +386,197 @@ pub fn describe(args: &DescribeArgs) -> Result<()> {
     })
 }
 
-/// `delete`
-pub fn delete(args: &DeleteArgs, quiet: bool) -> Result<()> {
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            bail!("refusing to delete without confirmation: pass --yes");
+/// A repository location in a comparable form: a local path made absolute, no trailing `/`.
+fn normalized_location(location: &str) -> String {
+    let mut loc = location.trim().to_string();
+    if !loc.contains(':')
+        && let Ok(abs) = std::path::absolute(&loc)
+    {
+        loc = abs.to_string_lossy().into_owned();
+    }
+    loc.trim_end_matches('/').to_string()
+}
+
+/// The repository location a Secret names (`VOLBACKUP_REPOSITORY`, else `RESTIC_REPOSITORY`).
+fn secret_location(secret: &Secret) -> Option<String> {
+    for key in ["VOLBACKUP_REPOSITORY", "RESTIC_REPOSITORY"] {
+        if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
+            return Some(String::from_utf8_lossy(&v.0).into_owned());
         }
-        let ok = dialoguer::Confirm::new()
-            .with_prompt(format!(
-                "Delete VolumeBackup(s) {}?",
+        if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+            return Some(v.clone());
+        }
+    }
+    None
+}
+
+/// What `delete --prune` removes from the repository, checked before anything is removed.
+struct RepositoryRemoval {
+    repo: Repository,
+    location: String,
+    forget: Vec<Removed>,
+}
+
+/// Opens the local repository and checks that it holds every backup's snapshot.
+fn plan_repository_removal(
+    opts: &RepoOptions,
+    ns: &str,
+    backups: &[(VolumeBackup, Option<String>)],
+) -> Result<RepositoryRemoval> {
+    let location = repository::location(opts)?;
+    let local = normalized_location(&location);
+    for (b, secret_repo) in backups {
+        if let Some(theirs) = secret_repo
+            && normalized_location(theirs) != local
+        {
+            bail!(
+                "VolumeBackup {ns}/{} was written to the repository its Secret {} names, not to {location}: pass that repository with --repo (or delete without --prune to remove only the record)",
+                b.name_any(),
+                b.spec.repository.secret_ref.name
+            );
+        }
+    }
+    let backend = repository::open_backend(&location)?;
+    let password = repository::password(opts, false)?;
+    let repo = Repository::open(backend, &password)
+        .with_context(|| format!("cannot open the repository {location}"))?;
+    let snapshots = repo
+        .list_snapshots()
+        .with_context(|| format!("cannot list the snapshots of {location}"))?;
+    let mut forget = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (b, _) in backups {
+        let Some((id, snap)) = snapshots
+            .iter()
+            .find(|(id, _)| id.to_hex() == b.spec.snapshot)
+        else {
+            bail!(
+                "the snapshot {} of VolumeBackup {ns}/{} is not in the repository {location}: pass the repository it was written to with --repo (or delete without --prune to remove only the record)",
+                b.spec.snapshot.chars().take(8).collect::<String>(),
+                b.name_any()
+            );
+        };
+        if seen.insert(*id) {
+            forget.push(Removed {
+                id: *id,
+                time: snap.time,
+            });
+        }
+    }
+    Ok(RepositoryRemoval {
+        repo,
+        location,
+        forget,
+    })
+}
+
+/// Forgets the snapshots and prunes what only they used.
+fn forget_and_prune(plan: &RepositoryRemoval, names: &str, quiet: bool) -> Result<()> {
+    let forget = ForgetPlan {
+        groups: vec![ForgetGroup {
+            key: GroupKey::default(),
+            keep: Vec::new(),
+            remove: plan.forget.clone(),
+        }],
+    };
+    let location = &plan.location;
+    let removed = volbackup_store::forget::apply(&plan.repo, &forget).with_context(|| {
+        format!("cannot forget the snapshots in {location}; nothing was deleted")
+    })?;
+    let pruned = (|| -> Result<volbackup_store::prune::PruneStats> {
+        plan.repo.load_index()?;
+        let prune = volbackup_store::prune::plan_prune(
+            &plan.repo,
+            &volbackup_store::prune::PruneOptions::default(),
+        )?;
+        let reporter = Reporter::start(Mode::choose(false, quiet), "prune");
+        let stats = volbackup_store::prune::execute(&plan.repo, &prune, reporter.progress());
+        reporter.finish();
+        Ok(stats?)
+    })();
+    let stats = pruned.with_context(|| {
+        format!(
+            "forgot {removed} snapshot(s) in {location}, but the prune failed, so their data is still stored and the VolumeBackups {names} were kept: run `kubectl-volbackup prune --repo {location}`, then `kubectl volbackup delete {names} --yes`"
+        )
+    })?;
+    if !quiet {
+        eprintln!(
+            "forgot {removed} snapshot(s) in {location}; prune removed {} packs ({}) and wrote {} ({})",
+            stats.packs_deleted,
+            super::human_bytes(stats.bytes_deleted),
+            stats.packs_written,
+            super::human_bytes(stats.bytes_written)
+        );
+    }
+    Ok(())
+}
+
+/// `delete`: every named VolumeBackup must exist before anything is removed. With `--prune`,
+/// their snapshots must be in the local repository (`--repo` or the environment, as for
+/// `forget`), which must be the one their Secret names when that is readable; the snapshots are
+/// forgotten and the repository pruned before the objects go, and a failed prune keeps them.
+pub fn delete(args: &DeleteArgs, quiet: bool) -> Result<()> {
+    let terminal = std::io::stdin().is_terminal();
+    if !args.yes && !terminal {
+        if args.prune {
+            bail!(
+                "refusing to delete VolumeBackups and their repository data without confirmation: pass --yes"
+            );
+        }
+        bail!("refusing to delete without confirmation: pass --yes");
+    }
+    let rt = runtime()?;
+    let (kube, backups) = rt.block_on(async {
+        let kube = cluster::connect(&args.kube).await?;
+        let ns = kube.namespace.clone();
+        let api: Api<VolumeBackup> = Api::namespaced(kube.client.clone(), &ns);
+        let secrets: Api<Secret> = Api::namespaced(kube.client.clone(), &ns);
+        let mut backups = Vec::new();
+        for name in &args.backups {
+            let Some(b) = api
+                .get_opt(name)
+                .await
+                .map_err(|e| missing_crd(e, "get", Some(&ns)))?
+            else {
+                bail!(
+                    "VolumeBackup {name:?} not found in namespace {ns:?} (nothing was deleted): list them with kubectl volbackup list -n {ns}"
+                );
+            };
+            // Where the Secret says the backup went, when this user may read it.
+            let theirs = if args.prune {
+                match secrets.get_opt(&b.spec.repository.secret_ref.name).await {
+                    Ok(Some(s)) => secret_location(&s),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            backups.push((b, theirs));
+        }
+        anyhow::Ok((kube, backups))
+    })?;
+    let ns = kube.namespace.clone();
+    let names = args.backups.join(" ");
+    let plan = if args.prune {
+        Some(plan_repository_removal(&args.repo, &ns, &backups)?)
+    } else {
+        None
+    };
+    if !args.yes {
+        let prompt = match &plan {
+            Some(p) => format!(
+                "Delete VolumeBackup(s) {} in namespace {ns} AND their {} snapshot(s) in {} (the repository data only they use is pruned; this cannot be undone)?",
+                args.backups.join(", "),
+                p.forget.len(),
+                p.location
+            ),
+            None => format!(
+                "Delete VolumeBackup(s) {} in namespace {ns}? (the repository snapshots stay)",
                 args.backups.join(", ")
-            ))
+            ),
+        };
+        let ok = dialoguer::Confirm::new()
+            .with_prompt(prompt)
             .default(false)
             .interact()
             .context("reading the confirmation")?;
@@ -212,23 +584,68 @@ pub fn delete(args: &DeleteArgs, quiet: bool) -> Result<()> {
             bail!("nothing deleted");
         }
     }
-    runtime()?.block_on(async {
-        let kube = cluster::connect(&args.kube).await?;
-        let ns = kube.namespace.clone();
+    if let Some(plan) = &plan {
+        forget_and_prune(plan, &names, quiet)?;
+    }
+    rt.block_on(async {
         let api: Api<VolumeBackup> = Api::namespaced(kube.client.clone(), &ns);
-        for name in &args.backups {
-            match api.delete(name, &DeleteParams::default()).await {
+        for (b, _) in &backups {
+            let name = b.name_any();
+            match api.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => {
                     if !quiet {
                         println!("volumebackup.volbackup.io/{name} deleted");
                     }
                 }
+                // Deleted meanwhile: what the user asked for is done.
                 Err(e) if cluster::is_status(&e, 404) => {
-                    bail!("VolumeBackup {name:?} not found in namespace {ns:?}: list them with kubectl volbackup list -n {ns}")
+                    if !quiet {
+                        println!("volumebackup.volbackup.io/{name} deleted");
+                    }
                 }
                 Err(e) => return Err(missing_crd(e, "delete", Some(&ns))),
             }
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_compare_after_making_paths_absolute() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            normalized_location("repo/"),
+            cwd.join("repo").to_string_lossy()
+        );
+        assert_eq!(normalized_location("/srv/backups/"), "/srv/backups");
+        assert_eq!(
+            normalized_location("s3:https://s3.example.com/b/p/"),
+            "s3:https://s3.example.com/b/p"
+        );
+    }
+
+    #[test]
+    fn a_repository_snapshot_is_described_from_its_volume_then_its_tags() {
+        let mut snap = Snapshot::new(Id([1; 32]), vec!["/db.img".into()]);
+        snap.tags = vec!["namespace=prod".into(), "pvc=db".into(), "nightly".into()];
+        let r = repository_only(&Id([2; 32]), &snap);
+        assert_eq!(r.namespace.as_deref(), Some("prod"));
+        assert_eq!(r.pvc.as_deref(), Some("db"));
+        assert!(r.volume.is_none());
+        assert_eq!(repo_row(&r).mode, "-");
+
+        snap.volbackup = Some(
+            serde_json::json!({"namespace": "apps", "pvc": "data", "volumeMode": "Block", "capacity": "5Gi"}),
+        );
+        let r = repository_only(&Id([2; 32]), &snap);
+        assert_eq!(r.namespace.as_deref(), Some("apps"));
+        assert_eq!(r.pvc.as_deref(), Some("data"));
+        let row = repo_row(&r);
+        assert_eq!((row.mode.as_str(), row.size.as_str()), ("Block", "5Gi"));
+        assert_eq!(row.snapshot, "02020202");
+    }
 }

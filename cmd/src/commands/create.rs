@@ -22,10 +22,8 @@ use volbackup_populator::api::{
 
 use crate::cli::CreateArgs;
 use crate::cluster::{self, BACKUP_LABEL, DEFAULT_SNAPSHOT_CLASS, PVC_LABEL, explain};
-use crate::repository;
+use crate::repository::{self, REPOSITORY_SECRET};
 
-/// Name of the repository Secret the plugin writes into each namespace.
-pub const REPOSITORY_SECRET: &str = "volbackup-repository";
 /// Where a Block volume appears in the mover pod.
 pub const BLOCK_PATH: &str = "/dev/volbackup-source";
 /// Where a Filesystem volume is mounted in the mover pod.
@@ -34,16 +32,6 @@ pub const MOUNT_PATH: &str = "/data";
 pub fn default_image() -> String {
     format!("ghcr.io/volbackup/volbackup:{}", env!("CARGO_PKG_VERSION"))
 }
-
-/// Local settings copied into the repository Secret (keys as the mover reads them).
-const COPIED_ENV: &[&str] = &[
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-    "AWS_ENDPOINT_URL",
-];
 
 /// One PVC that passed the checks, with everything the backup records about it.
 #[derive(Debug, Clone)]
@@ -126,29 +114,6 @@ fn backup_name(pvc: &str, at: chrono::DateTime<chrono::Utc>) -> String {
     format!("{base}-{stamp}")
 }
 
-/// The repository settings for the Secret, from flags and the environment.
-fn secret_data(args: &CreateArgs) -> Result<BTreeMap<String, String>> {
-    let mut location = repository::location(&args.repo)?;
-    if !location.contains(':') {
-        location = std::path::absolute(&location)
-            .with_context(|| format!("cannot resolve the repository path {location}"))?
-            .to_string_lossy()
-            .into_owned();
-    }
-    let password = repository::password(&args.repo, false)?;
-    let mut data = BTreeMap::new();
-    data.insert("VOLBACKUP_REPOSITORY".to_string(), location);
-    data.insert("VOLBACKUP_PASSWORD".to_string(), password);
-    for key in COPIED_ENV {
-        if let Ok(v) = std::env::var(key)
-            && !v.is_empty()
-        {
-            data.insert(key.to_string(), v);
-        }
-    }
-    Ok(data)
-}
-
 /// `create`
 pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
     if args.pvcs.is_empty() && args.selector.is_none() && !args.all_namespaces {
@@ -165,11 +130,10 @@ pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
     let data = match &args.repo_secret {
         Some(_) => None,
         None => {
-            let data = secret_data(args)?;
+            let data = repository::secret_data(&args.repo)?;
             let backend = repository::open_backend(&data["VOLBACKUP_REPOSITORY"])?;
-            volbackup_store::Repository::open(backend, &data["VOLBACKUP_PASSWORD"]).context(
-                "cannot open the repository (create it with `kubectl volbackup repo init`)",
-            )?;
+            volbackup_store::Repository::open(backend, &data["VOLBACKUP_PASSWORD"])
+                .context("cannot open the repository")?;
             Some(data)
         }
     };
@@ -370,7 +334,7 @@ async fn volume_info(client: &Client, pvc: &PersistentVolumeClaim) -> Result<Vol
     let storage_class = spec.storage_class_name.clone();
     let Some(csi) = pv.spec.as_ref().and_then(|s| s.csi.clone()) else {
         bail!(
-            "PVC {ns}/{name} is not a CSI volume (PV {pv_name}, storage class {}): volbackup needs a CSI driver with snapshot support",
+            "PVC {ns}/{name} is not a CSI volume (PV {pv_name}, storage class {}): volbackup reads volumes through CSI snapshots; back up PVCs of a storage class whose provisioner is a CSI driver with a VolumeSnapshotClass (kubectl get csidrivers,volumesnapshotclass)",
             storage_class.as_deref().unwrap_or("none")
         );
     };
@@ -595,8 +559,9 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
         if Instant::now() > deadline {
             match error {
                 Some(msg) => bail!(
-                    "VolumeSnapshot {ns}/{tmp} was not ready within {:?}: {msg}",
-                    run.timeout
+                    "VolumeSnapshot {ns}/{tmp} was not ready within {:?}: {msg} (the CSI driver of VolumeSnapshotClass {} reports this; fix it or pass another --snapshot-class)",
+                    run.timeout,
+                    t.snapshot_class
                 ),
                 None => bail!(
                     "VolumeSnapshot {ns}/{tmp} was not ready within {:?}: is the snapshot controller running? (kubectl describe volumesnapshot {tmp} -n {ns})",

@@ -183,8 +183,71 @@ fn is_block_image(repo: &Repository, snap: &Snapshot) -> Result<bool> {
     })
 }
 
+/// The last line of a failed `mover restore --json`: what the populator reads from the pod's
+/// termination message to decide whether a retry can help.
+#[derive(Debug, Serialize)]
+struct ErrorLine {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    reason: &'static str,
+    retryable: bool,
+    message: String,
+}
+
+/// Names a restore failure and says whether trying again can help.
+pub fn classify(err: &anyhow::Error) -> (&'static str, bool) {
+    use volbackup_store::Error as E;
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<E>() {
+            return match e {
+                E::WrongPassword { .. } => ("WrongPassword", false),
+                E::NoRepository { .. } => ("RepositoryNotFound", false),
+                E::Backend {
+                    retryable: true, ..
+                } => ("RepositoryUnreachable", true),
+                E::Backend { .. } => ("RepositoryError", false),
+                E::NotFound { .. } | E::Corrupt { .. } => ("RepositoryDamaged", false),
+                E::Locked(_) => ("RepositoryLocked", true),
+                E::Invalid(m)
+                    if m.contains("no snapshot matches") || m.contains("has no snapshots") =>
+                {
+                    ("SnapshotNotFound", false)
+                }
+                E::Invalid(m) if m.contains("use a larger volume") => ("VolumeTooSmall", false),
+                E::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                    ("VolumeTooSmall", false)
+                }
+                _ => ("RestoreFailed", true),
+            };
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::ENOSPC)
+        {
+            return ("VolumeTooSmall", false);
+        }
+    }
+    ("RestoreFailed", true)
+}
+
 /// `mover restore`
 pub fn restore(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
+    let result = restore_inner(args, quiet);
+    if let Err(e) = &result
+        && args.json
+    {
+        let (reason, retryable) = classify(e);
+        let line = ErrorLine {
+            kind: "error",
+            reason,
+            retryable,
+            message: crate::one_line(e),
+        };
+        println!("{}", serde_json::to_string(&line)?);
+    }
+    result
+}
+
+fn restore_inner(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
     let repo = repository::open(&args.repo)?;
     let (id, snap) = repo.find_snapshot(&args.snapshot)?;
     let started = Instant::now();
@@ -237,4 +300,62 @@ pub fn restore(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::classify;
+    use volbackup_store::Error;
+
+    fn of(e: Error) -> (&'static str, bool) {
+        classify(&anyhow::Error::new(e).context("restoring"))
+    }
+
+    #[test]
+    fn failures_that_cannot_heal_are_not_retried() {
+        let loc = || "s3:https://h/b".to_string();
+        assert_eq!(
+            of(Error::WrongPassword { location: loc() }),
+            ("WrongPassword", false)
+        );
+        assert_eq!(
+            of(Error::NoRepository { location: loc() }),
+            ("RepositoryNotFound", false)
+        );
+        assert_eq!(
+            of(Error::Invalid(
+                "no snapshot matches ID \"abcd\" in x (list them with ...)".into()
+            )),
+            ("SnapshotNotFound", false)
+        );
+        assert_eq!(
+            of(Error::Invalid(
+                "/dev/x: target is 1 bytes, the image needs 2 (use a larger volume)".into()
+            )),
+            ("VolumeTooSmall", false)
+        );
+        assert_eq!(
+            of(Error::Io {
+                path: "/data/f".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC)
+            }),
+            ("VolumeTooSmall", false)
+        );
+    }
+
+    #[test]
+    fn network_trouble_is_retried() {
+        assert_eq!(
+            of(Error::Backend {
+                location: "s3:https://h/b".into(),
+                message: "connection refused".into(),
+                retryable: true
+            }),
+            ("RepositoryUnreachable", true)
+        );
+        assert_eq!(
+            classify(&anyhow::anyhow!("something else")),
+            ("RestoreFailed", true)
+        );
+    }
 }

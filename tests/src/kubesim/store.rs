@@ -885,6 +885,16 @@ impl Store {
                 }
                 let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
                 let stored = obj_storage_versions(&obj.get("spec").cloned().unwrap_or(Value::Null));
+                // A condition whose status stays keeps its lastTransitionTime, so an update that
+                // changes nothing leaves the object (and its resourceVersion) as it was.
+                let since = |t: &str| {
+                    obj.pointer("/status/conditions")
+                        .and_then(Value::as_array)
+                        .and_then(|cs| cs.iter().find(|c| c["type"] == t && c["status"] == "True"))
+                        .and_then(|c| c.get("lastTransitionTime").cloned())
+                        .unwrap_or_else(|| json!(now()))
+                };
+                let (accepted_at, established_at) = (since("NamesAccepted"), since("Established"));
                 let o = obj.as_object_mut().expect("object");
                 let status = o.entry("status").or_insert_with(|| json!({}));
                 if let Some(s) = status.as_object_mut() {
@@ -893,8 +903,8 @@ impl Store {
                     s.insert(
                         "conditions".into(),
                         json!([
-                            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now()},
-                            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now()}
+                            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": accepted_at},
+                            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": established_at}
                         ]),
                     );
                 }

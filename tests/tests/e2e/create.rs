@@ -823,3 +823,622 @@ async fn an_exec_credential_user_lists_and_deletes_backups_with_confirmation_rul
         .await;
     assert_one_line_failure(&out, "not found");
 }
+
+/// Fails when any event in the test namespace holds one of `secrets`.
+async fn assert_no_secret_in_events(env: &Env, secrets: &[&str]) {
+    let events = env.list(&ar("", "v1", "Event", "events"), true, None).await;
+    let text = serde_json::to_string(&events).unwrap();
+    for s in secrets {
+        assert!(!text.contains(s), "an event holds a secret value");
+    }
+}
+
+/// Polls until no VolumeSnapshotContent is left in the cluster.
+async fn assert_no_snapshot_contents_left(env: &Env) {
+    let contents = ar(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshotContent",
+        "volumesnapshotcontents",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = env.list(&contents, false, None).await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "VolumeSnapshotContents left behind: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_never_becomes_ready_fails_at_the_timeout_naming_it_and_the_cause() {
+    let env = Env::start().await;
+    env.pvc("vol", "Block", "2Mi", json!({})).await;
+    // kubesim's fault hook: the simulated CSI driver rejects every CreateSnapshot of this class,
+    // and the snapshotter reports the error in the snapshot's status, retrying for ever.
+    env.create(
+        &snapclass_ar(),
+        json!({"metadata": {"name": "broken"}, "driver": "hostpath.csi.kubesim.io", "deletionPolicy": "Delete",
+               "parameters": {"kubesim.io/fail-snapshot": "rpc error: code = ResourceExhausted desc = snapshot quota of pool p1 exceeded"}}),
+    )
+    .await;
+    let started = Instant::now();
+    let out = env
+        .plugin(
+            &[
+                "create",
+                "vol",
+                "-n",
+                NS,
+                "--repo",
+                env.repo.to_str().unwrap(),
+                "--snapshot-class",
+                "broken",
+                "--timeout",
+                "5s",
+            ],
+            &[],
+        )
+        .await;
+    let took = started.elapsed();
+    assert_one_line_failure(&out, "was not ready within 5s");
+    assert!(
+        out.stderr.contains("VolumeSnapshot t/vol-")
+            && out.stderr.contains("snapshot quota of pool p1 exceeded")
+            && out.stderr.contains("--snapshot-class"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(30),
+        "took {took:?}"
+    );
+    env.assert_nothing_temporary_left().await;
+    assert!(
+        env.list(&snapshots_ar(), true, None).await.is_empty(),
+        "a VolumeSnapshot was left"
+    );
+    assert_no_snapshot_contents_left(&env).await;
+    assert!(
+        env.list(&backups_ar(), true, None).await.is_empty(),
+        "a VolumeBackup was recorded for a failed run"
+    );
+    assert_no_secret_in_events(&env, &[PASSWORD]).await;
+    // The repository holds no snapshot from the failed run.
+    let snaps: Value =
+        serde_json::from_slice(&env.restic(&["snapshots", "--json"]).stdout).unwrap();
+    assert_eq!(snaps.as_array().map(Vec::len), Some(0), "{snaps}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_whose_storage_class_is_not_a_csi_driver_is_refused_with_a_hint() {
+    let env = Env::start().await;
+    env.create(
+        &ar("storage.k8s.io", "v1", "StorageClass", "storageclasses"),
+        json!({"metadata": {"name": "local"}, "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"}),
+    )
+    .await;
+    let host_dir = env.dir.path().join("static-pv");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    env.create(
+        &ar("", "v1", "PersistentVolume", "persistentvolumes"),
+        json!({"metadata": {"name": "static-pv"}, "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"],
+               "storageClassName": "local", "volumeMode": "Filesystem", "persistentVolumeReclaimPolicy": "Retain",
+               "hostPath": {"path": host_dir.to_str().unwrap()}}}),
+    )
+    .await;
+    env.create(
+        &pvcs_ar(),
+        json!({"metadata": {"name": "legacy"}, "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local", "resources": {"requests": {"storage": "1Mi"}}}}),
+    )
+    .await;
+    env.wait_for(&pvcs_ar(), "legacy", "to bind to the static PV", |p| {
+        p.pointer("/status/phase") == Some(&json!("Bound"))
+    })
+    .await;
+    let out = env.create_backup(&["legacy"]).await;
+    assert_one_line_failure(&out, "PVC t/legacy is not a CSI volume");
+    assert!(
+        out.stderr.contains("PV static-pv")
+            && out.stderr.contains("storage class local")
+            && out.stderr.contains("CSI driver with a VolumeSnapshotClass"),
+        "{}",
+        out.stderr
+    );
+    env.assert_nothing_temporary_left().await;
+    assert!(
+        env.list(&snapshots_ar(), true, None).await.is_empty(),
+        "a VolumeSnapshot was created for a non-CSI volume"
+    );
+    assert!(env.list(&backups_ar(), true, None).await.is_empty());
+    assert_no_secret_in_events(&env, &[PASSWORD]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_repository_fails_fast_in_one_line_without_leaking_credentials() {
+    let env = Env::start().await;
+    env.pvc("vol", "Block", "2Mi", json!({})).await;
+    const AWS_SECRET: &str = "e2e-aws-secret-d41c9";
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", "GKe2eDUMMYKEY"),
+        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+        ("AWS_REGION", "garage"),
+    ];
+    let unreachable = "s3:http://127.0.0.1:1/bucket/repo";
+
+    // From the user's settings: refused before anything exists in the cluster.
+    let started = Instant::now();
+    let out = env
+        .plugin(
+            &[
+                "create",
+                "vol",
+                "-n",
+                NS,
+                "--repo",
+                unreachable,
+                "--timeout",
+                "60s",
+            ],
+            &aws,
+        )
+        .await;
+    assert_one_line_failure(&out, "cannot reach S3 endpoint http://127.0.0.1:1");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !out.stderr.contains(AWS_SECRET) && !out.stdout.contains(AWS_SECRET),
+        "the AWS secret key was printed"
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.client.clone(), NS);
+    assert!(
+        secrets
+            .get_opt("volbackup-repository")
+            .await
+            .expect("get secret")
+            .is_none(),
+        "a repository Secret was written for an unreachable repository"
+    );
+
+    // From an existing VolSync-style Secret: the repository is checked only by the mover, in the
+    // cluster; its failure still ends the run in one line, fast, with nothing left.
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "restic-config", "namespace": NS},
+        "stringData": {"RESTIC_REPOSITORY": unreachable, "RESTIC_PASSWORD": PASSWORD,
+                       "AWS_ACCESS_KEY_ID": "GKe2eDUMMYKEY", "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_REGION": "garage"},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the Secret");
+    let started = Instant::now();
+    let out = env
+        .plugin(
+            &[
+                "create",
+                "vol",
+                "-n",
+                NS,
+                "--repo-secret",
+                "restic-config",
+                "--timeout",
+                "60s",
+            ],
+            &[],
+        )
+        .await;
+    assert_one_line_failure(&out, "cannot reach S3 endpoint http://127.0.0.1:1");
+    assert!(out.stderr.contains("mover pod t/vol-"), "{}", out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !out.stderr.contains(AWS_SECRET) && !out.stdout.contains(AWS_SECRET),
+        "the AWS secret key was printed"
+    );
+    env.assert_nothing_temporary_left().await;
+    assert!(env.list(&backups_ar(), true, None).await.is_empty());
+    assert!(env.list(&snapshots_ar(), true, None).await.is_empty());
+    assert_no_secret_in_events(&env, &[PASSWORD, AWS_SECRET]).await;
+}
+
+/// Total bytes of the pack files in a local repository.
+fn pack_bytes(repo: &Path) -> u64 {
+    let mut total = 0;
+    for sub in std::fs::read_dir(repo.join("data")).unwrap() {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            total += f.unwrap().metadata().unwrap().len();
+        }
+    }
+    total
+}
+
+fn restic_snapshot_ids(env: &Env) -> Vec<String> {
+    let snaps: Value =
+        serde_json::from_slice(&env.restic(&["snapshots", "--json"]).stdout).unwrap();
+    snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_with_repo_shows_orphaned_snapshots_and_delete_prune_removes_the_data() {
+    let env = Env::start().await;
+    let repo = env.repo.to_str().unwrap().to_string();
+    let kc = env.cluster.kubeconfig_path().to_str().unwrap().to_string();
+    let data = env.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("b.bin"), pattern(2 << 20, 21)).unwrap();
+    env.pvc("a", "Filesystem", "2Mi", json!({})).await;
+    env.run_pod("fill-a", "a", "Filesystem", "echo a > /data/a && sync")
+        .await;
+    env.pvc("b", "Block", "2Mi", json!({})).await;
+    env.run_pod(
+        "fill-b",
+        "b",
+        "Block",
+        &format!(
+            "dd if={}/b.bin of=/dev/xvda bs=1M 2>/dev/null && sync",
+            data.display()
+        ),
+    )
+    .await;
+    let out = env.create_backup(&["a", "b"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let vb_a = backups_of(&env, "a").await.remove(0);
+    let vb_b = backups_of(&env, "b").await.remove(0);
+    let snap_a = vb_a["spec"]["snapshot"].as_str().unwrap().to_string();
+    let snap_b = vb_b["spec"]["snapshot"].as_str().unwrap().to_string();
+    let name_a = vb_a["metadata"]["name"].as_str().unwrap().to_string();
+    let name_b = vb_b["metadata"]["name"].as_str().unwrap().to_string();
+
+    // A backup made in another cluster, of namespace prod, straight into the repository.
+    std::fs::write(data.join("db.img"), pattern(100_000, 4)).unwrap();
+    let desc = json!({"namespace": "prod", "pvc": "db", "volumeMode": "Block", "capacity": "1Gi", "csiDriver": "ebs.csi.aws.com"});
+    let out = env
+        .plugin(
+            &[
+                "mover",
+                "backup",
+                "--repo",
+                &repo,
+                "--source",
+                data.join("db.img").to_str().unwrap(),
+                "--tag",
+                "namespace=prod",
+                "--tag",
+                "pvc=db",
+                "--description",
+                &desc.to_string(),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // The record of `a` goes; its snapshot stays in the repository.
+    env.api(&backups_ar(), true)
+        .delete(&name_a, &Default::default())
+        .await
+        .expect("delete the VolumeBackup of a");
+
+    let out = env
+        .plugin(
+            &["list", "-n", NS, "--kubeconfig", &kc, "--repo", &repo],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (records, repo_only) = out
+        .stdout
+        .split_once("Repository only")
+        .unwrap_or_else(|| panic!("no repository section: {}", out.stdout));
+    assert!(records.contains(&name_b), "{}", out.stdout);
+    assert!(
+        repo_only.contains(&snap_a[..8])
+            && !repo_only.contains(&snap_b[..8])
+            && repo_only.contains("Filesystem")
+            && repo_only.contains("2Mi")
+            && !repo_only.contains("prod"),
+        "{}",
+        out.stdout
+    );
+    // Without --repo, the repository is not read.
+    let out = env
+        .plugin(&["list", "-n", NS, "--kubeconfig", &kc], &[])
+        .await;
+    assert!(!out.stdout.contains("Repository only"), "{}", out.stdout);
+
+    let out = env
+        .plugin(
+            &[
+                "list",
+                "-n",
+                NS,
+                "--kubeconfig",
+                &kc,
+                "--repo",
+                &repo,
+                "-o",
+                "json",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let listed: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(
+        listed["volumeBackups"][0]["metadata"]["name"],
+        name_b.as_str()
+    );
+    let only = listed["repositoryOnly"].as_array().unwrap();
+    assert_eq!(only.len(), 1, "{listed}");
+    assert_eq!(only[0]["snapshot"], snap_a.as_str());
+    assert_eq!(only[0]["namespace"], "t");
+    assert_eq!(only[0]["pvc"], "a");
+    assert_eq!(only[0]["volume"]["volumeMode"], "Filesystem");
+    assert_eq!(only[0]["volume"]["capacity"], "2Mi");
+    let out = env
+        .plugin(
+            &[
+                "list",
+                "-A",
+                "--kubeconfig",
+                &kc,
+                "--repo",
+                &repo,
+                "-o",
+                "yaml",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let listed: Value = serde_yaml::from_str(&out.stdout).expect("YAML");
+    let only = listed["repositoryOnly"].as_array().unwrap();
+    assert_eq!(only.len(), 2, "{listed}");
+    let prod = only
+        .iter()
+        .find(|o| o["namespace"] == "prod")
+        .expect("the other cluster's backup");
+    assert_eq!(prod["pvc"], "db");
+    assert_eq!(prod["volume"]["csiDriver"], "ebs.csi.aws.com");
+
+    // delete --prune: without a terminal and without --yes, refused, nothing touched.
+    let out = env
+        .plugin(
+            &[
+                "delete",
+                &name_b,
+                "--prune",
+                "-n",
+                NS,
+                "--kubeconfig",
+                &kc,
+                "--repo",
+                &repo,
+            ],
+            &[],
+        )
+        .await;
+    assert_one_line_failure(&out, "pass --yes");
+    assert!(out.stderr.contains("repository data"), "{}", out.stderr);
+    // A repository other than the one the Secret names: refused.
+    let other = env.dir.path().join("other-repo");
+    let out = env
+        .plugin(&["repo", "init", "--repo", other.to_str().unwrap()], &[])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = env
+        .plugin(
+            &[
+                "delete",
+                &name_b,
+                "--prune",
+                "--yes",
+                "-n",
+                NS,
+                "--kubeconfig",
+                &kc,
+                "--repo",
+                other.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_one_line_failure(&out, "pass that repository with --repo");
+    // A name that does not exist: nothing is deleted, not even the names that do.
+    let out = env
+        .plugin(
+            &[
+                "delete",
+                &name_b,
+                "nope",
+                "--prune",
+                "--yes",
+                "-n",
+                NS,
+                "--kubeconfig",
+                &kc,
+                "--repo",
+                &repo,
+            ],
+            &[],
+        )
+        .await;
+    assert_one_line_failure(&out, "VolumeBackup \"nope\" not found");
+    // A record whose snapshot is not in the repository: refused.
+    env.create(
+        &backups_ar(),
+        json!({"metadata": {"name": "ghost", "namespace": NS}, "spec": {"repository": {"secretRef": {"name": "volbackup-repository"}}, "snapshot": "ab".repeat(32)}}),
+    )
+    .await;
+    let out = env
+        .plugin(
+            &[
+                "delete",
+                "ghost",
+                "--prune",
+                "--yes",
+                "-n",
+                NS,
+                "--kubeconfig",
+                &kc,
+                "--repo",
+                &repo,
+            ],
+            &[],
+        )
+        .await;
+    assert_one_line_failure(
+        &out,
+        "the snapshot abababab of VolumeBackup t/ghost is not in the repository",
+    );
+    assert_eq!(
+        backups_of(&env, "b").await.len(),
+        1,
+        "deleted after a refusal"
+    );
+    assert_eq!(restic_snapshot_ids(&env).len(), 3);
+
+    let before = pack_bytes(&env.repo);
+    let out = env
+        .plugin(
+            &[
+                "delete",
+                &name_b,
+                "--prune",
+                "--yes",
+                "-n",
+                NS,
+                "--kubeconfig",
+                &kc,
+                "--repo",
+                &repo,
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains(&format!("volumebackup.volbackup.io/{name_b} deleted")),
+        "{}",
+        out.stdout
+    );
+    assert!(backups_of(&env, "b").await.is_empty(), "not deleted");
+    let ids = restic_snapshot_ids(&env);
+    assert!(!ids.contains(&snap_b), "restic still lists {snap_b}");
+    assert!(ids.contains(&snap_a) && ids.len() == 2, "{ids:?}");
+    let after = pack_bytes(&env.repo);
+    assert!(
+        before - after >= 1 << 20,
+        "the prune freed {} bytes of the 2 MiB only the deleted snapshot used",
+        before - after
+    );
+    env.restic(&["check", "--read-data"]);
+    // The other backups still restore.
+    let dumped = env.restic(&["dump", &snap_a, "/a"]).stdout;
+    assert_eq!(dumped, b"a\n");
+
+    // A prune that fails (the index directory cannot be written) after the forget: the
+    // VolumeBackup is kept, and the one line says what happened and what to run.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = env.create_backup(&["a"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let vb_a2 = backups_of(&env, "a").await.remove(0);
+    let name_a2 = vb_a2["metadata"]["name"].as_str().unwrap().to_string();
+    let snap_a2 = vb_a2["spec"]["snapshot"].as_str().unwrap().to_string();
+    let guard = Immutable::set(&env.repo.join("index"));
+    let out = env
+        .plugin(
+            &[
+                "delete",
+                &name_a2,
+                "--prune",
+                "--yes",
+                "-n",
+                NS,
+                "--kubeconfig",
+                &kc,
+                "--repo",
+                &repo,
+            ],
+            &[],
+        )
+        .await;
+    drop(guard);
+    assert_one_line_failure(&out, "forgot 1 snapshot(s)");
+    assert!(
+        out.stderr.contains("but the prune failed")
+            && out
+                .stderr
+                .contains(&format!("the VolumeBackups {name_a2} were kept"))
+            && out.stderr.contains("kubectl-volbackup prune --repo"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("deleted"), "{}", out.stdout);
+    assert_eq!(
+        backups_of(&env, "a").await.len(),
+        1,
+        "deleted although the prune failed"
+    );
+    assert!(!restic_snapshot_ids(&env).contains(&snap_a2));
+    // The hint works.
+    let out = env.plugin(&["prune", "--repo", &repo], &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = env
+        .plugin(
+            &["delete", &name_a2, "--yes", "-n", NS, "--kubeconfig", &kc],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(backups_of(&env, "a").await.is_empty());
+    env.restic(&["check", "--read-data"]);
+}
+
+/// Makes a directory immutable (`chattr +i`: even root cannot add or remove entries) until
+/// dropped.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(dir: &Path) -> Immutable {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "chattr +i {} failed: the test needs `chattr` (e2fsprogs) and a temp dir on a filesystem with the immutable attribute (ext4, xfs, btrfs)",
+            dir.display()
+        );
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}

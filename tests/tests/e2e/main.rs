@@ -7,6 +7,8 @@
 
 mod common;
 mod create;
+mod install;
+mod restore;
 
 #[path = "../../../store/tests/support_s3/mod.rs"]
 mod support_s3;

@@ -49,7 +49,8 @@
 //!
 //! Simplified or ignored: probes (a running container is ready), resources, capabilities and
 //! the rest of securityContext except runAsUser/runAsGroup, fsGroup, image pull secrets,
-//! network (every pod's IP is 127.0.0.1), the UTS/PID/IPC namespaces.
+//! network (pods share the host's; each pod's IP is its own address in 127.0.0.0/8, see
+//! [`pod_ip`]), the UTS/PID/IPC namespaces.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
@@ -500,14 +501,28 @@ fn object_data(obj: &Value, secret: bool) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// The pod's IP: an address in 127.0.0.0/8 derived from its uid, so that pods, which all share
+/// the host's network, can each bind the same port on their own address (every 127/8 address
+/// is local on Linux).
+pub fn pod_ip(pod: &Value) -> String {
+    let uid = s(pod, "/metadata/uid").unwrap_or("");
+    let h = uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let [a, b, c, ..] = h.to_le_bytes();
+    format!("127.{}.{}.{}", a.max(1), b, c.clamp(2, 254))
+}
+
 fn field_ref(pod: &Value, path: &str) -> Option<String> {
+    let pod_address = pod_ip(pod);
     let v = match path {
         "metadata.name" => s(pod, "/metadata/name"),
         "metadata.namespace" => s(pod, "/metadata/namespace"),
         "metadata.uid" => s(pod, "/metadata/uid"),
         "spec.nodeName" => s(pod, "/spec/nodeName"),
         "spec.serviceAccountName" => Some(s(pod, "/spec/serviceAccountName").unwrap_or("default")),
-        "status.podIP" | "status.hostIP" => Some("127.0.0.1"),
+        "status.podIP" => Some(pod_address.as_str()),
+        "status.hostIP" => Some("127.0.0.1"),
         p => {
             let (field, key) = p.strip_suffix("']").and_then(|p| p.split_once("['"))?;
             let map = match field {
@@ -674,8 +689,8 @@ impl PodWorker {
             ],
             "hostIP": "127.0.0.1",
             "hostIPs": [{"ip": "127.0.0.1"}],
-            "podIP": "127.0.0.1",
-            "podIPs": [{"ip": "127.0.0.1"}],
+            "podIP": pod_ip(&self.pod),
+            "podIPs": [{"ip": pod_ip(&self.pod)}],
             "startTime": st.start_time,
             "qosClass": "BestEffort",
             "containerStatuses": st.main.iter().map(ContainerStatus::to_json).collect::<Vec<_>>(),

@@ -14,6 +14,12 @@
 //!   `readyToUse`, `restoreSize` as a quantity).
 //! - Errors (no class, source PVC missing or unbound) go to `status.error {message, time}` with
 //!   `readyToUse: false` and a Warning event, and are retried.
+//! - Fault hook: a VolumeSnapshotClass parameter `kubesim.io/fail-snapshot: MESSAGE` makes the
+//!   simulated driver answer every CreateSnapshot for that class with the error MESSAGE (as a
+//!   real driver does when it rejects a request, e.g. a quota or a bad parameter). The sidecar
+//!   then reports it the way the real one does: content `status.error`, a Warning event
+//!   `SnapshotContentCheckandUpdateFailed`, copied to the VolumeSnapshot's `status.error`, and
+//!   retried, so the snapshot never becomes ready.
 //! - A pre-provisioned snapshot (`source.volumeSnapshotContentName`) binds to that content; a
 //!   pre-provisioned content (`source.snapshotHandle`) is ready when its data exists.
 //! - When a snapshot is deleted, its content is deleted with the data if the policy is Delete and
@@ -331,7 +337,14 @@ fn sync_content(store: &dyn ObjectStore, ctx: &ControllerContext, content: &Valu
     let restore_size = s(&pv, "/spec/capacity/storage")
         .and_then(parse_quantity)
         .unwrap_or(0);
-    if let Err(e) = take_copy(&src, &dst, s(&pv, "/spec/volumeMode") == Some("Block")) {
+    let injected = s(content, "/spec/volumeSnapshotClassName")
+        .and_then(|c| store.get(&res::volumesnapshotclasses(), None, c))
+        .and_then(|c| s(&c, "/parameters/kubesim.io~1fail-snapshot").map(str::to_string));
+    let taken = match injected {
+        Some(msg) => Err(std::io::Error::other(msg)),
+        None => take_copy(&src, &dst, s(&pv, "/spec/volumeMode") == Some("Block")),
+    };
+    if let Err(e) = taken {
         let msg = format!(
             "Failed to check and update snapshot content: failed to take snapshot of the volume {pv_name}: {e}"
         );

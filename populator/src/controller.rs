@@ -1,0 +1,1347 @@
+//! The populator controller: for each PVC whose `dataSourceRef` names a `VolumeBackup`, read
+//! every object involved, let [`state::next_step`] choose one step, take it, and come back.
+//!
+//! Objects it makes, all in the populator's namespace and named after the user PVC's uid:
+//! the Secret `populate-<uid>` (the repository settings, copied from the Secret the VolumeBackup
+//! names), PVC' `prime-<uid>` and the pod `populate-<uid>`, which runs
+//! `kubectl-volbackup mover restore --json` onto PVC'. Each carries the label
+//! [`state::LABEL_FOR_UID`] and the annotation [`state::ANN_FOR`], which is how watch events on
+//! them lead back to the user's PVC and how orphans are found.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::api::{Condition, Phase, Progress, VolumeBackup};
+use crate::metrics::Metrics;
+use crate::quantity;
+use crate::state::{self, Claim, Failure, Observed, PodFailure, PodState, Prime, Source, Step};
+
+/// Where the target volume appears in the populate pod.
+pub const BLOCK_TARGET: &str = "/dev/volbackup-target";
+/// Where a Filesystem target is mounted in the populate pod.
+pub const MOUNT_TARGET: &str = "/data";
+/// The condition on the VolumeBackup that reports restores.
+pub const CONDITION: &str = "Restored";
+/// Name of this controller in events.
+pub const COMPONENT: &str = "volbackup-populator";
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The populator's namespace (PVC', pods, Secrets).
+    pub namespace: String,
+    /// Image of the populate pods.
+    pub image: String,
+    /// Copies before a restore is given up.
+    pub max_attempts: u32,
+    /// Wait before the first retry (doubles each time).
+    pub retry_backoff: Duration,
+    /// This replica's name (events, lease).
+    pub identity: String,
+    /// Fault injection for tests: exit (as a crash would) right after this many steps that
+    /// changed something.
+    pub crash_after_steps: Option<u32>,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    client: Client,
+    config: Config,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    steps_taken: std::sync::atomic::AtomicU32,
+}
+
+/// Errors of a reconcile: the step is retried after a pause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or could not be reached.
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+    /// An object we read is not what we expect.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn prime_name(uid: &str) -> String {
+    format!("prime-{uid}")
+}
+
+fn populate_name(uid: &str) -> String {
+    format!("populate-{uid}")
+}
+
+/// Whether a PVC asks to be filled from a VolumeBackup.
+pub fn wants_us(pvc: &PersistentVolumeClaim) -> Option<String> {
+    let r = pvc.spec.as_ref()?.data_source_ref.as_ref()?;
+    (r.api_group.as_deref() == Some(crate::api::GROUP)
+        && r.kind == "VolumeBackup"
+        && r.namespace
+            .as_deref()
+            .is_none_or(|n| Some(n) == pvc.namespace().as_deref()))
+    .then(|| r.name.clone())
+}
+
+fn rfc3339_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Reads the mover's error line (`{"type":"error",...}`) from a failed pod's termination
+/// message (the kubelet copies the end of the log there, `FallbackToLogsOnError`).
+pub fn pod_failure(message: &str, exit_code: Option<i32>) -> PodFailure {
+    for line in message.lines().rev() {
+        if let Ok(v) = serde_json::from_str::<Value>(line.trim())
+            && v.get("type").and_then(Value::as_str) == Some("error")
+        {
+            return PodFailure {
+                reason: v
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("RestoreFailed")
+                    .to_string(),
+                message: v
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                permanent: !v.get("retryable").and_then(Value::as_bool).unwrap_or(true),
+            };
+        }
+    }
+    let last = message
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('{'))
+        .map(|l| l.trim_start_matches("error: ").to_string());
+    PodFailure {
+        reason: "RestoreFailed".into(),
+        message: last.unwrap_or_else(|| match exit_code {
+            Some(c) => format!("the populate pod exited with code {c}"),
+            None => "the populate pod failed".into(),
+        }),
+        permanent: false,
+    }
+}
+
+fn pod_state(pod: &Pod) -> PodState {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return PodState::Deleting;
+    }
+    let status = pod.status.as_ref();
+    match status.and_then(|s| s.phase.as_deref()) {
+        Some("Succeeded") => PodState::Succeeded,
+        Some("Failed") => {
+            let terminated = status
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .and_then(|c| c.state.as_ref())
+                .and_then(|s| s.terminated.as_ref());
+            let message = terminated
+                .and_then(|t| t.message.clone())
+                .or_else(|| status.and_then(|s| s.message.clone()))
+                .unwrap_or_default();
+            PodState::Failed(pod_failure(&message, terminated.map(|t| t.exit_code)))
+        }
+        Some("Running") => PodState::Running,
+        _ => {
+            // An image that cannot be pulled never heals by waiting.
+            let waiting = status
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .and_then(|c| c.state.as_ref())
+                .and_then(|s| s.waiting.as_ref());
+            match waiting.and_then(|w| w.reason.as_deref()) {
+                Some(r @ ("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName")) => {
+                    PodState::Failed(PodFailure {
+                        reason: "ImagePullFailed".into(),
+                        message: format!(
+                            "{r}: {}",
+                            waiting.and_then(|w| w.message.as_deref()).unwrap_or("")
+                        ),
+                        permanent: false,
+                    })
+                }
+                _ => PodState::Waiting,
+            }
+        }
+    }
+}
+
+/// Everything read for one claim, with the objects the steps need.
+struct Seen {
+    pvc: PersistentVolumeClaim,
+    backup: Option<VolumeBackup>,
+    secret: Option<Secret>,
+    prime: Option<PersistentVolumeClaim>,
+    pv: Option<PersistentVolume>,
+    pod: Option<Pod>,
+    observed: Observed,
+}
+
+fn annotation<'a>(meta: &'a kube::api::ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Seen>, Error> {
+    let c = &ctx.client;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), ns);
+    let Some(pvc) = pvcs.get_opt(name).await? else {
+        return Ok(None);
+    };
+    let Some(backup_name) = wants_us(&pvc) else {
+        return Ok(None);
+    };
+    let uid = pvc.uid().unwrap_or_default();
+    let own = &ctx.config.namespace;
+    let backup = Api::<VolumeBackup>::namespaced(c.clone(), ns)
+        .get_opt(&backup_name)
+        .await?;
+    let secret = match &backup {
+        Some(b) => {
+            Api::<Secret>::namespaced(c.clone(), ns)
+                .get_opt(&b.spec.repository.secret_ref.name)
+                .await?
+        }
+        None => None,
+    };
+    let spec = pvc.spec.clone().unwrap_or_default();
+    let wffc = match spec.storage_class_name.as_deref() {
+        Some(sc) => Api::<StorageClass>::all(c.clone())
+            .get_opt(sc)
+            .await?
+            .and_then(|s| s.volume_binding_mode)
+            .is_some_and(|m| m == "WaitForFirstConsumer"),
+        None => false,
+    };
+    let own_pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), own);
+    let prime = own_pvcs.get_opt(&prime_name(&uid)).await?;
+    let pod = Api::<Pod>::namespaced(c.clone(), own)
+        .get_opt(&populate_name(&uid))
+        .await?;
+    let op_secret = Api::<Secret>::namespaced(c.clone(), own)
+        .get_opt(&populate_name(&uid))
+        .await?;
+    let pv_name = spec
+        .volume_name
+        .clone()
+        .filter(|v| !v.is_empty())
+        .or_else(|| {
+            prime
+                .as_ref()
+                .and_then(|p| p.spec.as_ref()?.volume_name.clone())
+                .filter(|v| !v.is_empty())
+        });
+    let pv = match &pv_name {
+        Some(n) => Api::<PersistentVolume>::all(c.clone()).get_opt(n).await?,
+        None => None,
+    };
+
+    let meta = &pvc.metadata;
+    let failed = annotation(meta, state::ANN_FAILED).map(|r| Failure {
+        reason: r.to_string(),
+        inputs: annotation(meta, state::ANN_FAILED_INPUTS)
+            .unwrap_or("")
+            .to_string(),
+    });
+    let claim = Claim {
+        deleting: meta.deletion_timestamp.is_some(),
+        volume_name: spec.volume_name.clone().filter(|v| !v.is_empty()),
+        finalizer: meta
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|f| f == state::FINALIZER)),
+        selected_node: annotation(meta, state::SELECTED_NODE).map(str::to_string),
+        request_bytes: spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .and_then(|q| quantity::parse_bytes(&q.0)),
+        attempts: annotation(meta, state::ANN_ATTEMPTS)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0),
+        retry_at: annotation(meta, state::ANN_RETRY_AT).and_then(|a| a.parse().ok()),
+        failed,
+    };
+    let source = match (&backup, &secret) {
+        (None, _) => Source::Missing(format!("VolumeBackup {ns}/{backup_name} not found")),
+        (Some(b), None) => Source::Missing(format!(
+            "Secret {ns}/{} named by VolumeBackup {backup_name} not found",
+            b.spec.repository.secret_ref.name
+        )),
+        (Some(b), Some(_)) if b.status.as_ref().and_then(|s| s.phase) != Some(Phase::Completed) => {
+            Source::Missing(format!(
+                "VolumeBackup {ns}/{backup_name} is not Completed yet"
+            ))
+        }
+        (Some(b), Some(s)) => {
+            let status = b.status.clone().unwrap_or_default();
+            let block = b.spec.path.is_some()
+                || status
+                    .volume
+                    .as_ref()
+                    .is_some_and(|v| v.volume_mode == "Block");
+            Source::Ready {
+                inputs: format!(
+                    "{}/{}",
+                    s.resource_version().unwrap_or_default(),
+                    b.metadata.generation.unwrap_or(0)
+                ),
+                block,
+                image_bytes: block.then_some(status.bytes_total).flatten(),
+            }
+        }
+    };
+    let volume = pv.as_ref().map(|pv| {
+        let spec = pv.spec.clone().unwrap_or_default();
+        state::Volume {
+            claimed_by_user: spec
+                .claim_ref
+                .as_ref()
+                .is_some_and(|r| r.uid.as_deref() == Some(uid.as_str())),
+            reclaim_policy: spec
+                .persistent_volume_reclaim_policy
+                .unwrap_or_else(|| "Delete".into()),
+            saved_policy: annotation(&pv.metadata, state::ANN_SAVED_POLICY).map(str::to_string),
+        }
+    });
+    let observed = Observed {
+        now: chrono::Utc::now().timestamp(),
+        claim,
+        source,
+        wait_for_first_consumer: wffc,
+        prime: prime.as_ref().map(|p| Prime {
+            deleting: p.metadata.deletion_timestamp.is_some(),
+            lost: p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Lost"),
+        }),
+        volume,
+        pod: pod.as_ref().map(pod_state),
+        secret: op_secret.is_some(),
+        max_attempts: ctx.config.max_attempts,
+    };
+    Ok(Some(Seen {
+        pvc,
+        backup,
+        secret,
+        prime,
+        pv,
+        pod,
+        observed,
+    }))
+}
+
+fn labels_for(uid: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (state::LABEL_FOR_UID.to_string(), uid.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            COMPONENT.to_string(),
+        ),
+    ])
+}
+
+fn annotations_for(ns: &str, name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(state::ANN_FOR.to_string(), format!("{ns}/{name}"))])
+}
+
+/// PVC' for a user PVC: same access modes, size, class and mode, nothing else.
+pub fn prime_claim(pvc: &PersistentVolumeClaim, namespace: &str) -> PersistentVolumeClaim {
+    let uid = pvc.uid().unwrap_or_default();
+    let spec = pvc.spec.clone().unwrap_or_default();
+    let mut annotations = annotations_for(&pvc.namespace().unwrap_or_default(), &pvc.name_any());
+    if let Some(node) = annotation(&pvc.metadata, state::SELECTED_NODE) {
+        annotations.insert(state::SELECTED_NODE.to_string(), node.to_string());
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": prime_name(&uid),
+            "namespace": namespace,
+            "labels": labels_for(&uid),
+            "annotations": annotations,
+        },
+        "spec": {
+            "accessModes": spec.access_modes,
+            "resources": spec.resources,
+            "storageClassName": spec.storage_class_name,
+            "volumeMode": spec.volume_mode.unwrap_or_else(|| "Filesystem".into()),
+        },
+    }))
+    .expect("a PVC always deserializes")
+}
+
+/// The populate pod: `mover restore --json` onto PVC'.
+pub fn populate_pod(pvc: &PersistentVolumeClaim, backup: &VolumeBackup, config: &Config) -> Pod {
+    let uid = pvc.uid().unwrap_or_default();
+    let block = pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block");
+    let mut args = vec![
+        "mover".to_string(),
+        "restore".into(),
+        "--json".into(),
+        "--snapshot".into(),
+        backup.spec.snapshot.clone(),
+        "--target".into(),
+        if block { BLOCK_TARGET } else { MOUNT_TARGET }.into(),
+    ];
+    if let Some(path) = &backup.spec.path {
+        args.push("--path".into());
+        args.push(path.clone());
+    }
+    let mut container = json!({
+        "name": "populate",
+        "image": config.image,
+        "args": args,
+        "envFrom": [{"secretRef": {"name": populate_name(&uid)}}],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        // Block devices and restoring owners need root (CAP_CHOWN, CAP_FOWNER, mknod).
+        "securityContext": {"runAsUser": 0, "runAsGroup": 0, "allowPrivilegeEscalation": false},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    });
+    if block {
+        container["volumeDevices"] = json!([{"name": "target", "devicePath": BLOCK_TARGET}]);
+    } else {
+        container["volumeMounts"] = json!([{"name": "target", "mountPath": MOUNT_TARGET}]);
+    }
+    let mut spec = json!({
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": false,
+        "containers": [container],
+        "volumes": [{"name": "target", "persistentVolumeClaim": {"claimName": prime_name(&uid)}}],
+    });
+    if let Some(node) = annotation(&pvc.metadata, state::SELECTED_NODE) {
+        spec["nodeName"] = json!(node);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": populate_name(&uid),
+            "namespace": config.namespace,
+            "labels": labels_for(&uid),
+            "annotations": annotations_for(&pvc.namespace().unwrap_or_default(), &pvc.name_any()),
+        },
+        "spec": spec,
+    }))
+    .expect("a pod always deserializes")
+}
+
+impl Context {
+    async fn event(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Populate".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &pvc.object_ref(&())).await {
+            tracing::warn!("cannot record event {reason}: {e}");
+        }
+    }
+
+    /// Sets the `Restored` condition (and progress) on the VolumeBackup.
+    async fn set_condition(
+        &self,
+        backup: &VolumeBackup,
+        status: &str,
+        reason: &str,
+        message: String,
+        progress: Option<Progress>,
+    ) {
+        let ns = backup.namespace().unwrap_or_default();
+        let mut conditions = backup
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let previous = conditions.iter().position(|c| c.type_ == CONDITION);
+        let changed_status = previous.is_none_or(|i| conditions[i].status != status);
+        let transition = match previous {
+            Some(i) if !changed_status => conditions[i].last_transition_time.clone(),
+            _ => rfc3339_now(),
+        };
+        let cond = Condition {
+            type_: CONDITION.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: transition,
+            observed_generation: backup.metadata.generation,
+        };
+        match previous {
+            Some(i) => conditions[i] = cond,
+            None => conditions.push(cond),
+        }
+        let mut patch = json!({"status": {"conditions": conditions}});
+        if let Some(p) = progress {
+            patch["status"]["progress"] = json!(p);
+        }
+        let api: Api<VolumeBackup> = Api::namespaced(self.client.clone(), &ns);
+        if let Err(e) = api
+            .patch_status(
+                &backup.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            tracing::warn!("cannot update VolumeBackup {ns}/{}: {e}", backup.name_any());
+        }
+    }
+
+    /// The last progress or summary line of a running or finished populate pod.
+    async fn pod_progress(&self, pod: &str) -> Option<(u64, Option<u64>, bool)> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        let log = pods
+            .logs(
+                pod,
+                &LogParams {
+                    tail_lines: Some(5),
+                    ..LogParams::default()
+                },
+            )
+            .await
+            .ok()?;
+        for line in log.lines().rev() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            match v.get("type").and_then(Value::as_str) {
+                Some("progress") => {
+                    return Some((
+                        v.get("bytes_done").and_then(Value::as_u64).unwrap_or(0),
+                        v.get("bytes_total").and_then(Value::as_u64),
+                        false,
+                    ));
+                }
+                Some("summary") => {
+                    let total = v.get("bytes_total").and_then(Value::as_u64).unwrap_or(0);
+                    let written = v
+                        .get("bytes_written")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(total);
+                    return Some((written, Some(total), true));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+fn percent(done: u64, total: Option<u64>) -> String {
+    match total {
+        Some(t) if t > 0 => format!("{}%", done.saturating_mul(100) / t),
+        _ => format!("{done} bytes"),
+    }
+}
+
+async fn patch_claim_annotations(
+    ctx: &Context,
+    pvc: &PersistentVolumeClaim,
+    annotations: Value,
+) -> Result<(), Error> {
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    api.patch(
+        &pvc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn set_finalizer(ctx: &Context, pvc: &PersistentVolumeClaim, on: bool) -> Result<(), Error> {
+    let mut finalizers: Vec<String> = pvc.finalizers().to_vec();
+    finalizers.retain(|f| f != state::FINALIZER);
+    if on {
+        finalizers.push(state::FINALIZER.to_string());
+    }
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    // The resourceVersion makes this a compare-and-swap: a finalizer someone else added
+    // meanwhile is not lost.
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": pvc.resource_version(),
+    }});
+    match api
+        .patch(
+            &pvc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn delete_quietly<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Takes one step for one claim.
+async fn act(ctx: &Context, seen: Seen, step: Step) -> Result<Action, Error> {
+    let c = &ctx.client;
+    let cfg = &ctx.config;
+    let pvc = &seen.pvc;
+    let ns = pvc.namespace().unwrap_or_default();
+    let name = pvc.name_any();
+    let uid = pvc.uid().unwrap_or_default();
+    let now = Action::requeue(Duration::from_millis(1));
+    tracing::debug!(pvc = %format!("{ns}/{name}"), ?step, "step");
+    match step {
+        // A given-up claim is looked at again now and then: a fixed Secret is noticed without
+        // watching every Secret in the cluster.
+        Step::Idle if seen.observed.claim.failed.is_some() => {
+            Ok(Action::requeue(Duration::from_secs(10)))
+        }
+        Step::Idle => Ok(Action::requeue(Duration::from_secs(300))),
+        Step::WaitForSource(what) => {
+            ctx.event(pvc, EventType::Warning, "PopulatorDataSourceNotFound", what)
+                .await;
+            Ok(Action::requeue(Duration::from_secs(10)))
+        }
+        Step::WaitForNode => Ok(Action::requeue(Duration::from_secs(30))),
+        Step::WaitForPod => {
+            if seen.observed.pod == Some(PodState::Running)
+                && let Some(backup) = &seen.backup
+                && let Some((done, total, _)) = ctx.pod_progress(&populate_name(&uid)).await
+            {
+                ctx.set_condition(
+                    backup,
+                    "Unknown",
+                    "Restoring",
+                    format!("restoring into {ns}/{name}: {}", percent(done, total)),
+                    Some(Progress {
+                        bytes_done: done,
+                        bytes_total: total,
+                    }),
+                )
+                .await;
+            }
+            Ok(Action::requeue(Duration::from_secs(2)))
+        }
+        Step::WaitForRetry(at) => {
+            let wait = (at - seen.observed.now).max(1) as u64;
+            Ok(Action::requeue(Duration::from_secs(wait)))
+        }
+        Step::WaitForBind => Ok(Action::requeue(Duration::from_secs(1))),
+        Step::AddFinalizer => {
+            set_finalizer(ctx, pvc, true).await?;
+            Ok(now)
+        }
+        Step::CreateSecret => {
+            let source = seen
+                .secret
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("the repository Secret vanished".into()))?;
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(populate_name(&uid)),
+                    namespace: Some(cfg.namespace.clone()),
+                    labels: Some(labels_for(&uid)),
+                    annotations: Some(annotations_for(&ns, &name)),
+                    ..Default::default()
+                },
+                data: source.data.clone(),
+                string_data: source.string_data.clone(),
+                type_: Some("Opaque".into()),
+                ..Default::default()
+            };
+            let api: Api<Secret> = Api::namespaced(c.clone(), &cfg.namespace);
+            match api.create(&PostParams::default(), &secret).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(now)
+        }
+        Step::CreatePrime => {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), &cfg.namespace);
+            match api
+                .create(&PostParams::default(), &prime_claim(pvc, &cfg.namespace))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => {
+                    ctx.event(
+                        pvc,
+                        EventType::Warning,
+                        "PopulatorPVCPrimeCreationError",
+                        format!("cannot create {}/{}: {e}", cfg.namespace, prime_name(&uid)),
+                    )
+                    .await;
+                    return Err(e.into());
+                }
+            }
+            ctx.metrics.started(&uid);
+            Ok(now)
+        }
+        Step::CreatePod => {
+            let backup = seen
+                .backup
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("the VolumeBackup vanished".into()))?;
+            let api: Api<Pod> = Api::namespaced(c.clone(), &cfg.namespace);
+            match api
+                .create(&PostParams::default(), &populate_pod(pvc, backup, cfg))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => return Ok(now),
+                Err(e) => return Err(e.into()),
+            }
+            ctx.metrics.started(&uid);
+            let attempt = seen.observed.claim.attempts + 1;
+            ctx.event(
+                pvc,
+                EventType::Normal,
+                "PopulatorCreated",
+                format!(
+                    "populate pod {}/{} started (attempt {attempt} of {}): restoring snapshot {} of VolumeBackup {}",
+                    cfg.namespace,
+                    populate_name(&uid),
+                    cfg.max_attempts,
+                    &backup.spec.snapshot[..backup.spec.snapshot.len().min(8)],
+                    backup.name_any()
+                ),
+            )
+            .await;
+            ctx.set_condition(
+                backup,
+                "Unknown",
+                "Restoring",
+                format!("restoring into {ns}/{name}"),
+                Some(Progress {
+                    bytes_done: 0,
+                    bytes_total: backup.status.as_ref().and_then(|s| s.bytes_total),
+                }),
+            )
+            .await;
+            Ok(now)
+        }
+        Step::RetryPod(f) => {
+            let attempts = seen.observed.claim.attempts + 1;
+            let wait = state::backoff_seconds(cfg.retry_backoff.as_secs(), attempts);
+            ctx.event(
+                pvc,
+                EventType::Warning,
+                "PopulatorFailed",
+                format!(
+                    "attempt {attempts} of {} failed ({}): {}; retrying in {wait}s",
+                    cfg.max_attempts, f.reason, f.message
+                ),
+            )
+            .await;
+            ctx.metrics.retries.fetch_add(1, Ordering::Relaxed);
+            patch_claim_annotations(
+                ctx,
+                pvc,
+                json!({
+                    state::ANN_ATTEMPTS: attempts.to_string(),
+                    state::ANN_RETRY_AT: (seen.observed.now + wait as i64).to_string(),
+                }),
+            )
+            .await?;
+            delete_quietly(
+                &Api::<Pod>::namespaced(c.clone(), &cfg.namespace),
+                &populate_name(&uid),
+            )
+            .await?;
+            Ok(Action::requeue(Duration::from_secs(wait)))
+        }
+        Step::Fail(f) => {
+            let attempts = seen.observed.claim.attempts + 1;
+            let why = if f.permanent {
+                f.message.clone()
+            } else {
+                format!("{} (gave up after {attempts} attempts)", f.message)
+            };
+            ctx.event(
+                pvc,
+                EventType::Warning,
+                "PopulatorFailed",
+                format!(
+                    "{}: {why}; the PVC stays Pending (fix the cause, then change the Secret or the VolumeBackup, or delete and recreate the PVC)",
+                    f.reason
+                ),
+            )
+            .await;
+            if let Some(b) = &seen.backup {
+                ctx.set_condition(
+                    b,
+                    "False",
+                    &f.reason,
+                    format!("restoring into {ns}/{name} failed: {why}"),
+                    None,
+                )
+                .await;
+            }
+            let inputs = match &seen.observed.source {
+                Source::Ready { inputs, .. } => inputs.clone(),
+                Source::Missing(_) => String::new(),
+            };
+            patch_claim_annotations(
+                ctx,
+                pvc,
+                json!({
+                    state::ANN_FAILED: format!("{}: {why}", f.reason),
+                    state::ANN_FAILED_INPUTS: inputs,
+                }),
+            )
+            .await?;
+            ctx.metrics.failed.fetch_add(1, Ordering::Relaxed);
+            ctx.metrics.ended(&uid);
+            Ok(now)
+        }
+        Step::ClearFailure => {
+            ctx.event(
+                pvc,
+                EventType::Normal,
+                "PopulatorRetrying",
+                "the repository Secret or the VolumeBackup changed: trying again".into(),
+            )
+            .await;
+            patch_claim_annotations(
+                ctx,
+                pvc,
+                json!({
+                    state::ANN_FAILED: null,
+                    state::ANN_FAILED_INPUTS: null,
+                    state::ANN_ATTEMPTS: null,
+                    state::ANN_RETRY_AT: null,
+                }),
+            )
+            .await?;
+            Ok(now)
+        }
+        Step::KeepVolume => {
+            let pv = seen
+                .pv
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("the PV vanished".into()))?;
+            let policy = seen
+                .observed
+                .volume
+                .as_ref()
+                .map(|v| v.reclaim_policy.clone())
+                .unwrap_or_else(|| "Delete".into());
+            Api::<PersistentVolume>::all(c.clone())
+                .patch(
+                    &pv.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({
+                        "metadata": {"annotations": {state::ANN_SAVED_POLICY: policy}},
+                        "spec": {"persistentVolumeReclaimPolicy": "Retain"},
+                    })),
+                )
+                .await?;
+            Ok(now)
+        }
+        Step::Rebind => {
+            let pv = seen
+                .pv
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("the PV vanished".into()))?;
+            // Count what the pod wrote while its log is still there.
+            if let Some(pod) = &seen.pod
+                && let Some((written, total, true)) = ctx.pod_progress(&pod.name_any()).await
+            {
+                ctx.metrics.bytes.fetch_add(written, Ordering::Relaxed);
+                if let Some(b) = &seen.backup {
+                    ctx.set_condition(
+                        b,
+                        "Unknown",
+                        "Binding",
+                        format!("restored into {ns}/{name}: binding the volume"),
+                        Some(Progress {
+                            bytes_done: total.unwrap_or(written),
+                            bytes_total: total,
+                        }),
+                    )
+                    .await;
+                }
+            }
+            let from = seen
+                .backup
+                .as_ref()
+                .map(|b| format!("{ns}/{} (snapshot {})", b.name_any(), b.spec.snapshot))
+                .unwrap_or_default();
+            // Checked: the PV's claimRef may be absent (a PV not made by a provisioner).
+            Api::<PersistentVolume>::all(c.clone())
+                .patch(
+                    &pv.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({
+                        "metadata": {
+                            "annotations": {state::ANN_POPULATED_FROM: from},
+                            "resourceVersion": pv.resource_version(),
+                        },
+                        "spec": {"claimRef": {
+                            "apiVersion": "v1",
+                            "kind": "PersistentVolumeClaim",
+                            "namespace": ns,
+                            "name": name,
+                            "uid": uid,
+                            "resourceVersion": pvc.resource_version(),
+                        }},
+                    })),
+                )
+                .await?;
+            Ok(now)
+        }
+        Step::RemoveTemporaries => {
+            let own = &cfg.namespace;
+            let p = populate_name(&uid);
+            delete_quietly(&Api::<Pod>::namespaced(c.clone(), own), &p).await?;
+            if seen.prime.is_some() {
+                delete_quietly(
+                    &Api::<PersistentVolumeClaim>::namespaced(c.clone(), own),
+                    &prime_name(&uid),
+                )
+                .await?;
+            }
+            delete_quietly(&Api::<Secret>::namespaced(c.clone(), own), &p).await?;
+            Ok(now)
+        }
+        Step::RestorePolicy => {
+            let pv = seen
+                .pv
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("the PV vanished".into()))?;
+            let saved = annotation(&pv.metadata, state::ANN_SAVED_POLICY)
+                .unwrap_or("Delete")
+                .to_string();
+            Api::<PersistentVolume>::all(c.clone())
+                .patch(
+                    &pv.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({
+                        "metadata": {"annotations": {state::ANN_SAVED_POLICY: null}},
+                        "spec": {"persistentVolumeReclaimPolicy": saved},
+                    })),
+                )
+                .await?;
+            Ok(now)
+        }
+        Step::Finish => {
+            set_finalizer(ctx, pvc, false).await?;
+            let seconds = pvc
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| {
+                    (k8s_openapi::jiff::Timestamp::now().as_millisecond() - t.0.as_millisecond())
+                        as f64
+                        / 1000.0
+                })
+                .unwrap_or(0.0);
+            ctx.metrics.observe_duration(seconds);
+            ctx.metrics.succeeded.fetch_add(1, Ordering::Relaxed);
+            ctx.metrics.ended(&uid);
+            let volume = seen.observed.claim.volume_name.clone().unwrap_or_default();
+            ctx.event(
+                pvc,
+                EventType::Normal,
+                "PopulatorFinished",
+                format!("populated from the backup in {seconds:.1}s; bound to {volume}"),
+            )
+            .await;
+            if let Some(b) = &seen.backup {
+                let total = b.status.as_ref().and_then(|s| s.bytes_total);
+                ctx.set_condition(
+                    b,
+                    "True",
+                    "Restored",
+                    format!("restored into {ns}/{name}"),
+                    total.map(|t| Progress {
+                        bytes_done: t,
+                        bytes_total: Some(t),
+                    }),
+                )
+                .await;
+            }
+            Ok(Action::requeue(Duration::from_secs(300)))
+        }
+        Step::Release => {
+            set_finalizer(ctx, pvc, false).await?;
+            ctx.metrics.ended(&uid);
+            Ok(Action::requeue(Duration::from_secs(300)))
+        }
+    }
+}
+
+async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = pvc.namespace().unwrap_or_default();
+    if ns == ctx.config.namespace || wants_us(&pvc).is_none() {
+        return Ok(Action::await_change());
+    }
+    let Some(seen) = observe(&ctx, &ns, &pvc.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let step = state::next_step(&seen.observed);
+    let changes = !matches!(
+        step,
+        Step::Idle
+            | Step::WaitForSource(_)
+            | Step::WaitForNode
+            | Step::WaitForPod
+            | Step::WaitForRetry(_)
+            | Step::WaitForBind
+    );
+    let action = act(&ctx, seen, step.clone()).await?;
+    if changes && let Some(limit) = ctx.config.crash_after_steps {
+        let n = ctx.steps_taken.fetch_add(1, Ordering::SeqCst) + 1;
+        if n >= limit {
+            tracing::warn!(
+                ?step,
+                "crashing on purpose after {n} steps (fault injection)"
+            );
+            std::process::exit(3);
+        }
+    }
+    Ok(action)
+}
+
+fn error_policy(pvc: Arc<PersistentVolumeClaim>, err: &Error, _ctx: Arc<Context>) -> Action {
+    match err {
+        Error::Kube(kube::Error::Api(e)) if e.code == 409 => {
+            Action::requeue(Duration::from_millis(200))
+        }
+        _ => {
+            tracing::warn!(
+                pvc = %format!("{}/{}", pvc.namespace().unwrap_or_default(), pvc.name_any()),
+                "step failed, retrying in 5s: {err}"
+            );
+            Action::requeue(Duration::from_secs(5))
+        }
+    }
+}
+
+/// Where a labelled object in our namespace leads: the user PVC it works for.
+fn owner_of(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<PersistentVolumeClaim>> {
+    let (ns, name) = annotation(meta, state::ANN_FOR)?.split_once('/')?;
+    Some(ObjectRef::new(name).within(ns))
+}
+
+/// Deletes prime PVCs, pods and Secrets whose user PVC is gone (or is another PVC by now).
+pub async fn reap_orphans(client: &Client, namespace: &str) -> Result<usize, Error> {
+    let lp = ListParams::default().labels(state::LABEL_FOR_UID);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut candidates: Vec<(&'static str, kube::api::ObjectMeta)> = Vec::new();
+    candidates.extend(
+        pvcs.list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .map(|o| ("pvc", o.metadata)),
+    );
+    candidates.extend(
+        pods.list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .map(|o| ("pod", o.metadata)),
+    );
+    candidates.extend(
+        secrets
+            .list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .map(|o| ("secret", o.metadata)),
+    );
+    let mut reaped = 0;
+    for (kind, meta) in candidates {
+        let uid = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(state::LABEL_FOR_UID))
+            .cloned()
+            .unwrap_or_default();
+        let alive = match owner_of(&meta) {
+            Some(r) => {
+                let api: Api<PersistentVolumeClaim> =
+                    Api::namespaced(client.clone(), r.namespace.as_deref().unwrap_or_default());
+                api.get_opt(&r.name)
+                    .await?
+                    .is_some_and(|p| p.uid().as_deref() == Some(uid.as_str()))
+            }
+            None => false,
+        };
+        if alive {
+            continue;
+        }
+        let name = meta.name.clone().unwrap_or_default();
+        tracing::info!("removing orphaned {kind} {namespace}/{name}");
+        match kind {
+            "pvc" => delete_quietly(&pvcs, &name).await?,
+            "pod" => delete_quietly(&pods, &name).await?,
+            _ => delete_quietly(&secrets, &name).await?,
+        }
+        reaped += 1;
+    }
+    Ok(reaped)
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: COMPONENT.into(),
+            instance: Some(config.identity.clone()),
+        },
+    );
+    let own = config.namespace.clone();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config,
+        recorder,
+        metrics,
+        steps_taken: Default::default(),
+    });
+
+    let reaper_client = client.clone();
+    let reaper_ns = own.clone();
+    let reaper = tokio::spawn(async move {
+        loop {
+            match reap_orphans(&reaper_client, &reaper_ns).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("removed {n} orphaned objects"),
+                Err(e) => tracing::warn!("cannot look for orphans: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    });
+
+    let labelled = watcher::Config::default().labels(state::LABEL_FOR_UID);
+    let controller = Controller::new(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let claims = controller.store();
+    controller
+        .watches(
+            Api::<Pod>::namespaced(client.clone(), &own),
+            labelled.clone(),
+            |pod: Pod| owner_of(&pod.metadata),
+        )
+        .watches(
+            Api::<PersistentVolumeClaim>::namespaced(client.clone(), &own),
+            labelled,
+            |pvc: PersistentVolumeClaim| owner_of(&pvc.metadata),
+        )
+        .watches(
+            Api::<PersistentVolume>::all(client.clone()),
+            watcher::Config::default(),
+            |pv: PersistentVolume| {
+                let r = pv.spec.as_ref()?.claim_ref.as_ref()?;
+                Some(ObjectRef::new(r.name.as_deref()?).within(r.namespace.as_deref()?))
+            },
+        )
+        .watches(
+            Api::<VolumeBackup>::all(client.clone()),
+            watcher::Config::default(),
+            move |b: VolumeBackup| {
+                let ns = b.namespace();
+                let name = b.name_any();
+                claims
+                    .state()
+                    .into_iter()
+                    .filter(|p| {
+                        p.namespace() == ns && wants_us(p).as_deref() == Some(name.as_str())
+                    })
+                    .map(|p| ObjectRef::from_obj(&*p))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!("controller: {e}");
+            }
+        })
+        .await;
+    reaper.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(mode: &str) -> PersistentVolumeClaim {
+        serde_json::from_value(json!({
+            "metadata": {"name": "data", "namespace": "app", "uid": "u-1",
+                         "annotations": {state::SELECTED_NODE: "node-2"}},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "2Gi"}},
+                "storageClassName": "fast",
+                "volumeMode": mode,
+                "dataSourceRef": {"apiGroup": "volbackup.io", "kind": "VolumeBackup", "name": "b1"},
+            },
+        }))
+        .unwrap()
+    }
+
+    fn backup(path: Option<&str>) -> VolumeBackup {
+        serde_json::from_value(json!({
+            "apiVersion": "volbackup.io/v1alpha1", "kind": "VolumeBackup",
+            "metadata": {"name": "b1", "namespace": "app"},
+            "spec": {"repository": {"secretRef": {"name": "repo"}}, "snapshot": "ab".repeat(32), "path": path},
+        }))
+        .unwrap()
+    }
+
+    fn config() -> Config {
+        Config {
+            namespace: "volbackup-system".into(),
+            image: "img:1".into(),
+            max_attempts: 3,
+            retry_backoff: Duration::from_secs(5),
+            identity: "p-0".into(),
+            crash_after_steps: None,
+        }
+    }
+
+    #[test]
+    fn only_claims_naming_a_volume_backup_are_ours() {
+        assert_eq!(wants_us(&claim("Block")).as_deref(), Some("b1"));
+        let mut other = claim("Block");
+        other
+            .spec
+            .as_mut()
+            .unwrap()
+            .data_source_ref
+            .as_mut()
+            .unwrap()
+            .kind = "VolumeSnapshot".into();
+        assert_eq!(wants_us(&other), None);
+        let mut elsewhere = claim("Block");
+        elsewhere
+            .spec
+            .as_mut()
+            .unwrap()
+            .data_source_ref
+            .as_mut()
+            .unwrap()
+            .namespace = Some("other".into());
+        assert_eq!(
+            wants_us(&elsewhere),
+            None,
+            "cross-namespace references are not ours"
+        );
+    }
+
+    #[test]
+    fn the_prime_claim_copies_modes_size_class_and_node_and_nothing_else() {
+        let p = serde_json::to_value(prime_claim(&claim("Block"), "volbackup-system")).unwrap();
+        assert_eq!(p["metadata"]["name"], "prime-u-1");
+        assert_eq!(p["metadata"]["namespace"], "volbackup-system");
+        assert_eq!(p["metadata"]["annotations"][state::ANN_FOR], "app/data");
+        assert_eq!(p["metadata"]["annotations"][state::SELECTED_NODE], "node-2");
+        assert_eq!(p["metadata"]["labels"][state::LABEL_FOR_UID], "u-1");
+        assert_eq!(p["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+        assert_eq!(p["spec"]["resources"]["requests"]["storage"], "2Gi");
+        assert_eq!(p["spec"]["storageClassName"], "fast");
+        assert_eq!(p["spec"]["volumeMode"], "Block");
+        assert!(p["spec"].get("dataSourceRef").is_none());
+    }
+
+    #[test]
+    fn the_populate_pod_restores_onto_the_device_or_the_mount_on_the_chosen_node() {
+        let pod = serde_json::to_value(populate_pod(
+            &claim("Block"),
+            &backup(Some("/data.img")),
+            &config(),
+        ))
+        .unwrap();
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(pod["metadata"]["name"], "populate-u-1");
+        assert_eq!(pod["spec"]["nodeName"], "node-2");
+        assert_eq!(pod["spec"]["restartPolicy"], "Never");
+        assert_eq!(c["image"], "img:1");
+        assert_eq!(c["envFrom"][0]["secretRef"]["name"], "populate-u-1");
+        assert_eq!(c["volumeDevices"][0]["devicePath"], BLOCK_TARGET);
+        assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(&args[..3], ["mover", "restore", "--json"]);
+        assert!(args.windows(2).any(|w| w == ["--target", BLOCK_TARGET]));
+        assert!(args.windows(2).any(|w| w == ["--path", "/data.img"]));
+        assert_eq!(
+            pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+            "prime-u-1"
+        );
+
+        let pod =
+            serde_json::to_value(populate_pod(&claim("Filesystem"), &backup(None), &config()))
+                .unwrap();
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["volumeMounts"][0]["mountPath"], MOUNT_TARGET);
+        assert!(c.get("volumeDevices").is_none());
+        assert!(!c["args"].as_array().unwrap().contains(&json!("--path")));
+    }
+
+    #[test]
+    fn the_movers_error_line_says_what_failed_and_whether_to_retry() {
+        let msg = "{\"type\":\"progress\",\"bytes_done\":1}\n{\"type\":\"error\",\"reason\":\"WrongPassword\",\"retryable\":false,\"message\":\"wrong password\"}\nerror: wrong password\n";
+        let f = pod_failure(msg, Some(1));
+        assert_eq!(f.reason, "WrongPassword");
+        assert_eq!(f.message, "wrong password");
+        assert!(f.permanent);
+        let f = pod_failure("something broke\nerror: disk on fire\n", Some(1));
+        assert_eq!(f.reason, "RestoreFailed");
+        assert_eq!(f.message, "disk on fire");
+        assert!(!f.permanent);
+        let f = pod_failure("", Some(137));
+        assert!(f.message.contains("137"), "{}", f.message);
+    }
+}

@@ -1,0 +1,426 @@
+//! `kubectl volbackup install` / `uninstall` end to end: the real binary applies its embedded
+//! manifests to kubesim, whose kubelet runs the populator Deployment's pod as the same binary.
+
+use std::path::Path;
+
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject};
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const SYSTEM: &str = "volbackup-system";
+
+fn crd_ar() -> ApiResource {
+    ar(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+    )
+}
+
+/// Everything `install` applies: (resource, namespace, name).
+fn installed(ns: &str) -> Vec<(ApiResource, Option<String>, &'static str)> {
+    let rbac = |kind: &str, plural: &str| ar("rbac.authorization.k8s.io", "v1", kind, plural);
+    let n = || Some(ns.to_string());
+    vec![
+        (crd_ar(), None, "volumebackups.volbackup.io"),
+        (
+            ar("", "v1", "Namespace", "namespaces"),
+            None,
+            "volbackup-system",
+        ),
+        (
+            ar("", "v1", "ServiceAccount", "serviceaccounts"),
+            n(),
+            "volbackup-populator",
+        ),
+        (
+            rbac("ClusterRole", "clusterroles"),
+            None,
+            "volbackup-populator",
+        ),
+        (
+            rbac("ClusterRoleBinding", "clusterrolebindings"),
+            None,
+            "volbackup-populator",
+        ),
+        (rbac("Role", "roles"), n(), "volbackup-populator"),
+        (
+            rbac("RoleBinding", "rolebindings"),
+            n(),
+            "volbackup-populator",
+        ),
+        (
+            ar("apps", "v1", "Deployment", "deployments"),
+            n(),
+            "volbackup-populator",
+        ),
+        (
+            ar(
+                "populator.storage.k8s.io",
+                "v1beta1",
+                "VolumePopulator",
+                "volumepopulators",
+            ),
+            None,
+            "volbackup-volumebackup",
+        ),
+    ]
+}
+
+fn api(env: &Env, r: &ApiResource, ns: Option<&str>) -> Api<DynamicObject> {
+    match ns {
+        Some(ns) => Api::namespaced_with(env.client.clone(), ns, r),
+        None => Api::all_with(env.client.clone(), r),
+    }
+}
+
+async fn get(env: &Env, r: &ApiResource, ns: Option<&str>, name: &str) -> Option<Value> {
+    api(env, r, ns)
+        .get_opt(name)
+        .await
+        .unwrap_or_else(|e| panic!("get {} {name}: {e}", r.plural))
+        .map(|o| serde_json::to_value(o).expect("json"))
+}
+
+/// The resourceVersion of every installed object (None for a missing one).
+async fn versions(env: &Env, ns: &str) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    for (r, ons, name) in installed(ns) {
+        let o = get(env, &r, ons.as_deref(), name).await;
+        out.push((
+            format!("{}/{name}", r.plural),
+            o.and_then(|o| o["metadata"]["resourceVersion"].as_str().map(String::from)),
+        ));
+    }
+    out
+}
+
+fn parse_stream(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("YAML document"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Integral floats as integers (`minimum: 0.0` and kustomize's `minimum: 0` are one value).
+fn normalize(v: Value) -> Value {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 => json!(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(a) => Value::Array(a.into_iter().map(normalize).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, normalize(v))).collect()),
+        other => other,
+    }
+}
+
+fn backup_object(name: &str) -> Value {
+    json!({"metadata": {"name": name, "namespace": NS}, "spec": {"repository": {"secretRef": {"name": "volbackup-repository"}}, "snapshot": "0".repeat(64)}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_starts_the_populator_a_second_install_changes_nothing_and_uninstall_removes_it() {
+    let env = Env::start().await;
+
+    let out = env.plugin(&["install"], &[]).await;
+    assert_eq!(out.code, 0, "install failed: {}{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 9, "{}", out.stdout);
+    assert_eq!(
+        lines[0],
+        "customresourcedefinition.apiextensions.k8s.io/volumebackups.volbackup.io unchanged",
+        "the CRD Env::start created from the same manifest is unchanged"
+    );
+    for expect in [
+        "namespace/volbackup-system created",
+        "serviceaccount/volbackup-populator created",
+        "clusterrole.rbac.authorization.k8s.io/volbackup-populator created",
+        "clusterrolebinding.rbac.authorization.k8s.io/volbackup-populator created",
+        "role.rbac.authorization.k8s.io/volbackup-populator created",
+        "rolebinding.rbac.authorization.k8s.io/volbackup-populator created",
+        "deployment.apps/volbackup-populator created",
+        "volumepopulator.populator.storage.k8s.io/volbackup-volumebackup created",
+    ] {
+        assert!(lines.contains(&expect), "no {expect:?} in {}", out.stdout);
+    }
+    for (name, rv) in versions(&env, SYSTEM).await {
+        assert!(rv.is_some(), "{name} was not created");
+    }
+    let deployments = ar("apps", "v1", "Deployment", "deployments");
+    let d = get(&env, &deployments, Some(SYSTEM), "volbackup-populator")
+        .await
+        .unwrap();
+    assert!(
+        d["status"]["availableReplicas"].as_i64().unwrap_or(0) >= 1,
+        "install returned before the populator was available: {}",
+        d["status"]
+    );
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    let image = format!("{IMAGE}:{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(c["image"], json!(image));
+    assert_eq!(
+        c["args"].as_array().unwrap()[..5],
+        json!(["populator", "--namespace", SYSTEM, "--image", image])
+            .as_array()
+            .unwrap()[..]
+    );
+    let pods = api(&env, &pods_ar(), Some(SYSTEM))
+        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/component=populator"))
+        .await
+        .unwrap();
+    assert_eq!(pods.items.len(), 1);
+    let pod = serde_json::to_value(&pods.items[0]).unwrap();
+    assert_eq!(pod["status"]["phase"], "Running", "{}", pod["status"]);
+    assert_eq!(pod["spec"]["serviceAccountName"], "volbackup-populator");
+
+    // Again: nothing moves.
+    let before = versions(&env, SYSTEM).await;
+    let again = env.plugin(&["install"], &[]).await;
+    assert_eq!(again.code, 0, "second install failed: {}", again.stderr);
+    let lines: Vec<&str> = again.stdout.lines().collect();
+    assert_eq!(lines.len(), 9, "{}", again.stdout);
+    for l in &lines {
+        assert!(l.ends_with(" unchanged"), "second install changed {l:?}");
+    }
+    assert_eq!(
+        versions(&env, SYSTEM).await,
+        before,
+        "a resourceVersion moved"
+    );
+
+    // Without a terminal and without --yes: refused, nothing deleted.
+    env.create(&backups_ar(), backup_object("kept")).await;
+    let refused = env.plugin(&["uninstall"], &[]).await;
+    assert_one_line_failure(&refused, "pass --yes");
+    assert_eq!(
+        versions(&env, SYSTEM).await,
+        before,
+        "uninstall without --yes changed something"
+    );
+
+    let gone = env.plugin(&["uninstall", "--yes"], &[]).await;
+    assert_eq!(gone.code, 0, "uninstall failed: {}", gone.stderr);
+    assert!(
+        gone.stdout.contains(
+            "customresourcedefinition.apiextensions.k8s.io/volumebackups.volbackup.io deleted"
+        ),
+        "{}",
+        gone.stdout
+    );
+    for (name, rv) in versions(&env, SYSTEM).await {
+        assert!(rv.is_none(), "{name} is still there after uninstall");
+    }
+    // The populator's pod went with its namespace; the other namespaces are untouched.
+    assert!(
+        api(&env, &pods_ar(), Some(SYSTEM))
+            .list(&Default::default())
+            .await
+            .map(|l| l.items.is_empty())
+            .unwrap_or(true)
+    );
+    assert!(
+        get(&env, &ar("", "v1", "Namespace", "namespaces"), None, NS)
+            .await
+            .is_some()
+    );
+
+    // Idempotent: a second uninstall finds nothing and succeeds.
+    let twice = env.plugin(&["uninstall", "--yes"], &[]).await;
+    assert_eq!(twice.code, 0, "{}", twice.stderr);
+    assert!(
+        twice.stderr.contains("nothing to delete"),
+        "{}",
+        twice.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_dry_run_prints_the_manifests_of_kubectl_apply_k_and_creates_nothing() {
+    let env = Env::start().await;
+    let out = env.plugin(&["install", "--dry-run"], &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let docs = parse_stream(&out.stdout);
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "CustomResourceDefinition",
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Deployment",
+            "VolumePopulator"
+        ]
+    );
+    for (name, rv) in versions(&env, SYSTEM).await {
+        if !name.starts_with("customresourcedefinitions/") {
+            assert!(rv.is_none(), "--dry-run created {name}");
+        }
+    }
+
+    // The checked-in kustomization builds the same objects.
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let k = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&manifests)
+        .output()
+        .expect("kubectl is on PATH (the e2e tests need it)");
+    assert!(
+        k.status.success(),
+        "kubectl kustomize manifests/ failed: {}",
+        String::from_utf8_lossy(&k.stderr)
+    );
+    let key = |d: &Value| format!("{}/{}", d["kind"], d["metadata"]["name"]);
+    let mut ours: Vec<Value> = docs.iter().cloned().map(normalize).collect();
+    let mut theirs: Vec<Value> = parse_stream(&String::from_utf8_lossy(&k.stdout))
+        .into_iter()
+        .map(normalize)
+        .collect();
+    ours.sort_by_key(key);
+    theirs.sort_by_key(key);
+    assert_eq!(
+        ours, theirs,
+        "install --dry-run and kubectl kustomize differ"
+    );
+
+    // Another namespace and image reach every reference.
+    let out = env
+        .plugin(
+            &[
+                "install",
+                "--dry-run",
+                "-n",
+                "ops",
+                "--image",
+                "reg.example/vb:dev",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stdout.contains("volbackup-system"), "{}", out.stdout);
+    let docs = parse_stream(&out.stdout);
+    let d = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(d["metadata"]["namespace"], "ops");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()[..5],
+        json!([
+            "populator",
+            "--namespace",
+            "ops",
+            "--image",
+            "reg.example/vb:dev"
+        ])
+        .as_array()
+        .unwrap()[..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_without_the_volume_populator_crd_says_how_to_get_it_and_creates_nothing() {
+    let env = Env::start().await;
+    api(&env, &crd_ar(), None)
+        .delete(
+            "volumepopulators.populator.storage.k8s.io",
+            &DeleteParams::default(),
+        )
+        .await
+        .expect("delete the VolumePopulator CRD");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while get(
+        &env,
+        &crd_ar(),
+        None,
+        "volumepopulators.populator.storage.k8s.io",
+    )
+    .await
+    .is_some()
+    {
+        assert!(std::time::Instant::now() < deadline, "the CRD stays");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = env.plugin(&["install"], &[]).await;
+    assert_one_line_failure(&out, "volume-data-source-validator");
+    assert!(
+        out.stderr.contains("kubectl apply -f https://"),
+        "{}",
+        out.stderr
+    );
+    for (name, rv) in versions(&env, SYSTEM).await {
+        if !name.starts_with("customresourcedefinitions/") {
+            assert!(rv.is_none(), "a refused install created {name}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_cannot_be_pulled_fails_install_with_the_cause_and_uninstall_keeps_a_foreign_namespace()
+ {
+    let env = Env::start().await;
+    // Into the test namespace, which volbackup did not create.
+    let out = env
+        .plugin(
+            &["install", "-n", NS, "--image", "registry.invalid/nothing:1"],
+            &[],
+        )
+        .await;
+    assert_one_line_failure(&out, "ImagePullBackOff");
+    assert!(out.stderr.contains("--image"), "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!(
+            "namespace/{NS} exists (not created by volbackup), left as it is"
+        )),
+        "{}",
+        out.stdout
+    );
+    let ns = get(&env, &ar("", "v1", "Namespace", "namespaces"), None, NS)
+        .await
+        .unwrap();
+    assert!(
+        ns["metadata"]["labels"]["app.kubernetes.io/managed-by"].is_null(),
+        "install labelled the user's namespace: {}",
+        ns["metadata"]
+    );
+
+    // A second install into another namespace would fight over the cluster-wide objects.
+    let other = env.plugin(&["install", "--dry-run"], &[]).await;
+    assert_eq!(other.code, 0);
+    let clash = env.plugin(&["install"], &[]).await;
+    assert_one_line_failure(&clash, &format!("already installed in namespace \"{NS}\""));
+
+    env.create(&backups_ar(), backup_object("survivor")).await;
+    let out = env
+        .plugin(&["uninstall", "-n", NS, "--yes", "--keep-crds"], &[])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stdout.contains("namespace/"), "{}", out.stdout);
+    for (r, ons, name) in installed(NS) {
+        let o = get(&env, &r, ons.as_deref(), name).await;
+        match r.kind.as_str() {
+            "CustomResourceDefinition" => assert!(o.is_some(), "--keep-crds deleted the CRD"),
+            "Namespace" => {}
+            _ => assert!(o.is_none(), "{} {name} is still there", r.kind),
+        }
+    }
+    assert!(
+        get(&env, &ar("", "v1", "Namespace", "namespaces"), None, NS)
+            .await
+            .is_some(),
+        "uninstall deleted a namespace volbackup did not create"
+    );
+    assert!(
+        get(&env, &backups_ar(), Some(NS), "survivor")
+            .await
+            .is_some(),
+        "--keep-crds lost a VolumeBackup"
+    );
+}

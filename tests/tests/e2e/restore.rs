@@ -1,0 +1,915 @@
+//! Restores end to end: `create`, then `restore` (or a hand-written PVC) filled by the real
+//! populator, which kubesim runs as the Deployment `install` made (or, where the test restarts
+//! it at will, as a host process with the admin kubeconfig). Volumes are compared byte for byte
+//! (Block) or file by file with modes and owners (Filesystem).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const POP_NS: &str = "volbackup-system";
+
+fn pvs_ar() -> kube::api::ApiResource {
+    ar("", "v1", "PersistentVolume", "persistentvolumes")
+}
+fn secrets_ar() -> kube::api::ApiResource {
+    ar("", "v1", "Secret", "secrets")
+}
+fn events_ar() -> kube::api::ApiResource {
+    ar("", "v1", "Event", "events")
+}
+
+/// An API for a kind in any namespace ("" for cluster-scoped kinds).
+fn api_in(env: &Env, r: &kube::api::ApiResource, ns: &str) -> Api<kube::api::DynamicObject> {
+    if ns.is_empty() {
+        Api::all_with(env.client.clone(), r)
+    } else {
+        Api::namespaced_with(env.client.clone(), ns, r)
+    }
+}
+
+async fn get_in(env: &Env, r: &kube::api::ApiResource, ns: &str, name: &str) -> Option<Value> {
+    api_in(env, r, ns)
+        .get_opt(name)
+        .await
+        .expect("get")
+        .map(|o| serde_json::to_value(o).unwrap())
+}
+
+async fn list_in(env: &Env, r: &kube::api::ApiResource, ns: &str) -> Vec<Value> {
+    api_in(env, r, ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect()
+}
+
+/// Polls `f` every 100 ms until it gives `Some`, for at most `secs` seconds.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `kubectl volbackup install`, which waits for the populator Deployment to be available.
+async fn install(env: &Env) {
+    let out = env.plugin(&["install"], &[]).await;
+    assert_eq!(out.code, 0, "install failed: {}{}", out.stdout, out.stderr);
+}
+
+/// A Block and a Filesystem PVC with known content, backed up; returns the backups' names.
+async fn backed_up_volumes(env: &Env, block_bytes: usize) -> (String, String, Vec<u8>) {
+    let data = env.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let image = pattern(block_bytes, 11);
+    std::fs::write(data.join("block.bin"), &image).unwrap();
+    let mib = block_bytes.div_ceil(1 << 20);
+    env.pvc("blk", "Block", &format!("{mib}Mi"), json!({}))
+        .await;
+    env.pvc("files", "Filesystem", "16Mi", json!({})).await;
+    env.run_pod(
+        "fill-blk",
+        "blk",
+        "Block",
+        &format!(
+            "dd if={}/block.bin of=/dev/xvda bs=1M conv=notrunc 2>/dev/null && sync",
+            data.display()
+        ),
+    )
+    .await;
+    std::fs::write(data.join("big.bin"), pattern(3 << 20, 12)).unwrap();
+    env.run_pod(
+        "fill-files",
+        "files",
+        "Filesystem",
+        &format!(
+            "set -e; cd /data; mkdir -p app/conf private; echo hello > app/hello.txt; \
+             cp {}/big.bin app/big.bin; echo secret > private/key; \
+             chown -R 1234:5678 app; chmod 0750 app/conf; chmod 0640 app/hello.txt; \
+             chown 0:0 private; chmod 0700 private; chmod 0600 private/key; \
+             ln -s ../private/key app/link; ln app/hello.txt app/hard; \
+             mkfifo app/fifo; touch -d '2020-01-02 03:04:05' app/hello.txt; sync",
+            data.display()
+        ),
+    )
+    .await;
+    let out = env.create_backup(&["blk", "files"]).await;
+    assert_eq!(out.code, 0, "create failed: {}", out.stderr);
+    let name_of = |pvc: &'static str| async move {
+        let b = env
+            .list(
+                &backups_ar(),
+                true,
+                Some(&format!("volbackup.io/pvc={pvc}")),
+            )
+            .await;
+        assert_eq!(b.len(), 1, "{b:?}");
+        b[0]["metadata"]["name"].as_str().unwrap().to_string()
+    };
+    (name_of("blk").await, name_of("files").await, image)
+}
+
+/// The directory or image file behind a bound PVC.
+async fn volume_path(env: &Env, ns: &str, pvc: &str) -> PathBuf {
+    let claim = get_in(env, &pvcs_ar(), ns, pvc).await.expect("pvc");
+    let pv = claim["spec"]["volumeName"].as_str().expect("bound");
+    env.cluster.dir().join("volumes").join(pv)
+}
+
+/// Every entry under `root` (but `lost+found`): type, mode, owner, size, mtime, content or
+/// link target.
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == "lost+found" {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let ft = m.file_type();
+            let what = if ft.is_symlink() {
+                format!("link {}", std::fs::read_link(&p).unwrap().display())
+            } else if ft.is_dir() {
+                "dir".to_string()
+            } else if ft.is_file() {
+                let bytes = std::fs::read(&p).unwrap();
+                format!("file {} {:x}", bytes.len(), fnv(&bytes))
+            } else {
+                "special".to_string()
+            };
+            let mtime = if ft.is_file() { m.mtime() } else { 0 };
+            out.insert(
+                rel,
+                format!(
+                    "{what} mode={:o} owner={}:{} nlink={} mtime={mtime}",
+                    m.mode(),
+                    m.uid(),
+                    m.gid(),
+                    if ft.is_dir() { 0 } else { m.nlink() },
+                ),
+            );
+            if ft.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Waits until the populator's namespace holds none of its temporary objects.
+async fn assert_no_populator_leftovers(env: &Env) {
+    let mut left = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        left.clear();
+        for r in [pvcs_ar(), pods_ar(), secrets_ar()] {
+            for o in list_in(env, &r, POP_NS).await {
+                if o.pointer("/metadata/labels/volbackup.io~1populate-for-uid")
+                    .is_some()
+                {
+                    left.push(format!("{}/{}", r.plural, o["metadata"]["name"]));
+                }
+            }
+        }
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "populator leftovers: {left:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Checks a restored claim is bound, unfinalized, and its PV has its policy back (the last
+/// steps follow the bind, so this waits a little for them).
+async fn assert_cleanly_bound(env: &Env, ns: &str, pvc: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let claim = get_in(env, &pvcs_ar(), ns, pvc).await.expect("pvc");
+        assert_eq!(claim["status"]["phase"], "Bound", "{claim}");
+        let finalizers = claim["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let pv = get_in(
+            env,
+            &pvs_ar(),
+            "",
+            claim["spec"]["volumeName"].as_str().unwrap(),
+        )
+        .await
+        .expect("pv");
+        assert_eq!(pv["spec"]["claimRef"]["uid"], claim["metadata"]["uid"]);
+        let done = !finalizers.contains(&json!("volbackup.io/populate"))
+            && pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+            && pv
+                .pointer("/metadata/annotations/volbackup.io~1saved-reclaim-policy")
+                .is_none();
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not finished: finalizers {finalizers:?}, PV {pv}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_no_populator_leftovers(env).await;
+}
+
+/// Events about one PVC, as `reason: message` lines.
+async fn events_of(env: &Env, ns: &str, pvc: &str) -> Vec<String> {
+    list_in(env, &events_ar(), ns)
+        .await
+        .into_iter()
+        .filter(|e| e["involvedObject"]["name"] == pvc)
+        .map(|e| {
+            format!(
+                "{} {}: {}",
+                e["type"].as_str().unwrap_or(""),
+                e["reason"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Everything the populator's pods printed, to check no secret leaked.
+fn populator_logs(env: &Env) -> String {
+    let mut all = String::new();
+    let pods = env.cluster.dir().join("pods");
+    if let Ok(rd) = std::fs::read_dir(&pods) {
+        for e in rd.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(POP_NS) {
+                continue;
+            }
+            for f in walkdir(&e.path()) {
+                if f.extension().is_some_and(|x| x == "log") {
+                    all.push_str(&std::fs::read_to_string(&f).unwrap_or_default());
+                }
+            }
+        }
+    }
+    all
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walkdir(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_and_filesystem_volumes_come_back_identical_and_into_a_larger_pvc() {
+    let env = Env::start().await;
+    install(&env).await;
+    let (blk, files, image) = backed_up_volumes(&env, 8 << 20).await;
+    let original_tree = tree(&volume_path(&env, NS, "files").await);
+    assert!(original_tree.len() >= 8, "{original_tree:?}");
+
+    let out = env
+        .plugin(
+            &["restore", &blk, "--to", "blk-back", "-n", NS, "--wait"],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    let out = env
+        .plugin(
+            &["restore", &files, "--to", "files-back", "-n", NS, "--wait"],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    let restored = std::fs::read(volume_path(&env, NS, "blk-back").await).unwrap();
+    assert!(restored == image, "the restored block volume differs");
+    assert_eq!(
+        tree(&volume_path(&env, NS, "files-back").await),
+        original_tree
+    );
+    assert_cleanly_bound(&env, NS, "blk-back").await;
+    assert_cleanly_bound(&env, NS, "files-back").await;
+
+    // Into a larger volume: the image at the start, the rest untouched (zero).
+    let out = env
+        .plugin(
+            &[
+                "restore", &blk, "--to", "blk-big", "-n", NS, "--size", "12Mi", "--wait",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    let big = std::fs::read(volume_path(&env, NS, "blk-big").await).unwrap();
+    assert_eq!(big.len(), 12 << 20);
+    assert!(
+        big[..image.len()] == image[..],
+        "the image differs in the larger volume"
+    );
+    assert!(big[image.len()..].iter().all(|b| *b == 0));
+    // Smaller than the image: refused before anything is created.
+    let out = env
+        .plugin(
+            &[
+                "restore",
+                &blk,
+                "--to",
+                "blk-small",
+                "-n",
+                NS,
+                "--size",
+                "4Mi",
+            ],
+            &[],
+        )
+        .await;
+    assert_one_line_failure(&out, "smaller than the backed-up block image");
+    assert!(get_in(&env, &pvcs_ar(), NS, "blk-small").await.is_none());
+
+    let events = events_of(&env, NS, "blk-back").await;
+    assert!(
+        events.iter().any(|e| e.contains("PopulatorCreated"))
+            && events.iter().any(|e| e.contains("PopulatorFinished")),
+        "{events:?}"
+    );
+    let vb = get_in(&env, &backups_ar(), NS, &blk).await.unwrap();
+    let cond = &vb["status"]["conditions"][0];
+    assert_eq!(cond["type"], "Restored");
+    assert_eq!(cond["status"], "True", "{vb}");
+    assert_eq!(vb["status"]["progress"]["bytesDone"], json!(image.len()));
+
+    // The metrics endpoint of the running populator counts the three restores.
+    let pods = list_in(&env, &pods_ar(), POP_NS).await;
+    let pod = pods
+        .iter()
+        .find(|p| p["status"]["phase"] == "Running")
+        .expect("a running populator pod");
+    let ip = pod["status"]["podIP"].as_str().unwrap();
+    let metrics = http_get(&format!("{ip}:8080"), "/metrics").await;
+    assert!(
+        metrics.contains("volbackup_populator_operations_total{result=\"succeeded\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("volbackup_populator_leader 1"),
+        "{metrics}"
+    );
+    assert!(
+        !populator_logs(&env).contains(PASSWORD),
+        "the password was logged"
+    );
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_wait_for_the_first_consumer_and_go_into_other_namespaces() {
+    let env = Env::start().await;
+    install(&env).await;
+    let (blk, files, image) = backed_up_volumes(&env, 4 << 20).await;
+    env.create(
+        &ar("storage.k8s.io", "v1", "StorageClass", "storageclasses"),
+        json!({"metadata": {"name": "late"}, "provisioner": "hostpath.csi.kubesim.io", "reclaimPolicy": "Delete", "volumeBindingMode": "WaitForFirstConsumer"}),
+    )
+    .await;
+
+    // WaitForFirstConsumer: nothing happens until a pod wants the claim.
+    let out = env
+        .plugin(
+            &[
+                "restore",
+                &blk,
+                "--to",
+                "late-blk",
+                "-n",
+                NS,
+                "--storage-class",
+                "late",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        list_in(&env, &pvcs_ar(), POP_NS).await.is_empty(),
+        "a prime PVC was made before a consumer was scheduled"
+    );
+    let data = env.dir.path().join("data");
+    // The consumer checks the data itself; it can only start once the claim is bound.
+    env.run_pod(
+        "consumer",
+        "late-blk",
+        "Block",
+        &format!("cmp {}/block.bin /dev/xvda", data.display()),
+    )
+    .await;
+    let claim = get_in(&env, &pvcs_ar(), NS, "late-blk").await.unwrap();
+    assert!(
+        claim
+            .pointer("/metadata/annotations/volume.kubernetes.io~1selected-node")
+            .is_some()
+    );
+    assert_cleanly_bound(&env, NS, "late-blk").await;
+
+    // Another namespace: the VolumeBackup (and with --copy-secret its Secret) is copied.
+    env.create(
+        &ar("", "v1", "Namespace", "namespaces"),
+        json!({"metadata": {"name": "other"}}),
+    )
+    .await;
+    let from = format!("{NS}/{files}");
+    let out = env
+        .plugin(
+            &["restore", &from, "--to", "copy", "-n", "other", "--wait"],
+            &[],
+        )
+        .await;
+    assert_one_line_failure(&out, "--copy-secret");
+    assert!(get_in(&env, &pvcs_ar(), "other", "copy").await.is_none());
+    let out = env
+        .plugin(
+            &[
+                "restore",
+                &from,
+                "--to",
+                "copy",
+                "-n",
+                "other",
+                "--copy-secret",
+                "--wait",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    assert_eq!(
+        tree(&volume_path(&env, "other", "copy").await),
+        tree(&volume_path(&env, NS, "files").await)
+    );
+    assert!(get_in(&env, &backups_ar(), "other", &files).await.is_some());
+    assert!(
+        get_in(&env, &secrets_ar(), "other", "volbackup-repository")
+            .await
+            .is_some()
+    );
+    assert_cleanly_bound(&env, "other", "copy").await;
+    let restored = std::fs::read(volume_path(&env, NS, "late-blk").await).unwrap();
+    assert!(restored == image);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_cluster_restores_from_the_repository_alone() {
+    let first = Env::start().await;
+    let (blk, _files, image) = backed_up_volumes(&first, 4 << 20).await;
+    let snapshot = first
+        .list(&backups_ar(), true, None)
+        .await
+        .into_iter()
+        .find(|b| b["metadata"]["name"] == blk.as_str())
+        .unwrap()["spec"]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let second = Env::start().await;
+    install(&second).await;
+    let repo = first.repo.to_str().unwrap();
+    let out = second
+        .plugin(
+            &[
+                "restore",
+                &snapshot[..12],
+                "--to",
+                "moved",
+                "-n",
+                NS,
+                "--repo",
+                repo,
+                "--wait",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    let restored = std::fs::read(volume_path(&second, NS, "moved").await).unwrap();
+    assert!(
+        restored == image,
+        "the volume restored in the second cluster differs"
+    );
+    let vbs = second.list(&backups_ar(), true, None).await;
+    assert_eq!(vbs.len(), 1, "{vbs:?}");
+    assert_eq!(vbs[0]["spec"]["snapshot"], snapshot.as_str());
+    assert_eq!(vbs[0]["status"]["volume"]["pvc"], "blk");
+    assert_cleanly_bound(&second, NS, "moved").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_populate_pod_is_retried_and_the_data_is_right() {
+    let env = Env::start().await;
+    install(&env).await;
+    let (blk, _files, image) = backed_up_volumes(&env, 24 << 20).await;
+    let out = env
+        .plugin(&["restore", &blk, "--to", "again", "-n", NS], &[])
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    // Kill the copy as soon as it runs.
+    let name = eventually(30, "a running populate pod", || async {
+        list_in(&env, &pods_ar(), POP_NS)
+            .await
+            .into_iter()
+            .find(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("populate-")
+                    && p["status"]["phase"] == "Running"
+            })
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+    })
+    .await;
+    assert!(
+        env.cluster.kill_pod(POP_NS, &name),
+        "the pod's processes were not found"
+    );
+    eventually(60, "the restored PVC to bind", || async {
+        let c = get_in(&env, &pvcs_ar(), NS, "again").await?;
+        (c["status"]["phase"] == "Bound").then_some(())
+    })
+    .await;
+    let events = events_of(&env, NS, "again").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("PopulatorFailed") && e.contains("attempt 1 of 5 failed")),
+        "no retry reported: {events:?}"
+    );
+    let restored = std::fs::read(volume_path(&env, NS, "again").await).unwrap();
+    assert!(restored == image, "the retried restore wrote other bytes");
+    assert_cleanly_bound(&env, NS, "again").await;
+}
+
+/// Runs `kubectl-volbackup populator` on the host until it exits or `limit` passes.
+async fn populator_process(env: &Env, crash_after: Option<u32>, limit: Duration) -> Option<i32> {
+    let mut cmd = tokio::process::Command::new(&env.bin);
+    cmd.args([
+        "populator",
+        "--namespace",
+        POP_NS,
+        "--image",
+        IMAGE,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--retry-backoff",
+        "1s",
+    ])
+    .env("KUBECONFIG", env.cluster.kubeconfig_path())
+    .env("POD_NAME", "restarted-populator")
+    .env("RUST_LOG", "warn")
+    .kill_on_drop(true);
+    if let Some(n) = crash_after {
+        cmd.env("VOLBACKUP_POPULATOR_CRASH_AFTER_STEPS", n.to_string());
+    }
+    let mut child = cmd.spawn().expect("populator starts");
+    match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => status.expect("wait").code(),
+        Err(_) => {
+            let _ = child.kill().await;
+            None
+        }
+    }
+}
+
+/// A hand-written PVC naming a VolumeBackup (no plugin involved).
+async fn claim_from(env: &Env, ns: &str, name: &str, backup: &str, mode: &str, size: &str) {
+    let api = api_in(env, &pvcs_ar(), ns);
+    let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "volumeMode": mode,
+                 "resources": {"requests": {"storage": size}},
+                 "dataSourceRef": {"apiGroup": "volbackup.io", "kind": "VolumeBackup", "name": backup}},
+    }))
+    .unwrap();
+    api.create(&Default::default(), &obj)
+        .await
+        .expect("create pvc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_populator_that_crashes_after_every_step_still_converges() {
+    let env = Env::start().await;
+    env.create(
+        &ar("", "v1", "Namespace", "namespaces"),
+        json!({"metadata": {"name": POP_NS}}),
+    )
+    .await;
+    let (blk, files, image) = backed_up_volumes(&env, 4 << 20).await;
+    claim_from(&env, NS, "crashy-blk", &blk, "Block", "4Mi").await;
+    claim_from(&env, NS, "crashy-files", &files, "Filesystem", "16Mi").await;
+    let mut crashes = 0;
+    loop {
+        let both_bound = {
+            let a = get_in(&env, &pvcs_ar(), NS, "crashy-blk").await.unwrap();
+            let b = get_in(&env, &pvcs_ar(), NS, "crashy-files").await.unwrap();
+            let done = |c: &Value| {
+                c["status"]["phase"] == "Bound"
+                    && c["metadata"]["finalizers"]
+                        .as_array()
+                        .is_none_or(|f| !f.contains(&json!("volbackup.io/populate")))
+            };
+            done(&a) && done(&b)
+        };
+        if both_bound {
+            break;
+        }
+        // A run that takes one step and then dies, as a crash would.
+        match populator_process(&env, Some(1), Duration::from_secs(20)).await {
+            Some(3) => crashes += 1,
+            other => panic!("the populator ended with {other:?} instead of crashing after a step"),
+        }
+        assert!(crashes < 60, "no convergence after {crashes} restarts");
+    }
+    // Finalizer, Secret, PVC', pod, Retain, rebind, cleanup, policy, finish: nine steps per
+    // claim; the two claims' steps may share a run.
+    assert!(crashes >= 9, "only {crashes} crashes");
+    let restored = std::fs::read(volume_path(&env, NS, "crashy-blk").await).unwrap();
+    assert!(restored == image);
+    assert_eq!(
+        tree(&volume_path(&env, NS, "crashy-files").await),
+        tree(&volume_path(&env, NS, "files").await)
+    );
+    assert_cleanly_bound(&env, NS, "crashy-blk").await;
+    assert_cleanly_bound(&env, NS, "crashy-files").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_keeps_the_pvc_pending_with_a_warning_and_a_false_condition() {
+    let env = Env::start().await;
+    install(&env).await;
+    let (blk, _files, _image) = backed_up_volumes(&env, 4 << 20).await;
+    // Another namespace whose repository Secret has the wrong password.
+    env.create(
+        &ar("", "v1", "Namespace", "namespaces"),
+        json!({"metadata": {"name": "wrong"}}),
+    )
+    .await;
+    let wrong_pw = "not-the-password-9d1c";
+    let secret: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "volbackup-repository", "namespace": "wrong"},
+        "stringData": {"RESTIC_REPOSITORY": env.repo.to_str().unwrap(), "RESTIC_PASSWORD": wrong_pw},
+    }))
+    .unwrap();
+    api_in(&env, &secrets_ar(), "wrong")
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
+    let pvs_before = env.list(&pvs_ar(), false, None).await.len();
+    let from = format!("{NS}/{blk}");
+    let out = env
+        .plugin(
+            &[
+                "restore",
+                &from,
+                "--to",
+                "nope",
+                "-n",
+                "wrong",
+                "--wait",
+                "--timeout",
+                "60s",
+            ],
+            &[],
+        )
+        .await;
+    assert_ne!(out.code, 0, "a restore with the wrong password succeeded");
+    let last = out.stderr.lines().last().unwrap_or("");
+    assert!(last.contains("WrongPassword"), "{}", out.stderr);
+
+    let claim = get_in(&env, &pvcs_ar(), "wrong", "nope").await.unwrap();
+    assert_eq!(claim["status"]["phase"], "Pending");
+    assert!(
+        claim["spec"]["volumeName"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty()
+    );
+    let events = events_of(&env, "wrong", "nope").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("Warning PopulatorFailed") && e.contains("wrong password")),
+        "{events:?}"
+    );
+    let vb = get_in(&env, &backups_ar(), "wrong", &blk).await.unwrap();
+    let cond = vb["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Restored")
+        .cloned()
+        .unwrap();
+    assert_eq!(cond["status"], "False");
+    assert_eq!(cond["reason"], "WrongPassword");
+    // No PV is bound to the claim, and the prime volume is gone again.
+    assert_no_populator_leftovers(&env).await;
+    for pv in env.list(&pvs_ar(), false, None).await {
+        assert_ne!(pv["spec"]["claimRef"]["name"], "nope", "{pv}");
+    }
+    eventually(20, "the prime PV to be deleted", || async {
+        (env.list(&pvs_ar(), false, None).await.len() == pvs_before).then_some(())
+    })
+    .await;
+    // Neither password shows anywhere.
+    let all_events = list_in(&env, &events_ar(), "wrong").await;
+    let text = format!("{all_events:?}{vb}{}{}", out.stdout, out.stderr) + &populator_logs(&env);
+    assert!(
+        !text.contains(wrong_pw) && !text.contains(PASSWORD),
+        "a password leaked"
+    );
+
+    // Still Pending a while later: the failure is not retried with the same Secret.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let claim = get_in(&env, &pvcs_ar(), "wrong", "nope").await.unwrap();
+    assert_eq!(claim["status"]["phase"], "Pending");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pvc_deleted_midway_leaves_nothing_behind() {
+    let env = Env::start().await;
+    install(&env).await;
+    let (blk, _files, _image) = backed_up_volumes(&env, 16 << 20).await;
+    let pvs_before = env.list(&pvs_ar(), false, None).await.len();
+    let out = env
+        .plugin(&["restore", &blk, "--to", "gone", "-n", NS], &[])
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    eventually(30, "the populate pod", || async {
+        list_in(&env, &pods_ar(), POP_NS)
+            .await
+            .into_iter()
+            .find(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("populate-")
+            })
+    })
+    .await;
+    api_in(&env, &pvcs_ar(), NS)
+        .delete("gone", &DeleteParams::default())
+        .await
+        .expect("delete the claim");
+    eventually(30, "the claim to go away", || async {
+        get_in(&env, &pvcs_ar(), NS, "gone")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_no_populator_leftovers(&env).await;
+    eventually(30, "the prime PV to be deleted", || async {
+        (env.list(&pvs_ar(), false, None).await.len() == pvs_before).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_without_the_populator_says_to_install_it() {
+    let env = Env::start().await;
+    let out = env
+        .plugin(&["restore", "whatever", "--to", "x", "-n", NS], &[])
+        .await;
+    assert_one_line_failure(&out, "kubectl volbackup install");
+    assert!(get_in(&env, &pvcs_ar(), NS, "x").await.is_none());
+    // Bad input is refused before the cluster is asked anything.
+    let out = env
+        .plugin(&["restore", "b", "--to", "Bad_Name", "-n", NS], &[])
+        .await;
+    assert_one_line_failure(&out, "not a valid PVC name");
+    let out = env
+        .plugin(&["restore", "b", "--to", "x", "--size", "lots"], &[])
+        .await;
+    assert_one_line_failure(&out, "not a Kubernetes quantity");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_populator_replicas_elect_one_leader() {
+    let env = Env::start().await;
+    install(&env).await;
+    let deploys = api_in(&env, &ar("apps", "v1", "Deployment", "deployments"), POP_NS);
+    deploys
+        .patch(
+            "volbackup-populator",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .expect("scale");
+    let pods = eventually(30, "two running populator pods", || async {
+        let running: Vec<Value> = list_in(&env, &pods_ar(), POP_NS)
+            .await
+            .into_iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .collect();
+        (running.len() == 2).then_some(running)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut leaders = Vec::new();
+    for p in &pods {
+        let ip = p["status"]["podIP"].as_str().unwrap();
+        let m = http_get(&format!("{ip}:8080"), "/metrics").await;
+        if m.contains("volbackup_populator_leader 1") {
+            leaders.push(p["metadata"]["name"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(leaders.len(), 1, "leaders: {leaders:?}");
+    let lease = get_in(
+        &env,
+        &ar("coordination.k8s.io", "v1", "Lease", "leases"),
+        POP_NS,
+        "volbackup-populator",
+    )
+    .await
+    .expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], leaders[0].as_str());
+
+    // The leader goes away: the other one takes over and restores.
+    api_in(&env, &pods_ar(), POP_NS)
+        .delete(&leaders[0], &DeleteParams::default())
+        .await
+        .unwrap();
+    let (blk, _files, image) = backed_up_volumes(&env, 4 << 20).await;
+    let out = env
+        .plugin(
+            &[
+                "restore",
+                &blk,
+                "--to",
+                "after-failover",
+                "-n",
+                NS,
+                "--wait",
+                "--timeout",
+                "90s",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    let restored = std::fs::read(volume_path(&env, NS, "after-failover").await).unwrap();
+    assert!(restored == image);
+}
