@@ -192,6 +192,15 @@ struct Seen {
     observed: Observed,
 }
 
+impl Seen {
+    /// The PV, which the steps after the copy need.
+    fn pv(&self) -> Result<&PersistentVolume, Error> {
+        self.pv
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("the PV vanished".into()))
+    }
+}
+
 fn annotation<'a>(meta: &'a kube::api::ObjectMeta, key: &str) -> Option<&'a str> {
     meta.annotations.as_ref()?.get(key).map(String::as_str)
 }
@@ -601,6 +610,13 @@ async fn set_finalizer(ctx: &Context, pvc: &PersistentVolumeClaim, on: bool) -> 
     }
 }
 
+async fn patch_pv(client: &Client, pv: &PersistentVolume, body: Value) -> Result<(), Error> {
+    Api::<PersistentVolume>::all(client.clone())
+        .patch(&pv.name_any(), &PatchParams::default(), &Patch::Merge(body))
+        .await?;
+    Ok(())
+}
+
 async fn delete_quietly<K>(api: &Api<K>, name: &str) -> Result<(), Error>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -850,33 +866,26 @@ async fn act(ctx: &Context, seen: Seen, step: Step) -> Result<Action, Error> {
             Ok(now)
         }
         Step::KeepVolume => {
-            let pv = seen
-                .pv
-                .as_ref()
-                .ok_or_else(|| Error::Invalid("the PV vanished".into()))?;
+            let pv = seen.pv()?;
             let policy = seen
                 .observed
                 .volume
                 .as_ref()
                 .map(|v| v.reclaim_policy.clone())
                 .unwrap_or_else(|| "Delete".into());
-            Api::<PersistentVolume>::all(c.clone())
-                .patch(
-                    &pv.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({
-                        "metadata": {"annotations": {state::ANN_SAVED_POLICY: policy}},
-                        "spec": {"persistentVolumeReclaimPolicy": "Retain"},
-                    })),
-                )
-                .await?;
+            patch_pv(
+                c,
+                pv,
+                json!({
+                    "metadata": {"annotations": {state::ANN_SAVED_POLICY: policy}},
+                    "spec": {"persistentVolumeReclaimPolicy": "Retain"},
+                }),
+            )
+            .await?;
             Ok(now)
         }
         Step::Rebind => {
-            let pv = seen
-                .pv
-                .as_ref()
-                .ok_or_else(|| Error::Invalid("the PV vanished".into()))?;
+            let pv = seen.pv()?;
             // Count what the pod wrote while its log is still there.
             if let Some(pod) = &seen.pod
                 && let Some((written, total, true)) = ctx.pod_progress(&pod.name_any()).await
@@ -902,26 +911,25 @@ async fn act(ctx: &Context, seen: Seen, step: Step) -> Result<Action, Error> {
                 .map(|b| format!("{ns}/{} (snapshot {})", b.name_any(), b.spec.snapshot))
                 .unwrap_or_default();
             // Checked: the PV's claimRef may be absent (a PV not made by a provisioner).
-            Api::<PersistentVolume>::all(c.clone())
-                .patch(
-                    &pv.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({
-                        "metadata": {
-                            "annotations": {state::ANN_POPULATED_FROM: from},
-                            "resourceVersion": pv.resource_version(),
-                        },
-                        "spec": {"claimRef": {
-                            "apiVersion": "v1",
-                            "kind": "PersistentVolumeClaim",
-                            "namespace": ns,
-                            "name": name,
-                            "uid": uid,
-                            "resourceVersion": pvc.resource_version(),
-                        }},
-                    })),
-                )
-                .await?;
+            patch_pv(
+                c,
+                pv,
+                json!({
+                    "metadata": {
+                        "annotations": {state::ANN_POPULATED_FROM: from},
+                        "resourceVersion": pv.resource_version(),
+                    },
+                    "spec": {"claimRef": {
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolumeClaim",
+                        "namespace": ns,
+                        "name": name,
+                        "uid": uid,
+                        "resourceVersion": pvc.resource_version(),
+                    }},
+                }),
+            )
+            .await?;
             Ok(now)
         }
         Step::RemoveTemporaries => {
@@ -939,23 +947,19 @@ async fn act(ctx: &Context, seen: Seen, step: Step) -> Result<Action, Error> {
             Ok(now)
         }
         Step::RestorePolicy => {
-            let pv = seen
-                .pv
-                .as_ref()
-                .ok_or_else(|| Error::Invalid("the PV vanished".into()))?;
+            let pv = seen.pv()?;
             let saved = annotation(&pv.metadata, state::ANN_SAVED_POLICY)
                 .unwrap_or("Delete")
                 .to_string();
-            Api::<PersistentVolume>::all(c.clone())
-                .patch(
-                    &pv.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({
-                        "metadata": {"annotations": {state::ANN_SAVED_POLICY: null}},
-                        "spec": {"persistentVolumeReclaimPolicy": saved},
-                    })),
-                )
-                .await?;
+            patch_pv(
+                c,
+                pv,
+                json!({
+                    "metadata": {"annotations": {state::ANN_SAVED_POLICY: null}},
+                    "spec": {"persistentVolumeReclaimPolicy": saved},
+                }),
+            )
+            .await?;
             Ok(now)
         }
         Step::Finish => {

@@ -160,7 +160,7 @@ async fn run_async(
         .unwrap_or_else(|| REPOSITORY_SECRET.to_string());
     for ns in &namespaces {
         match &data {
-            Some(d) => write_secret(&client, ns, d).await?,
+            Some(d) => cluster::write_repository_secret(&client, ns, d).await?,
             None => check_secret(&client, ns, &secret).await?,
         }
     }
@@ -423,40 +423,6 @@ async fn snapshot_class(
             many.join(", ")
         ),
     }
-}
-
-/// Creates or updates `volbackup-repository` in a namespace. Its values are never printed.
-async fn write_secret(client: &Client, ns: &str, data: &BTreeMap<String, String>) -> Result<()> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    // `data`, not `stringData`: what an API server stores and what a replace must carry.
-    let mut secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": REPOSITORY_SECRET, "namespace": ns,
-                     "labels": {"app.kubernetes.io/managed-by": "volbackup"}},
-        "type": "Opaque",
-    }))?;
-    secret.data = Some(
-        data.iter()
-            .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.clone().into_bytes())))
-            .collect(),
-    );
-    match api.get_opt(REPOSITORY_SECRET).await {
-        Ok(None) => {
-            api.create(&PostParams::default(), &secret)
-                .await
-                .map_err(|e| explain(e, "create", "secrets", Some(ns)))?;
-        }
-        Ok(Some(old)) => {
-            let mut new = secret;
-            new.metadata.resource_version = old.metadata.resource_version;
-            api.replace(REPOSITORY_SECRET, &PostParams::default(), &new)
-                .await
-                .map_err(|e| explain(e, "update", "secrets", Some(ns)))?;
-        }
-        Err(e) => return Err(explain(e, "get", "secrets", Some(ns))),
-    }
-    Ok(())
 }
 
 /// Checks that `--repo-secret` exists and names a repository and a password (by key only).
