@@ -3,7 +3,7 @@
 //! it at will, as a host process with the admin kubeconfig). Volumes are compared byte for byte
 //! (Block) or file by file with modes and owners (Filesystem).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -208,6 +208,49 @@ async fn assert_no_populator_leftovers(env: &Env) {
         }
         assert!(Instant::now() < deadline, "populator leftovers: {left:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The names of the PVs that exist now.
+async fn pv_names(env: &Env) -> BTreeSet<String> {
+    env.list(&pvs_ar(), false, None)
+        .await
+        .iter()
+        .filter_map(|pv| pv["metadata"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// Waits until no PV is left that was not in `before` (the prime volume was reclaimed). A PV
+/// of `before` may go away meanwhile (the backup's temporary volume is deleted
+/// asynchronously), so this compares names, not counts.
+async fn assert_no_new_volume_left(env: &Env, before: &BTreeSet<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pvs = env.list(&pvs_ar(), false, None).await;
+        let new: Vec<&Value> = pvs
+            .iter()
+            .filter(|pv| !before.contains(pv["metadata"]["name"].as_str().unwrap_or("")))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let left: Vec<String> = new
+                .iter()
+                .map(|pv| {
+                    format!(
+                        "{} phase={} policy={} claim={}/{}",
+                        pv["metadata"]["name"],
+                        pv["status"]["phase"],
+                        pv["spec"]["persistentVolumeReclaimPolicy"],
+                        pv["spec"]["claimRef"]["namespace"],
+                        pv["spec"]["claimRef"]["name"],
+                    )
+                })
+                .collect();
+            panic!("volumes made during the restore were not reclaimed: {left:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -716,7 +759,7 @@ async fn a_wrong_password_keeps_the_pvc_pending_with_a_warning_and_a_false_condi
         .create(&Default::default(), &secret)
         .await
         .unwrap();
-    let pvs_before = env.list(&pvs_ar(), false, None).await.len();
+    let pvs_before = pv_names(&env).await;
     let from = format!("{NS}/{blk}");
     let out = env
         .plugin(
@@ -768,10 +811,7 @@ async fn a_wrong_password_keeps_the_pvc_pending_with_a_warning_and_a_false_condi
     for pv in env.list(&pvs_ar(), false, None).await {
         assert_ne!(pv["spec"]["claimRef"]["name"], "nope", "{pv}");
     }
-    eventually(20, "the prime PV to be deleted", || async {
-        (env.list(&pvs_ar(), false, None).await.len() == pvs_before).then_some(())
-    })
-    .await;
+    assert_no_new_volume_left(&env, &pvs_before).await;
     // Neither password shows anywhere.
     let all_events = list_in(&env, &events_ar(), "wrong").await;
     let text = format!("{all_events:?}{vb}{}{}", out.stdout, out.stderr) + &populator_logs(&env);
@@ -791,7 +831,7 @@ async fn a_pvc_deleted_midway_leaves_nothing_behind() {
     let env = Env::start().await;
     install(&env).await;
     let (blk, _files, _image) = backed_up_volumes(&env, 16 << 20).await;
-    let pvs_before = env.list(&pvs_ar(), false, None).await.len();
+    let pvs_before = pv_names(&env).await;
     let out = env
         .plugin(&["restore", &blk, "--to", "gone", "-n", NS], &[])
         .await;
@@ -820,10 +860,7 @@ async fn a_pvc_deleted_midway_leaves_nothing_behind() {
     })
     .await;
     assert_no_populator_leftovers(&env).await;
-    eventually(30, "the prime PV to be deleted", || async {
-        (env.list(&pvs_ar(), false, None).await.len() == pvs_before).then_some(())
-    })
-    .await;
+    assert_no_new_volume_left(&env, &pvs_before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
