@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use volbackup_store::progress::Progress;
 
 const UNKNOWN: u64 = u64::MAX;
@@ -114,22 +115,34 @@ fn total_of(c: &Counters) -> Option<u64> {
     }
 }
 
-/// Sleeps up to `d`, waking early when asked to stop. Returns true when stopping.
-fn wait(stop: &AtomicBool, d: Duration) -> bool {
+/// Sleeps up to `d`, waking early when asked to stop or when `ready()` holds. Returns true
+/// when stopping.
+fn wait(stop: &AtomicBool, d: Duration, ready: impl Fn() -> bool) -> bool {
     let end = Instant::now() + d;
     while Instant::now() < end {
         if stop.load(Ordering::Relaxed) {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if ready() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     stop.load(Ordering::Relaxed)
 }
 
 fn json_loop(c: &Counters, stop: &AtomicBool, what: &str) {
     let start = Instant::now();
+    // The first line goes out as soon as the size is known, so that whoever follows the log
+    // can draw a bar at once; then one a second.
+    let mut first = true;
     loop {
-        let stopping = wait(stop, Duration::from_millis(900));
+        let stopping = if first {
+            first = false;
+            wait(stop, Duration::from_millis(900), || total_of(c).is_some())
+        } else {
+            wait(stop, Duration::from_millis(900), || false)
+        };
         let line = serde_json::json!({
             "type": "progress",
             "operation": what,
@@ -156,7 +169,7 @@ fn bar_loop(c: &Counters, stop: &AtomicBool, what: &str) {
     );
     bar.set_message(what.to_string());
     loop {
-        let stopping = wait(stop, Duration::from_millis(200));
+        let stopping = wait(stop, Duration::from_millis(200), || false);
         if let Some(t) = total_of(c) {
             bar.set_length(t);
         }
@@ -166,4 +179,43 @@ fn bar_loop(c: &Counters, stop: &AtomicBool, what: &str) {
             return;
         }
     }
+}
+
+/// A bar for one volume (a backup's or a restore's), drawn to `target` or added to `multi`:
+/// a spinner with the current phase until the size is known, then bytes, rate and ETA.
+pub fn volume_bar(
+    target: ProgressDrawTarget,
+    multi: Option<&MultiProgress>,
+    label: String,
+) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, target);
+    let bar = match multi {
+        Some(m) => m.add(bar),
+        None => bar,
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:.bold} {spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_prefix(label);
+    bar.enable_steady_tick(Duration::from_millis(150));
+    bar
+}
+
+/// Shows `done` of `total` bytes on a [`volume_bar`]; the first known total turns the spinner
+/// into a bar.
+pub fn show_bytes(bar: &ProgressBar, done: u64, total: Option<u64>) {
+    if let Some(total) = total {
+        if bar.length().is_none() {
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:.bold} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+        }
+        bar.set_length(total);
+    }
+    bar.set_position(done);
 }

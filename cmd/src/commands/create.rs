@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PostParams,
@@ -22,6 +22,7 @@ use volbackup_populator::api::{
 
 use crate::cli::CreateArgs;
 use crate::cluster::{self, BACKUP_LABEL, DEFAULT_SNAPSHOT_CLASS, PVC_LABEL, explain};
+use crate::progress;
 use crate::repository::{self, REPOSITORY_SECRET};
 
 /// Where a Block volume appears in the mover pod.
@@ -449,16 +450,7 @@ async fn check_secret(client: &Client, ns: &str, name: &str) -> Result<()> {
 }
 
 fn bar_for(run: &Run, t: &Target) -> ProgressBar {
-    let bar = run.bars.add(ProgressBar::new(0));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:.bold} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(t.label());
-    bar
+    progress::volume_bar(ProgressDrawTarget::hidden(), Some(&run.bars), t.label())
 }
 
 /// Backs up one PVC and always removes its temporary objects.
@@ -486,7 +478,7 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
     let client = &run.client;
 
     // 1. The VolumeSnapshot.
-    bar.set_message("snapshot");
+    bar.set_message("waiting for the snapshot");
     let snaps = cluster::snapshots(client, ns);
     let vs: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "snapshot.storage.k8s.io/v1",
@@ -560,7 +552,7 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
     }
 
     // 2. The temporary PVC from the snapshot.
-    bar.set_message("volume");
+    bar.set_message("creating the volume");
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let mut pvc_spec = json!({
         "accessModes": if info.access_modes.is_empty() { json!(["ReadWriteOnce"]) } else { json!(info.access_modes) },
@@ -581,7 +573,7 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
         .map_err(|e| explain(e, "create", "persistentvolumeclaims", Some(ns)))?;
 
     // 3. The mover pod.
-    bar.set_message("mover");
+    bar.set_message("starting the mover");
     let description = serde_json::to_string(&info)?;
     let mut mover_args = vec![
         "mover".to_string(),
@@ -639,7 +631,7 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
     wait_started(&pods, &tmp, &run.image, deadline, run.timeout).await?;
 
     // 4. Follow the log.
-    bar.set_message("");
+    bar.set_message("copying");
     let remaining = deadline.saturating_duration_since(Instant::now());
     let followed = tokio::time::timeout(remaining, follow_log(&pods, &tmp, bar, run.show)).await;
     let (summary, last_error) = match followed {
@@ -782,10 +774,7 @@ async fn follow_log(
     while let Some(line) = lines.try_next().await.context("reading the mover's log")? {
         match parse_mover_line(&line) {
             MoverLine::Progress { done, total } => {
-                if let Some(total) = total {
-                    bar.set_length(total);
-                }
-                bar.set_position(done);
+                progress::show_bytes(bar, done, total);
             }
             MoverLine::Summary(s) => summary = Some(s),
             MoverLine::Other(text) if !text.is_empty() => {

@@ -11,7 +11,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressDrawTarget;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Secret};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -26,6 +26,7 @@ use volbackup_store::tree::{NodeType, Tree};
 
 use crate::cli::RestoreArgs;
 use crate::cluster::{self, explain, parse_duration};
+use crate::progress;
 use crate::repository;
 
 const ACCESS_MODES: &[&str] = &[
@@ -452,22 +453,16 @@ async fn wait(
     let backups: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
     let show = !quiet && std::io::stderr().is_terminal();
-    let bar = ProgressBar::with_draw_target(
-        Some(0),
+    let bar = progress::volume_bar(
         if show {
             ProgressDrawTarget::stderr()
         } else {
             ProgressDrawTarget::hidden()
         },
+        None,
+        format!("{ns}/{pvc}"),
     );
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:.bold} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("{ns}/{pvc}"));
+    bar.set_message("waiting for the populator");
     let started = Instant::now();
     let deadline = started + timeout;
     let mut last_warning = String::new();
@@ -503,10 +498,8 @@ async fn wait(
         if let Ok(Some(b)) = backups.get_opt(backup).await
             && let Some(p) = b.status.as_ref().and_then(|s| s.progress.clone())
         {
-            if let Some(t) = p.bytes_total {
-                bar.set_length(t);
-            }
-            bar.set_position(p.bytes_done);
+            bar.set_message("copying");
+            progress::show_bytes(&bar, p.bytes_done, p.bytes_total);
         }
         // The newest warning about this PVC tells why it waits (a retry, a missing source).
         let lp = ListParams::default().fields(&format!(

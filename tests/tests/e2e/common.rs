@@ -317,6 +317,38 @@ impl Env {
         o
     }
 
+    /// Runs the plugin on a real pseudo-terminal (util-linux `script`, 160 columns), as a
+    /// person at a shell would; gives whether it succeeded and the text the terminal showed,
+    /// escape sequences removed and each carriage return made a line break.
+    pub(crate) async fn plugin_on_terminal(&self, args: &[&str]) -> (bool, String) {
+        assert!(
+            Path::new("/usr/bin/script").is_file(),
+            "/usr/bin/script is missing: apt-get install bsdutils (it gives the test a terminal)"
+        );
+        let command = format!(
+            "stty cols 160 rows 40; exec {} {}",
+            self.bin.display(),
+            args.join(" ")
+        );
+        let out = tokio::time::timeout(
+            Duration::from_secs(120),
+            tokio::process::Command::new("/usr/bin/script")
+                .args(["-qefc", &command, "/dev/null"])
+                .env("KUBECONFIG", self.cluster.kubeconfig_path())
+                .env("VOLBACKUP_PASSWORD", PASSWORD)
+                .env("TERM", "xterm")
+                .env_remove("NO_COLOR")
+                .stdin(std::process::Stdio::null())
+                .output(),
+        )
+        .await
+        .expect("kubectl-volbackup finished within 120 s")
+        .expect("script runs");
+        let screen = terminal_text(&out.stdout);
+        assert!(!screen.contains(PASSWORD), "the password was printed");
+        (out.status.success(), screen)
+    }
+
     pub(crate) async fn create_backup(&self, extra: &[&str]) -> Outcome {
         let mut args = vec![
             "create",
@@ -396,4 +428,29 @@ pub(crate) fn assert_one_line_failure(out: &Outcome, expect: &str) {
         "{:?} does not mention {expect:?}",
         lines[0]
     );
+}
+
+/// What a terminal shows of `raw`: CSI escape sequences (`ESC [ ... letter`) removed, carriage
+/// returns made line breaks.
+fn terminal_text(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw);
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for n in chars.by_ref() {
+                        if n.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => out.push('\n'),
+            c => out.push(c),
+        }
+    }
+    out
 }

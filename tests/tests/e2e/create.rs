@@ -1442,3 +1442,49 @@ impl Drop for Immutable {
             .status();
     }
 }
+
+/// On a terminal, `create` draws one line per PVC: a spinner with the phase, then a bar with
+/// bytes, rate and ETA (through a real pseudo-terminal); off a terminal (every other test) it
+/// draws nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_on_a_terminal_draws_a_progress_bar_with_bytes_rate_and_eta() {
+    let env = Env::start().await;
+    env.pvc("big", "Block", "96Mi", json!({})).await;
+    env.run_pod(
+        "fill-big",
+        "big",
+        "Block",
+        "dd if=/dev/urandom of=/dev/xvda bs=1M count=96 2>/dev/null && sync",
+    )
+    .await;
+    let repo = env.repo.display().to_string();
+    let (ok, screen) = env
+        .plugin_on_terminal(&[
+            "create",
+            "big",
+            "-n",
+            NS,
+            "--repo",
+            &repo,
+            "--timeout",
+            "60s",
+        ])
+        .await;
+    assert!(ok, "create failed: {screen}");
+    let lines: Vec<&str> = screen.lines().filter(|l| l.contains("t/big")).collect();
+    eprintln!("drawn: {lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("waiting for the snapshot")),
+        "the phase was not shown: {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("copying [") && l.contains("/96.00 MiB") && l.contains("B/s ETA")),
+        "no bar shows the volume's size, a rate and an ETA: {lines:#?}"
+    );
+    assert!(
+        screen.contains("volumebackup.volbackup.io/") && screen.contains("96.0 MiB read"),
+        "the result line is missing: {screen}"
+    );
+}
