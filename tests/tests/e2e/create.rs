@@ -1488,3 +1488,52 @@ async fn a_backup_on_a_terminal_draws_a_progress_bar_with_bytes_rate_and_eta() {
         "the result line is missing: {screen}"
     );
 }
+
+/// `--keep-snapshot` leaves the VolumeSnapshot ready and unlabelled (so `cleanup` keeps it too),
+/// and the VolumeBackup names its handle; everything else temporary is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_snapshot_leaves_a_ready_snapshot_that_cleanup_does_not_touch() {
+    let env = Env::start().await;
+    env.pvc("kept", "Block", "2Mi", json!({})).await;
+    let out = env.create_backup(&["kept", "--keep-snapshot"]).await;
+    assert_eq!(out.code, 0, "create failed: {}", out.stderr);
+    env.assert_nothing_temporary_left().await;
+    let snaps = env.list(&snapshots_ar(), true, None).await;
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let snap = &snaps[0];
+    assert_eq!(snap["status"]["readyToUse"], true, "{snap}");
+    assert_eq!(snap["spec"]["source"]["persistentVolumeClaimName"], "kept");
+    assert!(
+        snap.pointer("/metadata/labels/volbackup.io~1backup")
+            .is_none(),
+        "{snap}"
+    );
+    let content = snap["status"]["boundVolumeSnapshotContentName"]
+        .as_str()
+        .expect("bound to a content");
+    let contents = env
+        .list(
+            &ar(
+                "snapshot.storage.k8s.io",
+                "v1",
+                "VolumeSnapshotContent",
+                "volumesnapshotcontents",
+            ),
+            false,
+            None,
+        )
+        .await;
+    let handle = contents
+        .iter()
+        .find(|c| c["metadata"]["name"] == content)
+        .and_then(|c| c["status"]["snapshotHandle"].as_str())
+        .expect("the content has a handle")
+        .to_string();
+    let backups = backups_of(&env, "kept").await;
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(backups[0]["status"]["volume"]["snapshotHandle"], handle);
+
+    let out = env.plugin(&["cleanup", "-n", NS], &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(env.list(&snapshots_ar(), true, None).await.len(), 1);
+}
