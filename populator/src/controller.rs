@@ -18,13 +18,13 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, S
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::api::{Condition, Phase, Progress, VolumeBackup};
+use crate::events::{Events, Kind as EventType};
 use crate::metrics::Metrics;
 use crate::quantity;
 use crate::state::{self, Claim, Failure, Observed, PodFailure, PodState, Prime, Source, Step};
@@ -60,7 +60,7 @@ pub struct Config {
 pub struct Context {
     client: Client,
     config: Config,
-    recorder: Recorder,
+    events: Events,
     metrics: Arc<Metrics>,
     steps_taken: std::sync::atomic::AtomicU32,
 }
@@ -457,14 +457,11 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Populate".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &pvc.object_ref(&())).await {
+        if let Err(e) = self
+            .events
+            .publish(&pvc.object_ref(&()), type_, reason, "Populate", note)
+            .await
+        {
             tracing::warn!("cannot record event {reason}: {e}");
         }
     }
@@ -1131,18 +1128,12 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: COMPONENT.into(),
-            instance: Some(config.identity.clone()),
-        },
-    );
+    let events = Events::new(client.clone(), COMPONENT, &config.identity);
     let own = config.namespace.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
-        recorder,
+        events,
         metrics,
         steps_taken: Default::default(),
     });

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod events;
 pub mod leader;
 pub mod manifests;
 pub mod metrics;

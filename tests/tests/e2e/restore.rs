@@ -988,3 +988,194 @@ async fn a_restore_on_a_terminal_shows_progress_and_the_bound_volume() {
     let restored = std::fs::read(volume_path(&env, NS, "seen").await).unwrap();
     assert!(restored == image, "the restored block volume differs");
 }
+
+/// The `Restored` condition of a VolumeBackup, once it has one.
+async fn restored_condition(env: &Env, ns: &str, backup: &str) -> Option<Value> {
+    let vb = get_in(env, &backups_ar(), ns, backup).await?;
+    vb["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Restored")
+        .cloned()
+}
+
+/// Waits until the claim's restore was given up, then checks what a person would look at: the
+/// claim Pending and unbound, a Warning event and the VolumeBackup's condition naming `reason`.
+async fn assert_given_up(env: &Env, ns: &str, pvc: &str, backup: &str, reason: &str, secs: u64) {
+    let why = eventually(secs, &format!("{ns}/{pvc} to be given up"), || async {
+        let c = get_in(env, &pvcs_ar(), ns, pvc).await?;
+        c.pointer("/metadata/annotations/volbackup.io~1populate-failed")
+            .and_then(Value::as_str)
+            .map(String::from)
+    })
+    .await;
+    assert!(why.starts_with(reason), "{pvc}: {why}");
+    let claim = get_in(env, &pvcs_ar(), ns, pvc).await.unwrap();
+    assert_eq!(claim["status"]["phase"], "Pending", "{claim}");
+    assert!(
+        claim["spec"]["volumeName"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty(),
+        "{claim}"
+    );
+    let events = events_of(env, ns, pvc).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("Warning PopulatorFailed") && e.contains(reason)),
+        "{pvc}: {events:?}"
+    );
+    let cond = eventually(10, "the Restored condition", || async {
+        restored_condition(env, ns, backup)
+            .await
+            .filter(|c| c["reason"] == reason)
+    })
+    .await;
+    assert_eq!(cond["status"], "False", "{cond}");
+}
+
+/// A snapshot missing from the repository and a claim too small for the image fail at once;
+/// an unreachable repository fails after its retries. Each leaves its PVC Pending with a
+/// Warning event and a False condition, never bound to an empty or partial volume; fixing the
+/// VolumeBackup starts that restore again and it completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_that_cannot_be_restored_keep_the_pvc_pending_with_the_reason() {
+    let env = Env::start().await;
+    install(&env).await;
+    // Two attempts a second apart, so giving up on an unreachable repository is quick.
+    let deploys = api_in(&env, &ar("apps", "v1", "Deployment", "deployments"), POP_NS);
+    let d = deploys.get("volbackup-populator").await.unwrap();
+    let mut containers =
+        serde_json::to_value(&d).unwrap()["spec"]["template"]["spec"]["containers"].clone();
+    for a in ["--max-attempts", "2", "--retry-backoff", "1s"] {
+        containers[0]["args"].as_array_mut().unwrap().push(json!(a));
+    }
+    deploys
+        .patch(
+            "volbackup-populator",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": containers}}}})),
+        )
+        .await
+        .expect("patch the populator");
+    eventually(30, "the reconfigured populator to run", || async {
+        let pods = list_in(&env, &pods_ar(), POP_NS).await;
+        let running: Vec<&Value> = pods
+            .iter()
+            .filter(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("volbackup-populator-")
+            })
+            .collect();
+        (running.len() == 1
+            && running[0]["status"]["phase"] == "Running"
+            && running[0]["spec"]["containers"][0]["args"]
+                .as_array()
+                .is_some_and(|a| a.contains(&json!("--max-attempts"))))
+        .then_some(())
+    })
+    .await;
+    let (blk, files, _image) = backed_up_volumes(&env, 4 << 20).await;
+    let original_tree = tree(&volume_path(&env, NS, "files").await);
+    let pvs_before = pv_names(&env).await;
+
+    // Too small: a hand-written claim of 1 MiB for a 4 MiB image.
+    claim_from(&env, NS, "small", &blk, "Block", "1Mi").await;
+    assert_given_up(&env, NS, "small", &blk, "VolumeTooSmall", 30).await;
+
+    // A snapshot the repository does not have.
+    let backups = api_in(&env, &backups_ar(), NS);
+    let real = get_in(&env, &backups_ar(), NS, &files).await.unwrap()["spec"]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bogus = "5".repeat(64);
+    backups
+        .patch(
+            &files,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"snapshot": bogus}})),
+        )
+        .await
+        .unwrap();
+    claim_from(&env, NS, "missing", &files, "Filesystem", "16Mi").await;
+    assert_given_up(&env, NS, "missing", &files, "SnapshotNotFound", 60).await;
+
+    // A repository nobody answers at, in another namespace.
+    env.create(
+        &ar("", "v1", "Namespace", "namespaces"),
+        json!({"metadata": {"name": "far"}}),
+    )
+    .await;
+    let aws_secret = "far-aws-secret-0b7e";
+    let secret: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "volbackup-repository", "namespace": "far"},
+        "stringData": {"RESTIC_REPOSITORY": "s3:http://127.0.0.1:1/bucket/repo", "RESTIC_PASSWORD": PASSWORD,
+                       "AWS_ACCESS_KEY_ID": "GKfar", "AWS_SECRET_ACCESS_KEY": aws_secret, "AWS_REGION": "garage"},
+    }))
+    .unwrap();
+    api_in(&env, &secrets_ar(), "far")
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
+    let from = format!("{NS}/{blk}");
+    let out = env
+        .plugin(&["restore", &from, "--to", "unreachable", "-n", "far"], &[])
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    assert_given_up(
+        &env,
+        "far",
+        "unreachable",
+        &blk,
+        "RepositoryUnreachable",
+        150,
+    )
+    .await;
+    let events = events_of(&env, "far", "unreachable").await;
+    assert!(
+        events.iter().any(|e| e.contains("attempt 1 of 2 failed")),
+        "the first failure was not retried: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("gave up after 2 attempts")),
+        "{events:?}"
+    );
+
+    // Nothing temporary stays, no volume made for these restores is left, and no secret shows.
+    assert_no_populator_leftovers(&env).await;
+    assert_no_new_volume_left(&env, &pvs_before).await;
+    let mut text = populator_logs(&env);
+    for ns in [NS, "far"] {
+        text += &format!("{:?}", list_in(&env, &events_ar(), ns).await);
+    }
+    assert!(
+        !text.contains(PASSWORD) && !text.contains(aws_secret),
+        "a secret leaked"
+    );
+
+    // Fixing the VolumeBackup starts the restore again, and it completes.
+    backups
+        .patch(
+            &files,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"snapshot": real}})),
+        )
+        .await
+        .unwrap();
+    eventually(60, "the healed restore to bind", || async {
+        let c = get_in(&env, &pvcs_ar(), NS, "missing").await?;
+        (c["status"]["phase"] == "Bound").then_some(())
+    })
+    .await;
+    assert_eq!(tree(&volume_path(&env, NS, "missing").await), original_tree);
+    assert_cleanly_bound(&env, NS, "missing").await;
+    let cond = restored_condition(&env, NS, &files).await.unwrap();
+    assert_eq!(cond["status"], "True", "{cond}");
+}
