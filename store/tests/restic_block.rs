@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{PASSWORD, TempRepo, allocated_bytes, mixed_image};
+use common::{PASSWORD, TempRepo, allocated_bytes, mixed_image, random_bytes};
 use volbackup_store::block::{BackupOptions, RestoreOptions, backup_block, restore_block};
 use volbackup_store::packer::WriterOptions;
 use volbackup_store::progress::{CountingProgress, NoProgress};
@@ -346,4 +346,71 @@ fn a_version_1_repository_gets_uncompressed_files_restic_accepts() {
     assert!(String::from_utf8_lossy(&check).contains("no errors were found"));
     let dumped = t.restic(&["dump", &sum.snapshot_id.to_string(), "/old.img"], None);
     assert!(dumped == image, "restic dump differs from the input");
+}
+
+/// The device path assembles aligned windows: an image of several windows with an unaligned
+/// tail, chunks crossing window edges, repeated chunks and a zero region comes back byte for
+/// byte on a device full of old data (everything written) and on a fresh device (the zero
+/// region left alone, since it reads as zeros already); progress counts the whole image.
+#[test]
+fn restore_onto_a_device_writes_whole_windows_and_leaves_zeros_that_are_already_there() {
+    let t = TempRepo::new();
+    let repo = t.init_ours();
+    // 5 MiB of random data, 17 MiB of zeros (a whole 8 MiB window among them), the first
+    // 3 MiB again (the same chunks at a second offset), and an unaligned tail.
+    let mut image = random_bytes(7, 5 << 20);
+    image.resize(22 << 20, 0);
+    image.extend_from_within(..3 << 20);
+    image.extend(random_bytes(8, 1000));
+    let sum = backup_block(
+        &repo,
+        &mut &image[..],
+        "blk.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+
+    let old = Loop::new(&t.scratch("old"), 28 << 20);
+    std::fs::write(&old.dev, vec![0xa5u8; 28 << 20]).unwrap();
+    let progress = CountingProgress::default();
+    let r = restore_block(
+        &repo,
+        &sum.snapshot_id,
+        None,
+        std::path::Path::new(&old.dev),
+        &RestoreOptions { threads: 3 },
+        &progress,
+    )
+    .unwrap();
+    let dev = std::fs::read(&old.dev).unwrap();
+    assert!(dev[..image.len()] == image[..], "device content differs");
+    assert!(
+        dev[image.len()..].iter().all(|&b| b == 0xa5),
+        "bytes past the image changed"
+    );
+    assert_eq!(r.bytes_total, image.len() as u64);
+    assert_eq!(r.bytes_written, image.len() as u64, "{r:?}");
+    assert_eq!(
+        progress.done.load(std::sync::atomic::Ordering::Relaxed),
+        image.len() as u64
+    );
+
+    let fresh = Loop::new(&t.scratch("fresh"), 28 << 20);
+    let r = restore_block(
+        &repo,
+        &sum.snapshot_id,
+        None,
+        std::path::Path::new(&fresh.dev),
+        &RestoreOptions { threads: 2 },
+        &NoProgress,
+    )
+    .unwrap();
+    let dev = std::fs::read(&fresh.dev).unwrap();
+    assert!(dev[..image.len()] == image[..], "device content differs");
+    assert_eq!(
+        r.bytes_written,
+        image.len() as u64 - (8 << 20),
+        "the zero window was written: {r:?}"
+    );
 }
