@@ -529,7 +529,9 @@ fn restore_device(
                         }
                         let (ws, we) = (w * WINDOW, ((w + 1) * WINDOW).min(size));
                         let window = buf.get((we - ws) as usize);
-                        window.fill(0);
+                        // Every byte of the window belongs to one chunk; a window that got
+                        // only zero chunks is all zeros.
+                        let mut any_data = false;
                         let first = pieces.partition_point(|p| p.end() <= ws);
                         for (i, p) in pieces.iter().enumerate().skip(first) {
                             if p.start >= we {
@@ -549,26 +551,33 @@ fn restore_device(
                                 None
                             };
                             if zero_blobs.lock().expect("zero blobs").contains(&p.id) {
+                                dst.fill(0);
                                 continue;
                             }
+                            any_data = true;
                             if let Some(d) = shared {
                                 dst.copy_from_slice(&d[part]);
                                 continue;
                             }
-                            let data = reader.read_entry(&p.id, &p.entry)?;
-                            if is_zero(data) {
-                                zero_blobs.lock().expect("zero blobs").insert(p.id);
+                            if spans == 1 {
+                                reader.read_entry_into(&p.id, &p.entry, dst)?;
+                                if is_zero(dst) {
+                                    zero_blobs.lock().expect("zero blobs").insert(p.id);
+                                }
                                 continue;
                             }
+                            let data = reader.read_entry(&p.id, &p.entry)?;
                             dst.copy_from_slice(&data[part]);
-                            if spans > 1 {
+                            if is_zero(data) {
+                                zero_blobs.lock().expect("zero blobs").insert(p.id);
+                            } else {
                                 let d = std::sync::Arc::new(data.to_vec());
                                 take_crossing(&crossing, i, Some((d, spans - 1)));
                             }
                         }
                         let len = window.len();
                         let mut must_write = true;
-                        if is_zero(window) {
+                        if !any_data || is_zero(window) {
                             let old = check.get(len);
                             let dev = direct
                                 .as_ref()

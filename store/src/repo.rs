@@ -492,22 +492,8 @@ impl BlobReader {
 
     /// Reads the blob `id` stored at `entry`.
     pub fn read_entry(&mut self, id: &Id, entry: &IndexEntry) -> Result<&[u8]> {
-        self.repo.backend().read_range_into(
-            FileType::Pack,
-            &entry.pack.to_hex(),
-            u64::from(entry.offset),
-            u64::from(entry.length),
-            &mut self.sealed,
-        )?;
+        let n = self.open_entry(id, entry)?;
         let what = || format!("blob {} in pack data/{}", id.short(), entry.pack);
-        let n = self
-            .repo
-            .key()
-            .open_slice(&mut self.sealed)
-            .map_err(|_| Error::Corrupt {
-                what: what(),
-                message: "MAC does not match: the pack is damaged".into(),
-            })?;
         let plain = &self.sealed[16..16 + n];
         let data: &[u8] = match entry.uncompressed_length {
             Some(len) => {
@@ -516,30 +502,92 @@ impl BlobReader {
                 let got = self
                     .dctx
                     .decompress_to_buffer(plain, &mut self.plain)
-                    .map_err(|e| Error::Corrupt {
-                        what: what(),
-                        message: format!(
-                            "does not decompress to the {len} bytes the index says: {e}"
-                        ),
-                    })?;
-                if got != len as usize {
-                    return Err(Error::Corrupt {
-                        what: what(),
-                        message: format!("decompresses to {got} bytes, the index says {len}"),
-                    });
-                }
+                    .map_err(|e| decompress_error(what(), len, e))?;
+                check_length(what(), got, len)?;
                 &self.plain
             }
             None => plain,
         };
-        if Id::hash(data) != *id {
-            return Err(Error::Corrupt {
-                what: what(),
-                message: "content does not match its id (SHA-256)".into(),
-            });
-        }
+        verify(id, data, what)?;
         Ok(data)
     }
+
+    /// Reads the blob `id` stored at `entry` straight into `dst`, which must be exactly as
+    /// long as the blob's plaintext (saves a copy where the bytes have a place already).
+    pub fn read_entry_into(&mut self, id: &Id, entry: &IndexEntry, dst: &mut [u8]) -> Result<()> {
+        let what = || format!("blob {} in pack data/{}", id.short(), entry.pack);
+        if dst.len() != entry.plaintext_len() as usize {
+            return Err(Error::Invalid(format!(
+                "{}: a {}-byte buffer for {} bytes",
+                what(),
+                dst.len(),
+                entry.plaintext_len()
+            )));
+        }
+        let n = self.open_entry(id, entry)?;
+        let plain = &self.sealed[16..16 + n];
+        match entry.uncompressed_length {
+            Some(len) => {
+                let got = self
+                    .dctx
+                    .decompress_to_buffer(plain, dst)
+                    .map_err(|e| decompress_error(what(), len, e))?;
+                check_length(what(), got, len)?;
+            }
+            None => {
+                check_length(what(), plain.len(), dst.len() as u32)?;
+                dst.copy_from_slice(plain);
+            }
+        }
+        verify(id, dst, what)
+    }
+
+    /// Fetches and decrypts the blob at `entry` in place; its (maybe compressed) plaintext is
+    /// `self.sealed[16..16 + n]`.
+    fn open_entry(&mut self, id: &Id, entry: &IndexEntry) -> Result<usize> {
+        self.repo.backend().read_range_into(
+            FileType::Pack,
+            &entry.pack.to_hex(),
+            u64::from(entry.offset),
+            u64::from(entry.length),
+            &mut self.sealed,
+        )?;
+        self.repo
+            .key()
+            .open_slice(&mut self.sealed)
+            .map_err(|_| Error::Corrupt {
+                what: format!("blob {} in pack data/{}", id.short(), entry.pack),
+                message: "MAC does not match: the pack is damaged".into(),
+            })
+    }
+}
+
+fn decompress_error(what: String, len: u32, e: std::io::Error) -> Error {
+    Error::Corrupt {
+        what,
+        message: format!("does not decompress to the {len} bytes the index says: {e}"),
+    }
+}
+
+fn check_length(what: String, got: usize, len: u32) -> Result<()> {
+    if got != len as usize {
+        return Err(Error::Corrupt {
+            what,
+            message: format!("decompresses to {got} bytes, the index says {len}"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `data` hashes to `id`.
+fn verify(id: &Id, data: &[u8], what: impl Fn() -> String) -> Result<()> {
+    if Id::hash(data) != *id {
+        return Err(Error::Corrupt {
+            what: what(),
+            message: "content does not match its id (SHA-256)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Loads many small files with a few threads (object stores answer each request slowly but

@@ -413,4 +413,29 @@ fn restore_onto_a_device_writes_whole_windows_and_leaves_zeros_that_are_already_
         image.len() as u64 - (8 << 20),
         "the zero window was written: {r:?}"
     );
+
+    // Damage the largest pack (a data pack; the tree pack is small): the restore fails
+    // naming the damage.
+    let mut packs = Vec::new();
+    for sub in std::fs::read_dir(t.path.join("data")).unwrap() {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            let f = f.unwrap().path();
+            packs.push((std::fs::metadata(&f).unwrap().len(), f));
+        }
+    }
+    let (_, largest) = packs.iter().max().unwrap();
+    let mut bytes = std::fs::read(largest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(largest, bytes).unwrap();
+    let err = restore_block(
+        &repo,
+        &sum.snapshot_id,
+        None,
+        std::path::Path::new(&fresh.dev),
+        &RestoreOptions { threads: 2 },
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("damaged"), "{err}");
 }

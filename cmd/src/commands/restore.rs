@@ -11,10 +11,12 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
 use indicatif::ProgressDrawTarget;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Secret};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use volbackup_populator::api::{
@@ -463,6 +465,15 @@ async fn wait(
         format!("{ns}/{pvc}"),
     );
     bar.set_message("waiting for the populator");
+    // A watch on the claim wakes the loop as soon as it changes (bound, failed); the loop still
+    // looks every 300 ms for progress and events. Without watch rights it only polls.
+    let mut changes = Some(
+        watcher::watcher(
+            pvcs.clone(),
+            watcher::Config::default().fields(&format!("metadata.name={pvc}")),
+        )
+        .boxed(),
+    );
     let started = Instant::now();
     let deadline = started + timeout;
     let mut last_warning = String::new();
@@ -533,7 +544,21 @@ async fn wait(
                 "PVC {ns}/{pvc} was not restored within {timeout:?} (it is still being restored; follow it with `kubectl describe pvc {pvc} -n {ns}`)"
             );
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let watch_ended = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => false,
+            ev = next_change(&mut changes) => !matches!(ev, Some(Ok(_))),
+        };
+        if watch_ended {
+            changes = None;
+        }
+    }
+}
+
+/// The next change the watch reports; never, once the watch is gone.
+async fn next_change<S: futures::Stream + Unpin>(watch: &mut Option<S>) -> Option<S::Item> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
     }
 }
 
