@@ -581,14 +581,14 @@ fn restore_device(
                             let old = check.get(len);
                             let dev = direct
                                 .as_ref()
-                                .filter(|_| len % ALIGN == 0)
+                                .filter(|_| len.is_multiple_of(ALIGN))
                                 .unwrap_or(&buffered);
                             dev.read_exact_at(old, ws)
                                 .map_err(|e| Error::io(target, e))?;
                             must_write = !is_zero(old);
                         }
                         if must_write {
-                            let via_direct = direct.as_ref().filter(|_| len % ALIGN == 0);
+                            let via_direct = direct.as_ref().filter(|_| len.is_multiple_of(ALIGN));
                             let r = match via_direct {
                                 Some(d) => d.write_all_at(window, ws).or_else(|e| {
                                     if e.raw_os_error() == Some(libc::EINVAL) {
