@@ -960,7 +960,6 @@ async fn act(ctx: &Context, seen: Seen, step: Step) -> Result<Action, Error> {
             Ok(now)
         }
         Step::Finish => {
-            set_finalizer(ctx, pvc, false).await?;
             let seconds = pvc
                 .metadata
                 .creation_timestamp
@@ -996,6 +995,9 @@ async fn act(ctx: &Context, seen: Seen, step: Step) -> Result<Action, Error> {
                 )
                 .await;
             }
+            // Last: once the finalizer is gone this claim needs nothing more, so everything
+            // that reports the success comes before (a crash in between repeats this step).
+            set_finalizer(ctx, pvc, false).await?;
             Ok(Action::requeue(Duration::from_secs(300)))
         }
         Step::Release => {

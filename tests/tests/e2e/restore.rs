@@ -415,10 +415,15 @@ async fn block_and_filesystem_volumes_come_back_identical_and_into_a_larger_pvc(
             && events.iter().any(|e| e.contains("PopulatorFinished")),
         "{events:?}"
     );
-    let vb = get_in(&env, &backups_ar(), NS, &blk).await.unwrap();
+    // `restore --wait` returns once the claim is bound; the populator reports the success
+    // right after.
+    let vb = eventually(20, "the Restored condition to be True", || async {
+        let vb = get_in(&env, &backups_ar(), NS, &blk).await?;
+        (vb["status"]["conditions"][0]["status"] == "True").then_some(vb)
+    })
+    .await;
     let cond = &vb["status"]["conditions"][0];
     assert_eq!(cond["type"], "Restored");
-    assert_eq!(cond["status"], "True", "{vb}");
     assert_eq!(vb["status"]["progress"]["bytesDone"], json!(image.len()));
 
     // The metrics endpoint of the running populator counts the three restores.
@@ -428,11 +433,12 @@ async fn block_and_filesystem_volumes_come_back_identical_and_into_a_larger_pvc(
         .find(|p| p["status"]["phase"] == "Running")
         .expect("a running populator pod");
     let ip = pod["status"]["podIP"].as_str().unwrap();
-    let metrics = http_get(&format!("{ip}:8080"), "/metrics").await;
-    assert!(
-        metrics.contains("volbackup_populator_operations_total{result=\"succeeded\"} 3"),
-        "{metrics}"
-    );
+    let succeeded = "volbackup_populator_operations_total{result=\"succeeded\"} 3";
+    let metrics = eventually(10, "three restores in the metrics", || async {
+        let m = http_get(&format!("{ip}:8080"), "/metrics").await;
+        m.contains(succeeded).then_some(m)
+    })
+    .await;
     assert!(
         metrics.contains("volbackup_populator_leader 1"),
         "{metrics}"
