@@ -492,8 +492,9 @@ fn open_device(target: &Path, size: u64, direct: bool) -> Result<File> {
 /// assembles a whole window from its chunks and writes it with one `O_DIRECT` write (buffered
 /// where the device refuses `O_DIRECT` or the window is the unaligned tail). Writing through
 /// the page cache instead made a fresh loop device several times slower and charged the dirty
-/// pages to the pod's memory. Memory stays bounded (a window per worker, plus the chunks that
-/// cross a window edge until their other window took them). A window of zeros is written only
+/// pages to the pod's memory. Memory stays bounded (a window per worker, the chunks that cross
+/// a window edge until their other window took them, and up to [`REPEAT_BUDGET`] of chunks the
+/// image repeats, so that most repeats are not fetched and decrypted again). A window of zeros is written only
 /// where the device does not already read as zeros. Returns the bytes written.
 fn restore_device(
     repo: &Repository,
@@ -510,7 +511,7 @@ fn restore_device(
     let written = AtomicU64::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     // Chunks that span windows: decoded once, kept until every window took its part.
-    let crossing: Crossing = Mutex::default();
+    let kept = Mutex::new(Kept::new(pieces));
     let zero_blobs: Mutex<std::collections::HashSet<Id>> = Mutex::default();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
@@ -533,22 +534,19 @@ fn restore_device(
                         // only zero chunks is all zeros.
                         let mut any_data = false;
                         let first = pieces.partition_point(|p| p.end() <= ws);
-                        for (i, p) in pieces.iter().enumerate().skip(first) {
+                        for p in &pieces[first..] {
                             if p.start >= we {
                                 break;
                             }
                             if p.end() == p.start {
                                 continue;
                             }
-                            let spans = (p.end() - 1) / WINDOW - p.start / WINDOW + 1;
                             let (from, to) = (p.start.max(ws), p.end().min(we));
                             let part = (from - p.start) as usize..(to - p.start) as usize;
                             let dst = &mut window[(from - ws) as usize..(to - ws) as usize];
-                            // A chunk crossing into other windows: perhaps decoded already.
-                            let shared = if spans > 1 {
-                                take_crossing(&crossing, i, None)
-                            } else {
-                                None
+                            let (shared, wanted) = {
+                                let mut k = kept.lock().expect("kept chunks");
+                                (k.take(&p.id), k.wanted(&p.id))
                             };
                             if zero_blobs.lock().expect("zero blobs").contains(&p.id) {
                                 dst.fill(0);
@@ -559,7 +557,8 @@ fn restore_device(
                                 dst.copy_from_slice(&d[part]);
                                 continue;
                             }
-                            if spans == 1 {
+                            let whole = from == p.start && to == p.end();
+                            if whole && !wanted {
                                 reader.read_entry_into(&p.id, &p.entry, dst)?;
                                 if is_zero(dst) {
                                     zero_blobs.lock().expect("zero blobs").insert(p.id);
@@ -570,9 +569,8 @@ fn restore_device(
                             dst.copy_from_slice(&data[part]);
                             if is_zero(data) {
                                 zero_blobs.lock().expect("zero blobs").insert(p.id);
-                            } else {
-                                let d = std::sync::Arc::new(data.to_vec());
-                                take_crossing(&crossing, i, Some((d, spans - 1)));
+                            } else if wanted {
+                                kept.lock().expect("kept chunks").offer(p.id, data, !whole);
                             }
                         }
                         let len = window.len();
@@ -621,33 +619,62 @@ fn restore_device(
     Ok(written.into_inner())
 }
 
-/// Chunks that cross window edges, by position in the image: the decoded bytes and how many
-/// windows still need them.
-type Crossing = Mutex<HashMap<usize, (std::sync::Arc<Vec<u8>>, u64)>>;
+/// Decoded chunks the device restore needs again: chunks that cross a window edge (always
+/// kept until their other windows took them) and chunks the image repeats (kept while they fit
+/// in [`REPEAT_BUDGET`]; past it they are decoded again).
+struct Kept {
+    /// For each chunk needed more than once: uses left (one per window it lands in).
+    left: HashMap<Id, u64>,
+    /// Decoded bytes of some of them.
+    data: HashMap<Id, std::sync::Arc<Vec<u8>>>,
+    /// Bytes in `data`.
+    bytes: usize,
+}
 
-/// Takes one use of crossing chunk `i`: its bytes if another window decoded them. With `fresh`
-/// (bytes just decoded, uses left for other windows), stores them unless another window
-/// stored them meanwhile.
-fn take_crossing(
-    crossing: &Crossing,
-    i: usize,
-    fresh: Option<(std::sync::Arc<Vec<u8>>, u64)>,
-) -> Option<std::sync::Arc<Vec<u8>>> {
-    let mut c = crossing.lock().expect("crossing chunks");
-    match (c.get_mut(&i), fresh) {
-        (Some((d, left)), _) => {
-            let d = d.clone();
-            *left -= 1;
-            if *left == 0 {
-                c.remove(&i);
-            }
-            Some(d)
+/// Bytes of repeated chunks the device restore keeps decoded.
+const REPEAT_BUDGET: usize = 32 << 20;
+
+impl Kept {
+    fn new(pieces: &[Piece]) -> Kept {
+        let mut left: HashMap<Id, u64> = HashMap::new();
+        for p in pieces.iter().filter(|p| p.end() > p.start) {
+            *left.entry(p.id).or_default() += (p.end() - 1) / WINDOW - p.start / WINDOW + 1;
         }
-        (None, Some(entry)) => {
-            c.insert(i, entry);
-            None
+        left.retain(|_, n| *n > 1);
+        Kept {
+            left,
+            data: HashMap::new(),
+            bytes: 0,
         }
-        (None, None) => None,
+    }
+
+    /// Counts one use of `id`; its bytes, if kept.
+    fn take(&mut self, id: &Id) -> Option<std::sync::Arc<Vec<u8>>> {
+        let n = self.left.get_mut(id)?;
+        *n -= 1;
+        if *n == 0 {
+            self.left.remove(id);
+            let d = self.data.remove(id)?;
+            self.bytes -= d.len();
+            return Some(d);
+        }
+        self.data.get(id).cloned()
+    }
+
+    /// Whether `id` is needed again.
+    fn wanted(&self, id: &Id) -> bool {
+        self.left.contains_key(id)
+    }
+
+    /// Keeps the decoded bytes of `id` for its other uses (`must`: it crosses a window edge).
+    fn offer(&mut self, id: Id, data: &[u8], must: bool) {
+        if self.left.contains_key(&id)
+            && !self.data.contains_key(&id)
+            && (must || self.bytes + data.len() <= REPEAT_BUDGET)
+        {
+            self.bytes += data.len();
+            self.data.insert(id, std::sync::Arc::new(data.to_vec()));
+        }
     }
 }
 

@@ -463,18 +463,13 @@ async fn pvcs_selected_by_label_are_backed_up_and_a_second_backup_stores_only_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_backup_removes_its_temporary_objects_and_the_repository_stays_sound() {
     let env = Env::start().await;
-    let data = env.dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("v.bin"), pattern(64 << 20, 3)).unwrap();
-    env.pvc("v", "Block", "64Mi", json!({})).await;
+    // Large enough that the upload is still running when the first pack has landed.
+    env.pvc("v", "Block", "192Mi", json!({})).await;
     env.run_pod(
         "fill",
         "v",
         "Block",
-        &format!(
-            "dd if={}/v.bin of=/dev/xvda bs=1M 2>/dev/null && sync",
-            data.display()
-        ),
+        "dd if=/dev/urandom of=/dev/xvda bs=1M count=192 2>/dev/null && sync",
     )
     .await;
 
@@ -495,21 +490,15 @@ async fn an_interrupted_backup_removes_its_temporary_objects_and_the_repository_
         .spawn()
         .expect("kubectl-volbackup starts");
     let pid = child.id().expect("pid");
-    // Interrupt once the mover runs (it is then reading and uploading).
+    // Interrupt once the mover has uploaded its first pack (it is then mid-upload).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let running = env
-            .list(&pods_ar(), true, Some("volbackup.io/backup"))
-            .await
-            .iter()
-            .any(|p| p.pointer("/status/phase") == Some(&json!("Running")));
-        if running {
+        if env.repo.join("data").is_dir() && pack_bytes(&env.repo) > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the mover pod never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(Instant::now() < deadline, "the mover never uploaded a pack");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid as i32).expect("pid"),
         rustix::process::Signal::INT,
@@ -1054,12 +1043,17 @@ async fn an_unreachable_repository_fails_fast_in_one_line_without_leaking_creden
     assert_no_secret_in_events(&env, &[PASSWORD, AWS_SECRET]).await;
 }
 
-/// Total bytes of the pack files in a local repository.
+/// Total bytes of the pack files in a local repository (a file renamed or removed while it is
+/// read, as during an upload, is passed over).
 fn pack_bytes(repo: &Path) -> u64 {
     let mut total = 0;
-    for sub in std::fs::read_dir(repo.join("data")).unwrap() {
-        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
-            total += f.unwrap().metadata().unwrap().len();
+    for sub in std::fs::read_dir(repo.join("data")).unwrap().flatten() {
+        for f in std::fs::read_dir(sub.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            total += f.metadata().map(|m| m.len()).unwrap_or(0);
         }
     }
     total
