@@ -374,15 +374,18 @@ fn restore_onto_a_device_writes_whole_windows_and_leaves_zeros_that_are_already_
     let old = Loop::new(&t.scratch("old"), 28 << 20);
     std::fs::write(&old.dev, vec![0xa5u8; 28 << 20]).unwrap();
     let progress = CountingProgress::default();
-    let r = restore_block(
-        &repo,
-        &sum.snapshot_id,
-        None,
-        std::path::Path::new(&old.dev),
-        &RestoreOptions { threads: 3 },
-        &progress,
-    )
-    .unwrap();
+    let restore_onto =
+        |dev: &str, threads: usize, progress: &dyn volbackup_store::progress::Progress| {
+            restore_block(
+                &repo,
+                &sum.snapshot_id,
+                None,
+                std::path::Path::new(dev),
+                &RestoreOptions { threads },
+                progress,
+            )
+        };
+    let r = restore_onto(&old.dev, 3, &progress).unwrap();
     let dev = std::fs::read(&old.dev).unwrap();
     assert!(dev[..image.len()] == image[..], "device content differs");
     assert!(
@@ -397,15 +400,7 @@ fn restore_onto_a_device_writes_whole_windows_and_leaves_zeros_that_are_already_
     );
 
     let fresh = Loop::new(&t.scratch("fresh"), 28 << 20);
-    let r = restore_block(
-        &repo,
-        &sum.snapshot_id,
-        None,
-        std::path::Path::new(&fresh.dev),
-        &RestoreOptions { threads: 2 },
-        &NoProgress,
-    )
-    .unwrap();
+    let r = restore_onto(&fresh.dev, 2, &NoProgress).unwrap();
     let dev = std::fs::read(&fresh.dev).unwrap();
     assert!(dev[..image.len()] == image[..], "device content differs");
     assert_eq!(
@@ -428,14 +423,6 @@ fn restore_onto_a_device_writes_whole_windows_and_leaves_zeros_that_are_already_
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(largest, bytes).unwrap();
-    let err = restore_block(
-        &repo,
-        &sum.snapshot_id,
-        None,
-        std::path::Path::new(&fresh.dev),
-        &RestoreOptions { threads: 2 },
-        &NoProgress,
-    )
-    .unwrap_err();
+    let err = restore_onto(&fresh.dev, 2, &NoProgress).unwrap_err();
     assert!(err.to_string().contains("damaged"), "{err}");
 }

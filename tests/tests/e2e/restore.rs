@@ -680,6 +680,25 @@ async fn populator_process(env: &Env, crash_after: Option<u32>, limit: Duration)
     }
 }
 
+/// A new namespace with a repository Secret (`volbackup-repository`) holding `settings`.
+async fn namespace_with_repository_secret(env: &Env, ns: &str, settings: Value) {
+    env.create(
+        &ar("", "v1", "Namespace", "namespaces"),
+        json!({"metadata": {"name": ns}}),
+    )
+    .await;
+    let secret: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "volbackup-repository", "namespace": ns},
+        "stringData": settings,
+    }))
+    .unwrap();
+    api_in(env, &secrets_ar(), ns)
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
+}
+
 /// A hand-written PVC naming a VolumeBackup (no plugin involved).
 async fn claim_from(env: &Env, ns: &str, name: &str, backup: &str, mode: &str, size: &str) {
     let api = api_in(env, &pvcs_ar(), ns);
@@ -749,22 +768,13 @@ async fn a_wrong_password_keeps_the_pvc_pending_with_a_warning_and_a_false_condi
     install(&env).await;
     let (blk, _files, _image) = backed_up_volumes(&env, 4 << 20).await;
     // Another namespace whose repository Secret has the wrong password.
-    env.create(
-        &ar("", "v1", "Namespace", "namespaces"),
-        json!({"metadata": {"name": "wrong"}}),
+    let wrong_pw = "not-the-password-9d1c";
+    namespace_with_repository_secret(
+        &env,
+        "wrong",
+        json!({"RESTIC_REPOSITORY": env.repo.to_str().unwrap(), "RESTIC_PASSWORD": wrong_pw}),
     )
     .await;
-    let wrong_pw = "not-the-password-9d1c";
-    let secret: kube::api::DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "volbackup-repository", "namespace": "wrong"},
-        "stringData": {"RESTIC_REPOSITORY": env.repo.to_str().unwrap(), "RESTIC_PASSWORD": wrong_pw},
-    }))
-    .unwrap();
-    api_in(&env, &secrets_ar(), "wrong")
-        .create(&Default::default(), &secret)
-        .await
-        .unwrap();
     let pvs_before = pv_names(&env).await;
     let from = format!("{NS}/{blk}");
     let out = env
@@ -1111,23 +1121,14 @@ async fn sources_that_cannot_be_restored_keep_the_pvc_pending_with_the_reason() 
     assert_given_up(&env, NS, "missing", &files, "SnapshotNotFound", 60).await;
 
     // A repository nobody answers at, in another namespace.
-    env.create(
-        &ar("", "v1", "Namespace", "namespaces"),
-        json!({"metadata": {"name": "far"}}),
+    let aws_secret = "far-aws-secret-0b7e";
+    namespace_with_repository_secret(
+        &env,
+        "far",
+        json!({"RESTIC_REPOSITORY": "s3:http://127.0.0.1:1/bucket/repo", "RESTIC_PASSWORD": PASSWORD,
+               "AWS_ACCESS_KEY_ID": "GKfar", "AWS_SECRET_ACCESS_KEY": aws_secret, "AWS_REGION": "garage"}),
     )
     .await;
-    let aws_secret = "far-aws-secret-0b7e";
-    let secret: kube::api::DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "volbackup-repository", "namespace": "far"},
-        "stringData": {"RESTIC_REPOSITORY": "s3:http://127.0.0.1:1/bucket/repo", "RESTIC_PASSWORD": PASSWORD,
-                       "AWS_ACCESS_KEY_ID": "GKfar", "AWS_SECRET_ACCESS_KEY": aws_secret, "AWS_REGION": "garage"},
-    }))
-    .unwrap();
-    api_in(&env, &secrets_ar(), "far")
-        .create(&Default::default(), &secret)
-        .await
-        .unwrap();
     let from = format!("{NS}/{blk}");
     let out = env
         .plugin(&["restore", &from, "--to", "unreachable", "-n", "far"], &[])
