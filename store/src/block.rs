@@ -11,7 +11,8 @@
 //! decrypts, decompresses and verifies blobs and writes them at their offsets with `pwrite`,
 //! out of order; zero chunks are skipped, so a restored file stays sparse. Restore onto a block
 //! device: the pool assembles aligned 8 MiB windows and writes each with one `O_DIRECT` write;
-//! a window of zeros is written only where the device does not read as zeros already.
+//! a window of zeros is zeroed by the device itself where it can, else written only where the
+//! device does not read as zeros already.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
@@ -494,7 +495,9 @@ fn open_device(target: &Path, size: u64, direct: bool) -> Result<File> {
 /// the page cache instead made a fresh loop device several times slower and charged the dirty
 /// pages to the pod's memory. Memory stays bounded (a window per worker, the chunks that cross
 /// a window edge until their other window took them, and up to [`REPEAT_BUDGET`] of chunks the
-/// image repeats, so that most repeats are not fetched and decrypted again). A window of zeros is written only
+/// image repeats, so that most repeats are not fetched and decrypted again). A window of zeros
+/// is zeroed by the device itself where it can (`fallocate` punching a hole: write-zeroes or
+/// a zeroing discard), else written only where the device does not read as zeros already. A window of zeros is written only
 /// where the device does not already read as zeros. Returns the bytes written.
 fn restore_device(
     repo: &Repository,
@@ -512,6 +515,7 @@ fn restore_device(
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     // Chunks that span windows: decoded once, kept until every window took its part.
     let kept = Mutex::new(Kept::new(pieces));
+    let can_zero = std::sync::atomic::AtomicBool::new(true);
     let zero_blobs: Mutex<std::collections::HashSet<Id>> = Mutex::default();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
@@ -575,7 +579,22 @@ fn restore_device(
                         }
                         let len = window.len();
                         let mut must_write = true;
-                        if !any_data || is_zero(window) {
+                        let zeros = !any_data || is_zero(window);
+                        if zeros && len.is_multiple_of(ALIGN) && can_zero.load(Ordering::Relaxed) {
+                            // The device's own zeroing (write-zeroes or a discard that reads
+                            // back zeros; never a fallback that writes them): cheap, and it
+                            // leaves thin-provisioned storage unallocated.
+                            let mode = rustix::fs::FallocateFlags::PUNCH_HOLE
+                                | rustix::fs::FallocateFlags::KEEP_SIZE;
+                            match rustix::fs::fallocate(&buffered, mode, ws, len as u64) {
+                                Ok(()) => {
+                                    progress.add_done(len as u64);
+                                    continue;
+                                }
+                                Err(_) => can_zero.store(false, Ordering::Relaxed),
+                            }
+                        }
+                        if zeros {
                             let old = check.get(len);
                             let dev = direct
                                 .as_ref()
