@@ -608,7 +608,8 @@ async fn a_second_cluster_restores_from_the_repository_alone() {
 async fn a_killed_populate_pod_is_retried_and_the_data_is_right() {
     let env = Env::start().await;
     install(&env).await;
-    let (blk, _files, image) = backed_up_volumes(&env, 24 << 20).await;
+    // 96 MiB, so that the copy still runs when the test kills it.
+    let (blk, _files, image) = backed_up_volumes(&env, 96 << 20).await;
     let out = env
         .plugin(&["restore", &blk, "--to", "again", "-n", NS], &[])
         .await;
@@ -846,7 +847,8 @@ async fn a_wrong_password_keeps_the_pvc_pending_with_a_warning_and_a_false_condi
 async fn a_pvc_deleted_midway_leaves_nothing_behind() {
     let env = Env::start().await;
     install(&env).await;
-    let (blk, _files, _image) = backed_up_volumes(&env, 16 << 20).await;
+    // 96 MiB, so that the copy still runs when the claim is deleted.
+    let (blk, _files, _image) = backed_up_volumes(&env, 96 << 20).await;
     let pvs_before = pv_names(&env).await;
     let out = env
         .plugin(&["restore", &blk, "--to", "gone", "-n", NS], &[])
@@ -876,6 +878,11 @@ async fn a_pvc_deleted_midway_leaves_nothing_behind() {
     })
     .await;
     assert_no_populator_leftovers(&env).await;
+    let events = events_of(&env, NS, "gone").await;
+    assert!(
+        !events.iter().any(|e| e.contains("PopulatorFinished")),
+        "the restore finished before the claim was deleted, so nothing was midway: {events:?}"
+    );
     assert_no_new_volume_left(&env, &pvs_before).await;
 }
 
