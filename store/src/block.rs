@@ -496,9 +496,9 @@ fn open_device(target: &Path, size: u64, direct: bool) -> Result<File> {
 /// pages to the pod's memory. Memory stays bounded (a window per worker, the chunks that cross
 /// a window edge until their other window took them, and up to [`REPEAT_BUDGET`] of chunks the
 /// image repeats, so that most repeats are not fetched and decrypted again). A window of zeros
-/// is zeroed by the device itself where it can (`fallocate` punching a hole: write-zeroes or
-/// a zeroing discard), else written only where the device does not read as zeros already. A window of zeros is written only
-/// where the device does not already read as zeros. Returns the bytes written.
+/// is zeroed by the device itself where it can (`fallocate` punching a hole: the device's
+/// write-zeroes), else written only where the device does not read as zeros already. Returns
+/// the bytes written (zeroed windows not counted).
 fn restore_device(
     repo: &Repository,
     target: &Path,
@@ -513,7 +513,7 @@ fn restore_device(
     let next = AtomicU64::new(0);
     let written = AtomicU64::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
-    // Chunks that span windows: decoded once, kept until every window took its part.
+    // Chunks needed more than once (crossing a window edge, or repeated): see `Kept`.
     let kept = Mutex::new(Kept::new(pieces));
     let can_zero = std::sync::atomic::AtomicBool::new(true);
     let zero_blobs: Mutex<std::collections::HashSet<Id>> = Mutex::default();
@@ -581,9 +581,9 @@ fn restore_device(
                         let mut must_write = true;
                         let zeros = !any_data || is_zero(window);
                         if zeros && len.is_multiple_of(ALIGN) && can_zero.load(Ordering::Relaxed) {
-                            // The device's own zeroing (write-zeroes or a discard that reads
-                            // back zeros; never a fallback that writes them): cheap, and it
-                            // leaves thin-provisioned storage unallocated.
+                            // The device's own write-zeroes (the kernel never falls back to
+                            // writing zero pages here): cheap, and thin-provisioned storage may
+                            // satisfy it by unmapping.
                             let mode = rustix::fs::FallocateFlags::PUNCH_HOLE
                                 | rustix::fs::FallocateFlags::KEEP_SIZE;
                             match rustix::fs::fallocate(&buffered, mode, ws, len as u64) {
