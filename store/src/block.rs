@@ -369,7 +369,7 @@ pub fn restore_block(
         });
     }
 
-    let (file, fresh) = open_target(target, size)?;
+    let file = open_target(target, size)?;
     let mut jobs: Vec<(Id, IndexEntry, Vec<u64>)> = offsets
         .into_iter()
         .map(|(id, (e, offs))| (id, e, offs))
@@ -381,7 +381,6 @@ pub fn restore_block(
     std::thread::scope(|s| {
         for _ in 0..opts.threads.max(1) {
             s.spawn(|| {
-                let mut zero_check = Vec::new();
                 let mut reader = match BlobReader::new(repo) {
                     Ok(r) => r,
                     Err(e) => {
@@ -396,16 +395,7 @@ pub fn restore_block(
                     let Some((id, entry, offs)) = next.lock().expect("jobs").next() else {
                         return;
                     };
-                    let r = restore_one(
-                        &mut reader,
-                        &file,
-                        target,
-                        fresh,
-                        &id,
-                        &entry,
-                        &offs,
-                        &mut zero_check,
-                    );
+                    let r = restore_one(&mut reader, &file, target, &id, &entry, &offs);
                     match r {
                         Ok(w) => {
                             written.fetch_add(w, Ordering::Relaxed);
@@ -697,24 +687,10 @@ impl Kept {
     }
 }
 
-/// Opens the restore target; returns it and whether it is known to read as zeros everywhere.
-fn open_target(target: &Path, size: u64) -> Result<(File, bool)> {
+/// Opens (creates or truncates) a regular file as the restore target, `size` bytes long and
+/// reading as zeros everywhere. Block devices go to [`restore_device`].
+fn open_target(target: &Path, size: u64) -> Result<File> {
     match std::fs::metadata(target) {
-        Ok(md) if md.file_type().is_block_device() => {
-            let mut f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(target)
-                .map_err(|e| Error::io(target, e))?;
-            let dev_size = f.seek(SeekFrom::End(0)).map_err(|e| Error::io(target, e))?;
-            if dev_size < size {
-                return Err(Error::Invalid(format!(
-                    "{}: target is {dev_size} bytes, the image needs {size} (use a larger volume)",
-                    target.display()
-                )));
-            }
-            Ok((f, false))
-        }
         Ok(md) if !md.is_file() => Err(Error::Invalid(format!(
             "{}: not a block device or regular file",
             target.display()
@@ -728,40 +704,28 @@ fn open_target(target: &Path, size: u64) -> Result<(File, bool)> {
                 .open(target)
                 .map_err(|e| Error::io(target, e))?;
             f.set_len(size).map_err(|e| Error::io(target, e))?;
-            Ok((f, true))
+            Ok(f)
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Writes blob `id` at each of `offs` in a fresh target file; a zero chunk is left out (the
+/// file reads as zeros there and stays sparse). Returns the bytes written.
 fn restore_one(
     reader: &mut BlobReader,
     file: &File,
     target: &Path,
-    fresh: bool,
     id: &Id,
     entry: &IndexEntry,
     offs: &[u64],
-    zero_check: &mut Vec<u8>,
 ) -> Result<u64> {
     let data = reader.read_entry(id, entry)?;
-    let zero = is_zero(data);
-    let mut written = 0;
+    if is_zero(data) {
+        return Ok(0);
+    }
     for &off in offs {
-        if zero {
-            if fresh {
-                continue;
-            }
-            zero_check.resize(data.len(), 0);
-            file.read_exact_at(zero_check, off)
-                .map_err(|e| Error::io(target, e))?;
-            if is_zero(zero_check) {
-                continue;
-            }
-        }
         file.write_all_at(data, off)
             .map_err(|e| Error::io(target, e))?;
-        written += data.len() as u64;
     }
-    Ok(written)
+    Ok(data.len() as u64 * offs.len() as u64)
 }
