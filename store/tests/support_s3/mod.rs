@@ -59,12 +59,23 @@ pub fn garage_binary() -> PathBuf {
     })
 }
 
+/// A loopback port that was free a moment ago and that this process has not handed out
+/// before. Two servers started at once in one test binary could otherwise get the same port
+/// (each picked while the other had not bound it yet), and one's CLI then reached the other
+/// over RPC ("failed verifying server hello").
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a loopback port")
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: OnceLock<Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
+    let mut given = GIVEN.get_or_init(Default::default).lock().expect("ports");
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind a loopback port")
+            .local_addr()
+            .unwrap()
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 fn random_hex(bytes: usize) -> String {
