@@ -216,48 +216,58 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Seen>, Er
     };
     let uid = pvc.uid().unwrap_or_default();
     let own = &ctx.config.namespace;
-    let backup = Api::<VolumeBackup>::namespaced(c.clone(), ns)
-        .get_opt(&backup_name)
-        .await?;
-    let secret = match &backup {
-        Some(b) => {
-            Api::<Secret>::namespaced(c.clone(), ns)
-                .get_opt(&b.spec.repository.secret_ref.name)
-                .await?
-        }
-        None => None,
-    };
     let spec = pvc.spec.clone().unwrap_or_default();
-    let wffc = match spec.storage_class_name.as_deref() {
-        Some(sc) => Api::<StorageClass>::all(c.clone())
-            .get_opt(sc)
-            .await?
-            .and_then(|s| s.volume_binding_mode)
-            .is_some_and(|m| m == "WaitForFirstConsumer"),
-        None => false,
+    let claim_pv = spec.volume_name.clone().filter(|v| !v.is_empty());
+    // The reads do not depend on each other (but for the Secret on its VolumeBackup, and the
+    // PV on PVC' when the claim names none): made at once, one reconcile costs about one round
+    // trip to the API server instead of eight in a row.
+    let source = async {
+        let backup = Api::<VolumeBackup>::namespaced(c.clone(), ns)
+            .get_opt(&backup_name)
+            .await?;
+        let secret = match &backup {
+            Some(b) => {
+                Api::<Secret>::namespaced(c.clone(), ns)
+                    .get_opt(&b.spec.repository.secret_ref.name)
+                    .await?
+            }
+            None => None,
+        };
+        Ok::<_, kube::Error>((backup, secret))
+    };
+    let wffc = async {
+        Ok::<_, kube::Error>(match spec.storage_class_name.as_deref() {
+            Some(sc) => Api::<StorageClass>::all(c.clone())
+                .get_opt(sc)
+                .await?
+                .and_then(|s| s.volume_binding_mode)
+                .is_some_and(|m| m == "WaitForFirstConsumer"),
+            None => false,
+        })
     };
     let own_pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), own);
-    let prime = own_pvcs.get_opt(&prime_name(&uid)).await?;
-    let pod = Api::<Pod>::namespaced(c.clone(), own)
-        .get_opt(&populate_name(&uid))
-        .await?;
-    let op_secret = Api::<Secret>::namespaced(c.clone(), own)
-        .get_opt(&populate_name(&uid))
-        .await?;
-    let pv_name = spec
-        .volume_name
-        .clone()
-        .filter(|v| !v.is_empty())
-        .or_else(|| {
+    let pvs: Api<PersistentVolume> = Api::all(c.clone());
+    let prime_and_pv = async {
+        let prime = own_pvcs.get_opt(&prime_name(&uid)).await?;
+        let pv_name = claim_pv.clone().or_else(|| {
             prime
                 .as_ref()
                 .and_then(|p| p.spec.as_ref()?.volume_name.clone())
                 .filter(|v| !v.is_empty())
         });
-    let pv = match &pv_name {
-        Some(n) => Api::<PersistentVolume>::all(c.clone()).get_opt(n).await?,
-        None => None,
+        let pv = match &pv_name {
+            Some(n) => pvs.get_opt(n).await?,
+            None => None,
+        };
+        Ok::<_, kube::Error>((prime, pv))
     };
+    let populate = populate_name(&uid);
+    let own_pods: Api<Pod> = Api::namespaced(c.clone(), own);
+    let own_secrets: Api<Secret> = Api::namespaced(c.clone(), own);
+    let pod = own_pods.get_opt(&populate);
+    let op_secret = own_secrets.get_opt(&populate);
+    let ((backup, secret), wffc, (prime, pv), pod, op_secret) =
+        futures::try_join!(source, wffc, prime_and_pv, pod, op_secret)?;
 
     let meta = &pvc.metadata;
     let failed = annotation(meta, state::ANN_FAILED).map(|r| Failure {
@@ -862,28 +872,42 @@ async fn act(ctx: &Context, seen: Seen, step: Step) -> Result<Action, Error> {
             .await?;
             Ok(now)
         }
-        Step::KeepVolume => {
+        Step::Rebind { save_policy } => {
             let pv = seen.pv()?;
-            let policy = seen
-                .observed
-                .volume
+            let from = seen
+                .backup
                 .as_ref()
-                .map(|v| v.reclaim_policy.clone())
-                .unwrap_or_else(|| "Delete".into());
+                .map(|b| format!("{ns}/{} (snapshot {})", b.name_any(), b.spec.snapshot))
+                .unwrap_or_default();
+            let mut annotations = json!({state::ANN_POPULATED_FROM: from});
+            let mut spec = json!({"claimRef": {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "namespace": ns,
+                "name": name,
+                "uid": uid,
+                "resourceVersion": pvc.resource_version(),
+            }});
+            if let Some(policy) = save_policy {
+                annotations[state::ANN_SAVED_POLICY] = json!(policy);
+                spec["persistentVolumeReclaimPolicy"] = json!("Retain");
+            }
+            // One write, checked against the PV as read: its claimRef may be absent (a PV not
+            // made by a provisioner), and the policy is never Delete while the claim moves.
             patch_pv(
                 c,
                 pv,
                 json!({
-                    "metadata": {"annotations": {state::ANN_SAVED_POLICY: policy}},
-                    "spec": {"persistentVolumeReclaimPolicy": "Retain"},
+                    "metadata": {
+                        "annotations": annotations,
+                        "resourceVersion": pv.resource_version(),
+                    },
+                    "spec": spec,
                 }),
             )
             .await?;
-            Ok(now)
-        }
-        Step::Rebind => {
-            let pv = seen.pv()?;
-            // Count what the pod wrote while its log is still there.
+            // Count what the pod wrote while its log is still there; after the write, so the
+            // bind does not wait for it.
             if let Some(pod) = &seen.pod
                 && let Some((written, total, true)) = ctx.pod_progress(&pod.name_any()).await
             {
@@ -902,31 +926,6 @@ async fn act(ctx: &Context, seen: Seen, step: Step) -> Result<Action, Error> {
                     .await;
                 }
             }
-            let from = seen
-                .backup
-                .as_ref()
-                .map(|b| format!("{ns}/{} (snapshot {})", b.name_any(), b.spec.snapshot))
-                .unwrap_or_default();
-            // Checked: the PV's claimRef may be absent (a PV not made by a provisioner).
-            patch_pv(
-                c,
-                pv,
-                json!({
-                    "metadata": {
-                        "annotations": {state::ANN_POPULATED_FROM: from},
-                        "resourceVersion": pv.resource_version(),
-                    },
-                    "spec": {"claimRef": {
-                        "apiVersion": "v1",
-                        "kind": "PersistentVolumeClaim",
-                        "namespace": ns,
-                        "name": name,
-                        "uid": uid,
-                        "resourceVersion": pvc.resource_version(),
-                    }},
-                }),
-            )
-            .await?;
             Ok(now)
         }
         Step::RemoveTemporaries => {

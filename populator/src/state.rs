@@ -182,10 +182,13 @@ pub enum Step {
     Fail(PodFailure),
     /// The inputs changed since the failure: forget it and start again.
     ClearFailure,
-    /// Set the PV to `Retain` (saving its policy) before its claim moves.
-    KeepVolume,
-    /// Point the PV's `claimRef` at the user's claim.
-    Rebind,
+    /// Point the PV's `claimRef` at the user's claim. With a policy to save, the same write
+    /// saves it and sets `Retain`, so the PV is never claimed by the user's claim while a
+    /// deletion of that claim would delete the data.
+    Rebind {
+        /// The PV's reclaim policy, to put back once the claim is bound.
+        save_policy: Option<String>,
+    },
     /// Delete the pod, PVC' and the Secret.
     RemoveTemporaries,
     /// Put the PV's saved reclaim policy back.
@@ -252,11 +255,11 @@ pub fn next_step(o: &Observed) -> Step {
         let Some(v) = &o.volume else {
             return Step::WaitForBind;
         };
-        if v.saved_policy.is_none() && v.reclaim_policy != "Retain" && !v.claimed_by_user {
-            return Step::KeepVolume;
-        }
         if !v.claimed_by_user {
-            return Step::Rebind;
+            let keep = v.saved_policy.is_none() && v.reclaim_policy != "Retain";
+            return Step::Rebind {
+                save_policy: keep.then(|| v.reclaim_policy.clone()),
+            };
         }
         return Step::WaitForBind;
     }
@@ -488,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_copy_keeps_the_volume_then_moves_its_claim_then_waits_for_the_bind() {
+    fn a_finished_copy_keeps_the_volume_and_moves_its_claim_in_one_step_then_waits_for_the_bind() {
         let mut o = copying(PodState::Succeeded);
         assert_eq!(next_step(&o), Step::WaitForBind, "no PV seen yet");
         o.volume = Some(Volume {
@@ -496,15 +499,29 @@ mod tests {
             reclaim_policy: "Delete".into(),
             saved_policy: None,
         });
-        assert_eq!(next_step(&o), Step::KeepVolume);
+        assert_eq!(
+            next_step(&o),
+            Step::Rebind {
+                save_policy: Some("Delete".into())
+            }
+        );
+        o.volume = Some(Volume {
+            claimed_by_user: true,
+            reclaim_policy: "Retain".into(),
+            saved_policy: Some("Delete".into()),
+        });
+        assert_eq!(next_step(&o), Step::WaitForBind);
+    }
+
+    #[test]
+    fn a_policy_saved_before_a_restart_is_not_saved_again() {
+        let mut o = copying(PodState::Succeeded);
         o.volume = Some(Volume {
             claimed_by_user: false,
             reclaim_policy: "Retain".into(),
             saved_policy: Some("Delete".into()),
         });
-        assert_eq!(next_step(&o), Step::Rebind);
-        o.volume.as_mut().unwrap().claimed_by_user = true;
-        assert_eq!(next_step(&o), Step::WaitForBind);
+        assert_eq!(next_step(&o), Step::Rebind { save_policy: None });
     }
 
     #[test]
@@ -515,7 +532,7 @@ mod tests {
             reclaim_policy: "Retain".into(),
             saved_policy: None,
         });
-        assert_eq!(next_step(&o), Step::Rebind);
+        assert_eq!(next_step(&o), Step::Rebind { save_policy: None });
     }
 
     #[test]

@@ -524,19 +524,27 @@ impl BlobReader {
                 entry.plaintext_len()
             )));
         }
-        let n = self.open_entry(id, entry)?;
-        let plain = &self.sealed[16..16 + n];
         match entry.uncompressed_length {
             Some(len) => {
+                let n = self.open_entry(id, entry)?;
                 let got = self
                     .dctx
-                    .decompress_to_buffer(plain, dst)
+                    .decompress_to_buffer(&self.sealed[16..16 + n], dst)
                     .map_err(|e| decompress_error(what(), len, e))?;
                 check_length(what(), got, len)?;
             }
             None => {
-                check_length(what(), plain.len(), dst.len() as u32)?;
-                dst.copy_from_slice(plain);
+                // Stored as is: decrypted straight into its place, not in place and copied.
+                self.fetch_entry(entry)?;
+                check_length(
+                    what(),
+                    self.sealed.len().saturating_sub(crate::crypto::OVERHEAD),
+                    dst.len() as u32,
+                )?;
+                self.repo
+                    .key()
+                    .open_into(&self.sealed, dst)
+                    .map_err(|_| mac_error(id, entry))?;
             }
         }
         verify(id, dst, what)
@@ -545,20 +553,29 @@ impl BlobReader {
     /// Fetches and decrypts the blob at `entry` in place; its (maybe compressed) plaintext is
     /// `self.sealed[16..16 + n]`.
     fn open_entry(&mut self, id: &Id, entry: &IndexEntry) -> Result<usize> {
+        self.fetch_entry(entry)?;
+        self.repo
+            .key()
+            .open_slice(&mut self.sealed)
+            .map_err(|_| mac_error(id, entry))
+    }
+
+    /// Reads the sealed blob at `entry` into `self.sealed`.
+    fn fetch_entry(&mut self, entry: &IndexEntry) -> Result<()> {
         self.repo.backend().read_range_into(
             FileType::Pack,
             &entry.pack.to_hex(),
             u64::from(entry.offset),
             u64::from(entry.length),
             &mut self.sealed,
-        )?;
-        self.repo
-            .key()
-            .open_slice(&mut self.sealed)
-            .map_err(|_| Error::Corrupt {
-                what: format!("blob {} in pack data/{}", id.short(), entry.pack),
-                message: "MAC does not match: the pack is damaged".into(),
-            })
+        )
+    }
+}
+
+fn mac_error(id: &Id, entry: &IndexEntry) -> Error {
+    Error::Corrupt {
+        what: format!("blob {} in pack data/{}", id.short(), entry.pack),
+        message: "MAC does not match: the pack is damaged".into(),
     }
 }
 

@@ -155,7 +155,8 @@ impl Backend for LocalBackend {
         use std::os::unix::fs::FileExt;
         let path = self.path_of(t, name);
         let f = fs::File::open(&path).map_err(|e| self.err(&path, e))?;
-        buf.clear();
+        // Every byte is read over, so only a grown tail needs zeros first.
+        buf.truncate(length as usize);
         buf.resize(length as usize, 0);
         f.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == ErrorKind::UnexpectedEof {

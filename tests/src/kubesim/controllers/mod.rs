@@ -42,6 +42,11 @@ pub const DRIVER: &str = "hostpath.csi.kubesim.io";
 /// How often a controller reconciles when nothing changes.
 const TICK: Duration = Duration::from_millis(150);
 
+/// How long a controller lets a burst of writes settle before it reconciles: long enough to
+/// take the writes of one API call chain as one nudge, short enough that a chain of
+/// controllers (provisioner, PV binder, scheduler, kubelet) adds little latency of its own.
+const SETTLE: Duration = Duration::from_millis(2);
+
 /// A controller: one reconcile pass over everything it owns.
 pub(crate) trait Controller: Send + 'static {
     /// Re-reads the objects and moves them one idempotent step towards their desired state.
@@ -154,7 +159,7 @@ async fn run(
             _ = tick => {}
             _ = next_relevant_change(&mut changes) => {
                 // Let a burst of writes settle, then take them all as one nudge.
-                tokio::time::sleep(Duration::from_millis(15)).await;
+                tokio::time::sleep(SETTLE).await;
                 while changes.try_recv().is_ok() {}
             }
         }
