@@ -636,7 +636,7 @@ where
 }
 
 /// Takes one step for one claim.
-async fn act(ctx: &Context, seen: Seen, step: Step) -> Result<Action, Error> {
+async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
     let c = &ctx.client;
     let cfg = &ctx.config;
     let pvc = &seen.pvc;
@@ -1012,31 +1012,37 @@ async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result
     if ns == ctx.config.namespace || wants_us(&pvc).is_none() {
         return Ok(Action::await_change());
     }
-    let Some(seen) = observe(&ctx, &ns, &pvc.name_any()).await? else {
+    let Some(mut seen) = observe(&ctx, &ns, &pvc.name_any()).await? else {
         return Ok(Action::await_change());
     };
-    let step = state::next_step(&seen.observed);
-    let changes = !matches!(
-        step,
-        Step::Idle
-            | Step::WaitForSource(_)
-            | Step::WaitForNode
-            | Step::WaitForPod
-            | Step::WaitForRetry(_)
-            | Step::WaitForBind
-    );
-    let action = act(&ctx, seen, step.clone()).await?;
-    if changes && let Some(limit) = ctx.config.crash_after_steps {
-        let n = ctx.steps_taken.fetch_add(1, Ordering::SeqCst) + 1;
-        if n >= limit {
-            tracing::warn!(
-                ?step,
-                "crashing on purpose after {n} steps (fault injection)"
-            );
-            std::process::exit(3);
+    loop {
+        let step = state::next_step(&seen.observed);
+        let changes = !matches!(
+            step,
+            Step::Idle
+                | Step::WaitForSource(_)
+                | Step::WaitForNode
+                | Step::WaitForPod
+                | Step::WaitForRetry(_)
+                | Step::WaitForBind
+        );
+        let action = act(&ctx, &seen, step.clone()).await?;
+        if changes && let Some(limit) = ctx.config.crash_after_steps {
+            let n = ctx.steps_taken.fetch_add(1, Ordering::SeqCst) + 1;
+            if n >= limit {
+                tracing::warn!(
+                    ?step,
+                    "crashing on purpose after {n} steps (fault injection)"
+                );
+                std::process::exit(3);
+            }
+        }
+        // A step whose whole effect is known goes straight on to the next one, without
+        // reading everything again.
+        if !state::take_effect(&mut seen.observed, &step) {
+            return Ok(action);
         }
     }
-    Ok(action)
 }
 
 fn error_policy(pvc: Arc<PersistentVolumeClaim>, err: &Error, _ctx: Arc<Context>) -> Action {

@@ -313,6 +313,21 @@ pub fn next_step(o: &Observed) -> Step {
     }
 }
 
+/// Applies the effect of `step`, just taken, to what was observed, when that effect is known
+/// in full: the steps that set up a copy only add our finalizer or create our own objects, so
+/// the controller can choose the next step at once instead of reading everything again.
+/// Returns false for every other step (the next step needs a fresh look). Each step is
+/// idempotent, so a crash between two of them changes nothing.
+pub fn take_effect(o: &mut Observed, step: &Step) -> bool {
+    match step {
+        Step::AddFinalizer => o.claim.finalizer = true,
+        Step::CreateSecret => o.secret = true,
+        Step::CreatePrime => o.prime = Some(Prime::default()),
+        _ => return false,
+    }
+    true
+}
+
 /// Seconds to wait after `attempt` failed copies: `base` doubled each time, at most 10 minutes.
 pub fn backoff_seconds(base: u64, attempt: u32) -> u64 {
     let factor = 1u64 << attempt.saturating_sub(1).min(20);
@@ -477,6 +492,39 @@ mod tests {
         o.prime = None;
         o.secret = false;
         assert_eq!(next_step(&o), Step::Idle);
+    }
+
+    #[test]
+    fn the_set_up_steps_follow_each_other_without_a_fresh_look() {
+        let mut o = fresh();
+        let mut taken = Vec::new();
+        loop {
+            let step = next_step(&o);
+            taken.push(step.clone());
+            if !take_effect(&mut o, &step) {
+                break;
+            }
+        }
+        assert_eq!(
+            taken,
+            [
+                Step::AddFinalizer,
+                Step::CreateSecret,
+                Step::CreatePrime,
+                Step::CreatePod
+            ]
+        );
+        for step in [
+            Step::CreatePod,
+            Step::Rebind { save_policy: None },
+            Step::RemoveTemporaries,
+            Step::Finish,
+            Step::WaitForPod,
+        ] {
+            let before = o.clone();
+            assert!(!take_effect(&mut o, &step), "{step:?}");
+            assert_eq!(o, before, "{step:?} must not change what was seen");
+        }
     }
 
     #[test]
