@@ -1046,3 +1046,43 @@ async fn scheduler_waits_for_missing_claims_and_static_volumes_bind_by_class_and
         "Available"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_gets_a_private_dev_with_the_usual_nodes_links_and_its_block_device() {
+    let sim = Sim::start().await;
+    sim.pvc("raw", "fast", "Block", "1Mi").await;
+    let script = "stat -c '%n %F %t:%T %a' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty; \
+                  for l in fd stdin stdout stderr ptmx; do printf '%s -> %s\\n' $l \"$(readlink /dev/$l)\"; done; \
+                  test -b /dev/xvda && echo block device; \
+                  echo shared > /dev/shm/x && cat /dev/shm/x; \
+                  test -c /dev/ptmx && echo ptmx through pts; \
+                  test -e /dev/loop-control && echo the node\\'s /dev || echo private; \
+                  head -c 3 /dev/zero | od -An -tx1; echo written > /dev/null && echo null takes writes";
+    let log = sim.run("devs", Some(("raw", "Block")), script).await;
+    assert_eq!(
+        log,
+        "/dev/null character special file 1:3 666\n\
+         /dev/zero character special file 1:5 666\n\
+         /dev/full character special file 1:7 666\n\
+         /dev/random character special file 1:8 666\n\
+         /dev/urandom character special file 1:9 666\n\
+         /dev/tty character special file 5:0 666\n\
+         fd -> /proc/self/fd\n\
+         stdin -> /proc/self/fd/0\n\
+         stdout -> /proc/self/fd/1\n\
+         stderr -> /proc/self/fd/2\n\
+         ptmx -> pts/ptmx\n\
+         block device\n\
+         shared\n\
+         ptmx through pts\n\
+         private\n \
+         00 00 00\n\
+         null takes writes\n"
+    );
+    // A second pod copies the same template.
+    assert!(
+        sim.run("devs-again", None, "stat -c %a /dev/null")
+            .await
+            .starts_with("666")
+    );
+}

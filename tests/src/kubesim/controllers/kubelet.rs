@@ -1748,7 +1748,7 @@ fn dev_template(dir: &Path) -> std::io::Result<PathBuf> {
             let dev = rustix::fs::makedev(major, minor);
             mknodat(
                 rustix::fs::CWD,
-                &tmp.join(name),
+                tmp.join(name),
                 FileType::CharacterDevice,
                 rw,
                 dev,
