@@ -1,7 +1,8 @@
 //! The populator's decision, apart from all I/O: given what was observed about one user PVC and
 //! everything around it, the one next step. The controller reads every object first, builds an
-//! [`Observed`], asks [`next_step`], takes that step and comes back; so a controller restarted
-//! at any point picks up where the cluster is, not where its memory was.
+//! [`Observed`], asks [`next_step`], takes that step and comes back (straight on, for the
+//! set-up steps whose effect [`take_effect`] knows); so a controller restarted at any point
+//! picks up where the cluster is, not where its memory was.
 //!
 //! The lifecycle follows kubernetes-csi/lib-volume-populator, with these differences (see
 //! `shared/POPULATOR.md`): the repository settings travel in a per-operation Secret; the PV is
