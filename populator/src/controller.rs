@@ -780,16 +780,23 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
         Step::RetryPod(f) => {
             let attempts = seen.observed.claim.attempts + 1;
             let wait = state::backoff_seconds(cfg.retry_backoff.as_secs(), attempts);
-            ctx.event(
-                pvc,
-                EventType::Warning,
-                "PopulatorFailed",
-                format!(
-                    "attempt {attempts} of {} failed ({}): {}; retrying in {wait}s",
-                    cfg.max_attempts, f.reason, f.message
-                ),
-            )
-            .await;
+            let why = format!(
+                "attempt {attempts} of {} failed ({}): {}; retrying in {wait}s",
+                cfg.max_attempts, f.reason, f.message
+            );
+            ctx.event(pvc, EventType::Warning, "PopulatorFailed", why.clone())
+                .await;
+            // Not False yet (the next attempt may work), but not silent either.
+            if let Some(backup) = &seen.backup {
+                ctx.set_condition(
+                    backup,
+                    "Unknown",
+                    "Retrying",
+                    format!("restoring into {ns}/{name}: {why}"),
+                    None,
+                )
+                .await;
+            }
             ctx.metrics.retries.fetch_add(1, Ordering::Relaxed);
             patch_claim_annotations(
                 ctx,

@@ -633,6 +633,19 @@ async fn a_killed_populate_pod_is_retried_and_the_data_is_right() {
         env.cluster.kill_pod(POP_NS, &name),
         "the pod's processes were not found"
     );
+    // While the populator waits to try again (5 s by default), the VolumeBackup says so.
+    let cond = eventually(20, "the Restored condition to say Retrying", || async {
+        restored_condition(&env, NS, &blk)
+            .await
+            .filter(|c| c["reason"] == "Retrying")
+    })
+    .await;
+    assert_eq!(cond["status"], "Unknown", "{cond}");
+    let msg = cond["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("restoring into") && msg.contains("/again: attempt 1 of 5 failed"),
+        "{msg}"
+    );
     eventually(60, "the restored PVC to bind", || async {
         let c = get_in(&env, &pvcs_ar(), NS, "again").await?;
         (c["status"]["phase"] == "Bound").then_some(())
