@@ -52,7 +52,52 @@ pub(crate) fn plugin_binary() -> PathBuf {
         "{} is not built: run `cargo build -p kubectl-volbackup` (cargo test --workspace builds it)",
         bin.display()
     );
+    // `cargo test -p volbackup-e2e` alone does not rebuild the plugin: a binary older than its
+    // sources would test yesterday's code and could pass for it.
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .expect("the binary's mtime");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if let Some((newer, _)) = ["cmd", "populator", "store", "manifests"]
+        .iter()
+        .flat_map(|d| newest_files(&root.join(d)))
+        .filter(|(_, t)| *t > built)
+        .max_by_key(|(_, t)| *t)
+    {
+        panic!(
+            "{} is older than {}: run `cargo build -p kubectl-volbackup` (cargo test --workspace builds it)",
+            bin.display(),
+            newer.display()
+        );
+    }
     bin.canonicalize().expect("canonical binary path")
+}
+
+/// Every file below `dir` (sources, manifests, Cargo.toml) with its modification time.
+fn newest_files(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                // Only the code that goes into the binary: not its tests or examples.
+                if !matches!(
+                    path.file_name().and_then(|n| n.to_str()),
+                    Some("tests" | "examples" | "benches")
+                ) {
+                    todo.push(path);
+                }
+            } else if let Ok(t) = md.modified() {
+                out.push((path, t));
+            }
+        }
+    }
+    out
 }
 
 pub(crate) fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
