@@ -1614,19 +1614,13 @@ impl PodWorker {
                  cp -a {t}/. /dev/\n",
                 t = sq(&template.to_string_lossy())
             )),
-            Err(e) => {
-                tracing::warn!(
-                    "kubesim kubelet: no /dev template ({e}); making the nodes one by one"
-                );
-                sc.push_str(
-                    "mount -t tmpfs -o nosuid,mode=755 kubesim-dev /dev\n\
-                     mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/zero c 1 5; mknod -m 666 /dev/full c 1 7\n\
-                     mknod -m 666 /dev/random c 1 8; mknod -m 666 /dev/urandom c 1 9; mknod -m 666 /dev/tty c 5 0\n\
-                     mkdir -p /dev/pts /dev/shm\n\
-                     ln -s pts/ptmx /dev/ptmx\n\
-                     ln -s /proc/self/fd /dev/fd; ln -s /proc/self/fd/0 /dev/stdin; ln -s /proc/self/fd/1 /dev/stdout; ln -s /proc/self/fd/2 /dev/stderr\n",
-                );
-            }
+            // Without it the pod cannot have a /dev: it fails and says why.
+            Err(e) => sc.push_str(&format!(
+                "echo {} >&2; exit 1\n",
+                sq(&format!(
+                    "kubesim: cannot make the node's /dev template: {e}"
+                ))
+            )),
         }
         sc.push_str(
             "mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts 2>/dev/null || rm -f /dev/ptmx\n\
@@ -1722,12 +1716,10 @@ impl PodWorker {
 /// node with its own `mknod` and `ln` was a third of a pod's start.
 fn dev_template(dir: &Path) -> std::io::Result<PathBuf> {
     use rustix::fs::{FileType, Mode, mknodat};
-    static MADE: Mutex<Option<PathBuf>> = Mutex::new(None);
+    // One pod at a time makes it; the others find it made.
+    static MAKING: Mutex<()> = Mutex::new(());
     let final_path = dir.join("kubelet").join("dev");
-    let mut made = MADE.lock().expect("dev template lock");
-    if made.as_deref() == Some(final_path.as_path()) && final_path.is_dir() {
-        return Ok(final_path);
-    }
+    let _making = MAKING.lock().expect("dev template lock");
     if !final_path.is_dir() {
         // Built beside and renamed into place, so a pod never copies half a template.
         let tmp = dir
@@ -1775,7 +1767,6 @@ fn dev_template(dir: &Path) -> std::io::Result<PathBuf> {
             }
         }
     }
-    *made = Some(final_path.clone());
     Ok(final_path)
 }
 
