@@ -1,0 +1,3 @@
+//! `cargo xtask`: build tasks (see the library's docs).
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Release archives, their sha256 sums and the rendered krew manifest.
