@@ -43,12 +43,10 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
-    let cluster = Cluster::start(ClusterOptions {
-        dir,
-        nodes: args.nodes,
-        images,
-    })
-    .await?;
+    let mut opts = ClusterOptions::new(dir);
+    opts.nodes = args.nodes;
+    opts.images = images;
+    let cluster = Cluster::start(opts).await?;
     println!("{}", cluster.kubeconfig_path().display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

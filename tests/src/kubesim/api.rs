@@ -177,9 +177,11 @@ pub struct ControllerContext {
     /// Mints ServiceAccount tokens for pods.
     pub tokens: std::sync::Arc<dyn TokenIssuer>,
     /// Which host binary runs a container of an image, keyed by image name without tag or
-    /// digest (`ghcr.io/volbackup/volbackup` -> `target/debug/kubectl-volbackup`). Images not
-    /// listed run their `command` from the host's PATH.
+    /// digest (`example.io/probe` -> `target/debug/kubesim-probe`): for kubesim's own test
+    /// programs only. Other images are host images or pulled from a registry.
     pub images: std::collections::BTreeMap<String, std::path::PathBuf>,
+    /// The node's image service (pulls, the shared cache of root filesystems).
+    pub image_service: std::sync::Arc<super::controllers::images::ImageService>,
     /// Names of the simulated nodes (at least one).
     pub nodes: Vec<String>,
 }

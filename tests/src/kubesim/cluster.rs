@@ -28,8 +28,11 @@ pub struct ClusterOptions {
     pub dir: PathBuf,
     /// Number of nodes (`node-1`, `node-2`, ...); at least one.
     pub nodes: usize,
-    /// Image name (without tag or digest) -> host binary that runs its containers.
+    /// Image name (without tag or digest) -> host binary that runs its containers (kubesim's
+    /// own test programs; the project's images come from a registry).
     pub images: BTreeMap<String, PathBuf>,
+    /// Where pulled images are unpacked, by digest; shared by every cluster of the machine.
+    pub image_cache: PathBuf,
 }
 
 impl ClusterOptions {
@@ -39,6 +42,7 @@ impl ClusterOptions {
             dir: dir.into(),
             nodes: 1,
             images: BTreeMap::new(),
+            image_cache: std::env::temp_dir().join("kubesim-images"),
         }
     }
 }
@@ -245,6 +249,9 @@ impl Cluster {
             ca_pem: cluster.pki.ca_pem.clone(),
             tokens: auth as Arc<dyn TokenIssuer>,
             images: opts.images.clone(),
+            image_service: Arc::new(super::controllers::images::ImageService::new(
+                opts.image_cache.clone(),
+            )),
             nodes,
         };
         let ctrl = controllers::spawn_controllers(store as Arc<dyn ObjectStore>, ctx);

@@ -34,6 +34,7 @@ pub mod faults;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod podsecurity;
 pub mod proto;
 pub mod registry;
 pub mod schema;

@@ -44,6 +44,7 @@ use tokio::sync::broadcast;
 use super::api::{ApiError, Change, ObjectStore, ResourceKey};
 use super::errors::{self, group_kind};
 use super::patch;
+use super::podsecurity;
 use super::registry::{self, ResourceType};
 use super::schema;
 
@@ -306,6 +307,26 @@ impl State {
             .get(key)
             .and_then(|b| b.get(&(ns.to_string(), name.to_string())))
     }
+}
+
+/// The default StorageClass (annotation `storageclass.kubernetes.io/is-default-class`), the
+/// newest when several are marked, as the DefaultStorageClass admission plugin picks it.
+fn default_storage_class(st: &State) -> Option<String> {
+    st.objects
+        .get(&ResourceKey::new("storage.k8s.io", "storageclasses"))?
+        .values()
+        .filter(|c| {
+            c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                .and_then(Value::as_str)
+                == Some("true")
+        })
+        .max_by_key(|c| {
+            (
+                meta_str(c, "creationTimestamp").unwrap_or("").to_string(),
+                meta_str(c, "name").unwrap_or("").to_string(),
+            )
+        })
+        .and_then(|c| meta_str(c, "name").map(str::to_string))
 }
 
 impl Store {
@@ -636,6 +657,13 @@ impl Store {
                         .as_object_mut()
                         .ok_or_else(|| errors::bad_request("spec must be an object"))?;
                     s.entry("volumeMode").or_insert_with(|| json!("Filesystem"));
+                    // DefaultStorageClass admission: a claim that names no class (the field
+                    // absent, not "") gets the default one, the newest if several are marked.
+                    if !s.contains_key("storageClassName")
+                        && let Some(class) = default_storage_class(st)
+                    {
+                        s.insert("storageClassName".into(), Value::String(class));
+                    }
                     // NormalizeDataSources (AnyVolumeDataSource, GA in 1.33).
                     match (
                         s.get("dataSource").cloned(),
@@ -789,6 +817,16 @@ impl Store {
                         return Err(errors::forbidden(format!(
                             "pods \"{name}\" is forbidden: error looking up service account {ns}/{sa}: serviceaccount \"{sa}\" not found"
                         )));
+                    }
+                    // Pod Security admission (after defaulting, as in the real chain).
+                    if let Some(namespace) = st.get(&ResourceKey::core("namespaces"), "", &ns)
+                        && let Some(msg) = podsecurity::check_pod(
+                            &namespace,
+                            &name,
+                            obj.get("spec").unwrap_or(&Value::Null),
+                        )
+                    {
+                        return Err(errors::forbidden(msg));
                     }
                     obj.as_object_mut().expect("object").insert(
                         "status".into(),

@@ -2,41 +2,37 @@
 //! Lifecycle", "Init Containers", "Volumes", "Configure Service Accounts for Pods"; source:
 //! kubernetes/kubernetes `pkg/kubelet/kubelet_pods.go` `getPhase`, `pkg/kubelet/kuberuntime`).
 //!
-//! How a container runs here: there are no images and no root filesystems. Each container is a
-//! host process started as
-//! `unshare --mount --propagation private -- /bin/sh -c SETUP kubesim-init PROGRAM ARGS...`:
-//! the setup script runs as root inside the new mount namespace, builds the container's view
-//! with bind mounts and then `exec`s the program (through `setpriv` when `runAsUser`/
-//! `runAsGroup` is set). The mount namespace gives:
-//! - a fresh tmpfs `/dev` with the usual nodes (null, zero, full, random, urandom, tty, pts, shm,
-//!   fd links) and the pod's Block volumes as device nodes at their `devicePath` (a loop device
-//!   attached with `losetup` per pod and volume, read-only when the claim is mounted read-only;
-//!   a `devicePath` outside `/dev` gets the loop device bind-mounted);
+//! How a container runs here: as an OCI container under `runc` (see `runtime` for the bundle
+//! and what of the security context it enforces, `images` for pulling). Its root filesystem is
+//! - for an image from a registry: an overlay on the image's unpacked root filesystem (cached
+//!   by digest), with its own writable layer per container start;
+//! - for the images in [`HOST_IMAGES`] (busybox, alpine, debian, ...) and for images mapped to a
+//!   host binary ([`ControllerContext::images`], kubesim's own test programs): a skeleton with
+//!   the host's `/usr` (and the merged-usr links) bound read-only, an overlay on the host's
+//!   `/etc`, and the mapped binary bound at its own path. `command` and `args` run as given
+//!   (`sh` when both are empty, `sleep infinity` for pause); a mapped image's `command[0]`
+//!   naming the binary's file name runs the binary. The project's own images are never mapped.
+//! Any other image must come from a registry on loopback; others fail to pull (`ErrImagePull`,
+//! then `ImagePullBackOff`, with the kubelet's events).
+//!
+//! What a container gets, as from a real kubelet:
+//! - `/proc`, a `/dev` tmpfs with the usual nodes, `/dev/pts`, `/dev/shm`, `/sys` read-only;
+//!   the pod's Block volumes as device nodes at their `devicePath` (a loop device attached with
+//!   `losetup` per pod and volume, read-only when the claim is mounted read-only), owned as the
+//!   host's node (root:disk, 0660), so only root can open them;
 //! - Filesystem PVC volumes bind-mounted from `DIR/volumes/<pv>` at their `mountPath`
-//!   (read-only when the mount or the volume source says so; `subPath` honoured);
+//!   (read-only when the mount or the volume source says so; `subPath` honoured); with a pod
+//!   `fsGroup`, writable volumes are given to that group first (group read/write, setgid
+//!   directories; `fsGroupChangePolicy: OnRootMismatch` skips a volume whose root already fits);
 //! - secret, configMap, downwardAPI, projected and emptyDir volumes as files under
 //!   `DIR/pods/<ns>_<name>_<uid>/volumes/<volume>`, bind-mounted the same way; hostPath as is;
 //! - the ServiceAccount token, `ca.crt` and `namespace` at
 //!   `/var/run/secrets/kubernetes.io/serviceaccount` (unless `automountServiceAccountToken` is
 //!   false on the pod or its ServiceAccount), plus `KUBERNETES_SERVICE_HOST`/`_PORT`, so
 //!   kube-rs's in-cluster configuration works unchanged;
+//! - `/etc/hosts` and `/etc/hostname` for the pod, the host's `/etc/resolv.conf`;
 //! - the termination message file (`terminationMessagePath`, default `/dev/termination-log`)
-//!   bind-mounted from a per-container host file the kubelet reads after the exit;
-//! - an empty tmpfs on `/root` (HOME), as in a fresh image, so no host kubeconfig leaks in
-//!   (skipped when the cluster directory or a mapped binary lives under `/root`).
-//!
-//! Mount points that do not exist on the host (`/data`, `/var/run/secrets/...`) are created
-//! there as empty directories (or empty files); what is mounted on them is only visible inside
-//! the pod's namespace, so pods never see each other's volumes.
-//!
-//! Images: the image name without tag or digest (and without `docker.io/` or `library/`) is
-//! looked up in `ControllerContext::images`; such a container runs the mapped binary with the
-//! container's `args`. If `command` is given and `command[0]`'s file name is the binary's file
-//! name (`kubectl-volbackup` or `/usr/local/bin/kubectl-volbackup`), the mapped binary runs with
-//! `command[1..]` + `args`; any other `command` runs from the host's PATH (like a shell in the
-//! image). The images in [`HOST_IMAGES`] (busybox, alpine, debian, ...) run `command` + `args`
-//! from the host's PATH (`sh` when both are empty, `sleep infinity` for pause). Any other image
-//! fails to pull: `ErrImagePull`, then `ImagePullBackOff`, with the kubelet's events.
+//!   bind-mounted from a per-container host file the kubelet reads after the exit.
 //!
 //! Lifecycle: volumes first (the pod stays Pending/ContainerCreating with `FailedMount` events
 //! until its claims are bound and its secrets/configmaps exist), then init containers one by
@@ -44,13 +40,14 @@
 //! restartPolicy Always/OnFailure restarts exited containers with a doubling back-off (0.5 s up
 //! to 8 s; the real one starts at 10 s) and `CrashLoopBackOff`; the phase follows `getPhase`.
 //! Deleting a pod (deletionTimestamp, or the object vanishing) sends SIGTERM to each
-//! container's process group, SIGKILL after min(grace period, 3 s), detaches the loop devices
-//! and then removes the pod object (the kubelet's final delete).
+//! container (`runc kill`; the program is PID 1 of its namespace, so it dies only if it
+//! handles the signal), SIGKILL after min(grace period, 3 s), detaches the loop devices and
+//! then removes the pod object (the kubelet's final delete).
 //!
-//! Simplified or ignored: probes (a running container is ready), resources, capabilities and
-//! the rest of securityContext except runAsUser/runAsGroup, fsGroup, image pull secrets,
-//! network (pods share the host's; each pod's IP is its own address in 127.0.0.0/8, see
-//! [`pod_ip`]), the UTS/PID/IPC namespaces.
+//! Simplified or ignored: probes (a running container is ready), resources, seccomp, image
+//! pull secrets, network (pods share the host's; each pod's IP is its own address in
+//! 127.0.0.0/8, see [`pod_ip`]); with a host image and `readOnlyRootFilesystem`, `/etc` stays
+//! writable (it is an overlay of its own).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
@@ -67,6 +64,7 @@ use tokio::sync::watch;
 use super::super::api::{ControllerContext, ObjectStore, pod_log_path, res};
 use super::events::{self, EventType};
 use super::{Controller, name, namespace, now, s, terminating, uid};
+use super::{images, runtime};
 
 const COMPONENT: &str = "kubelet";
 /// Images that run their `command` from the host's PATH.
@@ -93,8 +91,55 @@ struct PodEntry {
     namespace: String,
     name: String,
     stop: watch::Sender<bool>,
-    procs: Arc<Mutex<HashMap<String, i32>>>,
+    procs: Arc<Mutex<HashMap<String, Running>>>,
     loops: Arc<Mutex<Vec<String>>>,
+}
+
+/// A running container: the `runc run` process and what must be undone after it.
+#[derive(Clone)]
+struct Running {
+    /// Process group of `runc run`.
+    pgid: i32,
+    /// runc's state directory and the container's id there.
+    runc_root: PathBuf,
+    id: String,
+    /// Overlay mounts made on the host for its root filesystem.
+    overlays: Vec<PathBuf>,
+}
+
+impl Running {
+    /// Sends a signal to every process of the container. A container `runc run` has not
+    /// created yet is waited for (up to 2 s), as the signal must not be lost; gives whether it
+    /// was delivered.
+    fn signal(&self, sig: &str) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let sent = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(&self.runc_root)
+                .args(["kill", "--all", &self.id, sig])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if sent || std::time::Instant::now() > deadline {
+                return sent;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Removes runc's state of the container and its overlays (after it exited).
+    fn release(&self) {
+        let _ = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&self.runc_root)
+            .args(["delete", "--force", &self.id])
+            .stderr(Stdio::null())
+            .status();
+        for o in self.overlays.iter().rev() {
+            let _ = rustix::mount::unmount(o, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
 }
 
 fn kill_group(pgid: i32, sig: rustix::process::Signal) {
@@ -135,9 +180,15 @@ impl KubeletShared {
         let pods = self.pods.lock().expect("pods lock");
         let mut killed = false;
         for e in pods.values().filter(|e| e.namespace == ns && e.name == pod) {
-            for pgid in e.procs.lock().expect("procs lock").values() {
-                kill_group(*pgid, rustix::process::Signal::KILL);
-                killed = true;
+            let running: Vec<Running> = e
+                .procs
+                .lock()
+                .expect("procs lock")
+                .values()
+                .cloned()
+                .collect();
+            for r in running {
+                killed |= r.signal("KILL");
             }
         }
         killed
@@ -148,8 +199,10 @@ impl KubeletShared {
         let mut pods = self.pods.lock().expect("pods lock");
         for (_, e) in pods.drain() {
             let _ = e.stop.send(true);
-            for pgid in e.procs.lock().expect("procs lock").values() {
-                kill_group(*pgid, rustix::process::Signal::KILL);
+            for r in e.procs.lock().expect("procs lock").values() {
+                let _ = r.signal("KILL");
+                kill_group(r.pgid, rustix::process::Signal::KILL);
+                r.release();
             }
             detach_loops(&e.loops);
         }
@@ -342,9 +395,12 @@ enum VolumeSource {
         read_only: bool,
     },
     Block {
-        device: String,
         major: u32,
         minor: u32,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        read_only: bool,
     },
 }
 
@@ -364,7 +420,7 @@ struct PodWorker {
     uid: String,
     dir: PathBuf,
     stop: watch::Receiver<bool>,
-    procs: Arc<Mutex<HashMap<String, i32>>>,
+    procs: Arc<Mutex<HashMap<String, Running>>>,
     loops: Arc<Mutex<Vec<String>>>,
     state: Mutex<PodState>,
 }
@@ -372,11 +428,6 @@ struct PodWorker {
 /// Resolves when the pod is to stop (or its stop channel is gone).
 async fn wait_stop(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
-}
-
-/// Quotes a string for the POSIX shell.
-fn sq(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn image_variants(image: &str) -> Vec<String> {
@@ -400,10 +451,14 @@ fn image_variants(image: &str) -> Vec<String> {
     v
 }
 
+#[derive(Clone)]
 enum ImageKind {
+    /// A kubesim test program run from the host (`ClusterOptions::images`).
     Mapped(PathBuf),
+    /// A distribution image whose programs are the host's ([`HOST_IMAGES`]).
     Host,
-    Unknown,
+    /// Pulled from its registry.
+    Registry,
 }
 
 fn resolve_image(ctx: &ControllerContext, image: &str) -> ImageKind {
@@ -417,7 +472,108 @@ fn resolve_image(ctx: &ControllerContext, image: &str) -> ImageKind {
     if variants.iter().any(|v| HOST_IMAGES.contains(&v.as_str())) {
         return ImageKind::Host;
     }
-    ImageKind::Unknown
+    ImageKind::Registry
+}
+
+/// The API server's default `imagePullPolicy`: `Always` for `:latest` or no tag, else
+/// `IfNotPresent`.
+fn default_pull_policy(image: &str) -> &'static str {
+    let r = images::Reference::parse(image);
+    if r.digest.is_none() && r.tag.as_deref() == Some("latest") {
+        "Always"
+    } else {
+        "IfNotPresent"
+    }
+}
+
+/// Why a container could not be made.
+enum BundleError {
+    /// The spec cannot run (`CreateContainerConfigError`).
+    Config(String),
+    /// The node failed (`StartError`).
+    Runtime(String),
+}
+
+impl From<std::io::Error> for BundleError {
+    fn from(e: std::io::Error) -> Self {
+        BundleError::Runtime(e.to_string())
+    }
+}
+
+/// The error runc logged, if it failed before or instead of the container's program.
+fn runc_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("level").and_then(Value::as_str) == Some("error"))
+        .filter_map(|v| v.get("msg").and_then(Value::as_str).map(str::to_string))
+        .last()
+}
+
+/// Mounts an overlay of `lower` with a writable layer in `scratch` at `target`.
+fn overlay(lower: &Path, scratch: &Path, target: &Path) -> std::io::Result<()> {
+    let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+    for d in [&upper, &work, &target.to_path_buf()] {
+        std::fs::create_dir_all(d)?;
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let data = std::ffi::CString::new(opts).map_err(std::io::Error::other)?;
+    rustix::mount::mount(
+        "overlay",
+        target,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        Some(data.as_c_str()),
+    )
+    .map_err(|e| std::io::Error::other(format!("overlay on {}: {e}", target.display())))
+}
+
+/// Gives a Filesystem volume to the pod's `fsGroup` the way the kubelet does
+/// (`SetVolumeOwnership`): every file and directory gets that group and group read (and
+/// write, unless the volume is read-only) permission, directories also execute and setgid.
+/// With `OnRootMismatch`, a volume whose root already has the group and the permissions is
+/// left alone.
+fn set_volume_ownership(
+    root: &Path,
+    gid: u32,
+    read_only: bool,
+    on_root_mismatch: bool,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mask = if read_only { 0o440 } else { 0o660 };
+    let want = |md: &std::fs::Metadata| {
+        let m = md.mode();
+        let mut need = mask;
+        if md.is_dir() {
+            need |= 0o2000 | 0o110;
+        }
+        (m | need, md.gid() == gid && m & need == need)
+    };
+    if on_root_mismatch && want(&std::fs::metadata(root)?).1 {
+        return Ok(());
+    }
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let md = std::fs::symlink_metadata(&p)?;
+        if md.file_type().is_symlink() {
+            let _ = std::os::unix::fs::lchown(&p, None, Some(gid));
+            continue;
+        }
+        std::os::unix::fs::chown(&p, None, Some(gid))?;
+        let (mode, _) = want(&md);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o7777))?;
+        if md.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                todo.push(e?.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn str_list(v: Option<&Value>) -> Vec<String> {
@@ -554,7 +710,7 @@ impl PodWorker {
         ctx: ControllerContext,
         pod: Value,
         stop: watch::Receiver<bool>,
-        procs: Arc<Mutex<HashMap<String, i32>>>,
+        procs: Arc<Mutex<HashMap<String, Running>>>,
         loops: Arc<Mutex<Vec<String>>>,
     ) -> Self {
         let statuses = |key: &str| -> Vec<ContainerStatus> {
@@ -853,132 +1009,245 @@ impl PodWorker {
             .unwrap_or(json!({}))
     }
 
+    /// Reports a failed pull (`ErrImagePull`, then `ImagePullBackOff`) with the kubelet's events.
+    fn pull_failed(&self, init: bool, i: usize, image: &str, msg: &str) {
+        let already = {
+            let st = self.state.lock().expect("state lock");
+            let cs = if init { &st.init[i] } else { &st.main[i] };
+            s(&cs.state, "/waiting/reason") == Some("ErrImagePull")
+        };
+        if already {
+            self.set_state(init, i, |cs| cs.state = json!({"waiting": {"reason": "ImagePullBackOff", "message": format!("Back-off pulling image \"{image}\": ErrImagePull: {msg}")}}));
+            self.event(
+                EventType::Normal,
+                "BackOff",
+                &format!("Back-off pulling image \"{image}\""),
+            );
+            self.event(EventType::Warning, "Failed", "Error: ImagePullBackOff");
+        } else {
+            self.set_state(init, i, |cs| {
+                cs.state = json!({"waiting": {"reason": "ErrImagePull", "message": msg}})
+            });
+            self.event(
+                EventType::Warning,
+                "Failed",
+                &format!("Failed to pull image \"{image}\": {msg}"),
+            );
+            self.event(EventType::Warning, "Failed", "Error: ErrImagePull");
+        }
+    }
+
+    /// Reports a container that cannot be created from its spec (`CreateContainerConfigError`).
+    fn config_error(&self, init: bool, i: usize, msg: &str) -> RunOutcome {
+        self.set_state(
+            init,
+            i,
+            |cs| {
+                cs.state =
+                    json!({"waiting": {"reason": "CreateContainerConfigError", "message": msg}})
+            },
+        );
+        self.event(EventType::Warning, "Failed", &format!("Error: {msg}"));
+        RunOutcome::ConfigError
+    }
+
+    /// The program and arguments: the image's entrypoint and cmd as `command` and `args`
+    /// override them (the kubelet's rules), or the host-image conventions.
+    fn argv(
+        c: &Value,
+        kind: &ImageKind,
+        image: &str,
+        pulled: Option<&images::Image>,
+    ) -> Vec<String> {
+        let command = str_list(c.get("command"));
+        let args = str_list(c.get("args"));
+        if let Some(img) = pulled {
+            let cfg = &img.config;
+            return match (command.is_empty(), args.is_empty()) {
+                (true, true) => cfg.entrypoint.iter().chain(&cfg.cmd).cloned().collect(),
+                (true, false) => cfg.entrypoint.iter().cloned().chain(args).collect(),
+                (false, _) => command.into_iter().chain(args).collect(),
+            };
+        }
+        let file_name = |p: &str| {
+            Path::new(p)
+                .file_name()
+                .map(|f| f.to_string_lossy().to_string())
+        };
+        match kind {
+            ImageKind::Mapped(bin) => {
+                let bin_s = bin.to_string_lossy().to_string();
+                if command.is_empty() {
+                    std::iter::once(bin_s).chain(args).collect()
+                } else if file_name(&command[0]) == file_name(&bin_s) {
+                    std::iter::once(bin_s)
+                        .chain(command[1..].iter().cloned())
+                        .chain(args)
+                        .collect()
+                } else {
+                    command.into_iter().chain(args).collect()
+                }
+            }
+            _ => {
+                if !command.is_empty() {
+                    command.into_iter().chain(args).collect()
+                } else if !args.is_empty() {
+                    args
+                } else if image_variants(image).iter().any(|v| v.ends_with("pause")) {
+                    vec!["sleep".into(), "infinity".into()]
+                } else {
+                    vec!["sh".into()]
+                }
+            }
+        }
+    }
+
     /// Starts one container and waits for it to exit (or for the pod to stop).
     async fn run_once(self: Arc<Self>, init: bool, i: usize, prepared: &Prepared) -> RunOutcome {
         let c = self.container_spec(init, i);
         let cname = s(&c, "/name").unwrap_or("").to_string();
         let image = s(&c, "/image").unwrap_or("").to_string();
         let kind = resolve_image(&self.ctx, &image);
-        if let ImageKind::Unknown = kind {
-            self.event(
-                EventType::Normal,
-                "Pulling",
-                &format!("Pulling image \"{image}\""),
-            );
-            let reference = if image.contains('/') {
-                image.clone()
-            } else {
-                format!("docker.io/library/{image}")
-            };
-            let reference = if reference
-                .rsplit('/')
-                .next()
-                .is_some_and(|l| l.contains(':') || l.contains('@'))
-            {
-                reference
-            } else {
-                format!("{reference}:latest")
-            };
-            let msg = format!(
-                "failed to pull and unpack image \"{reference}\": failed to resolve reference \"{reference}\": pull access \
-                 denied, repository does not exist or may require authorization"
-            );
-            let already = {
-                let st = self.state.lock().expect("state lock");
-                let cs = if init { &st.init[i] } else { &st.main[i] };
-                s(&cs.state, "/waiting/reason") == Some("ErrImagePull")
-            };
-            if already {
-                self.set_state(init, i, |cs| cs.state = json!({"waiting": {"reason": "ImagePullBackOff", "message": format!("Back-off pulling image \"{image}\": ErrImagePull: {msg}")}}));
+        let first_start = {
+            let st = self.state.lock().expect("state lock");
+            let cs = if init { &st.init[i] } else { &st.main[i] };
+            !cs.started_once
+        };
+        let pulled = if let ImageKind::Registry = kind {
+            let policy = s(&c, "/imagePullPolicy")
+                .map(str::to_string)
+                .unwrap_or_else(|| default_pull_policy(&image).to_string());
+            let cached = policy != "Always" && self.ctx.image_service.has(&image);
+            if !cached {
                 self.event(
                     EventType::Normal,
-                    "BackOff",
-                    &format!("Back-off pulling image \"{image}\""),
+                    "Pulling",
+                    &format!("Pulling image \"{image}\""),
                 );
-                self.event(EventType::Warning, "Failed", "Error: ImagePullBackOff");
-            } else {
-                self.set_state(init, i, |cs| {
-                    cs.state =
-                        json!({"waiting": {"reason": "ErrImagePull", "message": msg.clone()}})
-                });
-                self.event(
-                    EventType::Warning,
-                    "Failed",
-                    &format!("Failed to pull image \"{image}\": {msg}"),
-                );
-                self.event(EventType::Warning, "Failed", "Error: ErrImagePull");
             }
-            return RunOutcome::PullFailed;
-        }
+            let started = std::time::Instant::now();
+            let svc = self.ctx.image_service.clone();
+            let (img, pol) = (image.clone(), policy.clone());
+            let pulled = tokio::task::spawn_blocking(move || svc.pull(&img, &pol))
+                .await
+                .unwrap_or_else(|e| Err(format!("the pull panicked: {e}")));
+            match pulled {
+                Ok(p) => {
+                    if !cached {
+                        self.event(
+                            EventType::Normal,
+                            "Pulled",
+                            &format!(
+                                "Successfully pulled image \"{image}\" in {:.3}s",
+                                started.elapsed().as_secs_f64()
+                            ),
+                        );
+                    } else if first_start {
+                        self.event(
+                            EventType::Normal,
+                            "Pulled",
+                            &format!("Container image \"{image}\" already present on machine"),
+                        );
+                    }
+                    Some(p)
+                }
+                Err(msg) => {
+                    self.pull_failed(init, i, &image, &msg);
+                    return RunOutcome::PullFailed;
+                }
+            }
+        } else {
+            if first_start {
+                self.event(
+                    EventType::Normal,
+                    "Pulled",
+                    &format!("Container image \"{image}\" already present on machine"),
+                );
+            }
+            None
+        };
         let env = match self.container_env(&c) {
             Ok(e) => e,
-            Err(msg) => {
-                self.set_state(init, i, |cs| cs.state = json!({"waiting": {"reason": "CreateContainerConfigError", "message": msg.clone()}}));
-                self.event(EventType::Warning, "Failed", &format!("Error: {msg}"));
-                return RunOutcome::ConfigError;
-            }
+            Err(msg) => return self.config_error(init, i, &msg),
         };
-        let mut argv: Vec<String> = {
-            let command = str_list(c.get("command"));
-            let args = str_list(c.get("args"));
-            let file_name = |p: &str| {
-                Path::new(p)
-                    .file_name()
-                    .map(|f| f.to_string_lossy().to_string())
-            };
-            match &kind {
-                ImageKind::Mapped(bin) => {
-                    if command.is_empty() {
-                        std::iter::once(bin.to_string_lossy().to_string())
-                            .chain(args)
-                            .collect()
-                    } else if file_name(&command[0]) == file_name(&bin.to_string_lossy()) {
-                        std::iter::once(bin.to_string_lossy().to_string())
-                            .chain(command[1..].iter().cloned())
-                            .chain(args)
-                            .collect()
-                    } else {
-                        command.into_iter().chain(args).collect()
-                    }
-                }
-                _ => {
-                    if !command.is_empty() {
-                        command.into_iter().chain(args).collect()
-                    } else if !args.is_empty() {
-                        args
-                    } else if image_variants(&image).iter().any(|v| v.ends_with("pause")) {
-                        vec!["sleep".into(), "infinity".into()]
-                    } else {
-                        vec!["sh".into()]
-                    }
-                }
-            }
-        };
+        let mut argv = Self::argv(&c, &kind, &image, pulled.as_ref());
         for a in argv.iter_mut() {
             *a = expand(a, &env);
         }
+        let restarts = {
+            let st = self.state.lock().expect("state lock");
+            let cs = if init { &st.init[i] } else { &st.main[i] };
+            cs.restart_count + u32::from(cs.started_once)
+        };
         // Log file and termination message file.
         let log_path = pod_log_path(&self.ctx.dir, &self.ns, &self.name, &self.uid, &cname);
         let term_path = self.dir.join("termination").join(&cname);
+        let run_dir = self
+            .dir
+            .join("containers")
+            .join(format!("{cname}-{restarts}"));
+        let id = format!("{}-{cname}-{restarts}", self.uid);
+        let prepared_bundle = {
+            let me = self.clone();
+            let (c2, run_dir2, term2, id2) =
+                (c.clone(), run_dir.clone(), term_path.clone(), id.clone());
+            let prepared_paths = match prepared {
+                Prepared::Paths(p) => p.clone(),
+            };
+            let pulled2 = pulled.clone();
+            let kind2 = kind.clone();
+            tokio::task::spawn_blocking(move || {
+                me.bundle(
+                    &c2,
+                    &kind2,
+                    pulled2.as_ref(),
+                    &prepared_paths,
+                    &run_dir2,
+                    &term2,
+                    &id2,
+                    argv,
+                    env,
+                )
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(BundleError::Runtime(format!(
+                    "preparing the container panicked: {e}"
+                )))
+            })
+        };
+        let overlays = match prepared_bundle {
+            Ok(o) => o,
+            Err(BundleError::Config(msg)) => return self.config_error(init, i, &msg),
+            Err(BundleError::Runtime(msg)) => {
+                let msg = format!("failed to create containerd task: {msg}");
+                self.set_state(init, i, |cs| {
+                    cs.state = json!({"terminated": {"exitCode": 128, "reason": "StartError", "message": msg.clone(), "startedAt": now(), "finishedAt": now()}});
+                });
+                self.event(EventType::Warning, "Failed", &format!("Error: {msg}"));
+                return RunOutcome::Exited(128);
+            }
+        };
+        let runc_root = self.ctx.dir.join("runc");
+        let runc_log = run_dir.join("runc.log");
         let files = (|| -> std::io::Result<(std::fs::File, std::fs::File)> {
             std::fs::create_dir_all(log_path.parent().expect("log dir"))?;
-            std::fs::create_dir_all(term_path.parent().expect("term dir"))?;
-            std::fs::write(&term_path, b"")?;
-            std::fs::set_permissions(&term_path, std::fs::Permissions::from_mode(0o666))?;
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&log_path)?;
             Ok((f.try_clone()?, f))
         })();
-        let script = self.setup_script(&c, prepared, &term_path);
-        let mut cmd = tokio::process::Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
-            .arg(&script)
-            .arg("kubesim-init")
-            .args(&argv)
+        let mut cmd = tokio::process::Command::new("runc");
+        cmd.arg("--root")
+            .arg(&runc_root)
+            .arg("--log")
+            .arg(&runc_log)
+            .args(["--log-format", "json", "run", "--bundle"])
+            .arg(&run_dir)
+            .arg(&id)
             .env_clear()
-            .envs(&env)
+            .env("PATH", DEFAULT_PATH)
             .current_dir("/")
             .stdin(Stdio::null())
             .process_group(0)
@@ -990,9 +1259,11 @@ impl PodWorker {
         let mut child = match spawned {
             Ok(ch) => ch,
             Err(e) => {
+                for o in overlays.iter().rev() {
+                    let _ = rustix::mount::unmount(o, rustix::mount::UnmountFlags::DETACH);
+                }
                 let msg = format!(
-                    "failed to create containerd task: failed to start {}: {e}",
-                    argv.first().map(String::as_str).unwrap_or("")
+                    "failed to create containerd task: cannot run runc: {e} (apt-get install runc)"
                 );
                 self.set_state(init, i, |cs| {
                     cs.state = json!({"terminated": {"exitCode": 128, "reason": "StartError", "message": msg.clone(), "startedAt": now(), "finishedAt": now()}});
@@ -1001,32 +1272,25 @@ impl PodWorker {
                 return RunOutcome::Exited(128);
             }
         };
-        let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+        let running = Running {
+            pgid: child.id().map(|p| p as i32).unwrap_or(0),
+            runc_root,
+            id,
+            overlays,
+        };
         self.procs
             .lock()
             .expect("procs lock")
-            .insert(cname.clone(), pgid);
+            .insert(cname.clone(), running.clone());
         let started_at = now();
-        let restarts_before = {
-            let st = self.state.lock().expect("state lock");
-            let cs = if init { &st.init[i] } else { &st.main[i] };
-            cs.started_once
-        };
         self.set_state(init, i, |cs| {
             if cs.started_once {
                 cs.restart_count += 1;
             }
             cs.started_once = true;
-            cs.container_id = format!("kubesim://{}-{}-{}", self.uid, cs.name, cs.restart_count);
+            cs.container_id = format!("runc://{}", running.id);
             cs.state = json!({"running": {"startedAt": started_at}});
         });
-        if !restarts_before {
-            self.event(
-                EventType::Normal,
-                "Pulled",
-                &format!("Container image \"{image}\" already present on machine"),
-            );
-        }
         self.event(
             EventType::Normal,
             "Created",
@@ -1042,19 +1306,29 @@ impl PodWorker {
             st = child.wait() => st.ok(),
             _ = wait_stop(self.stop.clone()) => {
                 // Graceful stop: SIGTERM, then SIGKILL after the grace period (capped at 3 s).
-                kill_group(pgid, rustix::process::Signal::TERM);
+                let r = running.clone();
+                let _ = tokio::task::spawn_blocking(move || r.signal("TERM")).await;
                 let grace = self.pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30).min(3);
                 match tokio::time::timeout(Duration::from_secs(grace), child.wait()).await {
                     Ok(st) => st.ok(),
                     Err(_) => {
-                        kill_group(pgid, rustix::process::Signal::KILL);
-                        child.wait().await.ok()
+                        let r = running.clone();
+                        let _ = tokio::task::spawn_blocking(move || r.signal("KILL")).await;
+                        match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                            Ok(st) => st.ok(),
+                            Err(_) => {
+                                kill_group(running.pgid, rustix::process::Signal::KILL);
+                                child.wait().await.ok()
+                            }
+                        }
                     }
                 }
             }
         };
-        // Whatever the main process left behind in its group goes too.
-        kill_group(pgid, rustix::process::Signal::KILL);
+        {
+            let r = running.clone();
+            let _ = tokio::task::spawn_blocking(move || r.release()).await;
+        }
         self.procs.lock().expect("procs lock").remove(&cname);
         let code: i64 = match status {
             Some(st) => {
@@ -1067,6 +1341,22 @@ impl PodWorker {
             }
             None => 255,
         };
+        // runc's own failure (the container never ran) is a start error, not an exit.
+        if let Some(err) = runc_error(&runc_log) {
+            let msg = format!(
+                "failed to create containerd task: failed to create shim task: OCI runtime create failed: {err}"
+            );
+            self.set_state(init, i, |cs| {
+                cs.state = json!({"terminated": {"exitCode": 128, "reason": "StartError", "message": msg.clone(), "startedAt": started_at, "finishedAt": now()}});
+            });
+            self.event(EventType::Warning, "Failed", &format!("Error: {msg}"));
+            let _ = std::fs::remove_dir_all(&run_dir);
+            if self.stopped() {
+                return RunOutcome::Stopped;
+            }
+            return RunOutcome::Exited(128);
+        }
+        let _ = std::fs::remove_dir_all(&run_dir);
         let mut message = std::fs::read(&term_path)
             .map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).to_string())
             .unwrap_or_default();
@@ -1108,13 +1398,11 @@ impl PodWorker {
         RunOutcome::Exited(code)
     }
 
-    /// The container's environment (`envFrom`, then `env`, `$(VAR)` expanded), plus what every
-    /// container gets: PATH, HOSTNAME, HOME and the API server's service variables.
+    /// The container's environment (`envFrom`, then `env`, `$(VAR)` expanded), plus the API
+    /// server's service variables every container gets (the bundle adds the image's, PATH,
+    /// HOSTNAME and HOME).
     fn container_env(&self, c: &Value) -> Result<BTreeMap<String, String>, String> {
         let mut env = BTreeMap::new();
-        env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
-        env.insert("HOSTNAME".to_string(), self.name.clone());
-        env.insert("HOME".to_string(), "/root".to_string());
         let (h, p) = (&self.ctx.api_host, self.ctx.api_port);
         env.insert("KUBERNETES_SERVICE_HOST".into(), h.clone());
         env.insert("KUBERNETES_SERVICE_PORT".into(), p.to_string());
@@ -1269,7 +1557,10 @@ impl PodWorker {
                             VolumeSource::Block {
                                 major: rustix::fs::major(st.st_rdev),
                                 minor: rustix::fs::minor(st.st_rdev),
-                                device,
+                                uid: st.st_uid,
+                                gid: st.st_gid,
+                                mode: st.st_mode & 0o7777,
+                                read_only: ro,
                             },
                         );
                     } else {
@@ -1409,6 +1700,36 @@ impl PodWorker {
                     return Err(fail(
                         "this volume type is not supported by kubesim".to_string(),
                     ));
+                }
+            }
+            // fsGroup: writable volumes (and the kubelet's own secret/configMap/projected
+            // files) are given to the group; read-only claims and hostPath are left alone.
+            if let Some(fs_group) = self
+                .pod
+                .pointer("/spec/securityContext/fsGroup")
+                .and_then(Value::as_u64)
+            {
+                let on_root_mismatch = s(&self.pod, "/spec/securityContext/fsGroupChangePolicy")
+                    == Some("OnRootMismatch");
+                for v in self
+                    .pod
+                    .pointer("/spec/volumes")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let vname = s(v, "/name").unwrap_or("");
+                    if v.get("hostPath").is_some()
+                        || v.pointer("/persistentVolumeClaim/readOnly") == Some(&json!(true))
+                    {
+                        continue;
+                    }
+                    if let Some(VolumeSource::Path { path, read_only }) = out.get(vname) {
+                        set_volume_ownership(path, fs_group as u32, *read_only, on_root_mismatch)
+                            .map_err(|e| {
+                                format!("MountVolume.SetUp failed for volume \"{vname}\" : applying fsGroup {fs_group}: {e}")
+                            })?;
+                    }
                 }
             }
             // The ServiceAccount token, unless opted out.
@@ -1559,118 +1880,147 @@ impl PodWorker {
         Ok(())
     }
 
-    /// The root shell script that builds the container's mount namespace, then execs "$@".
-    fn setup_script(&self, c: &Value, prepared: &Prepared, term_file: &Path) -> String {
-        let Prepared::Paths(vols) = prepared;
-        let mut sc = String::new();
-        sc.push_str("set -e\n__kubesim_path=\"$PATH\"\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n");
-        // Directories are made only where missing, and a parent is found without `dirname`:
-        // every program the script runs costs a few milliseconds of pod start.
-        sc.push_str(
-            "__kubesim_dir() { [ -d \"$1\" ] || mkdir -p \"$1\"; }\n\
-             __kubesim_parent() { case \"$1\" in /*/*) __kubesim_dir \"${1%/*}\";; esac; }\n",
-        );
-        let bind = |sc: &mut String, src: &str, target: &str, ro: bool, is_dir: bool| {
-            if is_dir {
-                sc.push_str(&format!("__kubesim_dir {t}\n", t = sq(target)));
-            } else {
-                sc.push_str(&format!(
-                    "__kubesim_parent {t}; [ -e {t} ] || : > {t}\n",
-                    t = sq(target)
-                ));
+    /// Prepares the container's bundle in `run_dir` (blocking: mounts the root filesystem,
+    /// writes `config.json`); gives the overlays to unmount after the container ends.
+    #[allow(clippy::too_many_arguments)] // one container's parts, gathered by `run_once`
+    fn bundle(
+        &self,
+        c: &Value,
+        kind: &ImageKind,
+        pulled: Option<&images::Image>,
+        vols: &HashMap<String, VolumeSource>,
+        run_dir: &Path,
+        term_file: &Path,
+        id: &str,
+        argv: Vec<String>,
+        container_env: BTreeMap<String, String>,
+    ) -> Result<Vec<PathBuf>, BundleError> {
+        if run_dir.exists() {
+            let _ = rustix::mount::unmount(
+                run_dir.join("rootfs/etc"),
+                rustix::mount::UnmountFlags::DETACH,
+            );
+            let _ =
+                rustix::mount::unmount(run_dir.join("rootfs"), rustix::mount::UnmountFlags::DETACH);
+            std::fs::remove_dir_all(run_dir)?;
+        }
+        std::fs::create_dir_all(run_dir)?;
+        write_file(term_file, b"", 0o666)?;
+        let rootfs = run_dir.join("rootfs");
+        let mut overlays = Vec::new();
+        let mut mounts = Vec::new();
+        // The image's root filesystem (where users and groups are looked up) and config.
+        let (image_root, image_config) = match pulled {
+            Some(img) => {
+                overlay(&img.rootfs, &run_dir.join("layer"), &rootfs)?;
+                overlays.push(rootfs.clone());
+                (img.rootfs.clone(), img.config.clone())
             }
-            sc.push_str(&format!("mount --bind {} {}\n", sq(src), sq(target)));
-            if ro {
-                sc.push_str(&format!("mount -o remount,bind,ro {}\n", sq(target)));
+            None => {
+                mounts = runtime::host_skeleton(&rootfs)?;
+                overlay(
+                    Path::new("/etc"),
+                    &run_dir.join("etc-layer"),
+                    &rootfs.join("etc"),
+                )?;
+                overlays.push(rootfs.join("etc"));
+                if let ImageKind::Mapped(bin) = kind {
+                    mounts.push(runtime::Mount {
+                        source: bin.clone(),
+                        destination: bin.to_string_lossy().to_string(),
+                        read_only: true,
+                    });
+                }
+                (PathBuf::from("/"), images::ImageConfig::default())
             }
         };
-        // Block devices outside /dev are bind-mounted from the host's /dev before /dev is replaced.
-        let devices: Vec<(String, String)> = c
-            .get("volumeDevices")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .map(|d| {
-                        (
-                            s(d, "/name").unwrap_or("").to_string(),
-                            s(d, "/devicePath").unwrap_or("").to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (vname, path) in &devices {
-            if let Some(VolumeSource::Block { device, .. }) = vols.get(vname)
-                && !path.starts_with("/dev/")
-            {
-                bind(&mut sc, device, path, false, false);
+        let cname = s(c, "/name").unwrap_or("");
+        let who = format!(
+            "pod: \"{}_{}({})\", container: {cname}",
+            self.name, self.ns, self.uid
+        );
+        let user = match runtime::user(&self.pod, c, &image_config.user, &image_root, &who) {
+            Ok(u) => u,
+            Err(msg) => {
+                for o in overlays.iter().rev() {
+                    let _ = rustix::mount::unmount(o, rustix::mount::UnmountFlags::DETACH);
+                }
+                return Err(BundleError::Config(msg));
+            }
+        };
+        // Environment: the image's, then the pod's (which wins), PATH and HOME defaulted.
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("PATH".into(), DEFAULT_PATH.into());
+        for kv in &image_config.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                env.insert(k.into(), v.into());
             }
         }
-        // A fresh /dev: a tmpfs filled from the node's template (see [`dev_template`]) with one
-        // `cp` rather than a program per node.
-        match dev_template(&self.ctx.dir) {
-            Ok(template) => sc.push_str(&format!(
-                "mount -t tmpfs -o nosuid,mode=755 kubesim-dev /dev\n\
-                 cp -a {t}/. /dev/\n",
-                t = sq(&template.to_string_lossy())
-            )),
-            // Without it the pod cannot have a /dev: it fails and says why.
-            Err(e) => sc.push_str(&format!(
-                "echo {} >&2; exit 1\n",
-                sq(&format!(
-                    "kubesim: cannot make the node's /dev template: {e}"
-                ))
-            )),
+        env.insert("HOSTNAME".into(), self.hostname());
+        env.extend(container_env);
+        if !env.contains_key("HOME") {
+            let home = home_of(&image_root, user.uid);
+            env.insert("HOME".into(), home);
         }
-        sc.push_str(
-            "mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts 2>/dev/null || rm -f /dev/ptmx\n\
-             mount -t tmpfs -o nosuid,nodev,mode=1777 shm /dev/shm || true\n",
-        );
-        for (vname, path) in &devices {
-            if let Some(VolumeSource::Block { major, minor, .. }) = vols.get(vname)
-                && path.starts_with("/dev/")
-            {
-                sc.push_str(&format!(
-                    "__kubesim_parent {p}; mknod -m 660 {p} b {major} {minor}\n",
-                    p = sq(path)
-                ));
-            }
+        let cwd = s(c, "/workingDir")
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .or_else(|| Some(image_config.working_dir.clone()).filter(|w| !w.is_empty()))
+            .unwrap_or_else(|| "/".into());
+        // What the kubelet mounts into every container.
+        let etc = self.dir.join("etc");
+        write_file(
+            &etc.join("hosts"),
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+                pod_ip(&self.pod),
+                self.hostname()
+            )
+            .as_bytes(),
+            0o644,
+        )?;
+        write_file(
+            &etc.join("hostname"),
+            format!("{}\n", self.hostname()).as_bytes(),
+            0o644,
+        )?;
+        for f in ["hosts", "hostname"] {
+            mounts.push(runtime::Mount {
+                source: etc.join(f),
+                destination: format!("/etc/{f}"),
+                read_only: false,
+            });
         }
-        // An empty home, as in a fresh image (not when the cluster's files or a mapped binary
-        // live under /root: hiding them would break the pod).
-        let under_root = |p: &Path| p.starts_with("/root");
-        if !under_root(&self.ctx.dir) && !self.ctx.images.values().any(|b| under_root(b)) {
-            sc.push_str("mount -t tmpfs -o mode=700 kubesim-home /root\n");
+        if Path::new("/etc/resolv.conf").is_file() {
+            mounts.push(runtime::Mount {
+                source: "/etc/resolv.conf".into(),
+                destination: "/etc/resolv.conf".into(),
+                read_only: true,
+            });
         }
-        // The termination message file.
-        let term_target = s(c, "/terminationMessagePath").unwrap_or("/dev/termination-log");
-        bind(
-            &mut sc,
-            &term_file.to_string_lossy(),
-            term_target,
-            false,
-            false,
-        );
-        // The service account.
+        mounts.push(runtime::Mount {
+            source: term_file.to_path_buf(),
+            destination: s(c, "/terminationMessagePath")
+                .unwrap_or("/dev/termination-log")
+                .into(),
+            read_only: false,
+        });
         if self.automount() {
-            bind(
-                &mut sc,
-                &self.dir.join("serviceaccount").to_string_lossy(),
-                SA_PATH,
-                true,
-                true,
-            );
+            mounts.push(runtime::Mount {
+                source: self.dir.join("serviceaccount"),
+                destination: SA_PATH.into(),
+                read_only: true,
+            });
         }
         // Volume mounts, parents first.
-        let mut mounts: Vec<Value> = c
+        let mut vm: Vec<Value> = c
             .get("volumeMounts")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        mounts.sort_by_key(|m| s(m, "/mountPath").unwrap_or("").matches('/').count());
-        for m in &mounts {
+        vm.sort_by_key(|m| s(m, "/mountPath").unwrap_or("").matches('/').count());
+        for m in &vm {
             let vname = s(m, "/name").unwrap_or("");
-            let target = s(m, "/mountPath").unwrap_or("");
             let Some(VolumeSource::Path { path, read_only }) = vols.get(vname) else {
                 continue;
             };
@@ -1678,96 +2028,80 @@ impl PodWorker {
             if let Some(sub) = s(m, "/subPath").filter(|p| !p.is_empty()) {
                 src = src.join(sub);
                 if !src.exists() {
-                    let _ = std::fs::create_dir_all(&src);
+                    std::fs::create_dir_all(&src)?;
                 }
             }
-            let ro = *read_only || m.get("readOnly") == Some(&json!(true));
-            bind(&mut sc, &src.to_string_lossy(), target, ro, src.is_dir());
+            mounts.push(runtime::Mount {
+                source: src,
+                destination: s(m, "/mountPath").unwrap_or("").into(),
+                read_only: *read_only || m.get("readOnly") == Some(&json!(true)),
+            });
         }
-        let wd = s(c, "/workingDir").filter(|w| !w.is_empty());
-        sc.push_str("PATH=\"$__kubesim_path\"; export PATH; unset __kubesim_path\n");
-        if let Some(wd) = wd {
-            sc.push_str(&format!("__kubesim_dir {w}; cd {w}\n", w = sq(wd)));
-        }
-        let user = c
-            .pointer("/securityContext/runAsUser")
-            .or_else(|| self.pod.pointer("/spec/securityContext/runAsUser"))
-            .and_then(Value::as_u64);
-        let group = c
-            .pointer("/securityContext/runAsGroup")
-            .or_else(|| self.pod.pointer("/spec/securityContext/runAsGroup"))
-            .and_then(Value::as_u64);
-        if user.is_some() || group.is_some() {
-            let mut cmd = String::from("exec setpriv");
-            cmd.push_str(&format!(" --reuid={}", user.unwrap_or(0)));
-            cmd.push_str(&format!(" --regid={}", group.or(user).unwrap_or(0)));
-            cmd.push_str(" --clear-groups -- \"$@\"\n");
-            sc.push_str(&cmd);
-        } else {
-            sc.push_str("exec \"$@\"\n");
-        }
-        sc
+        let devices = c
+            .get("volumeDevices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| match vols.get(s(d, "/name").unwrap_or("")) {
+                Some(VolumeSource::Block {
+                    major,
+                    minor,
+                    uid,
+                    gid,
+                    mode,
+                    read_only,
+                    ..
+                }) => Some(runtime::Device {
+                    path: s(d, "/devicePath").unwrap_or("").into(),
+                    major: *major,
+                    minor: *minor,
+                    uid: *uid,
+                    gid: *gid,
+                    mode: *mode,
+                    read_only: *read_only,
+                }),
+                _ => None,
+            })
+            .collect();
+        let config = runtime::config(&runtime::Bundle {
+            id: id.to_string(),
+            pod: &self.pod,
+            container: c,
+            rootfs,
+            argv,
+            env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd,
+            hostname: self.hostname(),
+            user,
+            mounts,
+            devices,
+        });
+        std::fs::write(
+            run_dir.join("config.json"),
+            serde_json::to_vec_pretty(&config).map_err(|e| BundleError::Runtime(e.to_string()))?,
+        )?;
+        Ok(overlays)
+    }
+
+    /// The pod's hostname: `spec.hostname`, else its name (at most 63 characters).
+    fn hostname(&self) -> String {
+        let h = s(&self.pod, "/spec/hostname").unwrap_or(&self.name);
+        h.chars().take(63).collect()
     }
 }
 
-/// The node's template of a pod's `/dev` (`DIR/kubelet/dev`, made once): the usual character
-/// devices, `pts` and `shm` to mount on, and the `fd`/`stdin`/`stdout`/`stderr`/`ptmx` links.
-/// A pod's set-up copies it with one `cp -a` (device nodes are copied as nodes); making each
-/// node with its own `mknod` and `ln` was a third of a pod's start.
-fn dev_template(dir: &Path) -> std::io::Result<PathBuf> {
-    use rustix::fs::{FileType, Mode, mknodat};
-    // One pod at a time makes it; the others find it made.
-    static MAKING: Mutex<()> = Mutex::new(());
-    let final_path = dir.join("kubelet").join("dev");
-    let _making = MAKING.lock().expect("dev template lock");
-    if !final_path.is_dir() {
-        // Built beside and renamed into place, so a pod never copies half a template.
-        let tmp = dir
-            .join("kubelet")
-            .join(format!("dev.{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-        let rw = Mode::from_raw_mode(0o666);
-        for (name, major, minor) in [
-            ("null", 1, 3),
-            ("zero", 1, 5),
-            ("full", 1, 7),
-            ("random", 1, 8),
-            ("urandom", 1, 9),
-            ("tty", 5, 0),
-        ] {
-            let dev = rustix::fs::makedev(major, minor);
-            mknodat(
-                rustix::fs::CWD,
-                tmp.join(name),
-                FileType::CharacterDevice,
-                rw,
-                dev,
-            )?;
-            // mknod honours the umask: set the mode the nodes must have.
-            std::fs::set_permissions(tmp.join(name), std::fs::Permissions::from_mode(0o666))?;
-        }
-        for d in ["pts", "shm"] {
-            std::fs::create_dir(tmp.join(d))?;
-        }
-        for (link, to) in [
-            ("ptmx", "pts/ptmx"),
-            ("fd", "/proc/self/fd"),
-            ("stdin", "/proc/self/fd/0"),
-            ("stdout", "/proc/self/fd/1"),
-            ("stderr", "/proc/self/fd/2"),
-        ] {
-            std::os::unix::fs::symlink(to, tmp.join(link))?;
-        }
-        if let Err(e) = std::fs::rename(&tmp, &final_path) {
-            let _ = std::fs::remove_dir_all(&tmp);
-            if !final_path.is_dir() {
-                return Err(e);
-            }
-        }
-    }
-    Ok(final_path)
+/// The home directory of `uid` in an image's `/etc/passwd`, else `/`.
+fn home_of(rootfs: &Path, uid: u32) -> String {
+    std::fs::read_to_string(rootfs.join("etc/passwd"))
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 6 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[5].to_string())
+            })
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".into())
 }
 
 #[cfg(test)]

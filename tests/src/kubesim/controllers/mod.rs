@@ -14,15 +14,18 @@
 //! | [`pv_controller`] | kube-controller-manager `pkg/controller/volume/persistentvolume` |
 //! | [`snapshot`] | kubernetes-csi/external-snapshotter (snapshot-controller + csi-snapshotter) |
 //! | [`scheduler`] | kube-scheduler with the VolumeBinding plugin |
-//! | [`kubelet`] | the kubelet with a container runtime (processes in mount namespaces) |
+//! | [`kubelet`] | the kubelet |
+//! | [`runtime`], [`images`] | containerd with runc: OCI bundles from pod specs, image pulls |
 //! | [`deployment`] | kube-controller-manager `pkg/controller/deployment` (no ReplicaSet layer) |
 //! | [`validator`] | kubernetes-csi/volume-data-source-validator |
 
 pub mod deployment;
 pub mod events;
+pub mod images;
 pub mod kubelet;
 pub mod provisioner;
 pub mod pv_controller;
+pub mod runtime;
 pub mod scheduler;
 pub mod snapshot;
 pub mod validator;
