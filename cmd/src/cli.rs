@@ -110,8 +110,12 @@ pub struct InstallArgs {
     #[arg(short = 'n', long, default_value = POPULATOR_NAMESPACE, value_name = "NAMESPACE")]
     pub namespace: String,
     /// Populator image (default: ghcr.io/volbackup/volbackup:<this version>).
-    #[arg(long, value_name = "IMAGE")]
+    #[arg(long, env = "VOLBACKUP_IMAGE", value_name = "IMAGE")]
     pub image: Option<String>,
+    /// Pod Security level enforced on the namespace: `baseline` (what the populate pods need),
+    /// or `privileged` for restores from a repository that is a node directory (hostPath).
+    #[arg(long, default_value = "baseline", value_parser = ["baseline", "privileged"], value_name = "LEVEL")]
+    pub pod_security: String,
     /// Print the manifests instead of applying them.
     #[arg(long)]
     pub dry_run: bool,
@@ -145,7 +149,7 @@ pub struct PopulatorArgs {
     #[arg(long, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
     /// Image of the populate pods (default: ghcr.io/volbackup/volbackup:<this version>).
-    #[arg(long, value_name = "IMAGE")]
+    #[arg(long, env = "VOLBACKUP_IMAGE", value_name = "IMAGE")]
     pub image: Option<String>,
     /// Where to serve /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
@@ -207,7 +211,7 @@ pub struct CreateArgs {
     #[arg(long, default_value = "30m", value_name = "DURATION")]
     pub timeout: String,
     /// Mover image (default: ghcr.io/volbackup/volbackup:<this version>).
-    #[arg(long, value_name = "IMAGE")]
+    #[arg(long, env = "VOLBACKUP_IMAGE", value_name = "IMAGE")]
     pub image: Option<String>,
     /// Use this existing Secret for the repository settings instead of creating
     /// `volbackup-repository` from the local settings.

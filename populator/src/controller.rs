@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use crate::api::{Condition, Phase, Progress, VolumeBackup};
 use crate::events::{Events, Kind as EventType};
 use crate::metrics::Metrics;
+use crate::mover;
 use crate::quantity;
 use crate::state::{self, Claim, Failure, Observed, PodFailure, PodState, Prime, Source, Step};
 
@@ -404,8 +405,13 @@ pub fn prime_claim(pvc: &PersistentVolumeClaim, namespace: &str) -> PersistentVo
     .expect("a PVC always deserializes")
 }
 
-/// The populate pod: `mover restore --json` onto PVC'.
-pub fn populate_pod(pvc: &PersistentVolumeClaim, backup: &VolumeBackup, config: &Config) -> Pod {
+/// The populate pod: `mover restore --json` onto PVC' (the shared mover template).
+pub fn populate_pod(
+    pvc: &PersistentVolumeClaim,
+    backup: &VolumeBackup,
+    config: &Config,
+    repository: Option<&str>,
+) -> Pod {
     let uid = pvc.uid().unwrap_or_default();
     let block = pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block");
     let mut args = vec![
@@ -421,42 +427,24 @@ pub fn populate_pod(pvc: &PersistentVolumeClaim, backup: &VolumeBackup, config: 
         args.push("--path".into());
         args.push(path.clone());
     }
-    let mut container = json!({
-        "name": "populate",
-        "image": config.image,
-        "args": args,
-        "envFrom": [{"secretRef": {"name": populate_name(&uid)}}],
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-        // Block devices and restoring owners need root (CAP_CHOWN, CAP_FOWNER, mknod).
-        "securityContext": {"runAsUser": 0, "runAsGroup": 0, "allowPrivilegeEscalation": false},
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    });
-    if block {
-        container["volumeDevices"] = json!([{"name": "target", "devicePath": BLOCK_TARGET}]);
-    } else {
-        container["volumeMounts"] = json!([{"name": "target", "mountPath": MOUNT_TARGET}]);
-    }
-    let mut spec = json!({
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": false,
-        "containers": [container],
-        "volumes": [{"name": "target", "persistentVolumeClaim": {"claimName": prime_name(&uid)}}],
-    });
-    if let Some(node) = annotation(&pvc.metadata, state::SELECTED_NODE) {
-        spec["nodeName"] = json!(node);
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": populate_name(&uid),
-            "namespace": config.namespace,
-            "labels": labels_for(&uid),
-            "annotations": annotations_for(&pvc.namespace().unwrap_or_default(), &pvc.name_any()),
+    mover::pod(&mover::MoverPod {
+        name: populate_name(&uid),
+        namespace: config.namespace.clone(),
+        image: config.image.clone(),
+        direction: mover::Direction::Restore,
+        block,
+        claim: prime_name(&uid),
+        paths: mover::Paths {
+            device: BLOCK_TARGET,
+            mount: MOUNT_TARGET,
         },
-        "spec": spec,
-    }))
-    .expect("a pod always deserializes")
+        secret: populate_name(&uid),
+        args,
+        labels: labels_for(&uid),
+        annotations: annotations_for(&pvc.namespace().unwrap_or_default(), &pvc.name_any()),
+        node_name: annotation(&pvc.metadata, state::SELECTED_NODE).map(str::to_string),
+        repository_dir: repository.and_then(mover::local_repository),
+    })
 }
 
 impl Context {
@@ -739,9 +727,18 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
                 .backup
                 .as_ref()
                 .ok_or_else(|| Error::Invalid("the VolumeBackup vanished".into()))?;
+            let location = seen.secret.as_ref().and_then(|s| {
+                mover::secret_location(
+                    s.data.as_ref().unwrap_or(&BTreeMap::new()),
+                    s.string_data.as_ref().unwrap_or(&BTreeMap::new()),
+                )
+            });
             let api: Api<Pod> = Api::namespaced(c.clone(), &cfg.namespace);
             match api
-                .create(&PostParams::default(), &populate_pod(pvc, backup, cfg))
+                .create(
+                    &PostParams::default(),
+                    &populate_pod(pvc, backup, cfg, location.as_deref()),
+                )
                 .await
             {
                 Ok(_) => {}
@@ -1306,6 +1303,7 @@ mod tests {
             &claim("Block"),
             &backup(Some("/data.img")),
             &config(),
+            None,
         ))
         .unwrap();
         let c = &pod["spec"]["containers"][0];
@@ -1330,9 +1328,13 @@ mod tests {
             "prime-u-1"
         );
 
-        let pod =
-            serde_json::to_value(populate_pod(&claim("Filesystem"), &backup(None), &config()))
-                .unwrap();
+        let pod = serde_json::to_value(populate_pod(
+            &claim("Filesystem"),
+            &backup(None),
+            &config(),
+            Some("s3:https://h/b"),
+        ))
+        .unwrap();
         let c = &pod["spec"]["containers"][0];
         assert_eq!(c["volumeMounts"][0]["mountPath"], MOUNT_TARGET);
         assert!(c.get("volumeDevices").is_none());

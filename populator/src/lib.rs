@@ -7,5 +7,6 @@ pub mod events;
 pub mod leader;
 pub mod manifests;
 pub mod metrics;
+pub mod mover;
 pub mod quantity;
 pub mod state;

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use volbackup_populator::api::{
     Phase, RepositoryRef, SecretRef, VolumeBackup, VolumeBackupSpec, VolumeBackupStatus, VolumeInfo,
 };
+use volbackup_populator::mover;
 
 use crate::cli::CreateArgs;
 use crate::cluster::{self, BACKUP_LABEL, DEFAULT_SNAPSHOT_CLASS, PVC_LABEL, explain};
@@ -29,9 +30,34 @@ use crate::repository::{self, REPOSITORY_SECRET};
 pub const BLOCK_PATH: &str = "/dev/volbackup-source";
 /// Where a Filesystem volume is mounted in the mover pod.
 pub const MOUNT_PATH: &str = "/data";
-/// The mover image of this version.
-pub fn default_image() -> String {
-    format!("ghcr.io/volbackup/volbackup:{}", env!("CARGO_PKG_VERSION"))
+/// The mover pod of one target (the template the populate pod shares).
+fn mover_pod(run: &Run, t: &Target, tmp: &str, ns: &str, args: Vec<String>) -> Pod {
+    mover::pod(&mover::MoverPod {
+        name: tmp.to_string(),
+        namespace: ns.to_string(),
+        image: run.image.clone(),
+        direction: mover::Direction::Backup,
+        block: t.is_block(),
+        claim: tmp.to_string(),
+        paths: mover::Paths {
+            device: BLOCK_PATH,
+            mount: MOUNT_PATH,
+        },
+        secret: run.secret.clone(),
+        args,
+        labels: serde_json::from_value(labels(run, t)).unwrap_or_default(),
+        annotations: BTreeMap::new(),
+        node_name: None,
+        repository_dir: repository_dir(&run.locations, ns),
+    })
+}
+
+/// The node directory to mount when the namespace's repository is a local path.
+fn repository_dir(locations: &BTreeMap<String, Option<String>>, ns: &str) -> Option<String> {
+    locations
+        .get(ns)
+        .and_then(|l| l.as_deref())
+        .and_then(mover::local_repository)
 }
 
 /// One PVC that passed the checks, with everything the backup records about it.
@@ -57,6 +83,8 @@ struct Run {
     args_tags: Vec<String>,
     image: String,
     secret: String,
+    /// The repository location per namespace (from the local settings or `--repo-secret`).
+    locations: BTreeMap<String, Option<String>>,
     keep_snapshot: bool,
     timeout: Duration,
     bars: MultiProgress,
@@ -159,10 +187,23 @@ async fn run_async(
         .repo_secret
         .clone()
         .unwrap_or_else(|| REPOSITORY_SECRET.to_string());
+    // Pod Security: a namespace that would refuse the mover pod fails here, before anything is
+    // created, rather than leaving a snapshot and a claim behind a pod that never starts.
+    let image = args.image.clone().unwrap_or_else(mover::default_image);
+    let mut locations = BTreeMap::new();
     for ns in &namespaces {
-        match &data {
-            Some(d) => cluster::write_repository_secret(&client, ns, d).await?,
+        let location = match &data {
+            Some(d) => d.get("VOLBACKUP_REPOSITORY").cloned(),
             None => check_secret(&client, ns, &secret).await?,
+        };
+        locations.insert(ns.clone(), location);
+    }
+    for t in &targets {
+        admitted(&client, t, &image, &secret, &locations).await?;
+    }
+    if let Some(d) = &data {
+        for ns in &namespaces {
+            cluster::write_repository_secret(&client, ns, d).await?;
         }
     }
     let show = !quiet && std::io::stderr().is_terminal();
@@ -175,8 +216,9 @@ async fn run_async(
         client: client.clone(),
         id: new_run_id(),
         args_tags: args.tags.clone(),
-        image: args.image.clone().unwrap_or_else(default_image),
+        image,
         secret,
+        locations,
         keep_snapshot: args.keep_snapshot,
         timeout,
         bars,
@@ -427,7 +469,9 @@ async fn snapshot_class(
 }
 
 /// Checks that `--repo-secret` exists and names a repository and a password (by key only).
-async fn check_secret(client: &Client, ns: &str, name: &str) -> Result<()> {
+/// Checks that an existing repository Secret has the keys a mover needs; gives the repository
+/// location it names.
+async fn check_secret(client: &Client, ns: &str, name: &str) -> Result<Option<String>> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let secret = match api.get_opt(name).await {
         Ok(Some(s)) => s,
@@ -436,8 +480,13 @@ async fn check_secret(client: &Client, ns: &str, name: &str) -> Result<()> {
         ),
         Err(e) => return Err(explain(e, "get", "secrets", Some(ns))),
     };
-    let mut keys: BTreeSet<String> = secret.data.unwrap_or_default().into_keys().collect();
-    keys.extend(secret.string_data.unwrap_or_default().into_keys());
+    let mut keys: BTreeSet<String> = secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_keys()
+        .collect();
+    keys.extend(secret.string_data.clone().unwrap_or_default().into_keys());
     for (a, b) in [
         ("VOLBACKUP_REPOSITORY", "RESTIC_REPOSITORY"),
         ("VOLBACKUP_PASSWORD", "RESTIC_PASSWORD"),
@@ -446,7 +495,76 @@ async fn check_secret(client: &Client, ns: &str, name: &str) -> Result<()> {
             bail!("Secret {ns}/{name} has neither {a} nor {b}: add one of them");
         }
     }
-    Ok(())
+    Ok(mover::secret_location(
+        secret.data.as_ref().unwrap_or(&BTreeMap::new()),
+        secret.string_data.as_ref().unwrap_or(&BTreeMap::new()),
+    ))
+}
+
+/// Asks the API server whether it would admit this target's mover pod (a server-side dry
+/// run, so Pod Security and any other admission policy answer); a refusal by Pod Security
+/// becomes one line naming the namespace, the level and the fix.
+async fn admitted(
+    client: &Client,
+    t: &Target,
+    image: &str,
+    secret: &str,
+    locations: &BTreeMap<String, Option<String>>,
+) -> Result<()> {
+    let ns = t.info.namespace.as_str();
+    let probe = mover::pod(&mover::MoverPod {
+        name: temp_name(&t.info.pvc, "admission"),
+        namespace: ns.to_string(),
+        image: image.to_string(),
+        direction: mover::Direction::Backup,
+        block: t.is_block(),
+        claim: t.info.pvc.clone(),
+        paths: mover::Paths {
+            device: BLOCK_PATH,
+            mount: MOUNT_PATH,
+        },
+        secret: secret.to_string(),
+        args: vec!["mover".into(), "backup".into()],
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::new(),
+        node_name: None,
+        repository_dir: repository_dir(locations, ns),
+    });
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    match pods
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &probe,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("violates PodSecurity") => {
+            let level = e
+                .message
+                .split("violates PodSecurity \"")
+                .nth(1)
+                .and_then(|r| r.split(['"', ':']).next())
+                .unwrap_or("restricted");
+            let why = if repository_dir(locations, ns).is_some() {
+                "the repository is a node directory, mounted with hostPath: use an S3 repository there"
+            } else if t.is_block() {
+                "it runs as root to read the Block volume"
+            } else {
+                "it runs as root to read files of every owner"
+            };
+            bail!(
+                "namespace {ns} enforces Pod Security \"{level}\", which refuses the mover pod for PVC {} ({why}; it meets \"{}\"): label the namespace pod-security.kubernetes.io/enforce={} or back up from a namespace that allows it",
+                t.info.pvc,
+                mover::MOVER_LEVEL,
+                mover::MOVER_LEVEL
+            )
+        }
+        Err(e) => Err(explain(e, "create", "pods", Some(ns))),
+    }
 }
 
 fn bar_for(run: &Run, t: &Target) -> ProgressBar {
@@ -600,30 +718,7 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
     }
     mover_args.push("--description".into());
     mover_args.push(description);
-    let mut container = json!({
-        "name": "mover",
-        "image": run.image,
-        "args": mover_args,
-        "envFrom": [{"secretRef": {"name": run.secret}}],
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-        "securityContext": {"runAsUser": 0, "runAsGroup": 0, "allowPrivilegeEscalation": false},
-    });
-    if t.is_block() {
-        container["volumeDevices"] = json!([{"name": "source", "devicePath": BLOCK_PATH}]);
-    } else {
-        container["volumeMounts"] =
-            json!([{"name": "source", "mountPath": MOUNT_PATH, "readOnly": true}]);
-    }
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": tmp, "namespace": ns, "labels": labels(run, t)},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "containers": [container],
-            "volumes": [{"name": "source", "persistentVolumeClaim": {"claimName": tmp, "readOnly": true}}],
-        },
-    }))?;
+    let pod = mover_pod(run, t, &tmp, ns, mover_args);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     pods.create(&PostParams::default(), &pod)
         .await

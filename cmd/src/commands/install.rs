@@ -210,14 +210,21 @@ fn str_at<'a>(v: &'a Yaml, path: &[&str]) -> Option<&'a str> {
     cur.as_str()
 }
 
-/// Sets the namespace and image in one parsed manifest: the Namespace's name, every
-/// `metadata.namespace`, ServiceAccount subjects of bindings, and the Deployment's container
-/// images and their `--namespace`/`--image` arguments.
-fn customize(doc: &mut Yaml, namespace: &str, image: &str) {
+/// The Pod Security level `install` enforces on its namespace unless told otherwise: what the
+/// populate pods meet (`volbackup_populator::mover`).
+pub const DEFAULT_POD_SECURITY: &str = volbackup_populator::mover::MOVER_LEVEL;
+
+/// Sets the namespace, its Pod Security level and the image in one parsed manifest: the
+/// Namespace's name and `enforce` label, every `metadata.namespace`, ServiceAccount subjects of
+/// bindings, and the Deployment's container images and their `--namespace`/`--image`
+/// arguments.
+fn customize(doc: &mut Yaml, namespace: &str, image: &str, pod_security: &str) {
     let ns = Yaml::String(namespace.to_string());
     let kind = str_at(doc, &["kind"]).unwrap_or("").to_string();
     if kind == "Namespace" {
         doc["metadata"]["name"] = ns.clone();
+        doc["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] =
+            Yaml::String(pod_security.to_string());
     }
     if doc["metadata"].get("namespace").is_some() {
         doc["metadata"]["namespace"] = ns.clone();
@@ -254,8 +261,8 @@ fn customize(doc: &mut Yaml, namespace: &str, image: &str) {
     }
 }
 
-/// Every object of the manifests, for this namespace and image, in apply order.
-fn objects(namespace: &str, image: &str) -> Result<Vec<Object>> {
+/// Every object of the manifests, for this namespace, level and image, in apply order.
+fn objects(namespace: &str, image: &str, pod_security: &str) -> Result<Vec<Object>> {
     let mut out = Vec::new();
     for (file, text) in FILES {
         for de in serde_yaml::Deserializer::from_str(text) {
@@ -264,7 +271,7 @@ fn objects(namespace: &str, image: &str) -> Result<Vec<Object>> {
             if doc.is_null() {
                 continue;
             }
-            customize(&mut doc, namespace, image);
+            customize(&mut doc, namespace, image, pod_security);
             let api_version = str_at(&doc, &["apiVersion"]).unwrap_or("");
             let kind_name = str_at(&doc, &["kind"]).unwrap_or("");
             let kind = KINDS
@@ -355,9 +362,9 @@ pub fn install(args: &InstallArgs, quiet: bool) -> Result<()> {
     let image = args
         .image
         .clone()
-        .unwrap_or_else(super::create::default_image);
+        .unwrap_or_else(volbackup_populator::mover::default_image);
     check_image(&image)?;
-    let objs = objects(&args.namespace, &image)?;
+    let objs = objects(&args.namespace, &image, &args.pod_security)?;
     if args.dry_run {
         print!("{}", render(&objs)?);
         return Ok(());
@@ -674,7 +681,11 @@ pub fn uninstall(args: &UninstallArgs, quiet: bool) -> Result<()> {
         );
     }
     // The image does not matter for names; the defaults keep the objects' identities.
-    let objs = objects(&args.namespace, &super::create::default_image())?;
+    let objs = objects(
+        &args.namespace,
+        &volbackup_populator::mover::default_image(),
+        DEFAULT_POD_SECURITY,
+    )?;
     runtime()?.block_on(async {
         let kube = cluster::connect(&kube_options(&args.kubeconfig, &args.context)).await?;
         uninstall_async(&kube.client, args, &objs, ask, quiet).await
@@ -928,7 +939,8 @@ mod tests {
     fn defaults() -> Vec<Object> {
         objects(
             POPULATOR_NAMESPACE,
-            &crate::commands::create::default_image(),
+            &volbackup_populator::mover::default_image(),
+            DEFAULT_POD_SECURITY,
         )
         .unwrap()
     }
@@ -951,13 +963,14 @@ mod tests {
                 customize(
                     &mut custom,
                     POPULATOR_NAMESPACE,
-                    &crate::commands::create::default_image(),
+                    &volbackup_populator::mover::default_image(),
+                    DEFAULT_POD_SECURITY,
                 );
                 assert_eq!(
                     doc,
                     custom,
                     "{file} does not hold the defaults (namespace {POPULATOR_NAMESPACE}, image {}): update it",
-                    crate::commands::create::default_image()
+                    volbackup_populator::mover::default_image()
                 );
             }
         }
@@ -984,7 +997,7 @@ mod tests {
 
     #[test]
     fn another_namespace_and_image_replace_every_default() {
-        let objs = objects("backup-ops", "registry.example/vb:dev").unwrap();
+        let objs = objects("backup-ops", "registry.example/vb:dev", "privileged").unwrap();
         let text = render(&objs).unwrap();
         assert!(!text.contains("volbackup-system"), "{text}");
         assert!(!text.contains("ghcr.io/volbackup"), "{text}");

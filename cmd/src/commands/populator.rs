@@ -67,7 +67,7 @@ pub fn run(args: &PopulatorArgs) -> Result<()> {
         image: args
             .image
             .clone()
-            .unwrap_or_else(super::create::default_image),
+            .unwrap_or_else(volbackup_populator::mover::default_image),
         max_attempts: args.max_attempts.max(1),
         retry_backoff: parse_duration(&args.retry_backoff)?,
         identity: identity(),

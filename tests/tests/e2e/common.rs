@@ -5,7 +5,6 @@
 //! `target/debug/kubectl-volbackup` (`cargo test --workspace` builds it first); each missing
 //! piece fails the test with a message saying so.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,14 +14,15 @@ use volbackup_e2e::kubesim::cluster::{Cluster, ClusterOptions};
 
 pub(crate) const NS: &str = "t";
 pub(crate) const PASSWORD: &str = "e2e-secret-pw-7f3a";
+/// The image repository a cluster pulls from the release (`volbackup_populator::mover`).
 pub(crate) const IMAGE: &str = "ghcr.io/volbackup/volbackup";
 
 pub(crate) fn require_host() {
     assert!(
         rustix::process::geteuid().is_root(),
-        "kubesim's kubelet needs root (mount namespaces, loop devices): run the tests as root"
+        "kubesim's kubelet needs root (runc containers, overlay mounts, loop devices): run the tests as root"
     );
-    for tool in ["losetup", "unshare", "mount", "setpriv", "sh", "dd", "cp"] {
+    for tool in ["losetup", "mount", "runc", "sh", "dd", "cp"] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
@@ -153,6 +153,9 @@ pub(crate) struct Env {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) repo: PathBuf,
     pub(crate) bin: PathBuf,
+    /// This build's image in the test registry: every plugin run gets it as
+    /// `VOLBACKUP_IMAGE`, so the project's pods run from it.
+    pub(crate) image: String,
 }
 
 impl Env {
@@ -161,9 +164,16 @@ impl Env {
         // volbackup-store (for the S3 harness) links aws-lc-rs next to ring: pick one.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let bin = plugin_binary();
+        let image = {
+            let b = bin.clone();
+            tokio::task::spawn_blocking(move || {
+                volbackup_e2e::image::test_image(&b).reference.clone()
+            })
+            .await
+            .expect("the image is built")
+        };
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut opts = ClusterOptions::new(dir.path().join("cluster"));
-        opts.images = BTreeMap::from([(IMAGE.to_string(), bin.clone())]);
+        let opts = ClusterOptions::new(dir.path().join("cluster"));
         let cluster = Cluster::start(opts).await.expect("kubesim starts");
         let kc =
             kube::config::Kubeconfig::read_from(cluster.kubeconfig_path()).expect("kubeconfig");
@@ -178,6 +188,7 @@ impl Env {
             dir,
             repo,
             bin,
+            image,
         };
         env.create(
             &ar("", "v1", "Namespace", "namespaces"),
@@ -300,17 +311,25 @@ impl Env {
     }
 
     /// Runs `sh -c script` in a pod with the PVC at /dev/xvda (Block) or /data, to completion.
+    /// The test's directory is mounted at its own path (hostPath), so the script can copy
+    /// test data in and out.
     pub(crate) async fn run_pod(&self, name: &str, pvc: &str, mode: &str, script: &str) {
-        let mut c =
-            json!({"name": "main", "image": "busybox:1.36", "command": ["sh", "-c", script]});
+        let own = self.dir.path().to_string_lossy().to_string();
+        let mut c = json!({"name": "main", "image": "busybox:1.36", "command": ["sh", "-c", script],
+                "volumeMounts": [{"name": "test", "mountPath": own}]});
         if mode == "Block" {
             c["volumeDevices"] = json!([{"name": "v", "devicePath": "/dev/xvda"}]);
         } else {
-            c["volumeMounts"] = json!([{"name": "v", "mountPath": "/data"}]);
+            c["volumeMounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "v", "mountPath": "/data"}));
         }
         self.create(
             &pods_ar(),
-            json!({"metadata": {"name": name}, "spec": {"restartPolicy": "Never", "containers": [c], "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": pvc}}]}}),
+            json!({"metadata": {"name": name}, "spec": {"restartPolicy": "Never", "containers": [c], "volumes": [
+                {"name": "v", "persistentVolumeClaim": {"claimName": pvc}},
+                {"name": "test", "hostPath": {"path": own, "type": "Directory"}}]}}),
         )
         .await;
         let done = self
@@ -339,12 +358,18 @@ impl Env {
         cmd.args(args)
             .env("KUBECONFIG", self.cluster.kubeconfig_path())
             .env("VOLBACKUP_PASSWORD", PASSWORD)
+            .env("VOLBACKUP_IMAGE", &self.image)
             .env_remove("VOLBACKUP_REPOSITORY")
             .env_remove("RESTIC_REPOSITORY")
             .env_remove("RESTIC_PASSWORD")
             .stdin(std::process::Stdio::null());
+        // An empty value unsets the variable.
         for (k, v) in extra_env {
-            cmd.env(k, v);
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
             .await
@@ -381,6 +406,7 @@ impl Env {
                 .args(["-qefc", &command, "/dev/null"])
                 .env("KUBECONFIG", self.cluster.kubeconfig_path())
                 .env("VOLBACKUP_PASSWORD", PASSWORD)
+                .env("VOLBACKUP_IMAGE", &self.image)
                 .env("TERM", "xterm")
                 .env_remove("NO_COLOR")
                 .stdin(std::process::Stdio::null())

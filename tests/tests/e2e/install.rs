@@ -160,7 +160,15 @@ async fn install_starts_the_populator_a_second_install_changes_nothing_and_unins
         d["status"]
     );
     let c = &d["spec"]["template"]["spec"]["containers"][0];
-    let image = format!("{IMAGE}:{}", env!("CARGO_PKG_VERSION"));
+    // This build's image, from the test registry (VOLBACKUP_IMAGE), tagged with the version.
+    let image = env.image.clone();
+    assert!(
+        image.ends_with(&format!(
+            "/volbackup/volbackup:{}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{image}"
+    );
     assert_eq!(c["image"], json!(image));
     assert_eq!(
         c["args"].as_array().unwrap()[..5],
@@ -176,6 +184,24 @@ async fn install_starts_the_populator_a_second_install_changes_nothing_and_unins
     let pod = serde_json::to_value(&pods.items[0]).unwrap();
     assert_eq!(pod["status"]["phase"], "Running", "{}", pod["status"]);
     assert_eq!(pod["spec"]["serviceAccountName"], "volbackup-populator");
+    // Pulled from the registry and run by runc as the image's non-root user.
+    let status = &pod["status"]["containerStatuses"][0];
+    assert_eq!(status["image"], json!(image));
+    assert!(
+        status["containerID"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("runc://"),
+        "{status}"
+    );
+    let pulled = env
+        .list(&ar("", "v1", "Event", "events"), false, None)
+        .await
+        .into_iter()
+        .any(|e| {
+            e["reason"] == "Pulled" && e["message"].as_str().is_some_and(|m| m.contains(&image))
+        });
+    assert!(pulled, "no Pulled event for {image}");
 
     // Again: nothing moves.
     let before = versions(&env, SYSTEM).await;
@@ -241,9 +267,17 @@ async fn install_starts_the_populator_a_second_install_changes_nothing_and_unins
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_dry_run_prints_the_manifests_of_kubectl_apply_k_and_creates_nothing() {
     let env = Env::start().await;
-    let out = env.plugin(&["install", "--dry-run"], &[]).await;
+    // Without VOLBACKUP_IMAGE: the release image of this very version.
+    let out = env
+        .plugin(&["install", "--dry-run"], &[("VOLBACKUP_IMAGE", "")])
+        .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let docs = parse_stream(&out.stdout);
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        json!(format!("{IMAGE}:{}", env!("CARGO_PKG_VERSION")))
+    );
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
     assert_eq!(
         kinds,
@@ -422,5 +456,58 @@ async fn an_image_that_cannot_be_pulled_fails_install_with_the_cause_and_uninsta
             .await
             .is_some(),
         "--keep-crds lost a VolumeBackup"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_holds_the_binary_its_libraries_and_the_ca_bundle_and_runs_as_nonroot() {
+    let env = Env::start().await;
+    let reference = env.image.clone();
+    let (files, config, ca) = tokio::task::spawn_blocking(move || {
+        (
+            xtask::image::list_files(&reference).expect("list the image's files"),
+            xtask::image::config(&reference).expect("the image's config"),
+            xtask::image::read_file(&reference, "/etc/ssl/certs/ca-certificates.crt")
+                .expect("the image's CA bundle"),
+        )
+    })
+    .await
+    .unwrap();
+    let libraries: Vec<String> = xtask::image::shared_libraries(&env.bin)
+        .unwrap()
+        .iter()
+        .map(|l| l.display().to_string())
+        .collect();
+    let mut allowed: Vec<String> = [
+        "/usr/local/bin/kubectl-volbackup",
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/nsswitch.conf",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    allowed.extend(libraries.iter().cloned());
+    let regular: Vec<&String> = files.iter().filter(|f| !f.ends_with('/')).collect();
+    for f in &regular {
+        assert!(
+            allowed.contains(f),
+            "the image holds {f}, which it does not need"
+        );
+    }
+    for f in &allowed {
+        assert!(files.contains(f), "the image lacks {f}: {files:?}");
+    }
+    // The CA bundle is whole (S3 over TLS verifies against it).
+    let ca = String::from_utf8(ca).expect("PEM text");
+    assert!(
+        ca.matches("-----BEGIN CERTIFICATE-----").count() > 50,
+        "the CA bundle holds too few certificates"
+    );
+    assert_eq!(config["User"], "65532:65532");
+    assert_eq!(
+        config["Entrypoint"],
+        json!(["/usr/local/bin/kubectl-volbackup"])
     );
 }

@@ -1,14 +1,17 @@
 //! The end-to-end tests, in one test binary: the real `kubectl-volbackup` against kubesim, with
 //! the real `restic` as the oracle.
 //!
-//! Needs root, util-linux (`losetup`, `unshare`), loop devices, `/usr/bin/restic` and a built
-//! `target/debug/kubectl-volbackup` (`cargo test --workspace` builds it first); each missing
-//! piece fails the test with a message saying so.
+//! Needs root, util-linux (`losetup`), loop devices, `runc`, `buildah`, `skopeo`, `umoci`,
+//! `docker-registry`, `/usr/bin/restic` and a built `target/debug/kubectl-volbackup`
+//! (`cargo test --workspace` builds it first); each missing piece fails the test with a message
+//! saying so. The project's pods run from this build's image, built and pushed to a registry on
+//! loopback once per run (`volbackup_e2e::image`).
 
 mod common;
 mod create;
 mod install;
 mod restore;
+mod security;
 
 #[path = "../../../store/tests/support_s3/mod.rs"]
 mod support_s3;

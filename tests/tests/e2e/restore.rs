@@ -70,13 +70,27 @@ where
 }
 
 /// `kubectl volbackup install`, which waits for the populator Deployment to be available.
-async fn install(env: &Env) {
-    let out = env.plugin(&["install"], &[]).await;
+/// These tests restore from a local-directory repository, which populate pods mount from the
+/// node (hostPath): their namespace must allow privileged pods.
+pub(crate) async fn install(env: &Env) {
+    let out = env
+        .plugin(&["install", "--pod-security", "privileged"], &[])
+        .await;
     assert_eq!(out.code, 0, "install failed: {}{}", out.stdout, out.stderr);
 }
 
 /// A Block and a Filesystem PVC with known content, backed up; returns the backups' names.
 async fn backed_up_volumes(env: &Env, block_bytes: usize) -> (String, String, Vec<u8>) {
+    let image = filled_volumes(env, block_bytes).await;
+    let out = env.create_backup(&["blk", "files"]).await;
+    assert_eq!(out.code, 0, "create failed: {}", out.stderr);
+    let (blk, files) = backup_names(env).await;
+    (blk, files, image)
+}
+
+/// The PVCs `blk` (Block, `block_bytes` of a pattern, returned) and `files` (a tree with files
+/// of several owners, private modes, links, a fifo and a set mtime) in the test namespace.
+pub(crate) async fn filled_volumes(env: &Env, block_bytes: usize) -> Vec<u8> {
     let data = env.dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let image = pattern(block_bytes, 11);
@@ -111,8 +125,11 @@ async fn backed_up_volumes(env: &Env, block_bytes: usize) -> (String, String, Ve
         ),
     )
     .await;
-    let out = env.create_backup(&["blk", "files"]).await;
-    assert_eq!(out.code, 0, "create failed: {}", out.stderr);
+    image
+}
+
+/// The names of the VolumeBackups of `blk` and `files` (one each).
+pub(crate) async fn backup_names(env: &Env) -> (String, String) {
     let name_of = |pvc: &'static str| async move {
         let b = env
             .list(
@@ -124,11 +141,11 @@ async fn backed_up_volumes(env: &Env, block_bytes: usize) -> (String, String, Ve
         assert_eq!(b.len(), 1, "{b:?}");
         b[0]["metadata"]["name"].as_str().unwrap().to_string()
     };
-    (name_of("blk").await, name_of("files").await, image)
+    (name_of("blk").await, name_of("files").await)
 }
 
 /// The directory or image file behind a bound PVC.
-async fn volume_path(env: &Env, ns: &str, pvc: &str) -> PathBuf {
+pub(crate) async fn volume_path(env: &Env, ns: &str, pvc: &str) -> PathBuf {
     let claim = get_in(env, &pvcs_ar(), ns, pvc).await.expect("pvc");
     let pv = claim["spec"]["volumeName"].as_str().expect("bound");
     env.cluster.dir().join("volumes").join(pv)
@@ -136,7 +153,7 @@ async fn volume_path(env: &Env, ns: &str, pvc: &str) -> PathBuf {
 
 /// Every entry under `root` (but `lost+found`): type, mode, owner, size, mtime, content or
 /// link target.
-fn tree(root: &Path) -> BTreeMap<String, String> {
+pub(crate) fn tree(root: &Path) -> BTreeMap<String, String> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .unwrap()

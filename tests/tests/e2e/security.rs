@@ -1,0 +1,131 @@
+//! Pod Security levels end to end: the mover and populate pods run from this build's image in
+//! runc with their real security contexts, in namespaces that enforce `baseline` or
+//! `restricted` (kubesim's Pod Security admission). The repository is on S3 (Garage): a
+//! local-directory repository would need a hostPath volume, which `baseline` refuses.
+
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::common::*;
+use crate::restore::{backup_names, filled_volumes, tree, volume_path};
+use crate::support_s3;
+
+/// An S3 repository in a fresh bucket, initialised; its location and the AWS variables.
+async fn s3_repository(env: &Env, bucket: &str) -> (String, Vec<(&'static str, String)>) {
+    let garage = tokio::task::spawn_blocking(support_s3::Garage::shared)
+        .await
+        .expect("garage");
+    let bucket = garage.new_bucket(bucket);
+    let location = format!("s3:{}/{bucket}/repo", garage.endpoint());
+    let aws = garage.restic_env();
+    let aws_ref: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = env
+        .plugin(&["repo", "init", "--repo", &location], &aws_ref)
+        .await;
+    assert_eq!(out.code, 0, "repo init on S3: {}", out.stderr);
+    (location, aws)
+}
+
+/// Labels the test namespace with a Pod Security level.
+async fn enforce(env: &Env, level: &str) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    namespaces
+        .patch(
+            NS,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": level}}}),
+            ),
+        )
+        .await
+        .expect("label the namespace");
+}
+
+async fn create_s3(env: &Env, location: &str, aws: &[(&str, String)], pvcs: &[&str]) -> Outcome {
+    let aws_ref: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut args = vec!["create", "-n", NS, "--repo", location, "--timeout", "60s"];
+    args.extend_from_slice(pvcs);
+    env.plugin(&args, &aws_ref).await
+}
+
+async fn restore(env: &Env, backup: &str, to: &str) {
+    let out = env
+        .plugin(&["restore", backup, "--to", to, "-n", NS, "--wait"], &[])
+        .await;
+    assert_eq!(out.code, 0, "restore {backup} failed: {}", out.stderr);
+}
+
+/// `kubectl volbackup install` with its defaults: the populator's namespace enforces baseline.
+async fn install_default(env: &Env) {
+    let out = env.plugin(&["install"], &[]).await;
+    assert_eq!(out.code, 0, "install failed: {}{}", out.stdout, out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_baseline_namespace_block_and_files_of_several_owners_back_up_and_restore() {
+    let env = Env::start().await;
+    let (location, aws) = s3_repository(&env, "psa-baseline").await;
+    install_default(&env).await;
+    let image = filled_volumes(&env, 4 << 20).await;
+    let original = tree(&volume_path(&env, NS, "files").await);
+    enforce(&env, "baseline").await;
+
+    let out = create_s3(&env, &location, &aws, &["blk", "files"]).await;
+    assert_eq!(out.code, 0, "create under baseline failed: {}", out.stderr);
+    let (blk, files) = backup_names(&env).await;
+    restore(&env, &blk, "blk-back").await;
+    restore(&env, &files, "files-back").await;
+    let restored = std::fs::read(volume_path(&env, NS, "blk-back").await).unwrap();
+    assert!(restored == image, "the restored block volume differs");
+    assert_eq!(tree(&volume_path(&env, NS, "files-back").await), original);
+    env.assert_nothing_temporary_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restricted_namespace_refuses_the_mover_at_once_and_still_receives_restores() {
+    let env = Env::start().await;
+    let (location, aws) = s3_repository(&env, "psa-restricted").await;
+    install_default(&env).await;
+    let image = filled_volumes(&env, 2 << 20).await;
+    let original = tree(&volume_path(&env, NS, "files").await);
+    // Backups taken while the namespace allowed them.
+    let out = create_s3(&env, &location, &aws, &["blk", "files"]).await;
+    assert_eq!(out.code, 0, "create failed: {}", out.stderr);
+    let (blk, files) = backup_names(&env).await;
+
+    enforce(&env, "restricted").await;
+    for (pvc, why) in [
+        ("blk", "it runs as root to read the Block volume"),
+        ("files", "it runs as root to read files of every owner"),
+    ] {
+        let started = std::time::Instant::now();
+        let out = create_s3(&env, &location, &aws, &[pvc]).await;
+        assert_one_line_failure(&out, "enforces Pod Security \"restricted\"");
+        assert!(out.stderr.contains(why), "{}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("label the namespace pod-security.kubernetes.io/enforce=baseline"),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the refusal took {:?}",
+            started.elapsed()
+        );
+    }
+    env.assert_nothing_temporary_left().await;
+    let backups: Vec<Value> = env.list(&backups_ar(), true, None).await;
+    assert_eq!(backups.len(), 2, "a refused create recorded a backup");
+    assert!(
+        env.list(&pods_ar(), true, None).await.is_empty(),
+        "a pod was left in the namespace"
+    );
+
+    // Restores run their pods in the populator's namespace, so they land here all the same.
+    restore(&env, &blk, "blk-back").await;
+    restore(&env, &files, "files-back").await;
+    let restored = std::fs::read(volume_path(&env, NS, "blk-back").await).unwrap();
+    assert!(restored == image, "the restored block volume differs");
+    assert_eq!(tree(&volume_path(&env, NS, "files-back").await), original);
+}
