@@ -2,6 +2,8 @@
 //!
 //! - `cargo xtask image [--binary PATH] [--tag REF] [--base IMAGE] [--push]`: builds the
 //!   container image from the `Containerfile` with buildah (and pushes it).
+//! - `cargo xtask release --version V --out DIR [--target T]... [--binary T=PATH]...`: packs the
+//!   release archives, `SHA256SUMS` and the krew manifest.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +13,11 @@ use clap::{Args, Parser, Subcommand};
 use xtask::image;
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "volbackup's build tasks")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "volbackup's build tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,6 +27,8 @@ struct Cli {
 enum Command {
     /// Build the container image with buildah (and push it).
     Image(ImageArgs),
+    /// Pack the release archives, SHA256SUMS and the krew manifest into a folder.
+    Release(xtask::release::ReleaseArgs),
 }
 
 #[derive(Args)]
@@ -80,6 +88,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Image(a) => image(a),
+        Command::Release(args) => xtask::release::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
