@@ -119,6 +119,15 @@ pub fn secret_data(opts: &RepoOptions) -> Result<std::collections::BTreeMap<Stri
             data.insert(key.to_string(), v);
         }
     }
+    // A private CA travels as PEM text: a pod has no file of the user's machine to read.
+    if let Some(pem) =
+        volbackup_store::backend::s3::ca_from_env().map_err(|e| anyhow::anyhow!(e))?
+    {
+        data.insert(
+            "VOLBACKUP_CACERT".to_string(),
+            String::from_utf8_lossy(&pem).into_owned(),
+        );
+    }
     Ok(data)
 }
 

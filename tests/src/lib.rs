@@ -3,3 +3,4 @@
 
 pub mod image;
 pub mod kubesim;
+pub mod tls_proxy;

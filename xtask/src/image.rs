@@ -229,13 +229,9 @@ pub fn list_files(reference: &str) -> Result<Vec<String>> {
 
 /// The image configuration's `config` section (`User`, `Entrypoint`, ...).
 pub fn config(reference: &str) -> Result<serde_json::Value> {
-    let text = run(buildah().args([
-        "inspect",
-        "--type",
-        "image",
-        "--format",
-        "{{json .OCIv1.Config}}",
-        reference,
-    ]))?;
-    Ok(serde_json::from_str(&text)?)
+    let text = run(buildah().args(["inspect", "--type", "image", reference]))?;
+    let all: serde_json::Value = serde_json::from_str(&text)?;
+    all.pointer("/OCIv1/config")
+        .cloned()
+        .with_context(|| format!("buildah inspect {reference} has no OCIv1.config"))
 }

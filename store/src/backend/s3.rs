@@ -79,6 +79,9 @@ pub struct S3Config {
     pub multipart_threshold: u64,
     /// The size of each part of a multipart upload (S3 wants at least 5 MiB).
     pub part_size: u64,
+    /// Extra certificate authorities (PEM) trusted for an `https` endpoint beside the system's:
+    /// a server with a private CA. From `VOLBACKUP_CACERT` or `RESTIC_CACERT` (see [`ca_from_env`]).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl S3Config {
@@ -102,6 +105,7 @@ impl S3Config {
             attempt_timeout: Duration::from_secs(60),
             multipart_threshold: 64 << 20,
             part_size: 16 << 20,
+            ca_pem: None,
         }
     }
 
@@ -178,6 +182,35 @@ fn split_bucket(path: &str) -> Option<(String, String)> {
         return None;
     }
     Some((bucket.to_string(), prefix.trim_matches('/').to_string()))
+}
+
+/// The extra CA certificates for `https` endpoints: `VOLBACKUP_CACERT`, else `RESTIC_CACERT`,
+/// each either the PEM text itself (as a repository Secret carries it into a pod) or the path
+/// of a PEM file (as restic's `--cacert`).
+pub fn ca_from_env() -> std::result::Result<Option<Vec<u8>>, String> {
+    let Some((name, value)) = ["VOLBACKUP_CACERT", "RESTIC_CACERT"].iter().find_map(|k| {
+        std::env::var(k)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|v| (*k, v))
+    }) else {
+        return Ok(None);
+    };
+    ca_pem(&value).map(Some).map_err(|e| format!("{name}: {e}"))
+}
+
+/// PEM text as given, or read from the file a value names; checked to hold a certificate.
+pub fn ca_pem(value: &str) -> std::result::Result<Vec<u8>, String> {
+    let pem = if value.trim_start().starts_with("-----BEGIN") {
+        value.as_bytes().to_vec()
+    } else {
+        std::fs::read(value)
+            .map_err(|e| format!("cannot read the CA certificate file {value}: {e}"))?
+    };
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".to_string());
+    }
+    Ok(pem)
 }
 
 /// A repository in an S3 bucket.
@@ -312,6 +345,25 @@ impl S3Backend {
             .region(region)
             .retry_config(retry)
             .timeout_config(timeouts);
+        if let Some(pem) = &cfg.ca_pem {
+            use aws_smithy_http_client::tls;
+            let trust = tls::TrustStore::default().with_pem_certificate(pem.clone());
+            let ctx = tls::TlsContext::builder()
+                .with_trust_store(trust)
+                .build()
+                .map_err(|e| Error::Backend {
+                    location: cfg.location(),
+                    message: format!("the CA certificate (VOLBACKUP_CACERT) is not usable: {e}"),
+                    retryable: false,
+                })?;
+            let http = aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::AwsLc,
+                ))
+                .tls_context(ctx)
+                .build_https();
+            loader = loader.http_client(http);
+        }
         if let Some(ep) = &cfg.endpoint {
             loader = loader.endpoint_url(ep.clone());
         }
@@ -340,7 +392,13 @@ impl S3Backend {
 
     /// Parses `location` (see [`parse_location`]) and opens it.
     pub fn from_location(location: &str) -> Result<Self> {
-        Self::open(parse_location(location)?)
+        let mut cfg = parse_location(location)?;
+        cfg.ca_pem = ca_from_env().map_err(|message| Error::Backend {
+            location: cfg.location(),
+            message,
+            retryable: false,
+        })?;
+        Self::open(cfg)
     }
 
     /// The configuration in use.

@@ -821,7 +821,7 @@ impl Store {
                     // Pod Security admission (after defaulting, as in the real chain).
                     if let Some(namespace) = st.get(&ResourceKey::core("namespaces"), "", &ns)
                         && let Some(msg) = podsecurity::check_pod(
-                            &namespace,
+                            namespace,
                             &name,
                             obj.get("spec").unwrap_or(&Value::Null),
                         )

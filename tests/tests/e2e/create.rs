@@ -484,6 +484,7 @@ async fn an_interrupted_backup_removes_its_temporary_objects_and_the_repository_
         ])
         .env("KUBECONFIG", env.cluster.kubeconfig_path())
         .env("VOLBACKUP_PASSWORD", PASSWORD)
+        .env("VOLBACKUP_IMAGE", &env.image)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

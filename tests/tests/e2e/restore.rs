@@ -688,7 +688,7 @@ async fn populator_process(env: &Env, crash_after: Option<u32>, limit: Duration)
         "--namespace",
         POP_NS,
         "--image",
-        IMAGE,
+        &env.image,
         "--metrics-addr",
         "127.0.0.1:0",
         "--retry-backoff",

@@ -129,3 +129,79 @@ async fn a_restricted_namespace_refuses_the_mover_at_once_and_still_receives_res
     assert!(restored == image, "the restored block volume differs");
     assert_eq!(tree(&volume_path(&env, NS, "files-back").await), original);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_behind_https_with_a_private_ca_works_from_inside_the_pods() {
+    let env = Env::start().await;
+    let garage = tokio::task::spawn_blocking(support_s3::Garage::shared)
+        .await
+        .expect("garage");
+    let upstream: std::net::SocketAddr = garage
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("garage listens on an address");
+    let proxy = volbackup_e2e::tls_proxy::TlsProxy::start(upstream)
+        .await
+        .expect("the TLS proxy starts");
+    let ca = env.dir.path().join("private-ca.pem");
+    std::fs::write(&ca, &proxy.ca_pem).unwrap();
+    let bucket = garage.new_bucket("tls");
+    let location = format!("s3:https://127.0.0.1:{}/{bucket}/repo", proxy.port);
+    let aws = garage.restic_env();
+    let mut with_ca: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let without_ca = with_ca.clone();
+    with_ca.push(("VOLBACKUP_CACERT", ca.to_str().unwrap()));
+
+    // Without the CA the server is not trusted, and nothing is created.
+    let out = env
+        .plugin(&["repo", "init", "--repo", &location], &without_ca)
+        .await;
+    assert_ne!(out.code, 0, "an untrusted server was accepted");
+    let out = env
+        .plugin(&["repo", "init", "--repo", &location], &with_ca)
+        .await;
+    assert_eq!(out.code, 0, "repo init over TLS: {}", out.stderr);
+
+    install_default(&env).await;
+    env.pvc("tlsvol", "Block", "2Mi", json!({})).await;
+    let data = env.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let block = pattern(2 << 20, 21);
+    std::fs::write(data.join("tls.bin"), &block).unwrap();
+    env.run_pod(
+        "fill",
+        "tlsvol",
+        "Block",
+        &format!(
+            "dd if={}/tls.bin of=/dev/xvda bs=1M 2>/dev/null && sync",
+            data.display()
+        ),
+    )
+    .await;
+    // The CA reaches the mover (and later the populate pod) in the repository Secret.
+    let out = env
+        .plugin(
+            &[
+                "create",
+                "tlsvol",
+                "-n",
+                NS,
+                "--repo",
+                &location,
+                "--timeout",
+                "60s",
+            ],
+            &with_ca,
+        )
+        .await;
+    assert_eq!(out.code, 0, "create over TLS failed: {}", out.stderr);
+    let backups = env
+        .list(&backups_ar(), true, Some("volbackup.io/pvc=tlsvol"))
+        .await;
+    assert_eq!(backups.len(), 1);
+    let name = backups[0]["metadata"]["name"].as_str().unwrap().to_string();
+    restore(&env, &name, "tls-back").await;
+    let restored = std::fs::read(volume_path(&env, NS, "tls-back").await).unwrap();
+    assert!(restored == block, "the volume restored over TLS differs");
+}

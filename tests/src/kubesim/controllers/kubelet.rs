@@ -11,7 +11,8 @@
 //!   the host's `/usr` (and the merged-usr links) bound read-only, an overlay on the host's
 //!   `/etc`, and the mapped binary bound at its own path. `command` and `args` run as given
 //!   (`sh` when both are empty, `sleep infinity` for pause); a mapped image's `command[0]`
-//!   naming the binary's file name runs the binary. The project's own images are never mapped.
+//!   naming the binary's file name runs the binary. The project's tests never map its image.
+//!
 //! Any other image must come from a registry on loopback; others fail to pull (`ErrImagePull`,
 //! then `ImagePullBackOff`, with the kubelet's events).
 //!
@@ -507,7 +508,7 @@ fn runc_error(log: &Path) -> Option<String> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v.get("level").and_then(Value::as_str) == Some("error"))
         .filter_map(|v| v.get("msg").and_then(Value::as_str).map(str::to_string))
-        .last()
+        .next_back()
 }
 
 /// Mounts an overlay of `lower` with a writable layer in `scratch` at `target`.
