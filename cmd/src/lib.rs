@@ -42,9 +42,13 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         // The Kubernetes commands handle Ctrl-C themselves (they clean up cluster objects).
         exit_cleanly_on_signals();
     }
+    if !matches!(cli.command, Command::Populator(_)) {
+        show_engine_warnings();
+    }
     match &cli.command {
         Command::Repo(RepoCommand::Init(a)) => commands::repo::init(a, quiet),
         Command::Repo(RepoCommand::Check(a)) => commands::repo::check_cmd(a, quiet),
+        Command::Repo(RepoCommand::Unlock(a)) => commands::repo::unlock(a, quiet),
         Command::Snapshots(a) => commands::snapshots::run(a),
         Command::Forget(a) => commands::forget::run(a, quiet),
         Command::Prune(a) => commands::repo::prune(a, quiet),
@@ -60,6 +64,21 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Uninstall(a) => commands::install::uninstall(a, quiet),
         Command::Populator(a) => commands::populator::run(a),
     }
+}
+
+/// Prints the engine's warnings (an unreadable lock file passed over, a key file skipped) on
+/// stderr; `RUST_LOG` can ask for more. The populator sets up its own logging.
+fn show_engine_warnings() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("volbackup_store=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .with_target(false)
+        .with_env_filter(filter)
+        .try_init();
 }
 
 /// On SIGINT or SIGTERM: remove the repository locks this process holds, say so, and exit

@@ -588,3 +588,136 @@ fn forget_dry_run_changes_nothing_and_forget_with_prune_leaves_a_sound_smaller_r
     let line = one_error_line(&no_policy);
     assert!(line.contains("no policy"), "{line}");
 }
+
+/// Opens a repository the binary made, with the engine, to plant files in it.
+fn open_store(repo: &Path) -> volbackup_store::Repository {
+    let backend = std::sync::Arc::new(volbackup_store::backend::local::LocalBackend::new(repo));
+    volbackup_store::Repository::open(backend, PASSWORD).unwrap()
+}
+
+fn lock_names(repo: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(repo.join("locks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_garbage_lock_file_is_passed_over_with_a_warning_naming_the_real_unlock_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let garbage = "5a".repeat(32);
+    std::fs::write(repo.join("locks").join(&garbage), b"not a lock at all").unwrap();
+    let src = dir.path().join("a.img");
+    std::fs::write(&src, mixed_data(1)).unwrap();
+    let out = ok(
+        bin()
+            .args(["mover", "backup", "--repo"])
+            .arg(&repo)
+            .arg("--source")
+            .arg(&src)
+            .output()
+            .unwrap(),
+        "mover backup with a garbage lock file",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("locks/{garbage}"))
+            && err.contains("`kubectl-volbackup repo unlock --remove-all`"),
+        "no warning about the garbage lock: {err}"
+    );
+}
+
+#[test]
+fn repo_unlock_removes_a_stale_lock_and_keeps_a_fresh_one() {
+    use volbackup_store::backend::FileType;
+    use volbackup_store::format::{LockFile, now};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let store = open_store(&repo);
+    let fresh = LockFile {
+        time: now(),
+        exclusive: true,
+        hostname: "other-host".into(),
+        username: "someone".into(),
+        pid: 1,
+        uid: 0,
+        gid: 0,
+    };
+    let stale = LockFile {
+        time: now() - chrono::Duration::minutes(45),
+        ..fresh.clone()
+    };
+    let fresh_id = store.save_unpacked(FileType::Lock, &fresh).unwrap();
+    store.save_unpacked(FileType::Lock, &stale).unwrap();
+
+    // The fresh exclusive lock blocks a backup, and the error names a command that exists.
+    let src = dir.path().join("a.img");
+    std::fs::write(&src, mixed_data(1)).unwrap();
+    let out = bin()
+        .args(["mover", "backup", "--repo"])
+        .arg(&repo)
+        .arg("--source")
+        .arg(&src)
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("someone@other-host")
+            && line.contains("`kubectl-volbackup repo unlock --remove-all`"),
+        "{line}"
+    );
+
+    let out = ok(
+        bin()
+            .args(["repo", "unlock", "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap(),
+        "repo unlock",
+    );
+    assert_eq!(
+        lock_names(&repo),
+        [fresh_id.to_hex()].into_iter().collect(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn repo_unlock_remove_all_asks_first_and_refuses_without_a_terminal_unless_yes() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let store = open_store(&repo);
+    let held = volbackup_store::lock::Lock::shared(&store).unwrap();
+    std::fs::write(repo.join("locks").join("ab".repeat(32)), b"garbage").unwrap();
+    let before = lock_names(&repo);
+    assert_eq!(before.len(), 2);
+
+    let out = bin()
+        .args(["repo", "unlock", "--remove-all", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("without confirmation") && line.contains("--yes"),
+        "{line}"
+    );
+    assert_eq!(
+        lock_names(&repo),
+        before,
+        "locks removed without confirmation"
+    );
+
+    ok(
+        bin()
+            .args(["repo", "unlock", "--remove-all", "--yes", "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap(),
+        "repo unlock --remove-all --yes",
+    );
+    assert!(lock_names(&repo).is_empty(), "{:?}", lock_names(&repo));
+    drop(held);
+}

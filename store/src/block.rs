@@ -327,7 +327,7 @@ pub fn restore_block(
             .ok_or_else(|| Error::Corrupt {
                 what: format!("snapshot {}", snapshot.short()),
                 message: format!(
-                    "data blob {id} is missing from the index (run `kubectl-volbackup check`)"
+                    "data blob {id} is missing from the index (run `kubectl-volbackup repo check`)"
                 ),
             })?;
         offsets

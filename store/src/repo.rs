@@ -233,7 +233,7 @@ impl Repository {
     pub fn read_blob(&self, t: BlobType, id: &Id) -> Result<Vec<u8>> {
         let entry = self.blob_entry(t, id).ok_or_else(|| {
             Error::Invalid(format!(
-                "{t} blob {id} is not in the index of {} (run `kubectl-volbackup check`)",
+                "{t} blob {id} is not in the index of {} (run `kubectl-volbackup repo check`)",
                 self.location()
             ))
         })?;
@@ -483,7 +483,7 @@ impl BlobReader {
     pub fn read(&mut self, t: BlobType, id: &Id) -> Result<&[u8]> {
         let entry = self.repo.blob_entry(t, id).ok_or_else(|| {
             Error::Invalid(format!(
-                "{t} blob {id} is not in the index of {} (run `kubectl-volbackup check`)",
+                "{t} blob {id} is not in the index of {} (run `kubectl-volbackup repo check`)",
                 self.repo.location()
             ))
         })?;

@@ -288,3 +288,114 @@ fn a_lock_left_by_a_dead_process_on_this_host_is_ignored() {
         "{err}"
     );
 }
+
+/// Plants three kinds of garbage in `locks/`: random bytes under a random name, random bytes
+/// named by their own hash (so only the MAC fails), and a sealed file that is not lock JSON.
+fn plant_garbage_locks(t: &TempRepo, repo: &Repository) {
+    use volbackup_store::Id;
+    use volbackup_store::backend::FileType;
+    let before = repo.list_ids(FileType::Lock).unwrap().len();
+    let locks = t.path.join("locks");
+    let junk = common::random_bytes(11, 300);
+    std::fs::write(locks.join(Id::random().to_hex()), &junk).unwrap();
+    let junk = common::random_bytes(12, 300);
+    std::fs::write(locks.join(Id::hash(&junk).to_hex()), &junk).unwrap();
+    repo.save_unpacked_raw(FileType::Lock, b"{\"not\": \"a lock\"")
+        .unwrap();
+    assert_eq!(repo.list_ids(FileType::Lock).unwrap().len(), before + 3);
+}
+
+#[test]
+fn garbage_in_locks_does_not_stop_backup_restore_or_prune() {
+    use volbackup_store::backend::FileType;
+    use volbackup_store::prune::{PruneOptions, execute, plan_prune};
+    let t = TempRepo::new();
+    let repo = t.init_ours();
+    plant_garbage_locks(&t, &repo);
+
+    let first = mixed_image(20, 4);
+    let second = mixed_image(21, 4);
+    let old = backup_block(
+        &repo,
+        &mut &first[..],
+        "g.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    let new = backup_block(
+        &repo,
+        &mut &second[..],
+        "g.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+
+    let target = t.scratch("out.img");
+    restore_block(
+        &repo,
+        &new.snapshot_id,
+        None,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(
+        std::fs::read(&target).unwrap() == second,
+        "restored image differs"
+    );
+
+    repo.backend()
+        .remove(FileType::Snapshot, &old.snapshot_id.to_hex())
+        .unwrap();
+    let plan = plan_prune(&repo, &PruneOptions::default()).unwrap();
+    assert!(
+        !plan.is_noop(),
+        "the forgotten snapshot left nothing to prune"
+    );
+    execute(&repo, &plan, &NoProgress).unwrap();
+
+    // The garbage is passed over, not removed: only `repo unlock --remove-all` removes it.
+    assert_eq!(repo.list_ids(FileType::Lock).unwrap().len(), 3);
+}
+
+#[test]
+fn unlock_removes_stale_locks_and_keeps_fresh_ones_and_remove_all_removes_everything() {
+    use volbackup_store::backend::FileType;
+    use volbackup_store::format::{LockFile, now};
+    use volbackup_store::lock::{Unlocked, remove_all_locks, remove_stale_locks};
+    let t = TempRepo::new();
+    let repo = t.init_ours();
+    let fresh = LockFile {
+        time: now(),
+        exclusive: true,
+        hostname: "other-host".into(),
+        username: "someone".into(),
+        pid: 1,
+        uid: 0,
+        gid: 0,
+    };
+    let old = LockFile {
+        time: now() - chrono::Duration::minutes(31),
+        ..fresh.clone()
+    };
+    let fresh_id = repo.save_unpacked(FileType::Lock, &fresh).unwrap();
+    repo.save_unpacked(FileType::Lock, &old).unwrap();
+    plant_garbage_locks(&t, &repo);
+
+    assert_eq!(
+        remove_stale_locks(&repo).unwrap(),
+        Unlocked {
+            removed: 1,
+            kept: 1
+        }
+    );
+    let left = repo.list_ids(FileType::Lock).unwrap();
+    assert!(left.contains(&fresh_id), "the fresh lock was removed");
+    assert_eq!(left.len(), 4, "the stale lock is still there: {left:?}");
+
+    assert_eq!(remove_all_locks(&repo).unwrap(), 4);
+    assert!(repo.list_ids(FileType::Lock).unwrap().is_empty());
+}
