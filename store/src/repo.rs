@@ -15,8 +15,13 @@ use crate::id::Id;
 use crate::index::{Index, IndexEntry};
 use crate::{Error, Result};
 
-/// restic tries at most this many key files when opening a repository.
+/// restic tries at most this many key files when opening a repository. Key files skipped
+/// before scrypt runs (unreadable, too large, refused parameters) do not count.
 pub const MAX_KEYS_TRIED: usize = 20;
+
+/// Key files larger than this are skipped unread: restic's are about 450 bytes, and the
+/// files are not authenticated, so their size is whatever someone planted.
+pub const MAX_KEY_FILE_SIZE: u64 = 64 * 1024;
 
 /// Options for [`Repository::init`].
 #[derive(Debug, Clone, Default)]
@@ -101,23 +106,7 @@ impl Repository {
             Err(Error::NotFound { .. }) => return Err(Error::NoRepository { location }),
             Err(e) => return Err(e),
         };
-        let mut keys = backend.list(FileType::Key)?;
-        keys.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut found = None;
-        for k in keys.iter().take(MAX_KEYS_TRIED) {
-            let raw = match backend.read(FileType::Key, &k.name) {
-                Ok(r) => r,
-                Err(Error::NotFound { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            if let Some(master) = try_key_file(&raw, password)? {
-                found = Some((master, Id::from_hex(&k.name).unwrap_or_default()));
-                break;
-            }
-        }
-        let Some((key, key_id)) = found else {
-            return Err(Error::WrongPassword { location });
-        };
+        let (key, key_id) = find_key(backend.as_ref(), password)?;
         let plain = key.open(&sealed_config).map_err(|_| Error::Corrupt {
             what: format!("{location}/config"),
             message: "does not decrypt with the repository key".into(),
@@ -707,37 +696,110 @@ fn write_key_file(
     Ok(id)
 }
 
-/// Tries one key file; `Ok(None)` when the password does not open it.
-fn try_key_file(raw: &[u8], password: &str) -> Result<Option<Key>> {
-    let Ok(kf) = serde_json::from_slice::<KeyFile>(raw) else {
-        return Ok(None);
+/// Finds the key file that opens with `password` and returns the master key and the file's id.
+/// Key files that cannot be used are skipped with a warning, so one planted or damaged file
+/// does not lock everyone out.
+fn find_key(backend: &dyn Backend, password: &str) -> Result<(Key, Id)> {
+    let location = backend.location();
+    let mut keys = backend.list(FileType::Key)?;
+    keys.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut tried = 0;
+    let mut unusable = Vec::new();
+    for k in &keys {
+        if tried == MAX_KEYS_TRIED {
+            break;
+        }
+        let outcome = if k.size == 0 {
+            KeyTry::Unusable("empty".into())
+        } else if k.size > MAX_KEY_FILE_SIZE {
+            KeyTry::Unusable(format!(
+                "{} bytes long, above the limit {}",
+                k.size,
+                format::human_bytes(MAX_KEY_FILE_SIZE)
+            ))
+        } else {
+            // The listed size bounds the read, whatever the file holds by now.
+            match backend.read_range(FileType::Key, &k.name, 0, k.size) {
+                Ok(raw) => try_key_file(&raw, password),
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        match outcome {
+            KeyTry::Opened(key) => return Ok((key, Id::from_hex(&k.name).unwrap_or_default())),
+            KeyTry::NotThisPassword => tried += 1,
+            KeyTry::Unusable(why) => {
+                tracing::warn!("{location}: skipping key file keys/{}: {why}", k.name);
+                unusable.push(format!("keys/{}: {why}", k.name));
+            }
+        }
+    }
+    if tried == 0
+        && let Some(first) = unusable.first()
+    {
+        return Err(Error::Corrupt {
+            what: format!("{location}/keys"),
+            message: format!(
+                "no key file can be used ({} skipped; {first}): the key files are damaged or \
+                 were replaced, restore keys/ from a copy",
+                unusable.len()
+            ),
+        });
+    }
+    Err(Error::WrongPassword { location })
+}
+
+/// What one key file gave.
+enum KeyTry {
+    /// The password opens it: the master key.
+    Opened(Key),
+    /// A usable key file the password does not open.
+    NotThisPassword,
+    /// Not a key file this program will use, and why.
+    Unusable(String),
+}
+
+/// Tries one key file; the scrypt parameters are checked before scrypt runs.
+fn try_key_file(raw: &[u8], password: &str) -> KeyTry {
+    let kf = match serde_json::from_slice::<KeyFile>(raw) {
+        Ok(kf) => kf,
+        Err(e) => return KeyTry::Unusable(format!("not a key file: {e}")),
     };
     if kf.kdf != "scrypt" {
-        return Ok(None);
+        return KeyTry::Unusable(format!("unknown key derivation {:?}", kf.kdf));
     }
     let params = KdfParams {
         n: kf.n,
         r: kf.r,
         p: kf.p,
     };
-    let Ok(user) = crypto::derive_key(password, &kf.salt, params) else {
-        return Ok(None);
+    if let Err(why) = params.check_limits() {
+        return KeyTry::Unusable(why);
+    }
+    let user = match crypto::derive_key(password, &kf.salt, params) {
+        Ok(user) => user,
+        Err(e) => return KeyTry::Unusable(e.to_string()),
     };
     let Ok(plain) = user.open(&kf.data) else {
-        return Ok(None);
+        return KeyTry::NotThisPassword;
     };
-    let Ok(kd) = serde_json::from_slice::<KeyData>(&plain) else {
-        return Ok(None);
+    let kd = match serde_json::from_slice::<KeyData>(&plain) {
+        Ok(kd) => kd,
+        Err(e) => return KeyTry::Unusable(format!("the key data is not valid: {e}")),
     };
     if kd.encrypt.len() != 32 || kd.mac.k.len() != 16 || kd.mac.r.len() != 16 {
-        return Ok(None);
+        return KeyTry::Unusable("the key data has keys of the wrong length".into());
     }
     let mut b = [0u8; 64];
     b[..32].copy_from_slice(&kd.encrypt);
     b[32..48].copy_from_slice(&kd.mac.k);
     b[48..].copy_from_slice(&kd.mac.r);
     let key = Key::from_bytes(&b);
-    Ok(key.is_valid().then_some(key))
+    if key.is_valid() {
+        KeyTry::Opened(key)
+    } else {
+        KeyTry::Unusable("the key data holds an invalid key".into())
+    }
 }
 
 #[cfg(test)]

@@ -399,3 +399,57 @@ fn unlock_removes_stale_locks_and_keeps_fresh_ones_and_remove_all_removes_everyt
     assert_eq!(remove_all_locks(&repo).unwrap(), 4);
     assert!(repo.list_ids(FileType::Lock).unwrap().is_empty());
 }
+
+/// The repository's one key file, as JSON, and its path.
+fn only_key_file(t: &TempRepo) -> (std::path::PathBuf, serde_json::Value) {
+    let keys: Vec<_> = std::fs::read_dir(t.path.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(keys.len(), 1);
+    let json = serde_json::from_slice(&std::fs::read(&keys[0]).unwrap()).unwrap();
+    (keys[0].clone(), json)
+}
+
+#[test]
+fn a_planted_key_with_an_absurd_scrypt_cost_is_skipped_and_alone_is_a_clear_error() {
+    let t = TempRepo::new();
+    t.init_ours();
+    let (real, mut planted) = only_key_file(&t);
+    planted["N"] = serde_json::json!(1_099_511_627_776u64);
+    // Sorts before the real key, so it is tried first.
+    let bomb = t.path.join("keys").join("0".repeat(64));
+    std::fs::write(&bomb, serde_json::to_vec(&planted).unwrap()).unwrap();
+
+    let repo = Repository::open(t.backend(), PASSWORD).unwrap();
+    assert_eq!(
+        repo.key_id().to_hex(),
+        real.file_name().unwrap().to_str().unwrap()
+    );
+
+    std::fs::remove_file(&real).unwrap();
+    let err = Repository::open(t.backend(), PASSWORD).unwrap_err();
+    let msg = one_line(&err);
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert!(
+        msg.contains("no key file can be used")
+            && msg.contains("N=1099511627776 is above the limit 2^20")
+            && msg.contains(&format!("keys/{}", "0".repeat(64))),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_oversized_key_file_is_not_read() {
+    let t = TempRepo::new();
+    t.init_ours();
+    let (real, _) = only_key_file(&t);
+    // A working key padded with JSON whitespace past the size limit.
+    let mut padded = std::fs::read(&real).unwrap();
+    padded.extend(std::iter::repeat_n(b' ', 100 * 1024));
+    std::fs::write(t.path.join("keys").join("1".repeat(64)), padded).unwrap();
+    std::fs::remove_file(&real).unwrap();
+    let err = Repository::open(t.backend(), PASSWORD).unwrap_err();
+    let msg = one_line(&err);
+    assert!(msg.contains("above the limit 64.0 KiB"), "{msg}");
+}
