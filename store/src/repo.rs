@@ -23,6 +23,35 @@ pub const MAX_KEYS_TRIED: usize = 20;
 /// files are not authenticated, so their size is whatever someone planted.
 pub const MAX_KEY_FILE_SIZE: u64 = 64 * 1024;
 
+/// Largest plaintext accepted for a data blob: the chunker's maximum, with room for other
+/// writers whose chunker cuts a little larger.
+pub const MAX_DATA_BLOB: u32 = crate::chunker::MAX_SIZE as u32 + (4 << 20);
+/// Largest plaintext accepted for a tree blob (a directory of a few hundred thousand entries).
+pub const MAX_TREE_BLOB: u32 = 64 << 20;
+/// Largest sealed pack header accepted (restic's own limit): about 400,000 blobs.
+pub const MAX_PACK_HEADER: u64 = 16 << 20;
+
+/// The most plaintext a blob of type `t` may have. Index entries and pack headers are not to
+/// be trusted on this: a blob that claims more is refused before anything that large is read
+/// or allocated, and no blob is ever decompressed beyond the length it claims.
+pub fn max_blob_len(t: BlobType) -> u32 {
+    match t {
+        BlobType::Data => MAX_DATA_BLOB,
+        BlobType::Tree => MAX_TREE_BLOB,
+    }
+}
+
+/// The most JSON an unpacked file of type `t` may decompress to. An index file holds at most
+/// about 50,000 blobs (under 10 MiB of JSON) when restic writes it; the limits leave room for
+/// other writers without letting a small file expand without bound.
+pub fn max_unpacked_len(t: FileType) -> usize {
+    match t {
+        FileType::Index => 512 << 20,
+        FileType::Lock => 1 << 20,
+        _ => 64 << 20,
+    }
+}
+
 /// Options for [`Repository::init`].
 #[derive(Debug, Clone, Default)]
 pub struct InitOptions {
@@ -226,18 +255,31 @@ impl Repository {
                 self.location()
             ))
         })?;
+        self.read_blob_at(t, id, &entry)
+    }
+
+    /// Reads the blob `id` of type `t` from the place `entry` names (one of its copies).
+    pub fn read_blob_at(&self, t: BlobType, id: &Id, entry: &IndexEntry) -> Result<Vec<u8>> {
+        check_claim(t, id, entry)?;
         let sealed = self.inner.backend.read_range(
             FileType::Pack,
             &entry.pack.to_hex(),
             u64::from(entry.offset),
             u64::from(entry.length),
         )?;
-        self.decode_blob(id, &entry, sealed)
+        self.decode_blob(t, id, entry, sealed)
     }
 
-    /// Decrypts, decompresses and verifies a sealed blob read from `entry.pack`.
-    pub fn decode_blob(&self, id: &Id, entry: &IndexEntry, sealed: Vec<u8>) -> Result<Vec<u8>> {
+    /// Decrypts, decompresses and verifies a sealed blob of type `t` read from `entry.pack`.
+    pub fn decode_blob(
+        &self,
+        t: BlobType,
+        id: &Id,
+        entry: &IndexEntry,
+        sealed: Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let what = || format!("blob {} in pack data/{}", id.short(), entry.pack);
+        check_claim(t, id, entry)?;
         let plain = self
             .inner
             .key
@@ -248,17 +290,10 @@ impl Repository {
             })?;
         let data = match entry.uncompressed_length {
             Some(n) => {
-                let mut out = Vec::with_capacity(n as usize);
-                zstd::stream::copy_decode(&plain[..], &mut out).map_err(|e| Error::Corrupt {
-                    what: what(),
-                    message: format!("does not decompress: {e}"),
-                })?;
-                if out.len() != n as usize {
-                    return Err(Error::Corrupt {
-                        what: what(),
-                        message: format!("decompresses to {} bytes, the index says {n}", out.len()),
-                    });
-                }
+                // The output buffer is the claimed length: zstd stops there.
+                let out = zstd::bulk::decompress(&plain, n as usize)
+                    .map_err(|e| decompress_error(what(), n, e))?;
+                check_length(what(), out.len(), n)?;
                 out
             }
             None => plain,
@@ -292,6 +327,15 @@ impl Repository {
             return Err(Error::Corrupt {
                 what: what(),
                 message: format!("header length {hlen} does not fit a {size}-byte pack"),
+            });
+        }
+        if hlen > MAX_PACK_HEADER {
+            return Err(Error::Corrupt {
+                what: what(),
+                message: format!(
+                    "header length {hlen} is above the limit {}",
+                    format::human_bytes(MAX_PACK_HEADER)
+                ),
             });
         }
         let sealed = self
@@ -354,7 +398,7 @@ impl Repository {
                 what: what(),
                 message: "does not decrypt with the repository key (MAC mismatch)".into(),
             })?;
-        decode_unpacked(&plain).map_err(|message| Error::Corrupt {
+        decode_unpacked(&plain, max_unpacked_len(t)).map_err(|message| Error::Corrupt {
             what: what(),
             message,
         })
@@ -476,11 +520,12 @@ impl BlobReader {
                 self.repo.location()
             ))
         })?;
-        self.read_entry(id, &entry)
+        self.read_entry(t, id, &entry)
     }
 
-    /// Reads the blob `id` stored at `entry`.
-    pub fn read_entry(&mut self, id: &Id, entry: &IndexEntry) -> Result<&[u8]> {
+    /// Reads the blob `id` of type `t` stored at `entry`.
+    pub fn read_entry(&mut self, t: BlobType, id: &Id, entry: &IndexEntry) -> Result<&[u8]> {
+        check_claim(t, id, entry)?;
         let n = self.open_entry(id, entry)?;
         let what = || format!("blob {} in pack data/{}", id.short(), entry.pack);
         let plain = &self.sealed[16..16 + n];
@@ -501,10 +546,18 @@ impl BlobReader {
         Ok(data)
     }
 
-    /// Reads the blob `id` stored at `entry` straight into `dst`, which must be exactly as
-    /// long as the blob's plaintext (saves a copy where the bytes have a place already).
-    pub fn read_entry_into(&mut self, id: &Id, entry: &IndexEntry, dst: &mut [u8]) -> Result<()> {
+    /// Reads the blob `id` of type `t` stored at `entry` straight into `dst`, which must be
+    /// exactly as long as the blob's plaintext (saves a copy where the bytes have a place
+    /// already).
+    pub fn read_entry_into(
+        &mut self,
+        t: BlobType,
+        id: &Id,
+        entry: &IndexEntry,
+        dst: &mut [u8],
+    ) -> Result<()> {
         let what = || format!("blob {} in pack data/{}", id.short(), entry.pack);
+        check_claim(t, id, entry)?;
         if dst.len() != entry.plaintext_len() as usize {
             return Err(Error::Invalid(format!(
                 "{}: a {}-byte buffer for {} bytes",
@@ -559,6 +612,26 @@ impl BlobReader {
             &mut self.sealed,
         )
     }
+}
+
+/// Refuses a blob whose index entry claims more than any blob of its type may hold, before its
+/// bytes are read or a buffer of the claimed size is allocated.
+pub fn check_claim(t: BlobType, id: &Id, entry: &IndexEntry) -> Result<()> {
+    let max = max_blob_len(t);
+    // zstd's worst case adds well under 1/128 to incompressible data.
+    let max_sealed = u64::from(max) + u64::from(max) / 128 + crypto::OVERHEAD as u64;
+    if entry.plaintext_len() > max || u64::from(entry.length) > max_sealed {
+        return Err(Error::Corrupt {
+            what: format!("{t} blob {} in pack data/{}", id.short(), entry.pack),
+            message: format!(
+                "the index says it is {} bytes ({} stored), more than a {t} blob may be ({})",
+                entry.plaintext_len(),
+                entry.length,
+                format::human_bytes(u64::from(max))
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn mac_error(id: &Id, entry: &IndexEntry) -> Error {
@@ -648,15 +721,22 @@ fn load_parallel<T: Send>(
     Ok(out)
 }
 
-/// Decodes the plaintext of an unpacked file: `0x02 || zstd frame`, or bare JSON.
-pub fn decode_unpacked(plain: &[u8]) -> std::result::Result<Vec<u8>, String> {
+/// Decodes the plaintext of an unpacked file: `0x02 || zstd frame`, or bare JSON. JSON longer
+/// than `limit` bytes is an error, and decompression stops there.
+pub fn decode_unpacked(plain: &[u8], limit: usize) -> std::result::Result<Vec<u8>, String> {
+    let too_long =
+        || format!("holds more than {limit} bytes of JSON, the most this kind of file may");
     match plain.first() {
+        Some(b'{') | Some(b'[') if plain.len() > limit => Err(too_long()),
         Some(b'{') | Some(b'[') => Ok(plain.to_vec()),
         Some(2) => {
-            let mut out = Vec::with_capacity(plain.len() * 4);
+            let mut out = Vec::with_capacity(plain.len().saturating_mul(4).min(limit));
             zstd::stream::Decoder::new(&plain[1..])
-                .and_then(|mut d| d.read_to_end(&mut out))
+                .and_then(|d| d.take(limit as u64 + 1).read_to_end(&mut out))
                 .map_err(|e| format!("does not decompress: {e}"))?;
+            if out.len() > limit {
+                return Err(too_long());
+            }
             Ok(out)
         }
         Some(b) => Err(format!("unknown format version byte {b:#04x}")),
@@ -811,10 +891,24 @@ mod tests {
         let json = br#"{"a":[1,2,3]}"#;
         let mut c = vec![2u8];
         c.extend(zstd::bulk::compress(json, 3).unwrap());
-        assert_eq!(decode_unpacked(&c).unwrap(), json);
-        assert_eq!(decode_unpacked(json).unwrap(), json);
-        assert_eq!(decode_unpacked(b"[1]").unwrap(), b"[1]");
-        assert!(decode_unpacked(&[1, 2, 3]).is_err());
-        assert!(decode_unpacked(&[]).is_err());
+        assert_eq!(decode_unpacked(&c, 100).unwrap(), json);
+        assert_eq!(decode_unpacked(json, 100).unwrap(), json);
+        assert_eq!(decode_unpacked(b"[1]", 100).unwrap(), b"[1]");
+        assert!(decode_unpacked(&[1, 2, 3], 100).is_err());
+        assert!(decode_unpacked(&[], 100).is_err());
+    }
+
+    #[test]
+    fn unpacked_files_stop_decompressing_at_their_limit() {
+        let mut json = b"[".to_vec();
+        json.resize(10_000, b' ');
+        json.push(b']');
+        let mut c = vec![2u8];
+        c.extend(zstd::bulk::compress(&json, 3).unwrap());
+        assert!(c.len() < 100);
+        assert_eq!(decode_unpacked(&c, json.len()).unwrap(), json);
+        let err = decode_unpacked(&c, 1000).unwrap_err();
+        assert!(err.contains("more than 1000 bytes"), "{err}");
+        assert!(decode_unpacked(&json, 1000).is_err());
     }
 }

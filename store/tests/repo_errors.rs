@@ -453,3 +453,56 @@ fn an_oversized_key_file_is_not_read() {
     let msg = one_line(&err);
     assert!(msg.contains("above the limit 64.0 KiB"), "{msg}");
 }
+
+#[test]
+fn a_blob_claiming_more_than_any_blob_may_hold_is_refused_naming_blob_and_pack() {
+    use volbackup_store::BlobType;
+    use volbackup_store::format::{IndexBlob, IndexFile, IndexPack};
+    let t = TempRepo::new();
+    let repo = t.init_ours();
+    let id = volbackup_store::Id::hash(b"claims a gibibyte");
+    let pack = volbackup_store::Id::hash(b"some pack");
+    repo.add_to_index(&IndexFile {
+        packs: vec![IndexPack {
+            id: pack,
+            blobs: vec![IndexBlob {
+                id,
+                blob_type: BlobType::Tree,
+                offset: 0,
+                length: 200,
+                uncompressed_length: Some(1 << 30),
+            }],
+        }],
+        ..Default::default()
+    });
+    let err = repo.read_blob(BlobType::Tree, &id).unwrap_err();
+    let msg = one_line(&err);
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert!(
+        msg.starts_with(&format!("tree blob {} in pack data/{pack}: ", id.short()))
+            && msg.contains("more than a tree blob may be (64.0 MiB)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_pack_header_length_above_the_limit_is_refused_unread() {
+    let t = TempRepo::new();
+    let repo = t.init_ours();
+    let pack = volbackup_store::Id::hash(b"a sparse pack");
+    let hex = pack.to_hex();
+    let dir = t.path.join("data").join(&hex[..2]);
+    std::fs::create_dir_all(&dir).unwrap();
+    // 40 MiB, sparse, whose trailer claims a 20 MiB header.
+    let f = std::fs::File::create(dir.join(&hex)).unwrap();
+    f.set_len(40 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&(20u32 << 20).to_le_bytes(), (40 << 20) - 4)
+        .unwrap();
+    let err = repo.read_pack_header(&pack).unwrap_err();
+    let msg = one_line(&err);
+    assert_eq!(
+        msg,
+        format!("data/{hex}: header length 20971520 is above the limit 16.0 MiB")
+    );
+}
