@@ -829,3 +829,50 @@ fn a_tree_blob_that_decompresses_beyond_its_claim_fails_restore_cleanly_in_bound
     );
     assert!(line.contains("100 bytes"), "{line}");
 }
+
+#[test]
+fn repo_init_refuses_unsupported_schemes_creates_nothing_and_never_echoes_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    for location in [
+        "rest:https://alice:hunter2secret@backup.example.com:8000/",
+        "sftp:alice:hunter2secret@host:/srv/restic-repo",
+        "b2:bucket:path",
+        "azure:container:/path",
+        "gs:bucket:/path",
+        "swift:container:/path",
+        "rclone:remote:path",
+        "S3:https://alice:hunter2secret@s3.example.com/bucket",
+        "s3:https://alice:hunter2secret@s3.example.com/bucket",
+    ] {
+        let out = bin()
+            .current_dir(dir.path())
+            .args(["repo", "init", "--repo", location])
+            .output()
+            .unwrap();
+        let line = one_error_line(&out);
+        assert!(
+            !line.contains("hunter2secret"),
+            "{location}: the password leaked: {line}"
+        );
+        if location.starts_with("s3:") {
+            assert!(line.contains("AWS_SECRET_ACCESS_KEY"), "{line}");
+        } else {
+            assert!(
+                line.contains("use a directory path, s3:https://host[:port]/bucket/prefix or s3://bucket/prefix"),
+                "{location}: {line}"
+            );
+        }
+        let made: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(made.is_empty(), "{location}: created {made:?}");
+    }
+    // A directory whose name has a colon is still a directory when written as a path.
+    ok(
+        bin()
+            .current_dir(dir.path())
+            .args(["repo", "init", "--repo", "./with:colon"])
+            .output()
+            .unwrap(),
+        "repo init ./with:colon",
+    );
+    assert!(dir.path().join("with:colon/config").exists());
+}
