@@ -876,3 +876,56 @@ fn repo_init_refuses_unsupported_schemes_creates_nothing_and_never_echoes_the_pa
     );
     assert!(dir.path().join("with:colon/config").exists());
 }
+
+#[test]
+fn an_ambiguous_snapshot_prefix_fails_at_once_listing_the_candidates_and_is_not_retried() {
+    use volbackup_store::backend::FileType;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let src = dir.path().join("a.img");
+    std::fs::write(&src, mixed_data(1)).unwrap();
+    ok(
+        bin()
+            .args(["mover", "backup", "--repo"])
+            .arg(&repo)
+            .arg("--source")
+            .arg(&src)
+            .output()
+            .unwrap(),
+        "mover backup",
+    );
+    // Seventeen snapshots: two of them share their first hex digit.
+    let store = open_store(&repo);
+    let (_, snap) = store.find_snapshot("latest").unwrap();
+    for i in 0..16 {
+        let mut copy = snap.clone();
+        copy.tags = vec![format!("copy-{i}")];
+        store.save_snapshot(&copy).unwrap();
+    }
+    let ids = store.list_ids(FileType::Snapshot).unwrap();
+    let shared = ids
+        .windows(2)
+        .find(|w| w[0].to_hex()[..1] == w[1].to_hex()[..1])
+        .expect("two ids share a first digit");
+    let prefix = &shared[0].to_hex()[..1];
+    let target = dir.path().join("out.img");
+    let out = bin()
+        .args(["mover", "restore", "--json", "--snapshot", prefix, "--repo"])
+        .arg(&repo)
+        .arg("--target")
+        .arg(&target)
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("is ambiguous")
+            && line.contains(&shared[0].to_hex()[..8])
+            && line.contains(&shared[1].to_hex()[..8]),
+        "{line}"
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["reason"], "SnapshotAmbiguous", "{stdout}");
+    assert_eq!(last["retryable"], false, "{stdout}");
+    assert!(!target.exists());
+}

@@ -307,10 +307,10 @@ pub fn restore_block(
     let _lock = Lock::shared(repo)?;
     let snap: Snapshot = match repo.load_unpacked(FileType::Snapshot, snapshot) {
         Err(Error::NotFound { .. }) => {
-            return Err(Error::Invalid(format!(
-                "no snapshot matches ID \"{snapshot}\" in {} (list them with `kubectl-volbackup snapshots`)",
-                repo.location()
-            )));
+            return Err(Error::SnapshotNotFound {
+                spec: snapshot.to_string(),
+                location: repo.location(),
+            });
         }
         r => r?,
     };

@@ -449,11 +449,9 @@ impl Repository {
 
     /// Finds a snapshot by `latest`, a full id, or a unique id prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
-        let not_found = || {
-            Error::Invalid(format!(
-                "no snapshot matches ID {spec:?} in {} (list them with `kubectl-volbackup snapshots`)",
-                self.location()
-            ))
+        let not_found = || Error::SnapshotNotFound {
+            spec: spec.to_string(),
+            location: self.location(),
         };
         if spec == "latest" {
             return self.list_snapshots()?.pop().ok_or_else(|| {
@@ -478,10 +476,17 @@ impl Repository {
                 let s = self.load_unpacked(FileType::Snapshot, id)?;
                 Ok((*id, s))
             }
-            _ => Err(Error::Invalid(format!(
-                "snapshot ID prefix {spec:?} is ambiguous ({} snapshots match): give more digits",
-                matches.len()
-            ))),
+            _ => Err(Error::AmbiguousSnapshot {
+                spec: spec.to_string(),
+                // Enough digits to tell them apart where the prefix did not.
+                candidates: {
+                    let digits = (lower.len() + 4).clamp(8, 64);
+                    matches
+                        .iter()
+                        .map(|id| id.to_hex()[..digits].to_string())
+                        .collect()
+                },
+            }),
         }
     }
 

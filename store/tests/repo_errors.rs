@@ -506,3 +506,52 @@ fn a_pack_header_length_above_the_limit_is_refused_unread() {
         format!("data/{hex}: header length 20971520 is above the limit 16.0 MiB")
     );
 }
+
+#[test]
+fn an_ambiguous_snapshot_prefix_lists_the_candidates_and_is_not_retryable() {
+    use volbackup_store::backend::FileType;
+    let t = TempRepo::new();
+    let repo = t.init_ours();
+    let image = mixed_image(30, 4);
+    let sum = backup_block(
+        &repo,
+        &mut &image[..],
+        "h.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    let (_, snap) = repo.find_snapshot(&sum.snapshot_id.to_hex()).unwrap();
+    for i in 0..16 {
+        let mut copy = snap.clone();
+        copy.tags = vec![format!("copy-{i}")];
+        repo.save_snapshot(&copy).unwrap();
+    }
+    // Seventeen ids, sixteen first digits: two share one.
+    let ids = repo.list_ids(FileType::Snapshot).unwrap();
+    let pair = ids
+        .windows(2)
+        .find(|w| w[0].to_hex()[..1] == w[1].to_hex()[..1])
+        .unwrap();
+    let prefix = &pair[0].to_hex()[..1];
+    let err = repo.find_snapshot(prefix).unwrap_err();
+    assert!(!err.is_retryable());
+    let Error::AmbiguousSnapshot { candidates, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        candidates.contains(&pair[0].to_hex()[..8].to_string()),
+        "{candidates:?}"
+    );
+    assert!(
+        candidates.contains(&pair[1].to_hex()[..8].to_string()),
+        "{candidates:?}"
+    );
+    let msg = one_line(&err);
+    assert!(
+        msg.starts_with(&format!(
+            "snapshot ID prefix {prefix:?} is ambiguous, it matches "
+        )) && msg.contains(&pair[1].to_hex()[..8]),
+        "{msg}"
+    );
+}
