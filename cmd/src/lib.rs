@@ -67,18 +67,42 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
 }
 
 /// Prints the engine's warnings (an unreadable lock file passed over, a key file skipped) on
-/// stderr; `RUST_LOG` can ask for more. The populator sets up its own logging.
+/// stderr, as `warning: ...` lines beside our `error: ...` ones; `RUST_LOG` can ask for more.
+/// The populator sets up its own logging.
 fn show_engine_warnings() {
-    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("volbackup_store=warn"));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .with_target(false)
+        .event_format(PlainLine)
         .with_env_filter(filter)
         .try_init();
+}
+
+/// One line per event: `warning: message`, no time, target or colour.
+struct PlainLine;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PlainLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            tracing::Level::INFO => "info",
+            _ => "debug",
+        };
+        write!(writer, "{level}: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// On SIGINT or SIGTERM: remove the repository locks this process holds, say so, and exit

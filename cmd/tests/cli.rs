@@ -621,6 +621,9 @@ fn a_garbage_lock_file_is_passed_over_with_a_warning_naming_the_real_unlock_comm
         "mover backup with a garbage lock file",
     );
     let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains(&garbage)).collect();
+    assert_eq!(warnings.len(), 1, "not one warning line: {err}");
+    assert!(warnings[0].starts_with("warning: "), "{err}");
     assert!(
         err.contains(&format!("locks/{garbage}"))
             && err.contains("`kubectl-volbackup repo unlock --remove-all`"),
