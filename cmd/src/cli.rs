@@ -297,6 +297,9 @@ pub enum RepoCommand {
     Init(RepoInitArgs),
     /// Verify a repository's structure and, with --read-data, every stored byte.
     Check(RepoCheckArgs),
+    /// Remove stale locks (older than 30 minutes, or left by a process on this host that is
+    /// gone); with --remove-all, every lock.
+    Unlock(RepoUnlockArgs),
 }
 
 /// Where the repository is and how to open it.
@@ -328,6 +331,20 @@ pub struct RepoCheckArgs {
     /// Also read every pack and verify every blob (slow: reads the whole repository).
     #[arg(long)]
     pub read_data: bool,
+}
+
+/// `repo unlock`
+#[derive(Debug, Args)]
+pub struct RepoUnlockArgs {
+    #[command(flatten)]
+    pub repo: RepoOptions,
+    /// Remove every lock, also those of backups, restores and prunes still running (and files
+    /// in locks/ that are not readable locks).
+    #[arg(long)]
+    pub remove_all: bool,
+    /// With --remove-all: do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 /// Output formats of listing commands.

@@ -42,9 +42,13 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         // The Kubernetes commands handle Ctrl-C themselves (they clean up cluster objects).
         exit_cleanly_on_signals();
     }
+    if !matches!(cli.command, Command::Populator(_)) {
+        show_engine_warnings();
+    }
     match &cli.command {
         Command::Repo(RepoCommand::Init(a)) => commands::repo::init(a, quiet),
         Command::Repo(RepoCommand::Check(a)) => commands::repo::check_cmd(a, quiet),
+        Command::Repo(RepoCommand::Unlock(a)) => commands::repo::unlock(a, quiet),
         Command::Snapshots(a) => commands::snapshots::run(a),
         Command::Forget(a) => commands::forget::run(a, quiet),
         Command::Prune(a) => commands::repo::prune(a, quiet),
@@ -59,6 +63,45 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Install(a) => commands::install::install(a, quiet),
         Command::Uninstall(a) => commands::install::uninstall(a, quiet),
         Command::Populator(a) => commands::populator::run(a),
+    }
+}
+
+/// Prints the engine's warnings (an unreadable lock file passed over, a key file skipped) on
+/// stderr, as `warning: ...` lines beside our `error: ...` ones; `RUST_LOG` can ask for more.
+/// The populator sets up its own logging.
+fn show_engine_warnings() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("volbackup_store=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .event_format(PlainLine)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// One line per event: `warning: message`, no time, target or colour.
+struct PlainLine;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PlainLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            tracing::Level::INFO => "info",
+            _ => "debug",
+        };
+        write!(writer, "{level}: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
     }
 }
 

@@ -77,12 +77,18 @@ pub fn open_backend(location: &str) -> Result<Arc<dyn Backend>> {
 
 /// Opens the repository (password checked) and loads its index.
 pub fn open(opts: &RepoOptions) -> Result<Repository> {
+    let repo = open_unindexed(opts)?;
+    repo.load_index()?;
+    Ok(repo)
+}
+
+/// Opens the repository (password checked) without loading its index, for commands that
+/// never read a blob.
+pub fn open_unindexed(opts: &RepoOptions) -> Result<Repository> {
     let loc = location(opts)?;
     let backend = open_backend(&loc)?;
     let password = password(opts, false)?;
-    let repo = Repository::open(backend, &password)?;
-    repo.load_index()?;
-    Ok(repo)
+    Ok(Repository::open(backend, &password)?)
 }
 
 /// Name of the repository Secret the plugin writes into a namespace.

@@ -588,3 +588,347 @@ fn forget_dry_run_changes_nothing_and_forget_with_prune_leaves_a_sound_smaller_r
     let line = one_error_line(&no_policy);
     assert!(line.contains("no policy"), "{line}");
 }
+
+/// Opens a repository the binary made, with the engine, to plant files in it.
+fn open_store(repo: &Path) -> volbackup_store::Repository {
+    let backend = std::sync::Arc::new(volbackup_store::backend::local::LocalBackend::new(repo));
+    volbackup_store::Repository::open(backend, PASSWORD).unwrap()
+}
+
+fn lock_names(repo: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(repo.join("locks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_garbage_lock_file_is_passed_over_with_a_warning_naming_the_real_unlock_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let garbage = "5a".repeat(32);
+    std::fs::write(repo.join("locks").join(&garbage), b"not a lock at all").unwrap();
+    let src = dir.path().join("a.img");
+    std::fs::write(&src, mixed_data(1)).unwrap();
+    let out = ok(
+        bin()
+            .args(["mover", "backup", "--repo"])
+            .arg(&repo)
+            .arg("--source")
+            .arg(&src)
+            .output()
+            .unwrap(),
+        "mover backup with a garbage lock file",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains(&garbage)).collect();
+    assert_eq!(warnings.len(), 1, "not one warning line: {err}");
+    assert!(warnings[0].starts_with("warning: "), "{err}");
+    assert!(
+        err.contains(&format!("locks/{garbage}"))
+            && err.contains("`kubectl-volbackup repo unlock --remove-all`"),
+        "no warning about the garbage lock: {err}"
+    );
+}
+
+#[test]
+fn repo_unlock_removes_a_stale_lock_and_keeps_a_fresh_one() {
+    use volbackup_store::backend::FileType;
+    use volbackup_store::format::{LockFile, now};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let store = open_store(&repo);
+    let fresh = LockFile {
+        time: now(),
+        exclusive: true,
+        hostname: "other-host".into(),
+        username: "someone".into(),
+        pid: 1,
+        uid: 0,
+        gid: 0,
+    };
+    let stale = LockFile {
+        time: now() - chrono::Duration::minutes(45),
+        ..fresh.clone()
+    };
+    let fresh_id = store.save_unpacked(FileType::Lock, &fresh).unwrap();
+    store.save_unpacked(FileType::Lock, &stale).unwrap();
+
+    // The fresh exclusive lock blocks a backup, and the error names a command that exists.
+    let src = dir.path().join("a.img");
+    std::fs::write(&src, mixed_data(1)).unwrap();
+    let out = bin()
+        .args(["mover", "backup", "--repo"])
+        .arg(&repo)
+        .arg("--source")
+        .arg(&src)
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("someone@other-host")
+            && line.contains("`kubectl-volbackup repo unlock --remove-all`"),
+        "{line}"
+    );
+
+    let out = ok(
+        bin()
+            .args(["repo", "unlock", "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap(),
+        "repo unlock",
+    );
+    assert_eq!(
+        lock_names(&repo),
+        [fresh_id.to_hex()].into_iter().collect(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn repo_unlock_remove_all_asks_first_and_refuses_without_a_terminal_unless_yes() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let store = open_store(&repo);
+    let held = volbackup_store::lock::Lock::shared(&store).unwrap();
+    std::fs::write(repo.join("locks").join("ab".repeat(32)), b"garbage").unwrap();
+    let before = lock_names(&repo);
+    assert_eq!(before.len(), 2);
+
+    let out = bin()
+        .args(["repo", "unlock", "--remove-all", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("without confirmation") && line.contains("--yes"),
+        "{line}"
+    );
+    assert_eq!(
+        lock_names(&repo),
+        before,
+        "locks removed without confirmation"
+    );
+
+    ok(
+        bin()
+            .args(["repo", "unlock", "--remove-all", "--yes", "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap(),
+        "repo unlock --remove-all --yes",
+    );
+    assert!(lock_names(&repo).is_empty(), "{:?}", lock_names(&repo));
+    drop(held);
+}
+
+/// `n` zero bytes as one zstd frame, compressed a mebibyte at a time (so that making the bomb
+/// does not need the memory the bomb is about).
+fn zstd_zeros(n: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+    let mib = vec![0u8; 1 << 20];
+    for _ in 0..n >> 20 {
+        enc.write_all(&mib).unwrap();
+    }
+    enc.finish().unwrap()
+}
+
+/// Stores `compressed` as a compressed tree blob `id` in a pack of its own whose header and
+/// index entry both claim `claimed` uncompressed bytes; returns the pack's id.
+fn plant_tree_blob(
+    store: &volbackup_store::Repository,
+    id: volbackup_store::Id,
+    compressed: &[u8],
+    claimed: u32,
+) -> volbackup_store::Id {
+    use volbackup_store::backend::FileType;
+    use volbackup_store::format::{IndexFile, IndexPack, PackedBlob, encode_pack_header};
+    let sealed = store.key().seal(compressed);
+    let blob = PackedBlob {
+        blob_type: volbackup_store::BlobType::Tree,
+        id,
+        offset: 0,
+        length: sealed.len() as u32,
+        uncompressed_length: Some(claimed),
+    };
+    let header = store
+        .key()
+        .seal(&encode_pack_header(std::slice::from_ref(&blob)));
+    let mut pack = sealed;
+    pack.extend_from_slice(&header);
+    pack.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    let pack_id = volbackup_store::Id::hash(&pack);
+    store
+        .backend()
+        .write(FileType::Pack, &pack_id.to_hex(), &pack)
+        .unwrap();
+    let index = IndexFile {
+        packs: vec![IndexPack {
+            id: pack_id,
+            blobs: vec![blob.to_index_blob()],
+        }],
+        ..Default::default()
+    };
+    store.save_unpacked(FileType::Index, &index).unwrap();
+    pack_id
+}
+
+#[test]
+fn a_tree_blob_that_decompresses_beyond_its_claim_fails_restore_cleanly_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let src = dir.path().join("a.img");
+    std::fs::write(&src, mixed_data(1)).unwrap();
+    ok(
+        bin()
+            .args(["mover", "backup", "--repo"])
+            .arg(&repo)
+            .arg("--source")
+            .arg(&src)
+            .output()
+            .unwrap(),
+        "mover backup",
+    );
+    let store = open_store(&repo);
+    let (_, mut snap) = store.find_snapshot("latest").unwrap();
+    // 3 GiB of zeros that claim to be 100 bytes, as the root tree of a new snapshot.
+    let bomb_id = volbackup_store::Id::hash(b"a tree of 100 bytes");
+    let pack = plant_tree_blob(&store, bomb_id, &zstd_zeros(3 << 30), 100);
+    snap.tree = bomb_id;
+    let snap_id = store.save_snapshot(&snap).unwrap();
+
+    // Address space for the program, far less than the bomb (few malloc arenas, so that
+    // threads do not reserve it all up front).
+    let target = dir.path().join("out.img");
+    let out = Command::new("prlimit")
+        .arg(format!("--as={}", 1u64 << 30))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_kubectl-volbackup"))
+        .args(["mover", "restore", "--snapshot"])
+        .arg(snap_id.to_hex())
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--target")
+        .arg(&target)
+        .env("VOLBACKUP_PASSWORD", PASSWORD)
+        .env("MALLOC_ARENA_MAX", "2")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run prlimit (util-linux)");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = one_error_line(&out);
+    assert!(
+        line.contains(&format!("blob {} in pack data/{pack}", bomb_id.short())),
+        "{line}"
+    );
+    assert!(line.contains("100 bytes"), "{line}");
+}
+
+#[test]
+fn repo_init_refuses_unsupported_schemes_creates_nothing_and_never_echoes_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    for location in [
+        "rest:https://alice:hunter2secret@backup.example.com:8000/",
+        "sftp:alice:hunter2secret@host:/srv/restic-repo",
+        "b2:bucket:path",
+        "azure:container:/path",
+        "gs:bucket:/path",
+        "swift:container:/path",
+        "rclone:remote:path",
+        "S3:https://alice:hunter2secret@s3.example.com/bucket",
+        "s3:https://alice:hunter2secret@s3.example.com/bucket",
+    ] {
+        let out = bin()
+            .current_dir(dir.path())
+            .args(["repo", "init", "--repo", location])
+            .output()
+            .unwrap();
+        let line = one_error_line(&out);
+        assert!(
+            !line.contains("hunter2secret"),
+            "{location}: the password leaked: {line}"
+        );
+        if location.starts_with("s3:") {
+            assert!(line.contains("AWS_SECRET_ACCESS_KEY"), "{line}");
+        } else {
+            assert!(
+                line.contains("use a directory path, s3:https://host[:port]/bucket/prefix or s3://bucket/prefix"),
+                "{location}: {line}"
+            );
+        }
+        let made: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(made.is_empty(), "{location}: created {made:?}");
+    }
+    // A directory whose name has a colon is still a directory when written as a path.
+    ok(
+        bin()
+            .current_dir(dir.path())
+            .args(["repo", "init", "--repo", "./with:colon"])
+            .output()
+            .unwrap(),
+        "repo init ./with:colon",
+    );
+    assert!(dir.path().join("with:colon/config").exists());
+}
+
+#[test]
+fn an_ambiguous_snapshot_prefix_fails_at_once_listing_the_candidates_and_is_not_retried() {
+    use volbackup_store::backend::FileType;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let src = dir.path().join("a.img");
+    std::fs::write(&src, mixed_data(1)).unwrap();
+    ok(
+        bin()
+            .args(["mover", "backup", "--repo"])
+            .arg(&repo)
+            .arg("--source")
+            .arg(&src)
+            .output()
+            .unwrap(),
+        "mover backup",
+    );
+    // Seventeen snapshots: two of them share their first hex digit.
+    let store = open_store(&repo);
+    let (_, snap) = store.find_snapshot("latest").unwrap();
+    for i in 0..16 {
+        let mut copy = snap.clone();
+        copy.tags = vec![format!("copy-{i}")];
+        store.save_snapshot(&copy).unwrap();
+    }
+    let ids = store.list_ids(FileType::Snapshot).unwrap();
+    let shared = ids
+        .windows(2)
+        .find(|w| w[0].to_hex()[..1] == w[1].to_hex()[..1])
+        .expect("two ids share a first digit");
+    let prefix = &shared[0].to_hex()[..1];
+    let target = dir.path().join("out.img");
+    let out = bin()
+        .args(["mover", "restore", "--json", "--snapshot", prefix, "--repo"])
+        .arg(&repo)
+        .arg("--target")
+        .arg(&target)
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("is ambiguous")
+            && line.contains(&shared[0].to_hex()[..8])
+            && line.contains(&shared[1].to_hex()[..8]),
+        "{line}"
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["reason"], "SnapshotAmbiguous", "{stdout}");
+    assert_eq!(last["retryable"], false, "{stdout}");
+    assert!(!target.exists());
+}

@@ -307,10 +307,10 @@ pub fn restore_block(
     let _lock = Lock::shared(repo)?;
     let snap: Snapshot = match repo.load_unpacked(FileType::Snapshot, snapshot) {
         Err(Error::NotFound { .. }) => {
-            return Err(Error::Invalid(format!(
-                "no snapshot matches ID \"{snapshot}\" in {} (list them with `kubectl-volbackup snapshots`)",
-                repo.location()
-            )));
+            return Err(Error::SnapshotNotFound {
+                spec: snapshot.to_string(),
+                location: repo.location(),
+            });
         }
         r => r?,
     };
@@ -327,7 +327,7 @@ pub fn restore_block(
             .ok_or_else(|| Error::Corrupt {
                 what: format!("snapshot {}", snapshot.short()),
                 message: format!(
-                    "data blob {id} is missing from the index (run `kubectl-volbackup check`)"
+                    "data blob {id} is missing from the index (run `kubectl-volbackup repo check`)"
                 ),
             })?;
         offsets
@@ -553,13 +553,13 @@ fn restore_device(
                             }
                             let whole = from == p.start && to == p.end();
                             if whole && !wanted {
-                                reader.read_entry_into(&p.id, &p.entry, dst)?;
+                                reader.read_entry_into(BlobType::Data, &p.id, &p.entry, dst)?;
                                 if is_zero(dst) {
                                     zero_blobs.lock().expect("zero blobs").insert(p.id);
                                 }
                                 continue;
                             }
-                            let data = reader.read_entry(&p.id, &p.entry)?;
+                            let data = reader.read_entry(BlobType::Data, &p.id, &p.entry)?;
                             dst.copy_from_slice(&data[part]);
                             if is_zero(data) {
                                 zero_blobs.lock().expect("zero blobs").insert(p.id);
@@ -719,7 +719,7 @@ fn restore_one(
     entry: &IndexEntry,
     offs: &[u64],
 ) -> Result<u64> {
-    let data = reader.read_entry(id, entry)?;
+    let data = reader.read_entry(BlobType::Data, id, entry)?;
     if is_zero(data) {
         return Ok(0);
     }

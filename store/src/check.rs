@@ -508,7 +508,7 @@ fn check_pack_bytes(
             length: b.length,
             uncompressed_length: b.uncompressed_length,
         };
-        if let Err(e) = repo.decode_blob(&b.id, &entry, sealed.to_vec()) {
+        if let Err(e) = repo.decode_blob(b.blob_type, &b.id, &entry, sealed.to_vec()) {
             bad += 1;
             first.get_or_insert_with(|| match e {
                 Error::Corrupt { message, .. } => {
@@ -589,13 +589,7 @@ fn read_blob_any(
     errors: &mut Vec<(String, String)>,
 ) -> Option<Vec<u8>> {
     for entry in index.get_all(t, id) {
-        let sealed = repo.backend().read_range(
-            FileType::Pack,
-            &entry.pack.to_hex(),
-            u64::from(entry.offset),
-            u64::from(entry.length),
-        );
-        match sealed.and_then(|s| repo.decode_blob(id, &entry, s)) {
+        match repo.read_blob_at(t, id, &entry) {
             Ok(data) => return Some(data),
             Err(Error::NotFound { .. }) => {} // reported by the pack check
             Err(e) => errors.push((pack_path(&entry.pack), format!("{t} blob {id}: {e}"))),

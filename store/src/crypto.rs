@@ -201,7 +201,46 @@ impl Default for KdfParams {
     }
 }
 
+/// Largest scrypt N accepted.
+pub const MAX_SCRYPT_N: u64 = 1 << 20;
+/// Largest scrypt r accepted.
+pub const MAX_SCRYPT_R: u32 = 32;
+/// Largest scrypt p accepted.
+pub const MAX_SCRYPT_P: u32 = 16;
+/// Largest scrypt working memory (128·N·r bytes) accepted: each of N and r may be at its cap,
+/// not both at once.
+pub const MAX_SCRYPT_MEMORY: u64 = 1 << 30;
+
 impl KdfParams {
+    /// Why these parameters are refused, if they are. Key files are not authenticated, so
+    /// anyone who can write to `keys/` chooses them; without limits a planted key makes every
+    /// open allocate without bound (N = 2^40) or spin for hours. restic's own keys stay far
+    /// below these limits (about 60 MiB of memory).
+    pub fn check_limits(&self) -> std::result::Result<(), String> {
+        let KdfParams { n, r, p } = *self;
+        if n < 2 || !n.is_power_of_two() {
+            return Err(format!("scrypt N={n} is not a power of two"));
+        }
+        if n > MAX_SCRYPT_N {
+            return Err(format!("scrypt N={n} is above the limit 2^20"));
+        }
+        if r == 0 || r > MAX_SCRYPT_R {
+            return Err(format!("scrypt r={r} is outside 1..={MAX_SCRYPT_R}"));
+        }
+        if p == 0 || p > MAX_SCRYPT_P {
+            return Err(format!("scrypt p={p} is outside 1..={MAX_SCRYPT_P}"));
+        }
+        let memory = 128 * n * u64::from(r);
+        if memory > MAX_SCRYPT_MEMORY {
+            return Err(format!(
+                "scrypt N={n}, r={r} needs {} of memory, above the limit {}",
+                crate::format::human_bytes(memory),
+                crate::format::human_bytes(MAX_SCRYPT_MEMORY)
+            ));
+        }
+        Ok(())
+    }
+
     /// Cheap parameters for tests (N = 2^10). Never use these for real repositories.
     pub fn insecure_fast() -> Self {
         KdfParams {
@@ -213,13 +252,9 @@ impl KdfParams {
 }
 
 /// Derives the user key from a password with scrypt (64 bytes of output).
+/// Parameters outside [`KdfParams::check_limits`] are refused before anything is allocated.
 pub fn derive_key(password: &str, salt: &[u8], params: KdfParams) -> Result<Key> {
-    if !params.n.is_power_of_two() || params.n < 2 {
-        return Err(Error::Invalid(format!(
-            "scrypt N={} is not a power of two",
-            params.n
-        )));
-    }
+    params.check_limits().map_err(Error::Invalid)?;
     let log_n = params.n.trailing_zeros() as u8;
     let p = scrypt::Params::new(log_n, params.r, params.p, 64)
         .map_err(|e| Error::Invalid(format!("bad scrypt parameters: {e}")))?;
@@ -232,6 +267,34 @@ pub fn derive_key(password: &str, salt: &[u8], params: KdfParams) -> Result<Key>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrypt_parameters_beyond_the_limits_are_refused_without_deriving() {
+        let ok = |n, r, p| KdfParams { n, r, p }.check_limits().is_ok();
+        assert!(ok(1 << 15, 8, 1), "restic's default");
+        assert!(ok(1 << 20, 8, 16));
+        assert!(ok(1 << 18, 32, 1));
+        assert!(!ok(1 << 40, 8, 1));
+        assert!(!ok(1 << 21, 1, 1));
+        assert!(!ok(1 << 20, 32, 1), "4 GiB of memory");
+        assert!(!ok(3 << 10, 8, 1), "not a power of two");
+        assert!(!ok(1, 8, 1));
+        assert!(!ok(1 << 10, 0, 1));
+        assert!(!ok(1 << 10, 33, 1));
+        assert!(!ok(1 << 10, 8, 0));
+        assert!(!ok(1 << 10, 8, 17));
+        let err = derive_key(
+            "pw",
+            &[0; 64],
+            KdfParams {
+                n: 1 << 40,
+                r: 8,
+                p: 1,
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("above the limit 2^20"), "{err}");
+    }
 
     #[test]
     fn sealed_data_opens_to_the_plaintext() {

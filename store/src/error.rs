@@ -68,7 +68,30 @@ pub enum Error {
         message: String,
     },
 
-    /// The request itself is wrong (an unknown snapshot, a bad option).
+    /// No snapshot has this id (or id prefix).
+    #[error(
+        "no snapshot matches ID {spec:?} in {location} (list them with `kubectl-volbackup snapshots`)"
+    )]
+    SnapshotNotFound {
+        /// What the user gave.
+        spec: String,
+        /// The backend location.
+        location: String,
+    },
+
+    /// An id prefix matches several snapshots: asking again cannot help, more digits can.
+    #[error(
+        "snapshot ID prefix {spec:?} is ambiguous, it matches {}: give more digits",
+        list_candidates(candidates)
+    )]
+    AmbiguousSnapshot {
+        /// What the user gave.
+        spec: String,
+        /// The short ids of the snapshots it matches.
+        candidates: Vec<String>,
+    },
+
+    /// The request itself is wrong (a bad option, a path not in the snapshot).
     #[error("{0}")]
     Invalid(String),
 
@@ -77,8 +100,25 @@ pub enum Error {
     Locked(String),
 }
 
+/// The first few candidates, so that a prefix matching hundreds stays one readable line.
+fn list_candidates(candidates: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = candidates
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if candidates.len() > SHOWN {
+        s.push_str(&format!(" and {} more", candidates.len() - SHOWN));
+    }
+    s
+}
+
 impl Error {
-    /// Whether trying the same operation again can help.
+    /// Whether trying the same operation again can help. Only a backend's transient trouble
+    /// qualifies: everything else (a wrong or ambiguous snapshot id, damage, a wrong password)
+    /// fails the same way every time.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,

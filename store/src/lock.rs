@@ -4,6 +4,8 @@
 //! refreshed (new file written, old one removed) every [`REFRESH_INTERVAL`] by a background
 //! thread and removed when the guard is dropped. A lock is stale when it is older than
 //! [`STALE_AFTER`], or when it was taken on this host by a process that no longer exists.
+//! Files in `locks/` that do not verify or decrypt are passed over with a warning; only
+//! `repo unlock --remove-all` ([`remove_all_locks`]) removes them.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -157,31 +159,86 @@ fn new_lock_file(exclusive: bool) -> LockFile {
     }
 }
 
-/// Every lock file in the repository (files that vanish while listing are skipped).
+/// Every readable lock file in the repository. Files that vanish while listing are skipped;
+/// so are files that do not verify, decrypt or parse, with a warning: lock files are written
+/// by anyone with access to the bucket, and one bad file must not stop every backup, restore
+/// and prune (restic passes over them too). Backend failures still fail the listing.
 pub fn list_locks(repo: &Repository) -> Result<Vec<(Id, LockFile)>> {
     let mut out = Vec::new();
     for id in repo.list_ids(FileType::Lock)? {
         match repo.load_unpacked::<LockFile>(FileType::Lock, &id) {
             Ok(l) => out.push((id, l)),
             Err(Error::NotFound { .. }) => {}
+            Err(e @ Error::Corrupt { .. }) => {
+                // Taking a lock lists twice, and a long run takes several: say it once.
+                let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+                if !warned.insert(id) {
+                    continue;
+                }
+                tracing::warn!(
+                    "{}: ignoring an unreadable lock file ({e}): delete it, or run \
+                     `kubectl-volbackup repo unlock --remove-all` when nothing uses the repository",
+                    repo.location()
+                );
+            }
             Err(e) => return Err(e),
         }
     }
     Ok(out)
 }
 
-/// Removes stale locks (the `unlock` command); returns how many were removed.
-pub fn remove_stale_locks(repo: &Repository) -> Result<usize> {
+/// Unreadable lock files this process has warned about.
+static WARNED: Mutex<std::collections::BTreeSet<Id>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+/// What [`remove_stale_locks`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unlocked {
+    /// Stale locks removed.
+    pub removed: usize,
+    /// Locks still in use, left in place.
+    pub kept: usize,
+}
+
+/// Removes stale locks (`repo unlock`): those older than [`STALE_AFTER`] and those taken on
+/// this host by a process that is gone. Locks in use and unreadable files stay.
+pub fn remove_stale_locks(repo: &Repository) -> Result<Unlocked> {
     let host = format::hostname();
     let now = format::now();
-    let mut n = 0;
+    let mut done = Unlocked {
+        removed: 0,
+        kept: 0,
+    };
     for (id, l) in list_locks(repo)? {
         if is_stale(&l, now, &host, pid_alive) {
             repo.backend().remove(FileType::Lock, &id.to_hex())?;
-            n += 1;
+            done.removed += 1;
+        } else {
+            done.kept += 1;
         }
     }
-    Ok(n)
+    Ok(done)
+}
+
+/// The names of every file in `locks/`, readable or not (what `repo unlock --remove-all`
+/// would remove).
+pub fn lock_file_names(repo: &Repository) -> Result<Vec<String>> {
+    Ok(repo
+        .backend()
+        .list(FileType::Lock)?
+        .into_iter()
+        .map(|f| f.name)
+        .collect())
+}
+
+/// Removes every file in `locks/`, including the locks of running processes and files that
+/// are not locks at all (`repo unlock --remove-all`); returns how many were removed.
+pub fn remove_all_locks(repo: &Repository) -> Result<usize> {
+    let names = lock_file_names(repo)?;
+    for name in &names {
+        repo.backend().remove(FileType::Lock, name)?;
+    }
+    Ok(names.len())
 }
 
 /// Whether a process with this pid exists on this host.
@@ -233,7 +290,8 @@ fn check_conflicts(repo: &Repository, exclusive: bool, own: Option<&Id>) -> Resu
         };
         return Err(Error::Locked(format!(
             "{} is locked {kind} by {}@{} (pid {}) since {}: wait for it to finish, or run \
-             `kubectl-volbackup unlock` if that process is gone (lock {})",
+             `kubectl-volbackup repo unlock --remove-all` if no backup, restore or prune uses \
+             the repository any more (lock {})",
             repo.location(),
             l.username,
             l.hostname,

@@ -831,12 +831,14 @@ fn fetch_verified(
                 }
             }
         } else {
-            match repo.backend().read_range(
-                FileType::Pack,
-                &src.pack.to_hex(),
-                u64::from(src.offset),
-                u64::from(src.length),
-            ) {
+            match crate::repo::check_claim(t, &id, src).and_then(|()| {
+                repo.backend().read_range(
+                    FileType::Pack,
+                    &src.pack.to_hex(),
+                    u64::from(src.offset),
+                    u64::from(src.length),
+                )
+            }) {
                 Ok(s) => s,
                 Err(e) => {
                     last_err = Some(e);
@@ -844,7 +846,7 @@ fn fetch_verified(
                 }
             }
         };
-        match repo.decode_blob(&id, src, sealed.clone()) {
+        match repo.decode_blob(t, &id, src, sealed.clone()) {
             Ok(plain) => {
                 let v2 = repo.config().version >= 2;
                 if v2

@@ -15,8 +15,42 @@ use crate::id::Id;
 use crate::index::{Index, IndexEntry};
 use crate::{Error, Result};
 
-/// restic tries at most this many key files when opening a repository.
+/// restic tries at most this many key files when opening a repository. Key files skipped
+/// before scrypt runs (unreadable, too large, refused parameters) do not count.
 pub const MAX_KEYS_TRIED: usize = 20;
+
+/// Key files larger than this are skipped unread: restic's are about 450 bytes, and the
+/// files are not authenticated, so their size is whatever someone planted.
+pub const MAX_KEY_FILE_SIZE: u64 = 64 * 1024;
+
+/// Largest plaintext accepted for a data blob: the chunker's maximum, with room for other
+/// writers whose chunker cuts a little larger.
+pub const MAX_DATA_BLOB: u32 = crate::chunker::MAX_SIZE as u32 + (4 << 20);
+/// Largest plaintext accepted for a tree blob (a directory of a few hundred thousand entries).
+pub const MAX_TREE_BLOB: u32 = 64 << 20;
+/// Largest sealed pack header accepted (restic's own limit): about 400,000 blobs.
+pub const MAX_PACK_HEADER: u64 = 16 << 20;
+
+/// The most plaintext a blob of type `t` may have. Index entries and pack headers are not to
+/// be trusted on this: a blob that claims more is refused before anything that large is read
+/// or allocated, and no blob is ever decompressed beyond the length it claims.
+pub fn max_blob_len(t: BlobType) -> u32 {
+    match t {
+        BlobType::Data => MAX_DATA_BLOB,
+        BlobType::Tree => MAX_TREE_BLOB,
+    }
+}
+
+/// The most JSON an unpacked file of type `t` may decompress to. An index file holds at most
+/// about 50,000 blobs (under 10 MiB of JSON) when restic writes it; the limits leave room for
+/// other writers without letting a small file expand without bound.
+pub fn max_unpacked_len(t: FileType) -> usize {
+    match t {
+        FileType::Index => 512 << 20,
+        FileType::Lock => 1 << 20,
+        _ => 64 << 20,
+    }
+}
 
 /// Options for [`Repository::init`].
 #[derive(Debug, Clone, Default)]
@@ -101,23 +135,7 @@ impl Repository {
             Err(Error::NotFound { .. }) => return Err(Error::NoRepository { location }),
             Err(e) => return Err(e),
         };
-        let mut keys = backend.list(FileType::Key)?;
-        keys.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut found = None;
-        for k in keys.iter().take(MAX_KEYS_TRIED) {
-            let raw = match backend.read(FileType::Key, &k.name) {
-                Ok(r) => r,
-                Err(Error::NotFound { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            if let Some(master) = try_key_file(&raw, password)? {
-                found = Some((master, Id::from_hex(&k.name).unwrap_or_default()));
-                break;
-            }
-        }
-        let Some((key, key_id)) = found else {
-            return Err(Error::WrongPassword { location });
-        };
+        let (key, key_id) = find_key(backend.as_ref(), password)?;
         let plain = key.open(&sealed_config).map_err(|_| Error::Corrupt {
             what: format!("{location}/config"),
             message: "does not decrypt with the repository key".into(),
@@ -233,22 +251,35 @@ impl Repository {
     pub fn read_blob(&self, t: BlobType, id: &Id) -> Result<Vec<u8>> {
         let entry = self.blob_entry(t, id).ok_or_else(|| {
             Error::Invalid(format!(
-                "{t} blob {id} is not in the index of {} (run `kubectl-volbackup check`)",
+                "{t} blob {id} is not in the index of {} (run `kubectl-volbackup repo check`)",
                 self.location()
             ))
         })?;
+        self.read_blob_at(t, id, &entry)
+    }
+
+    /// Reads the blob `id` of type `t` from the place `entry` names (one of its copies).
+    pub fn read_blob_at(&self, t: BlobType, id: &Id, entry: &IndexEntry) -> Result<Vec<u8>> {
+        check_claim(t, id, entry)?;
         let sealed = self.inner.backend.read_range(
             FileType::Pack,
             &entry.pack.to_hex(),
             u64::from(entry.offset),
             u64::from(entry.length),
         )?;
-        self.decode_blob(id, &entry, sealed)
+        self.decode_blob(t, id, entry, sealed)
     }
 
-    /// Decrypts, decompresses and verifies a sealed blob read from `entry.pack`.
-    pub fn decode_blob(&self, id: &Id, entry: &IndexEntry, sealed: Vec<u8>) -> Result<Vec<u8>> {
+    /// Decrypts, decompresses and verifies a sealed blob of type `t` read from `entry.pack`.
+    pub fn decode_blob(
+        &self,
+        t: BlobType,
+        id: &Id,
+        entry: &IndexEntry,
+        sealed: Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let what = || format!("blob {} in pack data/{}", id.short(), entry.pack);
+        check_claim(t, id, entry)?;
         let plain = self
             .inner
             .key
@@ -259,17 +290,10 @@ impl Repository {
             })?;
         let data = match entry.uncompressed_length {
             Some(n) => {
-                let mut out = Vec::with_capacity(n as usize);
-                zstd::stream::copy_decode(&plain[..], &mut out).map_err(|e| Error::Corrupt {
-                    what: what(),
-                    message: format!("does not decompress: {e}"),
-                })?;
-                if out.len() != n as usize {
-                    return Err(Error::Corrupt {
-                        what: what(),
-                        message: format!("decompresses to {} bytes, the index says {n}", out.len()),
-                    });
-                }
+                // The output buffer is the claimed length: zstd stops there.
+                let out = zstd::bulk::decompress(&plain, n as usize)
+                    .map_err(|e| decompress_error(what(), n, e))?;
+                check_length(what(), out.len(), n)?;
                 out
             }
             None => plain,
@@ -303,6 +327,15 @@ impl Repository {
             return Err(Error::Corrupt {
                 what: what(),
                 message: format!("header length {hlen} does not fit a {size}-byte pack"),
+            });
+        }
+        if hlen > MAX_PACK_HEADER {
+            return Err(Error::Corrupt {
+                what: what(),
+                message: format!(
+                    "header length {hlen} is above the limit {}",
+                    format::human_bytes(MAX_PACK_HEADER)
+                ),
             });
         }
         let sealed = self
@@ -365,7 +398,7 @@ impl Repository {
                 what: what(),
                 message: "does not decrypt with the repository key (MAC mismatch)".into(),
             })?;
-        decode_unpacked(&plain).map_err(|message| Error::Corrupt {
+        decode_unpacked(&plain, max_unpacked_len(t)).map_err(|message| Error::Corrupt {
             what: what(),
             message,
         })
@@ -416,11 +449,9 @@ impl Repository {
 
     /// Finds a snapshot by `latest`, a full id, or a unique id prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
-        let not_found = || {
-            Error::Invalid(format!(
-                "no snapshot matches ID {spec:?} in {} (list them with `kubectl-volbackup snapshots`)",
-                self.location()
-            ))
+        let not_found = || Error::SnapshotNotFound {
+            spec: spec.to_string(),
+            location: self.location(),
         };
         if spec == "latest" {
             return self.list_snapshots()?.pop().ok_or_else(|| {
@@ -445,10 +476,17 @@ impl Repository {
                 let s = self.load_unpacked(FileType::Snapshot, id)?;
                 Ok((*id, s))
             }
-            _ => Err(Error::Invalid(format!(
-                "snapshot ID prefix {spec:?} is ambiguous ({} snapshots match): give more digits",
-                matches.len()
-            ))),
+            _ => Err(Error::AmbiguousSnapshot {
+                spec: spec.to_string(),
+                // Enough digits to tell them apart where the prefix did not.
+                candidates: {
+                    let digits = (lower.len() + 4).clamp(8, 64);
+                    matches
+                        .iter()
+                        .map(|id| id.to_hex()[..digits].to_string())
+                        .collect()
+                },
+            }),
         }
     }
 
@@ -483,15 +521,16 @@ impl BlobReader {
     pub fn read(&mut self, t: BlobType, id: &Id) -> Result<&[u8]> {
         let entry = self.repo.blob_entry(t, id).ok_or_else(|| {
             Error::Invalid(format!(
-                "{t} blob {id} is not in the index of {} (run `kubectl-volbackup check`)",
+                "{t} blob {id} is not in the index of {} (run `kubectl-volbackup repo check`)",
                 self.repo.location()
             ))
         })?;
-        self.read_entry(id, &entry)
+        self.read_entry(t, id, &entry)
     }
 
-    /// Reads the blob `id` stored at `entry`.
-    pub fn read_entry(&mut self, id: &Id, entry: &IndexEntry) -> Result<&[u8]> {
+    /// Reads the blob `id` of type `t` stored at `entry`.
+    pub fn read_entry(&mut self, t: BlobType, id: &Id, entry: &IndexEntry) -> Result<&[u8]> {
+        check_claim(t, id, entry)?;
         let n = self.open_entry(id, entry)?;
         let what = || format!("blob {} in pack data/{}", id.short(), entry.pack);
         let plain = &self.sealed[16..16 + n];
@@ -512,10 +551,18 @@ impl BlobReader {
         Ok(data)
     }
 
-    /// Reads the blob `id` stored at `entry` straight into `dst`, which must be exactly as
-    /// long as the blob's plaintext (saves a copy where the bytes have a place already).
-    pub fn read_entry_into(&mut self, id: &Id, entry: &IndexEntry, dst: &mut [u8]) -> Result<()> {
+    /// Reads the blob `id` of type `t` stored at `entry` straight into `dst`, which must be
+    /// exactly as long as the blob's plaintext (saves a copy where the bytes have a place
+    /// already).
+    pub fn read_entry_into(
+        &mut self,
+        t: BlobType,
+        id: &Id,
+        entry: &IndexEntry,
+        dst: &mut [u8],
+    ) -> Result<()> {
         let what = || format!("blob {} in pack data/{}", id.short(), entry.pack);
+        check_claim(t, id, entry)?;
         if dst.len() != entry.plaintext_len() as usize {
             return Err(Error::Invalid(format!(
                 "{}: a {}-byte buffer for {} bytes",
@@ -570,6 +617,26 @@ impl BlobReader {
             &mut self.sealed,
         )
     }
+}
+
+/// Refuses a blob whose index entry claims more than any blob of its type may hold, before its
+/// bytes are read or a buffer of the claimed size is allocated.
+pub fn check_claim(t: BlobType, id: &Id, entry: &IndexEntry) -> Result<()> {
+    let max = max_blob_len(t);
+    // zstd's worst case adds well under 1/128 to incompressible data.
+    let max_sealed = u64::from(max) + u64::from(max) / 128 + crypto::OVERHEAD as u64;
+    if entry.plaintext_len() > max || u64::from(entry.length) > max_sealed {
+        return Err(Error::Corrupt {
+            what: format!("{t} blob {} in pack data/{}", id.short(), entry.pack),
+            message: format!(
+                "the index says it is {} bytes ({} stored), more than a {t} blob may be ({})",
+                entry.plaintext_len(),
+                entry.length,
+                format::human_bytes(u64::from(max))
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn mac_error(id: &Id, entry: &IndexEntry) -> Error {
@@ -659,15 +726,22 @@ fn load_parallel<T: Send>(
     Ok(out)
 }
 
-/// Decodes the plaintext of an unpacked file: `0x02 || zstd frame`, or bare JSON.
-pub fn decode_unpacked(plain: &[u8]) -> std::result::Result<Vec<u8>, String> {
+/// Decodes the plaintext of an unpacked file: `0x02 || zstd frame`, or bare JSON. JSON longer
+/// than `limit` bytes is an error, and decompression stops there.
+pub fn decode_unpacked(plain: &[u8], limit: usize) -> std::result::Result<Vec<u8>, String> {
+    let too_long =
+        || format!("holds more than {limit} bytes of JSON, the most this kind of file may");
     match plain.first() {
+        Some(b'{') | Some(b'[') if plain.len() > limit => Err(too_long()),
         Some(b'{') | Some(b'[') => Ok(plain.to_vec()),
         Some(2) => {
-            let mut out = Vec::with_capacity(plain.len() * 4);
+            let mut out = Vec::with_capacity(plain.len().saturating_mul(4).min(limit));
             zstd::stream::Decoder::new(&plain[1..])
-                .and_then(|mut d| d.read_to_end(&mut out))
+                .and_then(|d| d.take(limit as u64 + 1).read_to_end(&mut out))
                 .map_err(|e| format!("does not decompress: {e}"))?;
+            if out.len() > limit {
+                return Err(too_long());
+            }
             Ok(out)
         }
         Some(b) => Err(format!("unknown format version byte {b:#04x}")),
@@ -707,37 +781,110 @@ fn write_key_file(
     Ok(id)
 }
 
-/// Tries one key file; `Ok(None)` when the password does not open it.
-fn try_key_file(raw: &[u8], password: &str) -> Result<Option<Key>> {
-    let Ok(kf) = serde_json::from_slice::<KeyFile>(raw) else {
-        return Ok(None);
+/// Finds the key file that opens with `password` and returns the master key and the file's id.
+/// Key files that cannot be used are skipped with a warning, so one planted or damaged file
+/// does not lock everyone out.
+fn find_key(backend: &dyn Backend, password: &str) -> Result<(Key, Id)> {
+    let location = backend.location();
+    let mut keys = backend.list(FileType::Key)?;
+    keys.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut tried = 0;
+    let mut unusable = Vec::new();
+    for k in &keys {
+        if tried == MAX_KEYS_TRIED {
+            break;
+        }
+        let outcome = if k.size == 0 {
+            KeyTry::Unusable("empty".into())
+        } else if k.size > MAX_KEY_FILE_SIZE {
+            KeyTry::Unusable(format!(
+                "{} bytes long, above the limit {}",
+                k.size,
+                format::human_bytes(MAX_KEY_FILE_SIZE)
+            ))
+        } else {
+            // The listed size bounds the read, whatever the file holds by now.
+            match backend.read_range(FileType::Key, &k.name, 0, k.size) {
+                Ok(raw) => try_key_file(&raw, password),
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        match outcome {
+            KeyTry::Opened(key) => return Ok((key, Id::from_hex(&k.name).unwrap_or_default())),
+            KeyTry::NotThisPassword => tried += 1,
+            KeyTry::Unusable(why) => {
+                tracing::warn!("{location}: skipping key file keys/{}: {why}", k.name);
+                unusable.push(format!("keys/{}: {why}", k.name));
+            }
+        }
+    }
+    if tried == 0
+        && let Some(first) = unusable.first()
+    {
+        return Err(Error::Corrupt {
+            what: format!("{location}/keys"),
+            message: format!(
+                "no key file can be used ({} skipped; {first}): the key files are damaged or \
+                 were replaced, restore keys/ from a copy",
+                unusable.len()
+            ),
+        });
+    }
+    Err(Error::WrongPassword { location })
+}
+
+/// What one key file gave.
+enum KeyTry {
+    /// The password opens it: the master key.
+    Opened(Key),
+    /// A usable key file the password does not open.
+    NotThisPassword,
+    /// Not a key file this program will use, and why.
+    Unusable(String),
+}
+
+/// Tries one key file; the scrypt parameters are checked before scrypt runs.
+fn try_key_file(raw: &[u8], password: &str) -> KeyTry {
+    let kf = match serde_json::from_slice::<KeyFile>(raw) {
+        Ok(kf) => kf,
+        Err(e) => return KeyTry::Unusable(format!("not a key file: {e}")),
     };
     if kf.kdf != "scrypt" {
-        return Ok(None);
+        return KeyTry::Unusable(format!("unknown key derivation {:?}", kf.kdf));
     }
     let params = KdfParams {
         n: kf.n,
         r: kf.r,
         p: kf.p,
     };
-    let Ok(user) = crypto::derive_key(password, &kf.salt, params) else {
-        return Ok(None);
+    if let Err(why) = params.check_limits() {
+        return KeyTry::Unusable(why);
+    }
+    let user = match crypto::derive_key(password, &kf.salt, params) {
+        Ok(user) => user,
+        Err(e) => return KeyTry::Unusable(e.to_string()),
     };
     let Ok(plain) = user.open(&kf.data) else {
-        return Ok(None);
+        return KeyTry::NotThisPassword;
     };
-    let Ok(kd) = serde_json::from_slice::<KeyData>(&plain) else {
-        return Ok(None);
+    let kd = match serde_json::from_slice::<KeyData>(&plain) {
+        Ok(kd) => kd,
+        Err(e) => return KeyTry::Unusable(format!("the key data is not valid: {e}")),
     };
     if kd.encrypt.len() != 32 || kd.mac.k.len() != 16 || kd.mac.r.len() != 16 {
-        return Ok(None);
+        return KeyTry::Unusable("the key data has keys of the wrong length".into());
     }
     let mut b = [0u8; 64];
     b[..32].copy_from_slice(&kd.encrypt);
     b[32..48].copy_from_slice(&kd.mac.k);
     b[48..].copy_from_slice(&kd.mac.r);
     let key = Key::from_bytes(&b);
-    Ok(key.is_valid().then_some(key))
+    if key.is_valid() {
+        KeyTry::Opened(key)
+    } else {
+        KeyTry::Unusable("the key data holds an invalid key".into())
+    }
 }
 
 #[cfg(test)]
@@ -749,10 +896,24 @@ mod tests {
         let json = br#"{"a":[1,2,3]}"#;
         let mut c = vec![2u8];
         c.extend(zstd::bulk::compress(json, 3).unwrap());
-        assert_eq!(decode_unpacked(&c).unwrap(), json);
-        assert_eq!(decode_unpacked(json).unwrap(), json);
-        assert_eq!(decode_unpacked(b"[1]").unwrap(), b"[1]");
-        assert!(decode_unpacked(&[1, 2, 3]).is_err());
-        assert!(decode_unpacked(&[]).is_err());
+        assert_eq!(decode_unpacked(&c, 100).unwrap(), json);
+        assert_eq!(decode_unpacked(json, 100).unwrap(), json);
+        assert_eq!(decode_unpacked(b"[1]", 100).unwrap(), b"[1]");
+        assert!(decode_unpacked(&[1, 2, 3], 100).is_err());
+        assert!(decode_unpacked(&[], 100).is_err());
+    }
+
+    #[test]
+    fn unpacked_files_stop_decompressing_at_their_limit() {
+        let mut json = b"[".to_vec();
+        json.resize(10_000, b' ');
+        json.push(b']');
+        let mut c = vec![2u8];
+        c.extend(zstd::bulk::compress(&json, 3).unwrap());
+        assert!(c.len() < 100);
+        assert_eq!(decode_unpacked(&c, json.len()).unwrap(), json);
+        let err = decode_unpacked(&c, 1000).unwrap_err();
+        assert!(err.contains("more than 1000 bytes"), "{err}");
+        assert!(decode_unpacked(&json, 1000).is_err());
     }
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 use volbackup_populator::api::{VolumeBackup, VolumeInfo};
+use volbackup_store::backend::redact;
 use volbackup_store::forget::{ForgetGroup, ForgetPlan, GroupKey, Removed};
 use volbackup_store::{Id, Repository, Snapshot};
 
@@ -187,12 +188,13 @@ fn repository_only(id: &Id, snap: &Snapshot) -> RepositoryOnly {
 fn repository_snapshots(opts: &RepoOptions) -> Result<(String, Vec<(Id, Snapshot)>)> {
     let location = repository::location(opts)?;
     let backend = repository::open_backend(&location)?;
+    let shown = redact(&location);
     let password = repository::password(opts, false)?;
     let repo = Repository::open(backend, &password)
-        .with_context(|| format!("cannot open the repository {location}"))?;
+        .with_context(|| format!("cannot open the repository {shown}"))?;
     let snaps = repo
         .list_snapshots()
-        .with_context(|| format!("cannot list the snapshots of {location}"))?;
+        .with_context(|| format!("cannot list the snapshots of {shown}"))?;
     Ok((repo.location(), snaps))
 }
 
@@ -413,6 +415,7 @@ fn secret_location(secret: &Secret) -> Option<String> {
 /// What `delete --prune` removes from the repository, checked before anything is removed.
 struct RepositoryRemoval {
     repo: Repository,
+    /// For messages: passwords in it are redacted.
     location: String,
     forget: Vec<Removed>,
 }
@@ -425,12 +428,14 @@ fn plan_repository_removal(
 ) -> Result<RepositoryRemoval> {
     let location = repository::location(opts)?;
     let local = normalized_location(&location);
+    // Messages and the plan show the location without any password in it.
+    let shown = redact(&location);
     for (b, secret_repo) in backups {
         if let Some(theirs) = secret_repo
             && normalized_location(theirs) != local
         {
             bail!(
-                "VolumeBackup {ns}/{} was written to the repository its Secret {} names, not to {location}: pass that repository with --repo (or delete without --prune to remove only the record)",
+                "VolumeBackup {ns}/{} was written to the repository its Secret {} names, not to {shown}: pass that repository with --repo (or delete without --prune to remove only the record)",
                 b.name_any(),
                 b.spec.repository.secret_ref.name
             );
@@ -439,10 +444,10 @@ fn plan_repository_removal(
     let backend = repository::open_backend(&location)?;
     let password = repository::password(opts, false)?;
     let repo = Repository::open(backend, &password)
-        .with_context(|| format!("cannot open the repository {location}"))?;
+        .with_context(|| format!("cannot open the repository {shown}"))?;
     let snapshots = repo
         .list_snapshots()
-        .with_context(|| format!("cannot list the snapshots of {location}"))?;
+        .with_context(|| format!("cannot list the snapshots of {shown}"))?;
     let mut forget = Vec::new();
     let mut seen = BTreeSet::new();
     for (b, _) in backups {
@@ -451,7 +456,7 @@ fn plan_repository_removal(
             .find(|(id, _)| id.to_hex() == b.spec.snapshot)
         else {
             bail!(
-                "the snapshot {} of VolumeBackup {ns}/{} is not in the repository {location}: pass the repository it was written to with --repo (or delete without --prune to remove only the record)",
+                "the snapshot {} of VolumeBackup {ns}/{} is not in the repository {shown}: pass the repository it was written to with --repo (or delete without --prune to remove only the record)",
                 b.spec.snapshot.chars().take(8).collect::<String>(),
                 b.name_any()
             );
@@ -465,7 +470,7 @@ fn plan_repository_removal(
     }
     Ok(RepositoryRemoval {
         repo,
-        location,
+        location: shown,
         forget,
     })
 }

@@ -208,11 +208,9 @@ pub fn classify(err: &anyhow::Error) -> (&'static str, bool) {
                 E::Backend { .. } => ("RepositoryError", false),
                 E::NotFound { .. } | E::Corrupt { .. } => ("RepositoryDamaged", false),
                 E::Locked(_) => ("RepositoryLocked", true),
-                E::Invalid(m)
-                    if m.contains("no snapshot matches") || m.contains("has no snapshots") =>
-                {
-                    ("SnapshotNotFound", false)
-                }
+                E::SnapshotNotFound { .. } => ("SnapshotNotFound", false),
+                E::AmbiguousSnapshot { .. } => ("SnapshotAmbiguous", false),
+                E::Invalid(m) if m.contains("has no snapshots") => ("SnapshotNotFound", false),
                 E::Invalid(m) if m.contains("use a larger volume") => ("VolumeTooSmall", false),
                 E::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                     ("VolumeTooSmall", false)
@@ -323,10 +321,18 @@ mod tests {
             ("RepositoryNotFound", false)
         );
         assert_eq!(
-            of(Error::Invalid(
-                "no snapshot matches ID \"abcd\" in x (list them with ...)".into()
-            )),
+            of(Error::SnapshotNotFound {
+                spec: "abcd".into(),
+                location: loc()
+            }),
             ("SnapshotNotFound", false)
+        );
+        assert_eq!(
+            of(Error::AmbiguousSnapshot {
+                spec: "a".into(),
+                candidates: vec!["a1234567".into(), "a7654321".into()]
+            }),
+            ("SnapshotAmbiguous", false)
         );
         assert_eq!(
             of(Error::Invalid(

@@ -1,12 +1,15 @@
-//! `repo init`, `repo check`, `prune`.
+//! `repo init`, `repo check`, `repo unlock`, `prune`.
 
-use anyhow::{Result, bail};
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result, bail};
 use volbackup_store::Repository;
 use volbackup_store::check::{CheckOptions, check};
+use volbackup_store::lock;
 use volbackup_store::prune::{PruneOptions, execute, plan_prune};
 use volbackup_store::repo::InitOptions;
 
-use crate::cli::{PruneArgs, RepoCheckArgs, RepoInitArgs};
+use crate::cli::{PruneArgs, RepoCheckArgs, RepoInitArgs, RepoUnlockArgs};
 use crate::progress::{Mode, Reporter};
 use crate::repository;
 
@@ -50,6 +53,53 @@ pub fn check_cmd(args: &RepoCheckArgs, quiet: bool) -> Result<()> {
             "no errors were found ({} snapshots, {} packs)",
             report.snapshots, report.packs
         );
+    }
+    Ok(())
+}
+
+/// `repo unlock`: removes stale locks, or with `--remove-all` every file in `locks/` once the
+/// user confirmed (or passed `--yes`).
+pub fn unlock(args: &RepoUnlockArgs, quiet: bool) -> Result<()> {
+    let repo = repository::open_unindexed(&args.repo)?;
+    let location = repo.location();
+    if !args.remove_all {
+        let done = lock::remove_stale_locks(&repo)?;
+        if !quiet {
+            eprintln!(
+                "removed {} stale lock(s) from {location}; {} lock(s) in use kept",
+                done.removed, done.kept
+            );
+        }
+        return Ok(());
+    }
+    let names = lock::lock_file_names(&repo)?;
+    if names.is_empty() {
+        if !quiet {
+            eprintln!("{location} has no locks");
+        }
+        return Ok(());
+    }
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "refusing to remove every lock of {location} without confirmation: pass --yes once no backup, restore or prune uses it"
+            );
+        }
+        let ok = dialoguer::Confirm::new()
+            .with_prompt(format!(
+                "Remove all {} lock(s) of {location}? A backup, restore or prune still running loses its lock and a prune may then delete data a running backup needs",
+                names.len()
+            ))
+            .default(false)
+            .interact()
+            .context("reading the confirmation")?;
+        if !ok {
+            bail!("no lock removed");
+        }
+    }
+    let removed = lock::remove_all_locks(&repo)?;
+    if !quiet {
+        eprintln!("removed {removed} lock(s) from {location}");
     }
     Ok(())
 }

@@ -65,13 +65,50 @@ pub fn relative_path(t: FileType, name: &str) -> String {
 }
 
 /// Opens the backend for a repository location: `s3:https://host/bucket/prefix` or
-/// `s3://bucket/prefix` (endpoint from `AWS_ENDPOINT_URL`) for S3, anything else a local
-/// directory path.
+/// `s3://bucket/prefix` (endpoint from `AWS_ENDPOINT_URL`) for S3, a directory path otherwise.
+/// Any other `scheme:` prefix (`rest:`, `sftp:`, `S3:`...) is refused rather than taken for a
+/// directory name, which would quietly create a local repository where the user meant a server.
 pub fn open(location: &str) -> Result<std::sync::Arc<dyn Backend>> {
     if location.starts_with("s3:") {
-        Ok(std::sync::Arc::new(s3::S3Backend::from_location(location)?))
-    } else {
-        Ok(std::sync::Arc::new(local::LocalBackend::new(location)))
+        return Ok(std::sync::Arc::new(s3::S3Backend::from_location(location)?));
+    }
+    if let Some(scheme) = scheme_of(location) {
+        return Err(crate::Error::Invalid(format!(
+            "{}: {scheme}: repositories are not supported; use a directory path, \
+             s3:https://host[:port]/bucket/prefix or s3://bucket/prefix (write a directory \
+             whose name has a colon as ./NAME)",
+            redact(location)
+        )));
+    }
+    Ok(std::sync::Arc::new(local::LocalBackend::new(location)))
+}
+
+/// The URL-style scheme a location starts with (`rest` in `rest:https://...`), if any.
+fn scheme_of(location: &str) -> Option<&str> {
+    let (scheme, _) = location.split_once(':')?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some(scheme)
+}
+
+/// `location` with the user information of its URL (`user:password@`) replaced by `***@`, so
+/// that messages never show a password someone put into a location.
+pub fn redact(location: &str) -> String {
+    let start = match location.find("://") {
+        Some(i) => i + 3,
+        // `sftp:user@host:/path` has no `//`.
+        None => match scheme_of(location) {
+            Some(scheme) => scheme.len() + 1,
+            None => return location.to_string(),
+        },
+    };
+    let rest = &location[start..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{}***{}", &location[..start], &rest[at..]),
+        None => location.to_string(),
     }
 }
 
@@ -130,4 +167,34 @@ pub trait Backend: Send + Sync {
 
     /// Removes a file. Removing a missing file is not an error.
     fn remove(&self, t: FileType, name: &str) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_user_information_and_nothing_else() {
+        assert_eq!(
+            redact("rest:https://user:pw@host:8000/repo"),
+            "rest:https://***@host:8000/repo"
+        );
+        assert_eq!(
+            redact("sftp:user:pw@host:/srv/repo"),
+            "sftp:***@host:/srv/repo"
+        );
+        assert_eq!(redact("s3:https://host/b/p"), "s3:https://host/b/p");
+        assert_eq!(redact("/srv/a@b/repo"), "/srv/a@b/repo");
+        assert_eq!(redact("s3://bucket/x@y"), "s3://bucket/x@y");
+    }
+
+    #[test]
+    fn schemes_are_told_from_paths() {
+        assert_eq!(scheme_of("rest:https://h/"), Some("rest"));
+        assert_eq!(scheme_of("S3:https://h/b"), Some("S3"));
+        assert_eq!(scheme_of("rclone:remote:path"), Some("rclone"));
+        assert_eq!(scheme_of("/srv/a:b"), None);
+        assert_eq!(scheme_of("./a:b"), None);
+        assert_eq!(scheme_of("repo"), None);
+    }
 }

@@ -113,7 +113,7 @@ impl S3Config {
     /// or `s3://bucket/prefix`.
     pub fn location(&self) -> String {
         let mut s = match &self.endpoint {
-            Some(ep) => format!("s3:{ep}/{}", self.bucket),
+            Some(ep) => format!("s3:{}/{}", super::redact(ep), self.bucket),
             None => format!("s3://{}", self.bucket),
         };
         if !self.prefix.is_empty() {
@@ -126,7 +126,7 @@ impl S3Config {
     /// The server as shown in messages.
     fn endpoint_display(&self) -> String {
         match &self.endpoint {
-            Some(ep) => ep.clone(),
+            Some(ep) => super::redact(ep),
             None => "AWS S3".to_string(),
         }
     }
@@ -138,7 +138,8 @@ impl S3Config {
 pub fn parse_location(s: &str) -> Result<S3Config> {
     let invalid = |why: &str| {
         Error::Invalid(format!(
-            "invalid S3 repository location {s:?}: {why} (expected s3:https://host[:port]/bucket/prefix or s3://bucket/prefix)"
+            "invalid S3 repository location {:?}: {why} (expected s3:https://host[:port]/bucket/prefix or s3://bucket/prefix)",
+            super::redact(s)
         ))
     };
     if let Some(rest) = s.strip_prefix("s3://") {
@@ -166,6 +167,11 @@ pub fn parse_location(s: &str) -> Result<S3Config> {
         .ok_or_else(|| invalid("no bucket after the host"))?;
     if host.is_empty() {
         return Err(invalid("no host"));
+    }
+    if host.contains('@') {
+        return Err(invalid(
+            "credentials do not belong in it; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        ));
     }
     let (bucket, prefix) = split_bucket(path).ok_or_else(|| invalid("no bucket after the host"))?;
     Ok(S3Config::new(
