@@ -112,6 +112,24 @@ fn assert_restic_checks_and_dumps(repo: &Path, snapshot: &str, path: &str, expec
     );
 }
 
+/// A repository in `dir` holding one `mover backup` of an image (`dir/a.img`).
+fn repo_with_one_backup(dir: &Path) -> PathBuf {
+    let repo = init_repo(dir);
+    let src = dir.join("a.img");
+    std::fs::write(&src, mixed_data(1)).unwrap();
+    ok(
+        bin()
+            .args(["mover", "backup", "--repo"])
+            .arg(&repo)
+            .arg("--source")
+            .arg(&src)
+            .output()
+            .unwrap(),
+        "mover backup",
+    );
+    repo
+}
+
 fn init_repo(dir: &Path) -> PathBuf {
     let repo = dir.join("repo");
     ok(
@@ -780,19 +798,7 @@ fn plant_tree_blob(
 #[test]
 fn a_tree_blob_that_decompresses_beyond_its_claim_fails_restore_cleanly_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = init_repo(dir.path());
-    let src = dir.path().join("a.img");
-    std::fs::write(&src, mixed_data(1)).unwrap();
-    ok(
-        bin()
-            .args(["mover", "backup", "--repo"])
-            .arg(&repo)
-            .arg("--source")
-            .arg(&src)
-            .output()
-            .unwrap(),
-        "mover backup",
-    );
+    let repo = repo_with_one_backup(dir.path());
     let store = open_store(&repo);
     let (_, mut snap) = store.find_snapshot("latest").unwrap();
     // 3 GiB of zeros that claim to be 100 bytes, as the root tree of a new snapshot.
@@ -884,19 +890,7 @@ fn repo_init_refuses_unsupported_schemes_creates_nothing_and_never_echoes_the_pa
 fn an_ambiguous_snapshot_prefix_fails_at_once_listing_the_candidates_and_is_not_retried() {
     use volbackup_store::backend::FileType;
     let dir = tempfile::tempdir().unwrap();
-    let repo = init_repo(dir.path());
-    let src = dir.path().join("a.img");
-    std::fs::write(&src, mixed_data(1)).unwrap();
-    ok(
-        bin()
-            .args(["mover", "backup", "--repo"])
-            .arg(&repo)
-            .arg("--source")
-            .arg(&src)
-            .output()
-            .unwrap(),
-        "mover backup",
-    );
+    let repo = repo_with_one_backup(dir.path());
     // Seventeen snapshots: two of them share their first hex digit.
     let store = open_store(&repo);
     let (_, snap) = store.find_snapshot("latest").unwrap();

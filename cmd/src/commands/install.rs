@@ -1116,60 +1116,55 @@ mod tests {
     }
 
     #[test]
-    fn the_roles_grant_what_the_controller_does() {
+    fn the_roles_grant_what_the_controller_does_and_no_more() {
         let objs = defaults();
         let cr = &find(&objs, "ClusterRole").body;
-        assert_grants(
-            cr,
-            "",
-            "persistentvolumes",
-            &["get", "list", "watch", "patch", "update"],
-        );
-        assert_grants(
-            cr,
-            "",
-            "persistentvolumeclaims",
-            &[
-                "get", "list", "watch", "patch", "update", "create", "delete",
-            ],
-        );
-        assert_grants(
-            cr,
-            "",
-            "pods",
-            &["get", "list", "watch", "create", "delete"],
-        );
-        assert_grants(cr, "", "pods/log", &["get"]);
-        assert_grants(cr, "", "secrets", &["get"]);
-        assert_grants(cr, "", "events", &["create", "patch"]);
-        assert_grants(cr, "events.k8s.io", "events", &["create", "patch"]);
-        assert_grants(
-            cr,
-            "storage.k8s.io",
-            "storageclasses",
-            &["get", "list", "watch"],
-        );
-        assert_grants(
-            cr,
-            "volbackup.io",
-            "volumebackups",
-            &["get", "list", "watch"],
-        );
-        assert_grants(
-            cr,
-            "volbackup.io",
-            "volumebackups/status",
-            &["get", "patch", "update"],
-        );
-        // Cluster-wide Secrets are read-only; writing them is limited to our namespace.
-        assert!(!grants(cr).contains(&("".into(), "secrets".into(), "list".into())));
         let role = &find(&objs, "Role").body;
+        // Exactly these, cluster-wide: reads, PV and PVC patches, status, events.
+        let expected_cluster: BTreeSet<(String, String, String)> = [
+            (
+                "",
+                "persistentvolumes",
+                &["get", "list", "watch", "patch"][..],
+            ),
+            (
+                "",
+                "persistentvolumeclaims",
+                &["get", "list", "watch", "patch"],
+            ),
+            ("", "secrets", &["get"]),
+            ("", "events", &["create", "patch"]),
+            ("events.k8s.io", "events", &["create", "patch"]),
+            (
+                "storage.k8s.io",
+                "storageclasses",
+                &["get", "list", "watch"],
+            ),
+            ("volbackup.io", "volumebackups", &["get", "list", "watch"]),
+            ("volbackup.io", "volumebackups/status", &["get", "patch"]),
+        ]
+        .iter()
+        .flat_map(|(g, r, vs)| {
+            vs.iter()
+                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
+        })
+        .collect();
+        assert_eq!(grants(cr), expected_cluster);
+        // Creating and deleting happens only in the populator's own namespace.
         assert_grants(
             role,
             "",
             "secrets",
             &["get", "list", "watch", "create", "patch", "delete"],
         );
+        assert_grants(role, "", "persistentvolumeclaims", &["create", "delete"]);
+        assert_grants(
+            role,
+            "",
+            "pods",
+            &["get", "list", "watch", "create", "delete"],
+        );
+        assert_grants(role, "", "pods/log", &["get"]);
         assert_grants(
             role,
             "coordination.k8s.io",

@@ -511,3 +511,49 @@ async fn the_image_holds_the_binary_its_libraries_and_the_ca_bundle_and_runs_as_
         json!(["/usr/local/bin/kubectl-volbackup"])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_populators_service_account_may_start_pods_only_in_its_own_namespace() {
+    let env = Env::start().await;
+    let out = env.plugin(&["install"], &[]).await;
+    assert_eq!(out.code, 0, "install failed: {}", out.stderr);
+    // A client acting as the populator's ServiceAccount (impersonation, as a stolen token).
+    let kc = kube::config::Kubeconfig::read_from(env.cluster.kubeconfig_path()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(format!(
+        "system:serviceaccount:{SYSTEM}:volbackup-populator"
+    ));
+    let as_populator = kube::Client::try_from(config).unwrap();
+    let pod: DynamicObject = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "stolen"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["true"]}]}}))
+    .unwrap();
+    for ns in [NS, "kube-system"] {
+        let pods: Api<DynamicObject> = Api::namespaced_with(as_populator.clone(), ns, &pods_ar());
+        match pods.create(&Default::default(), &pod).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 403, "{ns}: {e:?}");
+                assert!(e.message.contains("volbackup-populator"), "{}", e.message);
+            }
+            other => panic!("the populator's account created a pod in {ns}: {other:?}"),
+        }
+        let pvcs: Api<DynamicObject> = Api::namespaced_with(as_populator.clone(), ns, &pvcs_ar());
+        assert!(
+            matches!(pvcs.delete("anything", &DeleteParams::default()).await, Err(kube::Error::Api(e)) if e.code == 403),
+            "the populator's account may delete claims in {ns}"
+        );
+    }
+    // In its own namespace it may (a dry run, so nothing starts).
+    let own: Api<DynamicObject> = Api::namespaced_with(as_populator, SYSTEM, &pods_ar());
+    own.create(
+        &kube::api::PostParams {
+            dry_run: true,
+            ..Default::default()
+        },
+        &pod,
+    )
+    .await
+    .expect("the populator may create pods in its own namespace");
+}
