@@ -743,6 +743,22 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
             {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 409 => return Ok(now),
+                // Admission (Pod Security, a policy) refused the pod: say so where the user
+                // looks, then try again later (the namespace's labels may change).
+                Err(kube::Error::Api(e)) if e.code == 403 => {
+                    let why = format!(
+                        "the populate pod {}/{} was refused: {} (the populate pods meet Pod Security \"{}\"; a repository that is a node directory needs \"privileged\": kubectl volbackup install --pod-security privileged)",
+                        cfg.namespace,
+                        populate_name(&uid),
+                        e.message,
+                        mover::MOVER_LEVEL,
+                    );
+                    ctx.event(pvc, EventType::Warning, "PopulatorFailed", why.clone())
+                        .await;
+                    ctx.set_condition(backup, "False", "PodRefused", why, None)
+                        .await;
+                    return Ok(Action::requeue(Duration::from_secs(10)));
+                }
                 Err(e) => return Err(e.into()),
             }
             ctx.metrics.started(&uid);

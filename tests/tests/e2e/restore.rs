@@ -309,7 +309,7 @@ async fn assert_cleanly_bound(env: &Env, ns: &str, pvc: &str) {
 }
 
 /// Events about one PVC, as `reason: message` lines.
-async fn events_of(env: &Env, ns: &str, pvc: &str) -> Vec<String> {
+pub(crate) async fn events_of(env: &Env, ns: &str, pvc: &str) -> Vec<String> {
     list_in(env, &events_ar(), ns)
         .await
         .into_iter()

@@ -7,7 +7,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::common::*;
-use crate::restore::{backup_names, filled_volumes, tree, volume_path};
+use crate::restore::{backup_names, events_of, filled_volumes, tree, volume_path};
 use crate::support_s3;
 
 /// An S3 repository in a fresh bucket, initialised; its location and the AWS variables.
@@ -204,4 +204,82 @@ async fn a_repository_behind_https_with_a_private_ca_works_from_inside_the_pods(
     restore(&env, &name, "tls-back").await;
     let restored = std::fs::read(volume_path(&env, NS, "tls-back").await).unwrap();
     assert!(restored == block, "the volume restored over TLS differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_populate_pod_refused_by_pod_security_is_reported_on_the_claim_until_allowed() {
+    let env = Env::start().await;
+    // The test namespace allows anything, so the backup's mover may mount the local-directory
+    // repository from the node; the populator's namespace enforces baseline, which refuses it.
+    install_default(&env).await;
+    let image = filled_volumes(&env, 2 << 20).await;
+    let out = env.create_backup(&["blk"]).await;
+    assert_eq!(out.code, 0, "create failed: {}", out.stderr);
+    let blk = env
+        .list(&backups_ar(), true, Some("volbackup.io/pvc=blk"))
+        .await[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = env
+        .plugin(&["restore", &blk, "--to", "refused", "-n", NS], &[])
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let event = loop {
+        let found = events_of(&env, NS, "refused")
+            .await
+            .into_iter()
+            .find(|e| e.starts_with("Warning PopulatorFailed") && e.contains("was refused"));
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal reported on the claim: {:?}",
+            events_of(&env, NS, "refused").await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(
+        event.contains("violates PodSecurity \"baseline:latest\"")
+            && event.contains("hostPath volumes")
+            && event.contains("install --pod-security privileged"),
+        "{event}"
+    );
+    let claim = env
+        .list(&pvcs_ar(), true, None)
+        .await
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == "refused")
+        .unwrap();
+    assert_eq!(
+        claim["status"]["phase"], "Pending",
+        "bound without its data"
+    );
+    let vb = env
+        .list(&backups_ar(), true, Some("volbackup.io/pvc=blk"))
+        .await
+        .remove(0);
+    let cond = vb["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Restored")
+        .cloned()
+        .unwrap();
+    assert_eq!(cond["status"], "False");
+    assert_eq!(cond["reason"], "PodRefused");
+
+    // Allowed, the same restore carries on by itself.
+    let out = env
+        .plugin(&["install", "--pod-security", "privileged"], &[])
+        .await;
+    assert_eq!(out.code, 0, "reinstall failed: {}", out.stderr);
+    env.wait_for(&pvcs_ar(), "refused", "to bind", |p| {
+        p.pointer("/status/phase") == Some(&json!("Bound"))
+    })
+    .await;
+    let restored = std::fs::read(volume_path(&env, NS, "refused").await).unwrap();
+    assert!(restored == image, "the restored volume differs");
 }
