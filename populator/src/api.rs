@@ -36,9 +36,11 @@ pub struct VolumeBackupSpec {
     /// Where the backup is stored.
     pub repository: RepositoryRef,
     /// The restic snapshot id (64 hex digits).
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
     pub snapshot: String,
     /// The file in the snapshot that holds a block image (`/NAME`); absent for file trees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/[^/].*$"), length(max = 4096))]
     pub path: Option<String>,
 }
 
@@ -56,6 +58,10 @@ pub struct RepositoryRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SecretRef {
     /// The Secret's name.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(min = 1, max = 253)
+    )]
     pub name: String,
 }
 

@@ -379,11 +379,17 @@ fn annotations_for(ns: &str, name: &str) -> BTreeMap<String, String> {
 }
 
 /// PVC' for a user PVC: same access modes, size, class and mode, nothing else.
-pub fn prime_claim(pvc: &PersistentVolumeClaim, namespace: &str) -> PersistentVolumeClaim {
+/// The selected node is copied only for a WaitForFirstConsumer class (`pin`, see
+/// [`populate_pod`]).
+pub fn prime_claim(
+    pvc: &PersistentVolumeClaim,
+    namespace: &str,
+    pin: bool,
+) -> PersistentVolumeClaim {
     let uid = pvc.uid().unwrap_or_default();
     let spec = pvc.spec.clone().unwrap_or_default();
     let mut annotations = annotations_for(&pvc.namespace().unwrap_or_default(), &pvc.name_any());
-    if let Some(node) = annotation(&pvc.metadata, state::SELECTED_NODE) {
+    if pin && let Some(node) = annotation(&pvc.metadata, state::SELECTED_NODE) {
         annotations.insert(state::SELECTED_NODE.to_string(), node.to_string());
     }
     serde_json::from_value(json!({
@@ -405,12 +411,16 @@ pub fn prime_claim(pvc: &PersistentVolumeClaim, namespace: &str) -> PersistentVo
     .expect("a PVC always deserializes")
 }
 
-/// The populate pod: `mover restore --json` onto PVC' (the shared mover template).
+/// The populate pod: `mover restore --json` onto PVC' (the shared mover template). It is pinned
+/// to the node the scheduler chose only for a WaitForFirstConsumer class (`pin`): on any other
+/// class the annotation is the user's to write, and must not let them bypass the scheduler and
+/// its taints.
 pub fn populate_pod(
     pvc: &PersistentVolumeClaim,
     backup: &VolumeBackup,
     config: &Config,
     repository: Option<&str>,
+    pin: bool,
 ) -> Pod {
     let uid = pvc.uid().unwrap_or_default();
     let block = pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block");
@@ -442,7 +452,9 @@ pub fn populate_pod(
         args,
         labels: labels_for(&uid),
         annotations: annotations_for(&pvc.namespace().unwrap_or_default(), &pvc.name_any()),
-        node_name: annotation(&pvc.metadata, state::SELECTED_NODE).map(str::to_string),
+        node_name: annotation(&pvc.metadata, state::SELECTED_NODE)
+            .filter(|_| pin)
+            .map(str::to_string),
         repository_dir: repository.and_then(mover::local_repository),
     })
 }
@@ -703,7 +715,10 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
         Step::CreatePrime => {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), &cfg.namespace);
             match api
-                .create(&PostParams::default(), &prime_claim(pvc, &cfg.namespace))
+                .create(
+                    &PostParams::default(),
+                    &prime_claim(pvc, &cfg.namespace, seen.observed.wait_for_first_consumer),
+                )
                 .await
             {
                 Ok(_) => {}
@@ -737,7 +752,13 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
             match api
                 .create(
                     &PostParams::default(),
-                    &populate_pod(pvc, backup, cfg, location.as_deref()),
+                    &populate_pod(
+                        pvc,
+                        backup,
+                        cfg,
+                        location.as_deref(),
+                        seen.observed.wait_for_first_consumer,
+                    ),
                 )
                 .await
             {
@@ -1300,7 +1321,8 @@ mod tests {
 
     #[test]
     fn the_prime_claim_copies_modes_size_class_and_node_and_nothing_else() {
-        let p = serde_json::to_value(prime_claim(&claim("Block"), "volbackup-system")).unwrap();
+        let p =
+            serde_json::to_value(prime_claim(&claim("Block"), "volbackup-system", true)).unwrap();
         assert_eq!(p["metadata"]["name"], "prime-u-1");
         assert_eq!(p["metadata"]["namespace"], "volbackup-system");
         assert_eq!(p["metadata"]["annotations"][state::ANN_FOR], "app/data");
@@ -1311,6 +1333,14 @@ mod tests {
         assert_eq!(p["spec"]["storageClassName"], "fast");
         assert_eq!(p["spec"]["volumeMode"], "Block");
         assert!(p["spec"].get("dataSourceRef").is_none());
+        // Not for a class that binds at once: the annotation is then only the user's word.
+        let p =
+            serde_json::to_value(prime_claim(&claim("Block"), "volbackup-system", false)).unwrap();
+        assert!(
+            p["metadata"]["annotations"]
+                .get(state::SELECTED_NODE)
+                .is_none()
+        );
     }
 
     #[test]
@@ -1320,6 +1350,7 @@ mod tests {
             &backup(Some("/data.img")),
             &config(),
             None,
+            true,
         ))
         .unwrap();
         let c = &pod["spec"]["containers"][0];
@@ -1349,8 +1380,11 @@ mod tests {
             &backup(None),
             &config(),
             Some("s3:https://h/b"),
+            false,
         ))
         .unwrap();
+        // The claim names node-2, but its class binds at once: the scheduler places the pod.
+        assert!(pod["spec"].get("nodeName").is_none(), "{}", pod["spec"]);
         let c = &pod["spec"]["containers"][0];
         assert_eq!(c["volumeMounts"][0]["mountPath"], MOUNT_TARGET);
         assert!(c.get("volumeDevices").is_none());

@@ -475,6 +475,44 @@ fn plan_repository_removal(
     })
 }
 
+/// `delete --prune` forgets snapshots: refused while a VolumeBackup not being deleted, in any
+/// namespace, names one of them (a cross-namespace restore copies the record with the same
+/// snapshot), since the prune would take that backup's data too.
+async fn refuse_shared_snapshots(
+    client: &kube::Client,
+    ns: &str,
+    backups: &[(VolumeBackup, Option<String>)],
+) -> Result<()> {
+    let snapshots: BTreeSet<&str> = backups
+        .iter()
+        .map(|(b, _)| b.spec.snapshot.as_str())
+        .collect();
+    let deleting: BTreeSet<String> = backups.iter().map(|(b, _)| b.name_any()).collect();
+    let all: Api<VolumeBackup> = Api::all(client.clone());
+    let others = match all.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(e)) if e.code == 403 => bail!(
+            "refusing to prune: cannot check whether VolumeBackups in other namespaces name these snapshots ({}): run delete --prune with the right to list volumebackups in all namespaces, or delete without --prune",
+            e.message
+        ),
+        Err(e) => return Err(missing_crd(e, "list", None)),
+    };
+    for o in &others {
+        let theirs = o.namespace().unwrap_or_default();
+        if theirs == ns && deleting.contains(&o.name_any()) {
+            continue;
+        }
+        if snapshots.contains(o.spec.snapshot.as_str()) {
+            bail!(
+                "refusing to prune: the snapshot {} is also the backup of VolumeBackup {theirs}/{} (a copy a cross-namespace restore made?): delete that one in the same way first, or delete without --prune to remove only the record",
+                o.spec.snapshot.chars().take(8).collect::<String>(),
+                o.name_any()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Forgets the snapshots and prunes what only they used.
 fn forget_and_prune(plan: &RepositoryRemoval, names: &str, quiet: bool) -> Result<()> {
     let forget = ForgetPlan {
@@ -557,6 +595,9 @@ pub fn delete(args: &DeleteArgs, quiet: bool) -> Result<()> {
                 None
             };
             backups.push((b, theirs));
+        }
+        if args.prune {
+            refuse_shared_snapshots(&kube.client, &ns, &backups).await?;
         }
         anyhow::Ok((kube, backups))
     })?;

@@ -248,6 +248,17 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errs: &mut Vec<FieldError>, r
                     reason: "FieldValueTooLong",
                 });
             }
+            if let Some(pattern) = schema.get("pattern").and_then(Value::as_str)
+                && regex::Regex::new(pattern).is_ok_and(|re| !re.is_match(s))
+            {
+                errs.push(FieldError {
+                    field: path.into(),
+                    detail: format!(
+                        "Invalid value: \"{s}\": {path} in body should match '{pattern}'"
+                    ),
+                    reason: "FieldValueInvalid",
+                });
+            }
         }
         Value::Number(n) => {
             let x = n.as_f64().unwrap_or(0.0);

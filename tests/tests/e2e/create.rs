@@ -1310,6 +1310,57 @@ async fn list_with_repo_shows_orphaned_snapshots_and_delete_prune_removes_the_da
         "deleted after a refusal"
     );
     assert_eq!(restic_snapshot_ids(&env).len(), 3);
+    // A copy of the record in another namespace (what a cross-namespace restore makes) names
+    // the same snapshot: refused, nothing touched; once the copy is gone, allowed.
+    env.create(
+        &ar("", "v1", "Namespace", "namespaces"),
+        json!({"metadata": {"name": "elsewhere"}}),
+    )
+    .await;
+    let elsewhere = kube::api::Api::<kube::api::DynamicObject>::namespaced_with(
+        env.client.clone(),
+        "elsewhere",
+        &backups_ar(),
+    );
+    let copy: kube::api::DynamicObject = serde_json::from_value(json!({"apiVersion": "volbackup.io/v1alpha1", "kind": "VolumeBackup",
+        "metadata": {"name": "copied"}, "spec": {"repository": {"secretRef": {"name": "volbackup-repository"}}, "snapshot": snap_b}}))
+    .unwrap();
+    elsewhere
+        .create(&Default::default(), &copy)
+        .await
+        .expect("the copy");
+    let out = env
+        .plugin(
+            &[
+                "delete",
+                &name_b,
+                "--prune",
+                "--yes",
+                "-n",
+                NS,
+                "--kubeconfig",
+                &kc,
+                "--repo",
+                &repo,
+            ],
+            &[],
+        )
+        .await;
+    assert_one_line_failure(&out, "also the backup of VolumeBackup elsewhere/copied");
+    assert_eq!(
+        restic_snapshot_ids(&env).len(),
+        3,
+        "a snapshot was forgotten"
+    );
+    assert_eq!(
+        backups_of(&env, "b").await.len(),
+        1,
+        "deleted after a refusal"
+    );
+    elsewhere
+        .delete("copied", &Default::default())
+        .await
+        .expect("delete the copy");
 
     let before = pack_bytes(&env.repo);
     let out = env

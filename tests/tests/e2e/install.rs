@@ -557,3 +557,45 @@ async fn the_populators_service_account_may_start_pods_only_in_its_own_namespace
     .await
     .expect("the populator may create pods in its own namespace");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crd_refuses_a_volume_backup_whose_snapshot_or_secret_is_not_well_formed() {
+    let env = Env::start().await;
+    let api = api(&env, &backups_ar(), Some(NS));
+    for (field, spec, expect) in [
+        (
+            "spec.snapshot",
+            json!({"repository": {"secretRef": {"name": "volbackup-repository"}}, "snapshot": "latest"}),
+            "spec.snapshot in body should match '^[0-9a-f]{64}$'",
+        ),
+        (
+            "spec.repository.secretRef.name",
+            json!({"repository": {"secretRef": {"name": "Not/A Name"}}, "snapshot": "ab".repeat(32)}),
+            "spec.repository.secretRef.name in body should match",
+        ),
+        (
+            "spec.path",
+            json!({"repository": {"secretRef": {"name": "s"}}, "snapshot": "ab".repeat(32), "path": "relative.img"}),
+            "spec.path in body should match",
+        ),
+    ] {
+        let obj: DynamicObject =
+            serde_json::from_value(json!({"apiVersion": "volbackup.io/v1alpha1",
+            "kind": "VolumeBackup", "metadata": {"name": "bad"}, "spec": spec}))
+            .unwrap();
+        match api.create(&Default::default(), &obj).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{field}: {e:?}");
+                assert!(e.message.contains(expect), "{field}: {}", e.message);
+            }
+            other => panic!("a VolumeBackup with a bad {field} was accepted: {other:?}"),
+        }
+    }
+    let good: DynamicObject = serde_json::from_value(json!({"apiVersion": "volbackup.io/v1alpha1",
+        "kind": "VolumeBackup", "metadata": {"name": "good"},
+        "spec": {"repository": {"secretRef": {"name": "volbackup-repository"}}, "snapshot": "ab".repeat(32), "path": "/data.img"}}))
+    .unwrap();
+    api.create(&Default::default(), &good)
+        .await
+        .expect("a well-formed VolumeBackup is accepted");
+}
