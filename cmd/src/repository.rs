@@ -125,6 +125,9 @@ pub fn secret_data(opts: &RepoOptions) -> Result<std::collections::BTreeMap<Stri
             data.insert(key.to_string(), v);
         }
     }
+    for w in credential_warnings(&data["VOLBACKUP_REPOSITORY"], &|k| std::env::var(k).ok()) {
+        tracing::warn!("{w}");
+    }
     // A private CA travels as PEM text: a pod has no file of the user's machine to read.
     if let Some(pem) =
         volbackup_store::backend::s3::ca_from_env().map_err(|e| anyhow::anyhow!(e))?
@@ -137,10 +140,68 @@ pub fn secret_data(opts: &RepoOptions) -> Result<std::collections::BTreeMap<Stri
     Ok(data)
 }
 
+/// What is wrong with S3 credentials that are to be copied into a cluster (pure; `env` reads
+/// a variable): a session token expires, and then every restore from that Secret fails; with
+/// keys only in a profile or the machine's role nothing is copied, and the pods fall back to
+/// whatever role their node has.
+pub fn credential_warnings(location: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
+    let mut out = Vec::new();
+    if !location.starts_with("s3:") {
+        return out;
+    }
+    if set("AWS_SESSION_TOKEN") {
+        out.push(
+            "AWS_SESSION_TOKEN is set: the repository Secret gets temporary credentials, and restores from it fail once they expire; give the cluster long-lived keys (an existing Secret with --repo-secret)"
+                .to_string(),
+        );
+    }
+    if !set("AWS_ACCESS_KEY_ID") || !set("AWS_SECRET_ACCESS_KEY") {
+        out.push(
+            "no AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment (a profile or an instance role is used here): the repository Secret gets no keys, and the pods use their node's role, if any; export the keys or name an existing Secret with --repo-secret"
+                .to_string(),
+        );
+    }
+    out
+}
+
 /// Opens the repository the settings of [`secret_data`] name (password checked, index loaded).
 pub fn open_from(data: &std::collections::BTreeMap<String, String>) -> Result<Repository> {
     let backend = open_backend(&data["VOLBACKUP_REPOSITORY"])?;
     let repo = Repository::open(backend, &data["VOLBACKUP_PASSWORD"])?;
     repo.load_index()?;
     Ok(repo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn session_tokens_and_profile_only_credentials_are_warned_about() {
+        let keys = env_of(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]);
+        assert!(credential_warnings("s3:https://h/b", &keys).is_empty());
+        let temporary = env_of(&[
+            ("AWS_ACCESS_KEY_ID", "a"),
+            ("AWS_SECRET_ACCESS_KEY", "b"),
+            ("AWS_SESSION_TOKEN", "t"),
+        ]);
+        let w = credential_warnings("s3:https://h/b", &temporary);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("expire"), "{w:?}");
+        let profile = env_of(&[("AWS_PROFILE", "prod")]);
+        let w = credential_warnings("s3://bucket/prefix", &profile);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("node's role"), "{w:?}");
+        // A directory repository has no credentials to warn about.
+        assert!(credential_warnings("/srv/backups", &profile).is_empty());
+    }
 }
