@@ -13,6 +13,19 @@ use crate::cli::KubeOptions;
 pub const BACKUP_LABEL: &str = "volbackup.io/backup";
 /// Label naming the source PVC of a temporary object.
 pub const PVC_LABEL: &str = "volbackup.io/pvc";
+
+/// The value of [`PVC_LABEL`] for a PVC: its name, or for a name longer than a label value may
+/// be (63 characters), the first 52 characters and a hash of the whole name, so every PVC name
+/// labels its objects and two long names never share a value.
+pub fn pvc_label_value(pvc: &str) -> String {
+    if pvc.len() <= 63 {
+        return pvc.to_string();
+    }
+    use sha2::Digest as _;
+    let hash = hex::encode(sha2::Sha256::digest(pvc.as_bytes()));
+    let head: String = pvc.chars().take(52).collect();
+    format!("{}-{}", head.trim_end_matches(['-', '.']), &hash[..10])
+}
 /// Annotation of the default VolumeSnapshotClass of a driver.
 pub const DEFAULT_SNAPSHOT_CLASS: &str = "snapshot.storage.kubernetes.io/is-default-class";
 
@@ -193,8 +206,25 @@ pub async fn write_repository_secret(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, pvc_label_value};
     use std::time::Duration;
+
+    #[test]
+    fn long_pvc_names_become_valid_distinct_label_values() {
+        assert_eq!(pvc_label_value("data"), "data");
+        let a = format!("{}-a", "x".repeat(100));
+        let b = format!("{}-b", "x".repeat(100));
+        let (la, lb) = (pvc_label_value(&a), pvc_label_value(&b));
+        assert!(la.len() <= 63 && lb.len() <= 63, "{la}");
+        assert_ne!(la, lb);
+        assert!(la.starts_with(&"x".repeat(52)));
+        let dashed = format!("{}-{}", "y".repeat(51), "z".repeat(40));
+        let l = pvc_label_value(&dashed);
+        assert!(
+            !l.contains("--") && l.ends_with(|c: char| c.is_ascii_alphanumeric()),
+            "{l}"
+        );
+    }
 
     #[test]
     fn durations_accept_units_and_plain_seconds() {

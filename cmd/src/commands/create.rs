@@ -576,7 +576,11 @@ async fn backup_one(run: &Run, t: &Target) -> Result<(String, MoverSummary)> {
     let bar = bar_for(run, t);
     let result = backup_steps(run, t, &bar).await;
     bar.finish_and_clear();
-    let selector = format!("{BACKUP_LABEL}={},{PVC_LABEL}={}", run.id, t.info.pvc);
+    let selector = format!(
+        "{BACKUP_LABEL}={},{PVC_LABEL}={}",
+        run.id,
+        cluster::pvc_label_value(&t.info.pvc)
+    );
     let cleanup =
         cleanup_selector(&run.client, &t.info.namespace, &selector, run.keep_snapshot).await;
     let out = result.with_context(|| format!("backup of PVC {} failed", t.label()))?;
@@ -585,7 +589,7 @@ async fn backup_one(run: &Run, t: &Target) -> Result<(String, MoverSummary)> {
 }
 
 fn labels(run: &Run, t: &Target) -> Value {
-    json!({BACKUP_LABEL: run.id, PVC_LABEL: t.info.pvc, "app.kubernetes.io/managed-by": "volbackup"})
+    json!({BACKUP_LABEL: run.id, PVC_LABEL: cluster::pvc_label_value(&t.info.pvc), "app.kubernetes.io/managed-by": "volbackup"})
 }
 
 async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(String, MoverSummary)> {
@@ -768,7 +772,7 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
     );
     vb.metadata.namespace = Some(ns.to_string());
     vb.metadata.labels = Some(BTreeMap::from([
-        (PVC_LABEL.to_string(), info.pvc.clone()),
+        (PVC_LABEL.to_string(), cluster::pvc_label_value(&info.pvc)),
         (
             "app.kubernetes.io/managed-by".to_string(),
             "volbackup".to_string(),

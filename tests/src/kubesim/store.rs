@@ -309,6 +309,32 @@ impl State {
     }
 }
 
+/// The first label value that is not a valid label value (`apimachinery` validation: at most
+/// 63 characters, alphanumerics with `-`, `_`, `.` inside), as the API server words it.
+fn label_value_error(obj: &Value) -> Option<String> {
+    let labels = obj.pointer("/metadata/labels")?.as_object()?;
+    for v in labels.values() {
+        let v = v.as_str().unwrap_or("");
+        if v.len() > 63 {
+            return Some(format!(
+                "Invalid value: \"{v}\": must be no more than 63 characters"
+            ));
+        }
+        let inner_ok = v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        let ends_ok = v.is_empty()
+            || (v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.ends_with(|c: char| c.is_ascii_alphanumeric()));
+        if !inner_ok || !ends_ok {
+            return Some(format!(
+                "Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+            ));
+        }
+    }
+    None
+}
+
 /// The default StorageClass (annotation `storageclass.kubernetes.io/is-default-class`), the
 /// newest when several are marked, as the DefaultStorageClass admission plugin picks it.
 fn default_storage_class(st: &State) -> Option<String> {
@@ -593,6 +619,9 @@ impl Store {
         let gk = group_kind(&rt.group, &rt.kind);
         let name = meta_str(obj, "name").unwrap_or("").to_string();
         let ns = meta_str(obj, "namespace").unwrap_or("").to_string();
+        if let Some(e) = label_value_error(obj) {
+            return Err(errors::invalid1(&gk, &name, "metadata.labels", &e));
+        }
         if let Some(crd) = &rt.crd
             && let Some(schema) = &crd.schema
         {

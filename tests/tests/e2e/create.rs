@@ -1583,3 +1583,23 @@ async fn keep_snapshot_leaves_a_ready_snapshot_that_cleanup_does_not_touch() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(env.list(&snapshots_ar(), true, None).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pvc_whose_name_is_longer_than_a_label_value_is_backed_up() {
+    let env = Env::start().await;
+    let name = format!("data-{}", "l".repeat(90));
+    env.pvc(&name, "Block", "1Mi", json!({})).await;
+    let out = env.create_backup(&[&name]).await;
+    assert_eq!(out.code, 0, "create failed: {}", out.stderr);
+    let backups = env.list(&backups_ar(), true, None).await;
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(backups[0]["status"]["volume"]["pvc"], json!(name));
+    let label = backups[0]["metadata"]["labels"]["volbackup.io/pvc"]
+        .as_str()
+        .unwrap();
+    assert!(
+        label.len() <= 63 && label.starts_with("data-lll"),
+        "{label}"
+    );
+    env.assert_nothing_temporary_left().await;
+}
