@@ -1071,6 +1071,23 @@ fn restic_snapshot_ids(env: &Env) -> Vec<String> {
         .collect()
 }
 
+/// `delete NAMES --prune --yes` in the test namespace against repository `repo`.
+async fn delete_pruning(env: &Env, kc: &str, repo: &str, names: &[&str]) -> Outcome {
+    let mut args = vec!["delete"];
+    args.extend_from_slice(names);
+    args.extend_from_slice(&[
+        "--prune",
+        "--yes",
+        "-n",
+        NS,
+        "--kubeconfig",
+        kc,
+        "--repo",
+        repo,
+    ]);
+    env.plugin(&args, &[]).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_with_repo_shows_orphaned_snapshots_and_delete_prune_removes_the_data() {
     let env = Env::start().await;
@@ -1239,43 +1256,10 @@ async fn list_with_repo_shows_orphaned_snapshots_and_delete_prune_removes_the_da
         .plugin(&["repo", "init", "--repo", other.to_str().unwrap()], &[])
         .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let out = env
-        .plugin(
-            &[
-                "delete",
-                &name_b,
-                "--prune",
-                "--yes",
-                "-n",
-                NS,
-                "--kubeconfig",
-                &kc,
-                "--repo",
-                other.to_str().unwrap(),
-            ],
-            &[],
-        )
-        .await;
+    let out = delete_pruning(&env, &kc, other.to_str().unwrap(), &[&name_b]).await;
     assert_one_line_failure(&out, "pass that repository with --repo");
     // A name that does not exist: nothing is deleted, not even the names that do.
-    let out = env
-        .plugin(
-            &[
-                "delete",
-                &name_b,
-                "nope",
-                "--prune",
-                "--yes",
-                "-n",
-                NS,
-                "--kubeconfig",
-                &kc,
-                "--repo",
-                &repo,
-            ],
-            &[],
-        )
-        .await;
+    let out = delete_pruning(&env, &kc, &repo, &[&name_b, "nope"]).await;
     assert_one_line_failure(&out, "VolumeBackup \"nope\" not found");
     // A record whose snapshot is not in the repository: refused.
     env.create(
@@ -1283,23 +1267,7 @@ async fn list_with_repo_shows_orphaned_snapshots_and_delete_prune_removes_the_da
         json!({"metadata": {"name": "ghost", "namespace": NS}, "spec": {"repository": {"secretRef": {"name": "volbackup-repository"}}, "snapshot": "ab".repeat(32)}}),
     )
     .await;
-    let out = env
-        .plugin(
-            &[
-                "delete",
-                "ghost",
-                "--prune",
-                "--yes",
-                "-n",
-                NS,
-                "--kubeconfig",
-                &kc,
-                "--repo",
-                &repo,
-            ],
-            &[],
-        )
-        .await;
+    let out = delete_pruning(&env, &kc, &repo, &["ghost"]).await;
     assert_one_line_failure(
         &out,
         "the snapshot abababab of VolumeBackup t/ghost is not in the repository",
@@ -1329,23 +1297,7 @@ async fn list_with_repo_shows_orphaned_snapshots_and_delete_prune_removes_the_da
         .create(&Default::default(), &copy)
         .await
         .expect("the copy");
-    let out = env
-        .plugin(
-            &[
-                "delete",
-                &name_b,
-                "--prune",
-                "--yes",
-                "-n",
-                NS,
-                "--kubeconfig",
-                &kc,
-                "--repo",
-                &repo,
-            ],
-            &[],
-        )
-        .await;
+    let out = delete_pruning(&env, &kc, &repo, &[&name_b]).await;
     assert_one_line_failure(&out, "also the backup of VolumeBackup elsewhere/copied");
     assert_eq!(
         restic_snapshot_ids(&env).len(),
@@ -1363,23 +1315,7 @@ async fn list_with_repo_shows_orphaned_snapshots_and_delete_prune_removes_the_da
         .expect("delete the copy");
 
     let before = pack_bytes(&env.repo);
-    let out = env
-        .plugin(
-            &[
-                "delete",
-                &name_b,
-                "--prune",
-                "--yes",
-                "-n",
-                NS,
-                "--kubeconfig",
-                &kc,
-                "--repo",
-                &repo,
-            ],
-            &[],
-        )
-        .await;
+    let out = delete_pruning(&env, &kc, &repo, &[&name_b]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stdout
@@ -1411,23 +1347,7 @@ async fn list_with_repo_shows_orphaned_snapshots_and_delete_prune_removes_the_da
     let name_a2 = vb_a2["metadata"]["name"].as_str().unwrap().to_string();
     let snap_a2 = vb_a2["spec"]["snapshot"].as_str().unwrap().to_string();
     let guard = Immutable::set(&env.repo.join("index"));
-    let out = env
-        .plugin(
-            &[
-                "delete",
-                &name_a2,
-                "--prune",
-                "--yes",
-                "-n",
-                NS,
-                "--kubeconfig",
-                &kc,
-                "--repo",
-                &repo,
-            ],
-            &[],
-        )
-        .await;
+    let out = delete_pruning(&env, &kc, &repo, &[&name_a2]).await;
     drop(guard);
     assert_one_line_failure(&out, "forgot 1 snapshot(s)");
     assert!(
