@@ -119,6 +119,7 @@ pub fn test_image(binary: &Path) -> &'static TestImage {
             "{registry}/volbackup/volbackup:{}",
             env!("CARGO_PKG_VERSION")
         );
+        xtask::image::remove_stale_test_images(&reference);
         xtask::image::build(&xtask::image::Build {
             binary: binary.to_path_buf(),
             reference: reference.clone(),

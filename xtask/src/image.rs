@@ -118,8 +118,36 @@ pub fn local_base_tree(binary: &Path, root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes an image from buildah's storage, if it is there.
+fn remove_image(reference: &str) {
+    let _ = buildah()
+        .args(["rmi", "--force", reference])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Removes the images that earlier test runs pushed to their (now gone) loopback registries,
+/// and untagged leftovers, so that repeated runs on one machine do not fill its disk.
+pub fn remove_stale_test_images(keep: &str) {
+    let Ok(listed) = run(buildah().args(["images", "--format", "{{.Name}}:{{.Tag}}"])) else {
+        return;
+    };
+    for image in listed.lines().map(str::trim) {
+        if image != keep && is_loopback_registry(image) && image.contains("/volbackup/volbackup:") {
+            remove_image(image);
+        }
+    }
+    let _ = buildah()
+        .args(["rmi", "--prune"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 /// Makes [`LOCAL_BASE`] for `binary`.
 pub fn build_local_base(binary: &Path) -> Result<()> {
+    remove_image(LOCAL_BASE);
     let dir = tempfile::tempdir()?;
     local_base_tree(binary, &dir.path().join("rootfs"))?;
     std::fs::write(
@@ -142,6 +170,8 @@ pub fn build(b: &Build) -> Result<()> {
             LOCAL_BASE.to_string()
         }
     };
+    // Each build would otherwise leave the previous image of this tag behind, untagged.
+    remove_image(&b.reference);
     let context = tempfile::tempdir()?;
     let staged = context
         .path()

@@ -236,6 +236,27 @@ impl ImageService {
         Ok(img)
     }
 
+    /// Removes cached images unpacked more than a day ago (every build of the project's image
+    /// is a new digest; no test run lasts that long, so none is in use).
+    fn evict_old(&self, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.cache) else {
+            return;
+        };
+        let day = std::time::Duration::from_secs(24 * 3600);
+        for e in entries.flatten() {
+            let p = e.path();
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > day);
+            if p != keep && old {
+                let _ = std::fs::remove_dir_all(&p);
+            }
+        }
+    }
+
     /// The cached root filesystem of `digest`, pulled and unpacked when missing.
     fn unpack(&self, r: &Reference, digest: &str) -> Result<Image, String> {
         let _one = PULLING.lock().unwrap_or_else(|e| e.into_inner());
@@ -282,6 +303,7 @@ impl ImageService {
             std::fs::remove_dir_all(&layout).map_err(|e| e.to_string())?;
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::rename(&tmp, &dir).map_err(|e| e.to_string())?;
+            self.evict_old(&dir);
         }
         let config: Value = std::fs::read(&config_path)
             .map_err(|e| e.to_string())
