@@ -1039,7 +1039,7 @@ async fn a_restore_on_a_terminal_shows_progress_and_the_bound_volume() {
 }
 
 /// The `Restored` condition of a VolumeBackup, once it has one.
-async fn restored_condition(env: &Env, ns: &str, backup: &str) -> Option<Value> {
+pub(crate) async fn restored_condition(env: &Env, ns: &str, backup: &str) -> Option<Value> {
     let vb = get_in(env, &backups_ar(), ns, backup).await?;
     vb["status"]["conditions"]
         .as_array()?

@@ -7,7 +7,9 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::common::*;
-use crate::restore::{backup_names, events_of, filled_volumes, tree, volume_path};
+use crate::restore::{
+    backup_names, events_of, filled_volumes, restored_condition, tree, volume_path,
+};
 use crate::support_s3;
 
 /// An S3 repository in a fresh bucket, initialised; its location and the AWS variables.
@@ -257,17 +259,9 @@ async fn a_populate_pod_refused_by_pod_security_is_reported_on_the_claim_until_a
         claim["status"]["phase"], "Pending",
         "bound without its data"
     );
-    let vb = env
-        .list(&backups_ar(), true, Some("volbackup.io/pvc=blk"))
+    let cond = restored_condition(&env, NS, &blk)
         .await
-        .remove(0);
-    let cond = vb["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Restored")
-        .cloned()
-        .unwrap();
+        .expect("a Restored condition");
     assert_eq!(cond["status"], "False");
     assert_eq!(cond["reason"], "PodRefused");
 
