@@ -207,9 +207,15 @@ pub struct CreateArgs {
     /// How many PVCs to back up at the same time.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub parallel: usize,
-    /// Give up on a PVC after this long (`90s`, `10m`, `1h`).
+    /// Give up when the snapshot is not ready, or the mover pod has not started, after this
+    /// long (`90s`, `10m`, `1h`; each wait). The copy itself may take as long as it needs.
     #[arg(long, default_value = "30m", value_name = "DURATION")]
     pub timeout: String,
+    /// Give up when the copy makes no progress for this long (a stuck volume or repository).
+    /// Waiting for another process's repository lock (a prune) counts as progress; that wait
+    /// is bounded by --retry-lock (default 30m).
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    pub stall_timeout: String,
     /// Mover image (default: ghcr.io/volbackup/volbackup:<this version>).
     #[arg(long, env = "VOLBACKUP_IMAGE", value_name = "IMAGE")]
     pub image: Option<String>,
@@ -314,6 +320,11 @@ pub struct RepoOptions {
     /// then RESTIC_PASSWORD, then RESTIC_PASSWORD_FILE, then a prompt on a terminal.
     #[arg(long, global = true, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+
+    /// Wait up to this long (`30s`, `10m`, `1h`) for a lock another process holds, such as a
+    /// prune's, instead of failing at once (as restic's --retry-lock).
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub retry_lock: Option<String>,
 }
 
 /// `repo init`

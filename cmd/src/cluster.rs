@@ -169,17 +169,18 @@ pub async fn write_repository_secret(
     client: &Client,
     ns: &str,
     data: &std::collections::BTreeMap<String, String>,
-) -> Result<()> {
+) -> Result<String> {
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::PostParams;
-    let name = crate::repository::REPOSITORY_SECRET;
+    let name = &volbackup_populator::mover::repository_secret_name(&data["VOLBACKUP_REPOSITORY"]);
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     // `data`, not `stringData`: what an API server stores and what a replace must carry.
     let mut secret: Secret = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": name, "namespace": ns,
-                     "labels": {"app.kubernetes.io/managed-by": "volbackup"}},
+                     "labels": {"app.kubernetes.io/managed-by": "volbackup",
+                                volbackup_populator::mover::REPOSITORY_LABEL: "true"}},
         "type": "Opaque",
     }))?;
     secret.data = Some(
@@ -201,7 +202,7 @@ pub async fn write_repository_secret(
         }
         Err(e) => return Err(explain(e, "get", "secrets", Some(ns))),
     }
-    Ok(())
+    Ok(name.clone())
 }
 
 #[cfg(test)]

@@ -88,11 +88,17 @@ pub fn open_unindexed(opts: &RepoOptions) -> Result<Repository> {
     let loc = location(opts)?;
     let backend = open_backend(&loc)?;
     let password = password(opts, false)?;
-    Ok(Repository::open(backend, &password)?)
+    let lock_wait = match &opts.retry_lock {
+        Some(wait) => crate::cluster::parse_duration(wait).context("--retry-lock")?,
+        None => std::time::Duration::ZERO,
+    };
+    let repo = Repository::open(backend, &password)?;
+    repo.set_lock_wait(volbackup_store::repo::LockWait {
+        max: lock_wait,
+        ..Default::default()
+    });
+    Ok(repo)
 }
-
-/// Name of the repository Secret the plugin writes into a namespace.
-pub const REPOSITORY_SECRET: &str = "volbackup-repository";
 
 /// Local settings copied into the repository Secret (keys as the mover reads them).
 const COPIED_ENV: &[&str] = &[

@@ -926,3 +926,221 @@ fn an_ambiguous_snapshot_prefix_fails_at_once_listing_the_candidates_and_is_not_
     assert_eq!(last["retryable"], false, "{stdout}");
     assert!(!target.exists());
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`) to a child process.
+fn signal(child: &std::process::Child, signal: &str) {
+    ok(
+        Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .output()
+            .unwrap(),
+        &format!("kill {signal}"),
+    );
+}
+
+#[test]
+fn a_backup_frozen_past_the_stale_age_stops_without_a_snapshot_and_the_repository_stays_sound() {
+    // The stale age is shortened to 6 s (refresh every second, give up after 5 s) for every
+    // process here, as it would be 30 min for all of them in real use.
+    const STALE: &str = "6";
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    // A first snapshot that must survive everything below.
+    let kept = dir.path().join("kept.img");
+    let kept_data = mixed_data(4);
+    std::fs::write(&kept, &kept_data).unwrap();
+    ok(
+        bin()
+            .args(["mover", "backup", "--repo"])
+            .arg(&repo)
+            .arg("--source")
+            .arg(&kept)
+            .output()
+            .unwrap(),
+        "first backup",
+    );
+    let image = dir.path().join("big.img");
+    {
+        use std::io::Read;
+        let mut data = Vec::new();
+        std::fs::File::open("/dev/urandom")
+            .unwrap()
+            .take(320 << 20)
+            .read_to_end(&mut data)
+            .unwrap();
+        std::fs::write(&image, &data).unwrap();
+    }
+    let before = packs(&repo);
+    let mut child = bin()
+        .env(volbackup_store::lock::STALE_AFTER_ENV, STALE)
+        .args(["mover", "backup", "-q", "--repo"])
+        .arg(&repo)
+        .arg("--source")
+        .arg(&image)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while packs(&repo).difference(&before).count() < 2 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup finished before it could be frozen"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no packs appeared within 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Frozen (a stopped process, a suspended node) past the stale age: a prune then takes
+    // its exclusive lock and removes the packs the frozen backup wrote but has not indexed.
+    signal(&child, "-STOP");
+    std::thread::sleep(std::time::Duration::from_millis(7500));
+    let written = packs(&repo).difference(&before).count();
+    let pruned = bin()
+        .env(volbackup_store::lock::STALE_AFTER_ENV, STALE)
+        .args(["prune", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let pruned_ok = pruned.status.success();
+    let left = packs(&repo).difference(&before).count();
+    signal(&child, "-CONT");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        pruned_ok,
+        "prune did not pass over the stale lock: {}",
+        String::from_utf8_lossy(&pruned.stderr)
+    );
+    assert!(
+        left < written,
+        "the prune removed none of the frozen backup's {written} packs"
+    );
+    // The backup notices that its lock was lost and stops before writing an index or a
+    // snapshot that would name the removed packs.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the backup went on: {err}");
+    assert!(err.contains("lost the lock"), "{err}");
+    assert!(
+        err.lines().filter(|l| l.starts_with("error: ")).count() == 1,
+        "{err}"
+    );
+    let snapshots = std::fs::read_dir(repo.join("snapshots")).unwrap().count();
+    assert_eq!(snapshots, 1, "the frozen backup wrote a snapshot");
+    assert_eq!(
+        std::fs::read_dir(repo.join("locks")).unwrap().count(),
+        0,
+        "the stopped backup left its lock"
+    );
+    ok(
+        restic(&repo)
+            .args(["check", "--read-data"])
+            .output()
+            .unwrap(),
+        "restic check --read-data after the prune",
+    );
+    assert_restic_checks_and_dumps(&repo, "latest", "/kept.img", &kept_data);
+}
+
+/// Reads a child's stdout lines on a thread.
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn a_restore_waits_for_a_prunes_lock_reporting_the_wait_and_then_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let src = dir.path().join("a.img");
+    let data = mixed_data(6);
+    std::fs::write(&src, &data).unwrap();
+    ok(
+        bin()
+            .args(["mover", "backup", "--repo"])
+            .arg(&repo)
+            .arg("--source")
+            .arg(&src)
+            .output()
+            .unwrap(),
+        "backup",
+    );
+    // An exclusive lock, as a running prune holds it.
+    let store = open_store(&repo);
+    let prune_lock = volbackup_store::lock::Lock::exclusive(&store).unwrap();
+
+    // With a short --retry-lock the restore gives up: the one-line error says it waited, and
+    // the JSON error line lets the populator retry later.
+    let target = dir.path().join("out.img");
+    let gave_up = bin()
+        .args(["mover", "restore", "--json", "--retry-lock", "2s", "--repo"])
+        .arg(&repo)
+        .args(["--snapshot", "latest", "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    let line = one_error_line(&gave_up);
+    assert!(
+        line.contains("locked exclusively") && line.contains("gave up after waiting 2s"),
+        "{line}"
+    );
+    let stdout = String::from_utf8_lossy(&gave_up.stdout);
+    assert!(stdout.contains(r#""type":"waiting""#), "{stdout}");
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["reason"], "RepositoryLocked", "{stdout}");
+    assert_eq!(last["retryable"], true, "{stdout}");
+    assert!(!target.exists(), "a target was created while locked");
+
+    // With a long one it reports the wait, and restores once the prune is done.
+    let mut child = bin()
+        .args(["mover", "restore", "--json", "--retry-lock", "5m", "--repo"])
+        .arg(&repo)
+        .args(["--snapshot", "latest", "--target"])
+        .arg(&target)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stdout_lines(&mut child);
+    let waiting = loop {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("no waiting line within 60 s");
+        if line.contains(r#""type":"waiting""#) {
+            break line;
+        }
+    };
+    assert!(waiting.contains("locked exclusively"), "{waiting}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the restore ended while the lock was held"
+    );
+    drop(prune_lock);
+    let rest: Vec<String> = lines.iter().collect();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "restore failed after the lock went: {rest:?}"
+    );
+    assert!(
+        rest.last()
+            .is_some_and(|l| l.contains(r#""type":"summary""#)),
+        "{rest:?}"
+    );
+    assert!(
+        std::fs::read(&target).unwrap() == data,
+        "restored image differs"
+    );
+}

@@ -52,6 +52,12 @@ pub struct RepositoryRef {
     /// (`VOLBACKUP_REPOSITORY` or `RESTIC_REPOSITORY`, `VOLBACKUP_PASSWORD` or
     /// `RESTIC_PASSWORD`, and `AWS_*` keys for S3).
     pub secret_ref: SecretRef,
+    /// Where the backup was written (the repository URL or path, never credentials). A
+    /// restore refuses a Secret that points anywhere else (`RepositoryMismatch`): the snapshot
+    /// would be looked for in the wrong repository. Absent on records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub location: Option<String>,
 }
 
 /// A Secret in the same namespace.

@@ -96,6 +96,18 @@ pub fn wants_us(pvc: &PersistentVolumeClaim) -> Option<String> {
     .then(|| r.name.clone())
 }
 
+/// A repository location for a message: user information in a URL (`//user:secret@host`)
+/// becomes `//***@host`.
+fn redact_location(location: &str) -> String {
+    match location.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((user, host)) if !user.contains('/') => format!("{scheme}://***@{host}"),
+            _ => location.to_string(),
+        },
+        None => location.to_string(),
+    }
+}
+
 fn rfc3339_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -310,6 +322,40 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Seen>, Er
         }
         (Some(b), Some(s)) => {
             let status = b.status.clone().unwrap_or_default();
+            // The record names the repository it was written to: a Secret pointing elsewhere
+            // (edited, or replaced by a backup to another repository) would make the restore
+            // look for the snapshot in the wrong place and fail as if it were gone.
+            let have = mover::secret_location(
+                s.data.as_ref().unwrap_or(&Default::default()),
+                s.string_data.as_ref().unwrap_or(&Default::default()),
+            );
+            let marked = s.labels().get(mover::REPOSITORY_LABEL).map(String::as_str)
+                == Some("true")
+                || s.labels().get(mover::LEGACY_MARK.0).map(String::as_str)
+                    == Some(mover::LEGACY_MARK.1);
+            let refused = match (&b.spec.repository.location, &have) {
+                // The populator may read every Secret: carrying one the plugin did not write
+                // into a pod would let whoever may create a VolumeBackup, but not read Secrets,
+                // use any Secret of their namespace.
+                _ if !marked => Some((
+                    "SecretNotMarked".to_string(),
+                    format!(
+                        "Secret {ns}/{} is not marked as a repository Secret (label {}=true, which create and restore set): label it if it holds repository settings, or name a repository Secret in the VolumeBackup",
+                        b.spec.repository.secret_ref.name,
+                        mover::REPOSITORY_LABEL
+                    ),
+                )),
+                (Some(want), Some(have)) if want != have => Some((
+                    "RepositoryMismatch".to_string(),
+                    format!(
+                        "Secret {ns}/{} points at {}, but VolumeBackup {backup_name} was written to {}: point the Secret back, or name the Secret of that repository in the VolumeBackup",
+                        b.spec.repository.secret_ref.name,
+                        redact_location(have),
+                        redact_location(want)
+                    ),
+                )),
+                _ => None,
+            };
             let block = b.spec.path.is_some()
                 || status
                     .volume
@@ -323,6 +369,7 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Seen>, Er
                 ),
                 block,
                 image_bytes: block.then_some(status.bytes_total).flatten(),
+                refused,
             }
         }
     };
@@ -432,6 +479,8 @@ pub fn populate_pod(
         backup.spec.snapshot.clone(),
         "--target".into(),
         if block { BLOCK_TARGET } else { MOUNT_TARGET }.into(),
+        "--retry-lock".into(),
+        mover::LOCK_WAIT.into(),
     ];
     if let Some(path) = &backup.spec.path {
         args.push("--path".into());
@@ -528,42 +577,87 @@ impl Context {
 
     /// The last progress or summary line of a running or finished populate pod.
     async fn pod_progress(&self, pod: &str) -> Option<(u64, Option<u64>, bool)> {
+        match self.pod_report(pod).await? {
+            PodReport::Bytes {
+                done,
+                total,
+                finished,
+            } => Some((done, total, finished)),
+            PodReport::Waiting(_) => Some((0, None, false)),
+        }
+    }
+
+    /// What the last lines of a populate pod's log say.
+    async fn pod_report(&self, pod: &str) -> Option<PodReport> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.config.namespace);
         let log = pods
             .logs(
                 pod,
                 &LogParams {
-                    tail_lines: Some(5),
+                    tail_lines: Some(12),
                     ..LogParams::default()
                 },
             )
             .await
             .ok()?;
-        for line in log.lines().rev() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            match v.get("type").and_then(Value::as_str) {
-                Some("progress") => {
-                    return Some((
-                        v.get("bytes_done").and_then(Value::as_u64).unwrap_or(0),
-                        v.get("bytes_total").and_then(Value::as_u64),
-                        false,
-                    ));
-                }
-                Some("summary") => {
-                    let total = v.get("bytes_total").and_then(Value::as_u64).unwrap_or(0);
-                    let written = v
-                        .get("bytes_written")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(total);
-                    return Some((written, Some(total), true));
-                }
-                _ => {}
-            }
-        }
-        None
+        parse_pod_report(&log)
     }
+}
+
+/// What a populate pod reports: bytes, or a wait for another process's repository lock.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PodReport {
+    /// Bytes restored so far.
+    Bytes {
+        done: u64,
+        total: Option<u64>,
+        finished: bool,
+    },
+    /// The mover waits for a lock (a prune's) and has restored nothing yet.
+    Waiting(String),
+}
+
+/// Reads the last lines of `mover restore --json` (pure; unit-tested): the newest summary or
+/// progress with bytes; else a wait reported after the last progress line; else no bytes yet.
+pub fn parse_pod_report(log: &str) -> Option<PodReport> {
+    let mut none_yet = None;
+    for line in log.lines().rev() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        match v.get("type").and_then(Value::as_str) {
+            Some("progress") => {
+                let done = v.get("bytes_done").and_then(Value::as_u64).unwrap_or(0);
+                let report = PodReport::Bytes {
+                    done,
+                    total: v.get("bytes_total").and_then(Value::as_u64),
+                    finished: false,
+                };
+                if done > 0 {
+                    return Some(report);
+                }
+                none_yet.get_or_insert(report);
+            }
+            Some("summary") => {
+                let total = v.get("bytes_total").and_then(Value::as_u64).unwrap_or(0);
+                let written = v
+                    .get("bytes_written")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(total);
+                return Some(PodReport::Bytes {
+                    done: written,
+                    total: Some(total),
+                    finished: true,
+                });
+            }
+            Some("waiting") => {
+                let message = v.get("message").and_then(Value::as_str).unwrap_or("");
+                return Some(PodReport::Waiting(message.to_string()));
+            }
+            _ => {}
+        }
+    }
+    none_yet
 }
 
 fn percent(done: u64, total: Option<u64>) -> String {
@@ -661,17 +755,27 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
         Step::WaitForPod => {
             if seen.observed.pod == Some(PodState::Running)
                 && let Some(backup) = &seen.backup
-                && let Some((done, total, _)) = ctx.pod_progress(&populate_name(&uid)).await
+                && let Some(report) = ctx.pod_report(&populate_name(&uid)).await
             {
+                let (reason, message, progress) = match report {
+                    // A prune holds the repository: the mover waits (bounded by its
+                    // --retry-lock) instead of failing and spending an attempt; say so.
+                    PodReport::Waiting(message) => ("WaitingForLock", message, None),
+                    PodReport::Bytes { done, total, .. } => (
+                        "Restoring",
+                        percent(done, total),
+                        Some(Progress {
+                            bytes_done: done,
+                            bytes_total: total,
+                        }),
+                    ),
+                };
                 ctx.set_condition(
                     backup,
                     "Unknown",
-                    "Restoring",
-                    format!("restoring into {ns}/{name}: {}", percent(done, total)),
-                    Some(Progress {
-                        bytes_done: done,
-                        bytes_total: total,
-                    }),
+                    reason,
+                    format!("restoring into {ns}/{name}: {message}"),
+                    progress,
                 )
                 .await;
             }
@@ -1389,6 +1493,49 @@ mod tests {
         assert_eq!(c["volumeMounts"][0]["mountPath"], MOUNT_TARGET);
         assert!(c.get("volumeDevices").is_none());
         assert!(!c["args"].as_array().unwrap().contains(&json!("--path")));
+    }
+
+    #[test]
+    fn locations_in_messages_never_carry_credentials() {
+        assert_eq!(
+            redact_location("s3:https://ak:sk@s3.example.com/b/p"),
+            "s3:https://***@s3.example.com/b/p"
+        );
+        assert_eq!(
+            redact_location("s3:https://s3.example.com/b/p@x"),
+            "s3:https://s3.example.com/b/p@x"
+        );
+        assert_eq!(redact_location("/srv/repo"), "/srv/repo");
+    }
+
+    #[test]
+    fn a_wait_for_a_lock_is_reported_until_bytes_move() {
+        let wait = r#"{"type":"waiting","message":"waiting up to 1800s for the lock: locked exclusively"}"#;
+        let zero = r#"{"type":"progress","bytes_done":0,"bytes_total":null}"#;
+        let some = r#"{"type":"progress","bytes_done":4096,"bytes_total":8192}"#;
+        let waiting =
+            PodReport::Waiting("waiting up to 1800s for the lock: locked exclusively".to_string());
+        assert_eq!(
+            parse_pod_report(&format!("{zero}\n{wait}\n{zero}\n{zero}")),
+            Some(waiting)
+        );
+        assert_eq!(
+            parse_pod_report(&format!("{wait}\n{zero}\n{some}\nwarning: x")),
+            Some(PodReport::Bytes {
+                done: 4096,
+                total: Some(8192),
+                finished: false
+            })
+        );
+        assert_eq!(
+            parse_pod_report(zero),
+            Some(PodReport::Bytes {
+                done: 0,
+                total: None,
+                finished: false
+            })
+        );
+        assert_eq!(parse_pod_report("error: nothing useful"), None);
     }
 
     #[test]

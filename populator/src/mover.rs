@@ -29,6 +29,11 @@ pub const IMAGE_REPOSITORY: &str = "ghcr.io/volbackup/volbackup";
 /// The environment variable that overrides the image everywhere (`--image` wins over it).
 pub const IMAGE_ENV: &str = "VOLBACKUP_IMAGE";
 
+/// How long a mover pod waits for a lock another process holds (a prune) before it fails
+/// (`--retry-lock`): a prune is routine, and a restore that fails because of one would spend
+/// one of its attempts on it.
+pub const LOCK_WAIT: &str = "30m";
+
 /// The image of this version: `ghcr.io/volbackup/volbackup:<version>`.
 pub fn default_image() -> String {
     format!("{IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION"))
@@ -106,6 +111,24 @@ pub fn secret_location(
             })
         })
 }
+
+/// The name of the repository Secret for a repository location: one Secret per repository
+/// (`volbackup-repo-` and 12 hex digits of the location's SHA-256), so that a backup written to
+/// another repository, with another password, never repoints the Secret older records name.
+pub fn repository_secret_name(location: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(location.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("volbackup-repo-{}", &hex[..12])
+}
+
+/// Marks a Secret the plugin wrote for a repository (label key; value `"true"`). The populator
+/// uses no other Secret.
+pub const REPOSITORY_LABEL: &str = "volbackup.io/repository";
+
+/// The label earlier versions put on the repository Secrets they wrote: still accepted, so
+/// that their backups restore.
+pub const LEGACY_MARK: (&str, &str) = ("app.kubernetes.io/managed-by", "volbackup");
 
 /// The capabilities a mover adds after dropping all of them.
 pub fn capabilities(direction: Direction, block: bool) -> &'static [&'static str] {

@@ -99,6 +99,9 @@ pub enum Source {
         block: bool,
         /// The image's size, when known.
         image_bytes: Option<u64>,
+        /// Why restoring from this source must not be tried (reason, message): the Secret
+        /// points at another repository than the one the backup was written to.
+        refused: Option<(String, String)>,
     },
 }
 
@@ -268,6 +271,16 @@ pub fn next_step(o: &Observed) -> Step {
     let (block, image_bytes) = match &o.source {
         Source::Missing(what) => return Step::WaitForSource(what.clone()),
         Source::Ready {
+            refused: Some((reason, message)),
+            ..
+        } => {
+            return Step::Fail(PodFailure {
+                reason: reason.clone(),
+                message: message.clone(),
+                permanent: true,
+            });
+        }
+        Source::Ready {
             block, image_bytes, ..
         } => (*block, *image_bytes),
     };
@@ -351,6 +364,7 @@ mod tests {
                 inputs: "s1/b1".into(),
                 block: true,
                 image_bytes: Some(1 << 30),
+                refused: None,
             },
             max_attempts: 3,
             ..Observed::default()
@@ -411,6 +425,7 @@ mod tests {
             inputs: "x".into(),
             block: false,
             image_bytes: Some(1 << 30),
+            refused: None,
         };
         assert_eq!(next_step(&o), Step::AddFinalizer);
     }

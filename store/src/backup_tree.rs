@@ -102,6 +102,7 @@ pub struct BackupSummary {
 
 struct Walker<'a> {
     writer: &'a BlobWriter,
+    lock: &'a crate::lock::LockGuard,
     repo: &'a Repository,
     tables: std::sync::Arc<ChunkerTables>,
     tree_opts: &'a TreeOptions,
@@ -138,10 +139,10 @@ pub fn backup_tree_with(
     progress: &dyn Progress,
 ) -> Result<BackupSummary> {
     let started = Instant::now();
-    let _lock = Lock::shared(repo)?;
-    if repo.index().is_empty() {
-        repo.load_index()?;
-    }
+    let lock = Lock::shared(repo)?;
+    // Always under the lock: an index loaded before it may list packs a prune has since
+    // removed, and a blob found there would not be written again.
+    repo.load_index()?;
     crate::resume::index_unindexed_packs(repo)?;
     let root = std::path::absolute(root).map_err(|e| Error::io(root, e))?;
     let root_md = std::fs::metadata(&root).map_err(|e| Error::io(&root, e))?;
@@ -177,6 +178,7 @@ pub fn backup_tree_with(
     let writer = BlobWriter::new(repo, opts.writer)?;
     let mut w = Walker {
         writer: &writer,
+        lock: &lock,
         repo,
         tables: ChunkerTables::cached(pol),
         tree_opts,
@@ -190,7 +192,11 @@ pub fn backup_tree_with(
     let mut summary = std::mem::take(&mut w.summary);
     drop(w);
     progress.message("writing index");
+    // The index and the snapshot refer to every pack written so far: a lost lock means a
+    // prune may have removed some of them.
+    lock.check()?;
     let stats = writer.finish()?;
+    lock.check()?;
     summary.blobs_new = stats.blobs_new;
     summary.bytes_new = stats.bytes_new;
     summary.bytes_stored = stats.bytes_stored;
@@ -357,6 +363,7 @@ impl Walker<'_> {
         node: &mut Node,
         old: Option<&Node>,
     ) -> Result<Option<Content>> {
+        self.lock.check()?;
         let linked = md.nlink() > 1;
         if linked && let Some(content) = self.inodes.get(&(md.dev(), md.ino())) {
             node.content = content.clone();

@@ -168,7 +168,7 @@ pub fn backup_block(
         what: format!("{}/config", repo.location()),
         message: format!("chunker polynomial {pol}: {e}"),
     })?;
-    let _lock = Lock::shared(repo)?;
+    let lock = Lock::shared(repo)?;
     repo.load_index()?;
     crate::resume::index_unindexed_packs(repo)?;
     progress.set_total(opts.total_size);
@@ -198,6 +198,7 @@ pub fn backup_block(
             break;
         }
         total += buf.len() as u64;
+        lock.check()?;
         pending.push_back(writer.submit(BlobType::Data, buf)?);
         while let Some(r) = pending.front().and_then(Pending::try_take) {
             pending.pop_front();
@@ -221,7 +222,11 @@ pub fn backup_block(
     let tree = Tree::from_nodes(vec![node])?;
     let tree_id = writer.add(BlobType::Tree, tree.to_blob())?.id;
     progress.message("writing index");
+    // The index and the snapshot refer to every pack written so far: a lost lock means a
+    // prune may have removed some of them.
+    lock.check()?;
     let stats = writer.finish()?;
+    lock.check()?;
 
     let mut snap = Snapshot::new(tree_id, vec![format!("/{name}")]);
     snap.time = started;

@@ -98,6 +98,12 @@ pub enum Error {
     /// Another process holds a lock that conflicts with the operation.
     #[error("{0}")]
     Locked(String),
+
+    /// This process's own lock could not be kept (refreshes failed, the process was frozen
+    /// past the stale age, or someone removed the lock file): others may have pruned data the
+    /// operation relies on, so it stopped before writing anything that refers to that data.
+    #[error("{0}")]
+    LockLost(String),
 }
 
 /// The first few candidates, so that a prefix matching hundreds stays one readable line.

@@ -583,12 +583,13 @@ pub fn plan_facts(
 /// stays until `prune`. Snapshots already gone are not an error; snapshots that are no longer
 /// in the repository's listing are skipped, so a plan can be applied twice.
 pub fn apply(repo: &Repository, plan: &ForgetPlan) -> Result<usize> {
-    let _lock = Lock::exclusive(repo)?;
+    let lock = Lock::exclusive(repo)?;
     let present: std::collections::HashSet<Id> =
         repo.list_ids(FileType::Snapshot)?.into_iter().collect();
     let mut removed = 0;
     for id in plan.remove_ids() {
         if present.contains(&id) {
+            lock.check()?;
             repo.backend().remove(FileType::Snapshot, &id.to_hex())?;
             removed += 1;
         }

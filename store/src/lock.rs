@@ -4,12 +4,14 @@
 //! refreshed (new file written, old one removed) every [`REFRESH_INTERVAL`] by a background
 //! thread and removed when the guard is dropped. A lock is stale when it is older than
 //! [`STALE_AFTER`], or when it was taken on this host by a process that no longer exists.
+//! A holder that could not refresh its lock in time, or whose lock file vanished, has lost
+//! it: [`LockGuard::check`] then fails and writing operations stop (as restic ≥ 0.16 does).
 //! Files in `locks/` that do not verify or decrypt are passed over with a warning; only
 //! `repo unlock --remove-all` ([`remove_all_locks`]) removes them.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset};
 use crossbeam_channel::{Sender, bounded};
@@ -24,17 +26,61 @@ use crate::{Error, Result};
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// A lock older than this is stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+/// Shortens [`STALE_AFTER`] to this many seconds (at least 6; refreshes come every sixth of
+/// it). For tests of frozen and lost locks, which cannot wait half an hour; every process that
+/// shares the repository must see the same value.
+pub const STALE_AFTER_ENV: &str = "VOLBACKUP_LOCK_STALE_AFTER";
+
+/// Lock timing in effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How often a held lock is refreshed.
+    pub refresh: Duration,
+    /// A lock older than this is stale: others may pass over it.
+    pub stale: Duration,
+}
+
+impl Timing {
+    /// A holder whose last refresh is this old stops working: one refresh interval before
+    /// others may call its lock stale.
+    pub fn give_up_after(&self) -> Duration {
+        self.stale.saturating_sub(self.refresh)
+    }
+}
+
+/// The lock timing: [`REFRESH_INTERVAL`] and [`STALE_AFTER`] unless [`STALE_AFTER_ENV`] is set.
+pub fn timing() -> Timing {
+    static TIMING: std::sync::OnceLock<Timing> = std::sync::OnceLock::new();
+    *TIMING.get_or_init(|| {
+        let stale = std::env::var(STALE_AFTER_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&s| s >= 6);
+        match stale {
+            Some(s) => Timing {
+                refresh: Duration::from_secs(s) / 6,
+                stale: Duration::from_secs(s),
+            },
+            None => Timing {
+                refresh: REFRESH_INTERVAL,
+                stale: STALE_AFTER,
+            },
+        }
+    })
+}
 
 /// Takes repository locks.
 pub struct Lock;
 
 impl Lock {
-    /// A shared lock: fails if a non-stale exclusive lock exists.
+    /// A shared lock: fails if a non-stale exclusive lock exists (after waiting as long as the
+    /// repository's [`crate::repo::LockWait`] allows).
     pub fn shared(repo: &Repository) -> Result<LockGuard> {
         LockGuard::take(repo, false)
     }
 
-    /// An exclusive lock: fails if any other non-stale lock exists.
+    /// An exclusive lock: fails if any other non-stale lock exists (after waiting as long as
+    /// the repository's [`crate::repo::LockWait`] allows).
     pub fn exclusive(repo: &Repository) -> Result<LockGuard> {
         LockGuard::take(repo, true)
     }
@@ -45,25 +91,46 @@ impl Lock {
 /// locks, so a lock left behind blocks `restic check` until someone runs `restic unlock`.
 static HELD: Mutex<Vec<HeldLock>> = Mutex::new(Vec::new());
 
-/// A held lock's token, repository and current lock file id.
-type HeldLock = (u64, Repository, Arc<Mutex<Id>>);
+/// A held lock's token, repository and state.
+type HeldLock = (u64, Repository, Arc<Mutex<Held>>);
 static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The state of a held lock, shared with its refresh thread.
+#[derive(Debug)]
+struct Held {
+    /// The current lock file.
+    id: Id,
+    /// When the current lock file was written.
+    refreshed: Instant,
+    /// Why the lock is lost, once it is.
+    lost: Option<String>,
+}
+
+fn held(state: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Removes the lock files of every lock this process holds, without waiting for their guards.
 /// For a signal handler that is about to exit the process; best effort.
 pub fn release_held_locks() {
-    let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-    for (_, repo, current) in held.iter() {
-        let id = *current.lock().unwrap_or_else(|e| e.into_inner());
+    let all = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, repo, state) in all.iter() {
+        let id = held(state).id;
         let _ = repo.backend().remove(FileType::Lock, &id.to_hex());
     }
 }
 
 /// A held lock. Dropping it stops the refresh thread and removes the lock file.
+///
+/// A lock can be lost: when refreshing fails until the lock is about to turn stale, when the
+/// process was stopped (SIGSTOP, a frozen node) past that point, or when someone removes the
+/// lock file. Others may then prune data this process wrote or relies on, so an operation
+/// that writes calls [`LockGuard::check`] before it writes anything that refers to earlier
+/// data (an index, a snapshot, a deletion) and stops with [`Error::LockLost`].
 pub struct LockGuard {
     token: u64,
     repo: Repository,
-    current: Arc<Mutex<Id>>,
+    state: Arc<Mutex<Held>>,
     exclusive: bool,
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -72,7 +139,7 @@ pub struct LockGuard {
 impl std::fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockGuard")
-            .field("id", &*self.current.lock().expect("lock id"))
+            .field("id", &held(&self.state).id)
             .field("exclusive", &self.exclusive)
             .finish()
     }
@@ -80,42 +147,63 @@ impl std::fmt::Debug for LockGuard {
 
 impl LockGuard {
     fn take(repo: &Repository, exclusive: bool) -> Result<LockGuard> {
-        check_conflicts(repo, exclusive, None)?;
-        let id = repo.save_unpacked(FileType::Lock, &new_lock_file(exclusive))?;
-        // Another process may have locked between our check and our write: check again,
-        // now that ours is visible to it too.
-        if let Err(e) = check_conflicts(repo, exclusive, Some(&id)) {
-            let _ = repo.backend().remove(FileType::Lock, &id.to_hex());
-            return Err(e);
-        }
-        let current = Arc::new(Mutex::new(id));
+        let wait = repo.lock_wait();
+        let started = Instant::now();
+        let mut next_report = started;
+        let mut pause = Duration::from_millis(500);
+        let id = loop {
+            match try_take(repo, exclusive) {
+                Ok(id) => break id,
+                Err(Error::Locked(message)) if started.elapsed() < wait.max => {
+                    if Instant::now() >= next_report {
+                        let line = format!(
+                            "waiting up to {}s for the lock: {message}",
+                            wait.max.as_secs()
+                        );
+                        match &wait.on_wait {
+                            Some(report) => report(&line),
+                            None => tracing::warn!("{line}"),
+                        }
+                        next_report = Instant::now()
+                            + if wait.report_every.is_zero() {
+                                Duration::from_secs(60)
+                            } else {
+                                wait.report_every
+                            };
+                    }
+                    let left = wait.max.saturating_sub(started.elapsed());
+                    std::thread::sleep(pause.min(left));
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+                Err(Error::Locked(message)) if !wait.max.is_zero() => {
+                    return Err(Error::Locked(format!(
+                        "{message}; gave up after waiting {}s",
+                        wait.max.as_secs()
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let state = Arc::new(Mutex::new(Held {
+            id,
+            refreshed: Instant::now(),
+            lost: None,
+        }));
         let (stop, stop_rx) = bounded::<()>(1);
         let thread_repo = repo.clone();
-        let thread_current = current.clone();
+        let thread_state = state.clone();
         let thread = std::thread::Builder::new()
             .name("lock-refresh".into())
-            .spawn(move || {
-                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                    stop_rx.recv_timeout(REFRESH_INTERVAL)
-                {
-                    let mut cur = thread_current.lock().expect("lock id");
-                    if let Ok(new_id) =
-                        thread_repo.save_unpacked(FileType::Lock, &new_lock_file(exclusive))
-                    {
-                        let _ = thread_repo.backend().remove(FileType::Lock, &cur.to_hex());
-                        *cur = new_id;
-                    }
-                }
-            })
+            .spawn(move || refresh_loop(&thread_repo, &thread_state, exclusive, &stop_rx))
             .map_err(|e| Error::Invalid(format!("cannot start lock refresh thread: {e}")))?;
         let token = NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         HELD.lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((token, repo.clone(), current.clone()));
+            .push((token, repo.clone(), state.clone()));
         Ok(LockGuard {
             token,
             repo: repo.clone(),
-            current,
+            state,
             exclusive,
             stop: Some(stop),
             thread: Some(thread),
@@ -124,13 +212,108 @@ impl LockGuard {
 
     /// The id of the lock file currently held.
     pub fn id(&self) -> Id {
-        *self.current.lock().expect("lock id")
+        held(&self.state).id
     }
 
     /// Whether the lock is exclusive.
     pub fn is_exclusive(&self) -> bool {
         self.exclusive
     }
+
+    /// Fails with [`Error::LockLost`] once the lock is lost, or when its last refresh is so old
+    /// that others may soon call it stale (the refresh thread may not have run yet: the
+    /// process was stopped). Cheap: call it before every write that refers to earlier data.
+    pub fn check(&self) -> Result<()> {
+        let mut state = held(&self.state);
+        if state.lost.is_none() {
+            let since = state.refreshed.elapsed();
+            if since >= timing().give_up_after() {
+                state.lost = Some(too_old(&self.repo, since));
+            }
+        }
+        match &state.lost {
+            Some(why) => Err(Error::LockLost(why.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+fn too_old(repo: &Repository, since: Duration) -> String {
+    format!(
+        "lost the lock on {}: it was last refreshed {}s ago and others may call it stale after \
+         {}s (was the process stopped, or the repository unreachable?); stopped before writing \
+         anything that refers to data a prune may have removed: run it again",
+        repo.location(),
+        since.as_secs(),
+        timing().stale.as_secs()
+    )
+}
+
+/// Writes a fresh lock file every refresh interval and removes the previous one, until told
+/// to stop or the lock is lost. A failed refresh is retried sooner.
+fn refresh_loop(
+    repo: &Repository,
+    state: &Mutex<Held>,
+    exclusive: bool,
+    stop: &crossbeam_channel::Receiver<()>,
+) {
+    let t = timing();
+    let retry = (t.refresh / 10).max(Duration::from_secs(1));
+    let mut pause = t.refresh;
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(pause) {
+        let (old, since) = {
+            let s = held(state);
+            if s.lost.is_some() {
+                return;
+            }
+            (s.id, s.refreshed.elapsed())
+        };
+        if since >= t.give_up_after() {
+            held(state).lost = Some(too_old(repo, since));
+            return;
+        }
+        if let Err(Error::NotFound { .. }) = repo.backend().stat(FileType::Lock, &old.to_hex()) {
+            held(state).lost = Some(format!(
+                "lost the lock on {}: its lock file {} was removed by someone else (`repo unlock \
+                 --remove-all`?); stopped before writing anything that refers to data a prune \
+                 may have removed: run it again",
+                repo.location(),
+                old.short()
+            ));
+            return;
+        }
+        let attempt = Instant::now();
+        match repo.save_unpacked(FileType::Lock, &new_lock_file(exclusive)) {
+            Ok(new_id) => {
+                let _ = repo.backend().remove(FileType::Lock, &old.to_hex());
+                let mut s = held(state);
+                s.id = new_id;
+                s.refreshed = attempt;
+                pause = t.refresh;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot refresh the lock on {} ({e}); trying again in {}s",
+                    repo.location(),
+                    retry.as_secs()
+                );
+                pause = retry;
+            }
+        }
+    }
+}
+
+/// Checks for conflicts, writes a lock file and checks again.
+fn try_take(repo: &Repository, exclusive: bool) -> Result<Id> {
+    check_conflicts(repo, exclusive, None)?;
+    let id = repo.save_unpacked(FileType::Lock, &new_lock_file(exclusive))?;
+    // Another process may have locked between our check and our write: check again, now
+    // that ours is visible to it too.
+    if let Err(e) = check_conflicts(repo, exclusive, Some(&id)) {
+        let _ = repo.backend().remove(FileType::Lock, &id.to_hex());
+        return Err(e);
+    }
+    Ok(id)
 }
 
 impl Drop for LockGuard {
@@ -139,7 +322,7 @@ impl Drop for LockGuard {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let id = *self.current.lock().expect("lock id");
+        let id = held(&self.state).id;
         let _ = self.repo.backend().remove(FileType::Lock, &id.to_hex());
         HELD.lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -265,7 +448,7 @@ pub fn is_stale(
     alive: impl Fn(i64) -> bool,
 ) -> bool {
     let age = now.signed_duration_since(lock.time);
-    if age.to_std().map(|a| a > STALE_AFTER).unwrap_or(false) {
+    if age.to_std().map(|a| a > timing().stale).unwrap_or(false) {
         return true;
     }
     lock.hostname == host && !alive(lock.pid)

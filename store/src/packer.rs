@@ -629,6 +629,7 @@ fn clone_error(e: &Error) -> Error {
         },
         Error::Invalid(m) => Error::Invalid(m.clone()),
         Error::Locked(m) => Error::Locked(m.clone()),
+        Error::LockLost(m) => Error::LockLost(m.clone()),
         #[allow(unreachable_patterns)]
         other => Error::Invalid(other.to_string()),
     }

@@ -689,7 +689,7 @@ impl<'a> PackBuilder<'a> {
 /// Carries out a plan under an exclusive lock. Fails without changing anything if the
 /// repository changed since the plan was made (new snapshots, index files or packs).
 pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> Result<PruneStats> {
-    let _lock = Lock::exclusive(repo)?;
+    let lock = Lock::exclusive(repo)?;
     let obs = observe(repo)?;
     let now_snapshots: Vec<Id> = obs.snapshots.iter().map(|(id, _)| *id).collect();
     if obs.index_files != plan.index_files || now_snapshots != plan.snapshots {
@@ -702,6 +702,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
     // 1. Packs no index lists: nothing refers to them.
     delete_packs(
         repo,
+        &lock,
         &plan.unreferenced_packs,
         &obs.listing,
         &mut stats,
@@ -758,6 +759,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
             supersedes: plan.index_files.clone(),
             packs: Vec::new(),
         };
+        lock.check()?;
         for pack in new_packs {
             if !file.packs.is_empty() && file.blob_count() + pack.blobs.len() > INDEX_BLOBS_PER_FILE
             {
@@ -774,6 +776,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
         // 4. The old index files, now superseded.
         for id in &plan.index_files {
             if !written.contains(id) {
+                lock.check()?;
                 repo.backend().remove(FileType::Index, &id.to_hex())?;
                 stats.index_files_deleted += 1;
             }
@@ -786,7 +789,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
             .union(&plan.remove_packs)
             .copied()
             .collect();
-        delete_packs(repo, &doomed, &obs.listing, &mut stats, progress)?;
+        delete_packs(repo, &lock, &doomed, &obs.listing, &mut stats, progress)?;
     }
     repo.load_index()?;
     Ok(stats)
@@ -794,12 +797,15 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
 
 fn delete_packs(
     repo: &Repository,
+    lock: &crate::lock::LockGuard,
     packs: &BTreeSet<Id>,
     listing: &BTreeMap<Id, u64>,
     stats: &mut PruneStats,
     _progress: &dyn Progress,
 ) -> Result<()> {
     for id in packs {
+        // A lost exclusive lock: a backup may have started and reuse these packs.
+        lock.check()?;
         repo.backend().remove(FileType::Pack, &id.to_hex())?;
         stats.packs_deleted += 1;
         stats.bytes_deleted += listing.get(id).copied().unwrap_or(0);

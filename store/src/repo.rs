@@ -73,6 +73,22 @@ struct Inner {
     key_id: Id,
     config: Config,
     index: RwLock<Arc<Index>>,
+    lock_wait: std::sync::Mutex<LockWait>,
+}
+
+/// Hears one-line messages about a wait for a lock.
+pub type WaitReport = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How long taking a lock waits for a conflicting lock to go away, and whom it tells while it
+/// waits (restic's `--retry-lock`). The default does not wait.
+#[derive(Clone, Default)]
+pub struct LockWait {
+    /// The longest wait; zero fails at once.
+    pub max: std::time::Duration,
+    /// Called with a one-line message when the wait starts and every `report_every` after.
+    pub on_wait: Option<WaitReport>,
+    /// How often `on_wait` hears of a continuing wait (zero: once a minute).
+    pub report_every: std::time::Duration,
 }
 
 impl std::fmt::Debug for Repository {
@@ -121,6 +137,7 @@ impl Repository {
                 key_id,
                 config,
                 index: RwLock::new(Arc::new(Index::new())),
+                lock_wait: Default::default(),
             }),
         })
     }
@@ -157,6 +174,7 @@ impl Repository {
                 key_id,
                 config,
                 index: RwLock::new(Arc::new(Index::new())),
+                lock_wait: Default::default(),
             }),
         })
     }
@@ -184,6 +202,24 @@ impl Repository {
     /// The master key.
     pub fn key(&self) -> &Key {
         &self.inner.key
+    }
+
+    /// Sets how long taking a lock waits for a conflicting one (shared by every clone).
+    pub fn set_lock_wait(&self, wait: LockWait) {
+        *self
+            .inner
+            .lock_wait
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = wait;
+    }
+
+    /// How long taking a lock waits for a conflicting one.
+    pub fn lock_wait(&self) -> LockWait {
+        self.inner
+            .lock_wait
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The id of the key file that opened the repository.

@@ -125,12 +125,14 @@ pub fn restore_tree(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
-    let _lock = if opts.no_lock {
+    let lock = if opts.no_lock {
         None
     } else {
         Some(Lock::shared(repo)?)
     };
-    if repo.index().is_empty() {
+    // Under the lock the index is loaded afresh: one loaded before may list packs a prune has
+    // removed since.
+    if lock.is_some() || repo.index().is_empty() {
         repo.load_index()?;
     }
     let snap: Snapshot = repo.load_unpacked(RepoFile::Snapshot, snapshot)?;

@@ -902,3 +902,65 @@ fn forget_and_prune_on_block_snapshots_we_wrote_keep_the_images_restic_restores(
         assert!(out.stdout == images[i], "image {i} does not restore");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// a prune between opening a repository and locking it
+
+#[test]
+fn a_prune_between_open_and_lock_leaves_no_backup_naming_a_deleted_pack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    init_ours(&repo);
+    let image = noise(41, 3 << 20);
+    let dir = tmp.path().join("files");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("a.bin"), noise(42, 2 << 20)).unwrap();
+    fs::write(dir.join("b.txt"), b"a small file\n").unwrap();
+    let opts = BackupOptions::default();
+
+    // A long-lived handle (a controller, a process that opened the repository and then waited
+    // for its turn) has loaded the index that lists the first backups' packs...
+    let first = open(&repo);
+    backup_block(
+        &first,
+        &mut image.as_slice(),
+        "disk.img",
+        &opts,
+        &NoProgress,
+    )
+    .unwrap();
+    volbackup_store::backup_tree::backup_tree(&first, &dir, &opts, &NoProgress).unwrap();
+    let early = open(&repo);
+    early.load_index().unwrap();
+    assert!(!early.index().is_empty());
+
+    // ...then every snapshot is forgotten and a prune removes their packs...
+    let other = open(&repo);
+    for (id, _) in other.list_snapshots().unwrap() {
+        other
+            .backend()
+            .remove(FileType::Snapshot, &id.to_hex())
+            .unwrap();
+    }
+    let stats = prune(&repo, &PruneOptions::default());
+    assert!(stats.packs_deleted > 0, "the prune removed nothing");
+
+    // ...and only then does the handle back up the same data again. Each backup loads the
+    // index under its own lock, so it stores the data again instead of naming removed packs.
+    backup_block(
+        &early,
+        &mut image.as_slice(),
+        "disk.img",
+        &opts,
+        &NoProgress,
+    )
+    .unwrap();
+    volbackup_store::backup_tree::backup_tree(&early, &dir, &opts, &NoProgress).unwrap();
+    no_locks_left(&repo);
+    restic_ok(&repo, &["check", "--read-data"]);
+    let dumped = restic_ok(
+        &repo,
+        &["dump", "--path", "/disk.img", "latest", "/disk.img"],
+    );
+    assert!(dumped.stdout == image, "the image restic dumps differs");
+}

@@ -361,7 +361,14 @@ pub fn describe(args: &DescribeArgs) -> Result<()> {
         println!("Name:         {}", b.name_any());
         println!("Namespace:    {ns}");
         println!("Phase:        {}", st.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "<none>".into()));
-        println!("Repository:   Secret {}", b.spec.repository.secret_ref.name);
+        match &b.spec.repository.location {
+            Some(l) => println!(
+                "Repository:   {} (Secret {})",
+                redact(l),
+                b.spec.repository.secret_ref.name
+            ),
+            None => println!("Repository:   Secret {}", b.spec.repository.secret_ref.name),
+        }
         println!("Snapshot:     {}", b.spec.snapshot);
         if let Some(p) = &b.spec.path {
             println!("Path:         {p}");

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
@@ -24,7 +24,7 @@ use volbackup_populator::mover;
 use crate::cli::CreateArgs;
 use crate::cluster::{self, BACKUP_LABEL, DEFAULT_SNAPSHOT_CLASS, PVC_LABEL, explain};
 use crate::progress;
-use crate::repository::{self, REPOSITORY_SECRET};
+use crate::repository;
 
 /// Where a Block volume appears in the mover pod.
 pub const BLOCK_PATH: &str = "/dev/volbackup-source";
@@ -86,7 +86,12 @@ struct Run {
     /// The repository location per namespace (from the local settings or `--repo-secret`).
     locations: BTreeMap<String, Option<String>>,
     keep_snapshot: bool,
+    /// How long each wait (the snapshot, the mover pod's start) may take.
     timeout: Duration,
+    /// How long the copy may go without progress.
+    stall: Duration,
+    /// How long the mover waits for another process's repository lock (`--retry-lock`).
+    retry_lock: String,
     bars: MultiProgress,
     show: bool,
 }
@@ -103,7 +108,12 @@ struct MoverSummary {
 /// One line of the mover's output, as far as `create` cares.
 #[derive(Debug, PartialEq)]
 enum MoverLine {
-    Progress { done: u64, total: Option<u64> },
+    Progress {
+        done: u64,
+        total: Option<u64>,
+    },
+    /// The mover waits for a lock another process holds (a prune): alive, not stalled.
+    Waiting(String),
     Summary(String),
     Other(String),
 }
@@ -119,6 +129,12 @@ fn parse_mover_line(line: &str) -> MoverLine {
             total: v.get("bytes_total").and_then(Value::as_u64),
         },
         Some("summary") => MoverLine::Summary(line.to_string()),
+        Some("waiting") => MoverLine::Waiting(
+            v.get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("waiting for a repository lock")
+                .to_string(),
+        ),
         _ => MoverLine::Other(line.trim().to_string()),
     }
 }
@@ -153,7 +169,14 @@ pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
             "PVC names and -A do not go together: name PVCs with -n NAMESPACE, or use -A with -l SELECTOR"
         );
     }
-    let timeout = cluster::parse_duration(&args.timeout)?;
+    let timeout = cluster::parse_duration(&args.timeout).context("--timeout")?;
+    let stall = cluster::parse_duration(&args.stall_timeout).context("--stall-timeout")?;
+    let retry_lock = args
+        .repo
+        .retry_lock
+        .clone()
+        .unwrap_or_else(|| volbackup_populator::mover::LOCK_WAIT.to_string());
+    cluster::parse_duration(&retry_lock).context("--retry-lock")?;
     // The repository is checked here, before anything exists in the cluster: a wrong password
     // or an unreachable repository fails in a second and leaves nothing behind.
     let data = match &args.repo_secret {
@@ -167,13 +190,13 @@ pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
         }
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    rt.block_on(run_async(args, quiet, timeout, data))
+    rt.block_on(run_async(args, quiet, (timeout, stall, retry_lock), data))
 }
 
 async fn run_async(
     args: &CreateArgs,
     quiet: bool,
-    timeout: Duration,
+    limits: (Duration, Duration, String),
     data: Option<BTreeMap<String, String>>,
 ) -> Result<()> {
     let kube = cluster::connect(&args.kube).await?;
@@ -183,10 +206,13 @@ async fn run_async(
         bail!("no PVC matches: check the selector and namespace (kubectl get pvc --show-labels)");
     }
     let namespaces: BTreeSet<String> = targets.iter().map(|t| t.info.namespace.clone()).collect();
-    let secret = args
-        .repo_secret
-        .clone()
-        .unwrap_or_else(|| REPOSITORY_SECRET.to_string());
+    // One Secret per repository: a backup to another repository never repoints the Secret
+    // that older VolumeBackups name.
+    let secret = match (&args.repo_secret, &data) {
+        (Some(name), _) => name.clone(),
+        (None, Some(d)) => mover::repository_secret_name(&d["VOLBACKUP_REPOSITORY"]),
+        (None, None) => bail!("no repository: give --repo or --repo-secret"),
+    };
     // Pod Security: a namespace that would refuse the mover pod fails here, before anything is
     // created, rather than leaving a snapshot and a claim behind a pod that never starts.
     let image = args.image.clone().unwrap_or_else(mover::default_image);
@@ -220,7 +246,9 @@ async fn run_async(
         secret,
         locations,
         keep_snapshot: args.keep_snapshot,
-        timeout,
+        timeout: limits.0,
+        stall: limits.1,
+        retry_lock: limits.2,
         bars,
         show,
     };
@@ -594,6 +622,8 @@ fn labels(run: &Run, t: &Target) -> Value {
 
 async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(String, MoverSummary)> {
     let started = chrono::Utc::now();
+    // --timeout bounds each wait on the cluster, not the copy: a large volume takes as long as
+    // it takes, and only a copy that stops making progress (--stall-timeout) is given up.
     let deadline = Instant::now() + run.timeout;
     let ns = t.info.namespace.as_str();
     let tmp = temp_name(&t.info.pvc, &run.id);
@@ -722,24 +752,19 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
     }
     mover_args.push("--description".into());
     mover_args.push(description);
+    mover_args.push("--retry-lock".into());
+    mover_args.push(run.retry_lock.clone());
     let pod = mover_pod(run, t, &tmp, ns, mover_args);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     pods.create(&PostParams::default(), &pod)
         .await
         .map_err(|e| explain(e, "create", "pods", Some(ns)))?;
+    let deadline = Instant::now() + run.timeout;
     wait_started(&pods, &tmp, &run.image, deadline, run.timeout).await?;
 
     // 4. Follow the log.
     bar.set_message("copying");
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let followed = tokio::time::timeout(remaining, follow_log(&pods, &tmp, bar, run.show)).await;
-    let (summary, last_error) = match followed {
-        Ok(r) => r?,
-        Err(_) => bail!(
-            "the mover pod {ns}/{tmp} did not finish within {:?}",
-            run.timeout
-        ),
-    };
+    let (summary, last_error) = follow_log(&pods, &tmp, bar, run.show, run.stall).await?;
     let phase = wait_finished(&pods, &tmp).await?;
     let summary = match (summary, phase.as_str()) {
         (Some(s), "Succeeded") => s,
@@ -765,6 +790,7 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
                 secret_ref: SecretRef {
                     name: run.secret.clone(),
                 },
+                location: run.locations.get(ns).cloned().flatten(),
             },
             snapshot: summary.snapshot_id.clone(),
             path: t.is_block().then(|| format!("/{}.img", info.pvc)),
@@ -857,6 +883,7 @@ async fn follow_log(
     name: &str,
     bar: &ProgressBar,
     show: bool,
+    stall: Duration,
 ) -> Result<(Option<String>, Option<String>)> {
     let lp = LogParams {
         follow: true,
@@ -870,10 +897,34 @@ async fn follow_log(
     let mut lines = stream.lines();
     let mut summary = None;
     let mut other = None;
-    while let Some(line) = lines.try_next().await.context("reading the mover's log")? {
+    // Progress lines come every second whether bytes move or not: a stall is no new bytes
+    // (and no wait for a lock reported) for `stall`, or no line at all.
+    let mut last_done = None;
+    let mut advanced = Instant::now();
+    loop {
+        let left = stall.saturating_sub(advanced.elapsed());
+        let next = match tokio::time::timeout(left, lines.try_next()).await {
+            Ok(next) => next.context("reading the mover's log")?,
+            Err(_) => return Err(stalled(name, stall, last_done)),
+        };
+        let Some(line) = next else { break };
         match parse_mover_line(&line) {
             MoverLine::Progress { done, total } => {
+                if last_done != Some(done) {
+                    last_done = Some(done);
+                    advanced = Instant::now();
+                } else if advanced.elapsed() >= stall {
+                    return Err(stalled(name, stall, last_done));
+                }
                 progress::show_bytes(bar, done, total);
+            }
+            MoverLine::Waiting(message) => {
+                advanced = Instant::now();
+                bar.set_message("waiting for the repository lock");
+                if show {
+                    bar.println(&message);
+                }
+                other = Some(message);
             }
             MoverLine::Summary(s) => summary = Some(s),
             MoverLine::Other(text) if !text.is_empty() => {
@@ -886,6 +937,13 @@ async fn follow_log(
         }
     }
     Ok((summary, other))
+}
+
+fn stalled(pod: &str, stall: Duration, done: Option<u64>) -> anyhow::Error {
+    anyhow!(
+        "the mover pod {pod} made no progress for {stall:?} (at {} bytes): is the volume or the repository stuck? Raise --stall-timeout if the storage is that slow",
+        done.unwrap_or(0)
+    )
 }
 
 /// Waits (briefly: the log already ended) for the pod's final phase.

@@ -85,6 +85,7 @@ pub fn backup(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
     };
     let directory = is_directory(&args.source)?;
     let repo = repository::open(&args.repo)?;
+    report_lock_waits(&repo, args.json);
     let host = args
         .host
         .clone()
@@ -183,6 +184,25 @@ fn is_block_image(repo: &Repository, snap: &Snapshot) -> Result<bool> {
     })
 }
 
+/// With `--json`, a wait for another process's lock is reported as a line
+/// `{"type":"waiting","message":...}` on stdout (what `create` and the populator show) instead
+/// of a warning on stderr.
+fn report_lock_waits(repo: &volbackup_store::Repository, json: bool) {
+    if !json {
+        return;
+    }
+    let mut wait = repo.lock_wait();
+    // Often enough that whoever reads the last lines of the log sees the wait.
+    wait.report_every = std::time::Duration::from_secs(5);
+    wait.on_wait = Some(std::sync::Arc::new(|message: &str| {
+        let line = serde_json::json!({"type": "waiting", "message": message});
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }));
+    repo.set_lock_wait(wait);
+}
+
 /// The last line of a failed `mover restore --json`: what the populator reads from the pod's
 /// termination message to decide whether a retry can help.
 #[derive(Debug, Serialize)]
@@ -208,6 +228,7 @@ pub fn classify(err: &anyhow::Error) -> (&'static str, bool) {
                 E::Backend { .. } => ("RepositoryError", false),
                 E::NotFound { .. } | E::Corrupt { .. } => ("RepositoryDamaged", false),
                 E::Locked(_) => ("RepositoryLocked", true),
+                E::LockLost(_) => ("RepositoryLockLost", true),
                 E::SnapshotNotFound { .. } => ("SnapshotNotFound", false),
                 E::AmbiguousSnapshot { .. } => ("SnapshotAmbiguous", false),
                 E::Invalid(m) if m.contains("has no snapshots") => ("SnapshotNotFound", false),
@@ -247,6 +268,7 @@ pub fn restore(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
 
 fn restore_inner(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
     let repo = repository::open(&args.repo)?;
+    report_lock_waits(&repo, args.json);
     let (id, snap) = repo.find_snapshot(&args.snapshot)?;
     let started = Instant::now();
     let reporter = Reporter::start(Mode::choose(args.json, quiet), "restore");

@@ -268,10 +268,16 @@ async fn copy_secret(client: &Client, from: &str, to: &str, name: &str, copy: bo
         metadata: kube::api::ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(to.to_string()),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".to_string(),
-                "volbackup".to_string(),
-            )])),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "volbackup".to_string(),
+                ),
+                (
+                    volbackup_populator::mover::REPOSITORY_LABEL.to_string(),
+                    "true".to_string(),
+                ),
+            ])),
             ..Default::default()
         },
         data: s.data,
@@ -373,7 +379,7 @@ async fn from_repository(args: &RestoreArgs, client: &Client, ns: &str) -> Resul
             }
         );
     }
-    cluster::write_repository_secret(client, ns, &data).await?;
+    let secret = cluster::write_repository_secret(client, ns, &data).await?;
     let name = format!(
         "{}-{}",
         info.pvc.chars().take(240).collect::<String>(),
@@ -381,9 +387,8 @@ async fn from_repository(args: &RestoreArgs, client: &Client, ns: &str) -> Resul
     );
     let spec = VolumeBackupSpec {
         repository: RepositoryRef {
-            secret_ref: SecretRef {
-                name: repository::REPOSITORY_SECRET.to_string(),
-            },
+            secret_ref: SecretRef { name: secret },
+            location: Some(data["VOLBACKUP_REPOSITORY"].clone()),
         },
         snapshot: id.to_string(),
         path,

@@ -158,6 +158,11 @@ pub(crate) struct Env {
     pub(crate) image: String,
 }
 
+/// The name of the repository Secret the plugin writes for the test repository.
+pub(crate) fn repository_secret(env: &Env) -> String {
+    volbackup_populator::mover::repository_secret_name(env.repo.to_str().unwrap())
+}
+
 impl Env {
     pub(crate) async fn start() -> Env {
         require_host();

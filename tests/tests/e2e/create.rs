@@ -67,7 +67,11 @@ async fn block_and_filesystem_pvcs_are_backed_up_and_restic_reads_them_back() {
         assert_eq!(vb["status"]["phase"], "Completed");
         assert_eq!(
             vb["spec"]["repository"]["secretRef"]["name"],
-            "volbackup-repository"
+            repository_secret(&env).as_str()
+        );
+        assert_eq!(
+            vb["spec"]["repository"]["location"],
+            env.repo.to_str().unwrap()
         );
         assert_eq!(vb["spec"]["snapshot"].as_str().unwrap().len(), 64);
         assert_eq!(
@@ -143,9 +147,13 @@ async fn block_and_filesystem_pvcs_are_backed_up_and_restic_reads_them_back() {
     env.assert_nothing_temporary_left().await;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.client.clone(), NS);
     let secret = secrets
-        .get("volbackup-repository")
+        .get(&repository_secret(&env))
         .await
         .expect("repository Secret");
+    assert_eq!(
+        secret.metadata.labels.as_ref().unwrap()["volbackup.io/repository"],
+        "true"
+    );
     let keys: Vec<String> = secret.data.unwrap_or_default().into_keys().collect();
     assert!(
         keys.contains(&"VOLBACKUP_REPOSITORY".into())
@@ -780,7 +788,7 @@ async fn an_exec_credential_user_lists_and_deletes_backups_with_confirmation_rul
         .plugin(&["list", "--kubeconfig", kcs, "-o", "wide"], &[])
         .await;
     assert!(
-        out.stdout.contains("Filesystem") && out.stdout.contains("volbackup-repository"),
+        out.stdout.contains("Filesystem") && out.stdout.contains(&repository_secret(&env)),
         "{}",
         out.stdout
     );
@@ -991,10 +999,11 @@ async fn an_unreachable_repository_fails_fast_in_one_line_without_leaking_creden
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.client.clone(), NS);
     assert!(
         secrets
-            .get_opt("volbackup-repository")
+            .list(&kube::api::ListParams::default().labels("volbackup.io/repository"))
             .await
-            .expect("get secret")
-            .is_none(),
+            .expect("list secrets")
+            .items
+            .is_empty(),
         "a repository Secret was written for an unreachable repository"
     );
 
@@ -1522,4 +1531,139 @@ async fn a_pvc_whose_name_is_longer_than_a_label_value_is_backed_up() {
         "{label}"
     );
     env.assert_nothing_temporary_left().await;
+}
+
+/// The pid of the mover process backing up `host` (`NAMESPACE/PVC`), found through /proc: the
+/// kubelet runs it with runc on this machine.
+fn mover_pid(host: &str) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args
+            .windows(2)
+            .any(|w| w == [&b"mover"[..], &b"backup"[..]])
+            && args.contains(&host.as_bytes())
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_bounds_the_waits_not_the_copy_and_a_stalled_copy_is_given_up() {
+    let env = Env::start().await;
+    for pvc in ["v", "w"] {
+        env.pvc(pvc, "Block", "4Mi", json!({})).await;
+    }
+    env.run_pod(
+        "fill",
+        "v",
+        "Block",
+        "dd if=/dev/urandom of=/dev/xvda bs=1M count=4 2>/dev/null && sync",
+    )
+    .await;
+    let kc = env.cluster.kubeconfig_path().to_str().unwrap().to_string();
+    let repo = env.repo.to_str().unwrap().to_string();
+    // A prune's exclusive lock, held by this process: the mover (another host, in its pod)
+    // waits for it, reporting the wait, as long as its --retry-lock allows.
+    let store = volbackup_store::Repository::open(
+        std::sync::Arc::new(volbackup_store::backend::local::LocalBackend::new(
+            &env.repo,
+        )),
+        PASSWORD,
+    )
+    .expect("the repository opens");
+    let lock = volbackup_store::lock::Lock::exclusive(&store).expect("exclusive lock");
+
+    // 1. --timeout 15s, and the copy waits 25 s for the lock: it is not cut off.
+    let started = Instant::now();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        drop(lock);
+    });
+    let out = env
+        .plugin(
+            &[
+                "create",
+                "v",
+                "-n",
+                NS,
+                "--repo",
+                &repo,
+                "--kubeconfig",
+                &kc,
+                "--timeout",
+                "15s",
+            ],
+            &[],
+        )
+        .await;
+    release.await.unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        started.elapsed() > Duration::from_secs(25),
+        "create ended before the lock was released"
+    );
+    assert_eq!(backups_of(&env, "v").await.len(), 1);
+    env.assert_nothing_temporary_left().await;
+
+    // 2. A mover that stops (frozen: no progress, no output) is given up after
+    //    --stall-timeout, and its temporaries are removed.
+    let child = tokio::process::Command::new(&env.bin)
+        .args([
+            "create",
+            "w",
+            "-n",
+            NS,
+            "--repo",
+            &repo,
+            "--kubeconfig",
+            &kc,
+            "--stall-timeout",
+            "4s",
+        ])
+        .env("VOLBACKUP_PASSWORD", PASSWORD)
+        .env("VOLBACKUP_IMAGE", &env.image)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl-volbackup starts");
+    // Hold the lock again so the mover is still running when it is found and stopped.
+    let lock = volbackup_store::lock::Lock::exclusive(&store).expect("exclusive lock");
+    let host = format!("{NS}/w");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid = loop {
+        if let Some(pid) = mover_pid(&host) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no mover process within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).expect("pid"),
+        rustix::process::Signal::STOP,
+    )
+    .expect("SIGSTOP");
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("create gives up on the stalled copy")
+        .expect("output");
+    drop(lock);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a stalled copy succeeded: {stderr}");
+    assert!(stderr.contains("made no progress for 4s"), "{stderr}");
+    assert!(
+        stderr.contains("--stall-timeout"),
+        "no hint on the flag: {stderr}"
+    );
+    assert!(backups_of(&env, "w").await.is_empty());
+    env.assert_nothing_temporary_left().await;
+    assert!(mover_pid(&host).is_none(), "the stopped mover still runs");
 }

@@ -566,7 +566,7 @@ async fn restores_wait_for_the_first_consumer_and_go_into_other_namespaces() {
     );
     assert!(get_in(&env, &backups_ar(), "other", &files).await.is_some());
     assert!(
-        get_in(&env, &secrets_ar(), "other", "volbackup-repository")
+        get_in(&env, &secrets_ar(), "other", &repository_secret(&env))
             .await
             .is_some()
     );
@@ -711,8 +711,9 @@ async fn populator_process(env: &Env, crash_after: Option<u32>, limit: Duration)
     }
 }
 
-/// A new namespace with a repository Secret (`volbackup-repository`) holding `settings`.
-async fn namespace_with_repository_secret(env: &Env, ns: &str, settings: Value) {
+/// A new namespace with a repository Secret holding `settings`, under the name the test
+/// repository's VolumeBackups name.
+async fn namespace_with_repository_secret(env: &Env, ns: &str, settings: Value, marked: bool) {
     env.create(
         &ar("", "v1", "Namespace", "namespaces"),
         json!({"metadata": {"name": ns}}),
@@ -720,7 +721,8 @@ async fn namespace_with_repository_secret(env: &Env, ns: &str, settings: Value) 
     .await;
     let secret: kube::api::DynamicObject = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "volbackup-repository", "namespace": ns},
+        "metadata": {"name": repository_secret(env), "namespace": ns,
+                     "labels": if marked { json!({"volbackup.io/repository": "true"}) } else { json!({}) }},
         "stringData": settings,
     }))
     .unwrap();
@@ -728,6 +730,21 @@ async fn namespace_with_repository_secret(env: &Env, ns: &str, settings: Value) 
         .create(&Default::default(), &secret)
         .await
         .unwrap();
+}
+
+/// No populate pod exists for the claim `ns/pvc`, and none was ever started (a refused source).
+async fn assert_no_populate_pod(env: &Env, ns: &str, pvc: &str) {
+    let claim = get_in(env, &pvcs_ar(), ns, pvc).await.expect("claim");
+    let pod = format!("populate-{}", claim["metadata"]["uid"].as_str().unwrap());
+    assert!(
+        get_in(env, &pods_ar(), POP_NS, &pod).await.is_none(),
+        "{pod} was started for a refused source"
+    );
+    let events = list_in(env, &events_ar(), POP_NS).await;
+    assert!(
+        !format!("{events:?}").contains(&pod),
+        "{pod} was started for a refused source (events name it)"
+    );
 }
 
 /// A hand-written PVC naming a VolumeBackup (no plugin involved).
@@ -804,6 +821,7 @@ async fn a_wrong_password_keeps_the_pvc_pending_with_a_warning_and_a_false_condi
         &env,
         "wrong",
         json!({"RESTIC_REPOSITORY": env.repo.to_str().unwrap(), "RESTIC_PASSWORD": wrong_pw}),
+        true,
     )
     .await;
     let pvs_before = pv_names(&env).await;
@@ -1160,6 +1178,7 @@ async fn sources_that_cannot_be_restored_keep_the_pvc_pending_with_the_reason() 
         "far",
         json!({"RESTIC_REPOSITORY": "s3:http://127.0.0.1:1/bucket/repo", "RESTIC_PASSWORD": PASSWORD,
                "AWS_ACCESS_KEY_ID": "GKfar", "AWS_SECRET_ACCESS_KEY": aws_secret, "AWS_REGION": "garage"}),
+        true,
     )
     .await;
     let from = format!("{NS}/{blk}");
@@ -1167,6 +1186,38 @@ async fn sources_that_cannot_be_restored_keep_the_pvc_pending_with_the_reason() 
         .plugin(&["restore", &from, "--to", "unreachable", "-n", "far"], &[])
         .await;
     assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    // The copied record names the repository it was written to; this namespace's Secret
+    // points elsewhere: refused as a mismatch, without a pod looking in the wrong place.
+    assert_given_up(&env, "far", "unreachable", &blk, "RepositoryMismatch", 60).await;
+    assert_no_populate_pod(&env, "far", "unreachable").await;
+    let far_events = events_of(&env, "far", "unreachable").await;
+    assert!(
+        far_events
+            .iter()
+            .any(|e| e.contains("s3:http://127.0.0.1:1/bucket/repo")
+                && e.contains(env.repo.to_str().unwrap())),
+        "the mismatch does not name both repositories: {far_events:?}"
+    );
+    // A record that names the Secret's repository is tried there (and that one is down).
+    api_in(&env, &backups_ar(), "far")
+        .patch(
+            &blk,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"repository": {"location": "s3:http://127.0.0.1:1/bucket/repo"}}}),
+            ),
+        )
+        .await
+        .expect("repoint the record");
+    eventually(30, "the mismatch to be cleared", || async {
+        let c = get_in(&env, &pvcs_ar(), "far", "unreachable").await?;
+        let why = c
+            .pointer("/metadata/annotations/volbackup.io~1populate-failed")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        (!why.starts_with("RepositoryMismatch")).then_some(())
+    })
+    .await;
     assert_given_up(
         &env,
         "far",
@@ -1187,6 +1238,29 @@ async fn sources_that_cannot_be_restored_keep_the_pvc_pending_with_the_reason() 
             .any(|e| e.contains("gave up after 2 attempts")),
         "{events:?}"
     );
+
+    // A Secret the plugin did not write (no repository mark), even with the right settings:
+    // refused before any pod could carry it.
+    namespace_with_repository_secret(
+        &env,
+        "plain",
+        json!({"RESTIC_REPOSITORY": env.repo.to_str().unwrap(), "RESTIC_PASSWORD": PASSWORD}),
+        false,
+    )
+    .await;
+    let out = env
+        .plugin(&["restore", &from, "--to", "unmarked", "-n", "plain"], &[])
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    assert_given_up(&env, "plain", "unmarked", &blk, "SecretNotMarked", 60).await;
+    let events = events_of(&env, "plain", "unmarked").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("volbackup.io/repository=true")),
+        "the event does not name the missing mark: {events:?}"
+    );
+    assert_no_populate_pod(&env, "plain", "unmarked").await;
 
     // Nothing temporary stays, no volume made for these restores is left, and no secret shows.
     assert_no_populator_leftovers(&env).await;
@@ -1218,4 +1292,117 @@ async fn sources_that_cannot_be_restored_keep_the_pvc_pending_with_the_reason() 
     assert_cleanly_bound(&env, NS, "missing").await;
     let cond = restored_condition(&env, NS, &files).await.unwrap();
     assert_eq!(cond["status"], "True", "{cond}");
+}
+
+/// Two backups of one PVC in one namespace, to two repositories with two passwords: each
+/// record names its own repository and Secret, so the older one still restores (it used to
+/// look for its snapshot in the newer repository: `SnapshotNotFound`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_to_two_repositories_with_two_passwords_each_restore_from_their_own() {
+    let env = Env::start().await;
+    install(&env).await;
+    let image = filled_volumes(&env, 2 << 20).await;
+    let out = env.create_backup(&["blk"]).await;
+    assert_eq!(out.code, 0, "first create failed: {}", out.stderr);
+
+    // The second repository, with another password; the volume changes in between.
+    let second = env.dir.path().join("second-repo");
+    let second_pw = "second-repository-pw-41c2";
+    let out = env
+        .plugin(
+            &["repo", "init", "--repo", second.to_str().unwrap()],
+            &[("VOLBACKUP_PASSWORD", second_pw)],
+        )
+        .await;
+    assert_eq!(out.code, 0, "repo init failed: {}", out.stderr);
+    let changed = pattern(2 << 20, 77);
+    let data = env.dir.path().join("changed.bin");
+    std::fs::write(&data, &changed).unwrap();
+    env.run_pod(
+        "change-blk",
+        "blk",
+        "Block",
+        &format!(
+            "dd if={} of=/dev/xvda bs=1M conv=notrunc 2>/dev/null && sync",
+            data.display()
+        ),
+    )
+    .await;
+    // Backup names carry the time to the second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = env
+        .plugin(
+            &[
+                "create",
+                "blk",
+                "-n",
+                NS,
+                "--repo",
+                second.to_str().unwrap(),
+                "--timeout",
+                "60s",
+            ],
+            &[("VOLBACKUP_PASSWORD", second_pw)],
+        )
+        .await;
+    assert_eq!(out.code, 0, "second create failed: {}", out.stderr);
+    assert!(!out.stderr.contains(second_pw) && !out.stdout.contains(second_pw));
+
+    let records = env
+        .list(&backups_ar(), true, Some("volbackup.io/pvc=blk"))
+        .await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    let record_of = |repo: &Path| {
+        records
+            .iter()
+            .find(|r| r["spec"]["repository"]["location"] == repo.to_str().unwrap())
+            .unwrap_or_else(|| panic!("no record names {}: {records:?}", repo.display()))
+            .clone()
+    };
+    let (first_vb, second_vb) = (record_of(&env.repo), record_of(&second));
+    let secret_of = |r: &Value| {
+        r["spec"]["repository"]["secretRef"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(secret_of(&first_vb), secret_of(&second_vb));
+    for (vb, repo) in [(&first_vb, &env.repo), (&second_vb, &second)] {
+        let s = get_in(&env, &secrets_ar(), NS, &secret_of(vb))
+            .await
+            .unwrap();
+        let stored = s["data"]["VOLBACKUP_REPOSITORY"].as_str().unwrap();
+        use base64::Engine;
+        let stored = base64::engine::general_purpose::STANDARD
+            .decode(stored)
+            .unwrap();
+        assert_eq!(stored, repo.to_str().unwrap().as_bytes());
+    }
+
+    // Both restore, each from its own repository, byte for byte.
+    for (vb, pvc, want) in [
+        (&first_vb, "first", &image),
+        (&second_vb, "second", &changed),
+    ] {
+        let name = vb["metadata"]["name"].as_str().unwrap();
+        let out = env
+            .plugin(
+                &[
+                    "restore",
+                    name,
+                    "--to",
+                    pvc,
+                    "-n",
+                    NS,
+                    "--wait",
+                    "--timeout",
+                    "120s",
+                ],
+                &[],
+            )
+            .await;
+        assert_eq!(out.code, 0, "restore of {name} failed: {}", out.stderr);
+        let restored = std::fs::read(volume_path(&env, NS, pvc).await).unwrap();
+        assert!(&restored == want, "{pvc} differs from what was backed up");
+    }
 }
