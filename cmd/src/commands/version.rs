@@ -215,7 +215,10 @@ pub fn run(args: &VersionArgs) -> Result<()> {
     let report = Report {
         plugin: Plugin {
             version: VERSION.to_string(),
-            image: volbackup_populator::mover::default_image(),
+            image: std::env::var(volbackup_populator::mover::IMAGE_ENV)
+                .ok()
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(volbackup_populator::mover::default_image),
         },
         populator,
     };
