@@ -7,8 +7,8 @@
 #   tests/e2e-kind.sh            # creates the kind cluster volbackup-e2e, runs, deletes it
 #   KEEP=1 tests/e2e-kind.sh     # leaves the cluster running to look around
 #
-# Needs: docker, kind, kubectl, git, cargo. Exits non-zero when any step fails or the
-# restored data differs.
+# Needs: docker, kind, kubectl, git, cargo; an amd64 machine (the image is built for amd64).
+# Exits non-zero when any step fails or the restored data differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -114,9 +114,14 @@ repo="s3:http://$node_ip:30900/volbackup/quickstart"
 step "the plugin and its image from this checkout"
 cargo build --release -p kubectl-volbackup
 export PATH="$PWD/target/release:$PATH"
-cp target/release/kubectl-volbackup "$work/kubectl-volbackup-linux-amd64"
+# The image's binary is built in Debian bookworm, the release base's distribution, so it needs
+# no newer glibc than the base has (a binary built here might).
+docker run --rm -v "$PWD:/src" -w /src -e CARGO_TARGET_DIR=/src/target/e2e-kind \
+  docker.io/library/rust:1-bookworm cargo build --release --locked -p kubectl-volbackup
+mkdir -p "$work/image"
+cp target/e2e-kind/release/kubectl-volbackup "$work/image/kubectl-volbackup-linux-amd64"
 docker build -q -f Containerfile -t "$image" \
-  --build-arg BASE=gcr.io/distroless/cc-debian12:nonroot --build-arg VERSION=e2e "$work"
+  --build-arg BASE=gcr.io/distroless/cc-debian12:nonroot --build-arg VERSION=e2e "$work/image"
 kind load docker-image --name "$cluster" "$image"
 export VOLBACKUP_IMAGE=$image
 
