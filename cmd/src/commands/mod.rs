@@ -71,7 +71,46 @@ pub use volbackup_store::format::human_bytes;
 
 #[cfg(test)]
 mod tests {
-    use super::human_bytes;
+    use super::{human_bytes, table};
+
+    #[derive(tabled::Tabled)]
+    struct Row {
+        #[tabled(rename = "NAME")]
+        name: &'static str,
+        #[tabled(rename = "SIZE")]
+        size: &'static str,
+    }
+
+    #[test]
+    fn tables_lose_only_their_header_line_without_headers() {
+        let rows = || {
+            [
+                Row {
+                    name: "a",
+                    size: "1Mi",
+                },
+                Row {
+                    name: "bb",
+                    size: "2Mi",
+                },
+            ]
+        };
+        let with = table(rows(), true);
+        assert_eq!(with.lines().count(), 3, "{with}");
+        assert!(with.lines().next().unwrap().contains("NAME"));
+        let without = table(rows(), false);
+        let words: Vec<Vec<&str>> = without
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(words, [["a", "1Mi"], ["bb", "2Mi"]]);
+    }
+
+    #[test]
+    fn no_rows_without_headers_print_nothing() {
+        assert_eq!(table(Vec::<Row>::new(), false), "");
+        assert!(table(Vec::<Row>::new(), true).contains("NAME"));
+    }
 
     #[test]
     fn human_bytes_uses_binary_units() {
