@@ -55,6 +55,73 @@ pub enum Command {
     Uninstall(UninstallArgs),
     /// Run the populator controller (what the populator Deployment runs).
     Populator(PopulatorArgs),
+    /// Show the plugin's version and the version of the populator installed in the cluster.
+    Version(VersionArgs),
+    /// Check that the cluster has what backups and restores need, and say how to fix what not.
+    Doctor(DoctorArgs),
+    /// Print a shell completion script (`source <(kubectl-volbackup completion bash)`).
+    Completion(CompletionArgs),
+}
+
+/// `version`
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Path to the kubeconfig file (default: KUBECONFIG, then ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Namespace of the populator.
+    #[arg(long, default_value = POPULATOR_NAMESPACE, value_name = "NAMESPACE")]
+    pub populator_namespace: String,
+    /// Only the plugin's version: do not ask the cluster.
+    #[arg(long)]
+    pub client: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: VersionFormat,
+}
+
+/// Output formats of `version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum VersionFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// `doctor`
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub kube: KubeOptions,
+    /// Namespace of the populator.
+    #[arg(long, default_value = POPULATOR_NAMESPACE, value_name = "NAMESPACE")]
+    pub populator_namespace: String,
+}
+
+/// Shells `completion` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// bash (`source <(kubectl volbackup completion bash)`).
+    Bash,
+    /// zsh (`source <(kubectl volbackup completion zsh)`).
+    Zsh,
+    /// fish (`kubectl volbackup completion fish | source`).
+    Fish,
+}
+
+/// `completion`
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: Shell,
 }
 
 /// The namespace the populator runs in unless told otherwise.
@@ -238,7 +305,7 @@ pub struct CleanupArgs {
     pub backup: Option<String>,
 }
 
-/// Output formats of `list`.
+/// Output formats of `list` and `snapshots`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum ListFormat {
     /// A table for people.
@@ -250,6 +317,8 @@ pub enum ListFormat {
     Json,
     /// YAML.
     Yaml,
+    /// Only the names (`volumebackup.volbackup.io/NAME`; for `snapshots`, the full ids).
+    Name,
 }
 
 /// `list`
@@ -263,6 +332,9 @@ pub struct ListArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: ListFormat,
+    /// Tables without their header line.
+    #[arg(long)]
+    pub no_headers: bool,
     /// Also list the repository's snapshots (made here or in other clusters).
     #[command(flatten)]
     pub repo: RepoOptions,
@@ -377,7 +449,10 @@ pub struct SnapshotsArgs {
     pub repo: RepoOptions,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
-    pub output: OutputFormat,
+    pub output: ListFormat,
+    /// Tables without their header line.
+    #[arg(long)]
+    pub no_headers: bool,
     /// Only snapshots with this tag (repeatable: all must match).
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,

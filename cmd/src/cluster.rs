@@ -55,9 +55,12 @@ pub async fn connect(opts: &KubeOptions) -> Result<Kube> {
                 .await
                 .with_context(|| format!("cannot use the kubeconfig {}", path.display()))?
         }
-        None => Config::from_kubeconfig(&options).await.context(
-            "cannot load a kubeconfig: set KUBECONFIG, use --kubeconfig, or create ~/.kube/config",
-        )?,
+        None => Config::from_kubeconfig(&options)
+            .await
+            .context("cannot load a kubeconfig")
+            .context(crate::Hint(
+                "set KUBECONFIG, use --kubeconfig FILE, or create ~/.kube/config (`kind get kubeconfig`, your provider's CLI)".into(),
+            ))?,
     };
     let namespace = opts
         .namespace

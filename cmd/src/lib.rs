@@ -23,6 +23,9 @@ pub fn run() -> i32 {
                 return 0;
             }
             eprintln!("error: {}", one_line(&err));
+            if let Some(hint) = err.downcast_ref::<Hint>() {
+                eprintln!("hint: {}", hint.0);
+            }
             1
         }
     }
@@ -63,6 +66,9 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Install(a) => commands::install::install(a, quiet),
         Command::Uninstall(a) => commands::install::uninstall(a, quiet),
         Command::Populator(a) => commands::populator::run(a),
+        Command::Version(a) => commands::version::run(a),
+        Command::Doctor(a) => commands::doctor::run(a),
+        Command::Completion(a) => commands::completion::run(a),
     }
 }
 
@@ -144,13 +150,27 @@ fn exit_cleanly_on_signals() {
     drop(spawned);
 }
 
+/// A fix to suggest, attached to an error with `.context(Hint(...))` below the message that
+/// says what went wrong: `run` prints it as a `hint:` line under the `error:` line. Its own
+/// text stays out of the error line.
+#[derive(Debug)]
+pub struct Hint(pub String);
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Ok(())
+    }
+}
+
+impl std::error::Error for Hint {}
+
 /// The error chain on one line, each cause once (a cause whose text the outer message already
 /// contains is not repeated).
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in err.chain() {
         let text = cause.to_string();
-        if out.contains(&text) {
+        if text.is_empty() || out.contains(&text) {
             continue;
         }
         if !out.is_empty() {

@@ -181,6 +181,21 @@ fn bar_loop(c: &Counters, stop: &AtomicBool, what: &str) {
     }
 }
 
+/// Whether `NO_COLOR` (any non-empty value, no-color.org) asks for text without colours or
+/// bold.
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+/// The volume label of a bar: bold, unless `NO_COLOR` is set.
+fn prefix() -> &'static str {
+    if no_color() {
+        "{prefix}"
+    } else {
+        "{prefix:.bold}"
+    }
+}
+
 /// A bar for one volume (a backup's or a restore's), drawn to `target` or added to `multi`:
 /// a spinner with the current phase until the size is known, then bytes, rate and ETA.
 pub fn volume_bar(
@@ -194,7 +209,7 @@ pub fn volume_bar(
         None => bar,
     };
     bar.set_style(
-        ProgressStyle::with_template("{prefix:.bold} {spinner} {msg} {elapsed}")
+        ProgressStyle::with_template(&format!("{} {{spinner}} {{msg}} {{elapsed}}", prefix()))
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.set_prefix(label);
@@ -208,9 +223,10 @@ pub fn show_bytes(bar: &ProgressBar, done: u64, total: Option<u64>) {
     if let Some(total) = total {
         if bar.length().is_none() {
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:.bold} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
-                )
+                ProgressStyle::with_template(&format!(
+                    "{} {{msg}} [{{bar:30}}] {{binary_bytes}}/{{binary_total_bytes}} {{binary_bytes_per_sec}} ETA {{eta}}",
+                    prefix()
+                ))
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
             );

@@ -9,8 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde::Serialize;
-use tabled::settings::Style;
-use tabled::{Table, Tabled};
+use tabled::Tabled;
 use volbackup_populator::api::{VolumeBackup, VolumeInfo};
 use volbackup_store::backend::redact;
 use volbackup_store::forget::{ForgetGroup, ForgetPlan, GroupKey, Removed};
@@ -289,20 +288,33 @@ pub fn list(args: &ListArgs) -> Result<()> {
             },
         ),
     };
+    let headers = !args.no_headers;
+    // Under its own heading, only where headings are printed: without headers every line is
+    // a row (of the VolumeBackups, then of the repository's snapshots).
+    let repository_heading = |location: &str| {
+        if headers {
+            println!();
+            println!("Repository only ({location}; no VolumeBackup here names these snapshots):");
+        }
+    };
     match args.output {
-        ListFormat::Json => structured(OutputFormat::Json)?,
-        ListFormat::Yaml => structured(OutputFormat::Yaml)?,
+        ListFormat::Json | ListFormat::Yaml => {
+            structured(super::structured(args.output).expect("a structured format"))?
+        }
+        ListFormat::Name => {
+            for b in &items {
+                println!("volumebackup.volbackup.io/{}", b.name_any());
+            }
+            // A repository snapshot's name is its id, the form `restore ID --repo` takes.
+            for r in repo_only.iter().flat_map(|(_, rows)| rows) {
+                println!("{}", r.snapshot);
+            }
+        }
         ListFormat::Table => {
-            println!("{}", Table::new(items.iter().map(row)).with(Style::blank()));
+            super::print_table(&super::table(items.iter().map(row), headers));
             if let Some((location, rows)) = &repo_only {
-                println!();
-                println!(
-                    "Repository only ({location}; no VolumeBackup here names these snapshots):"
-                );
-                println!(
-                    "{}",
-                    Table::new(rows.iter().map(repo_row)).with(Style::blank())
-                );
+                repository_heading(location);
+                super::print_table(&super::table(rows.iter().map(repo_row), headers));
             }
         }
         ListFormat::Wide => {
@@ -317,7 +329,7 @@ pub fn list(args: &ListArgs) -> Result<()> {
                     secret: b.spec.repository.secret_ref.name.clone(),
                 }
             });
-            println!("{}", Table::new(rows).with(Style::blank()));
+            super::print_table(&super::table(rows, headers));
             if let Some((location, rows)) = &repo_only {
                 let wide = rows.iter().map(|r| WideRepoRow {
                     row: repo_row(r),
@@ -334,11 +346,8 @@ pub fn list(args: &ListArgs) -> Result<()> {
                         .unwrap_or_else(|| "-".into()),
                     tags: r.tags.join(","),
                 });
-                println!();
-                println!(
-                    "Repository only ({location}; no VolumeBackup here names these snapshots):"
-                );
-                println!("{}", Table::new(wide).with(Style::blank()));
+                repository_heading(location);
+                super::print_table(&super::table(wide, headers));
             }
         }
     }

@@ -238,6 +238,11 @@ fn customize(doc: &mut Yaml, namespace: &str, image: &str, pod_security: &str) {
             }
         }
     }
+    if kind == "Deployment" {
+        // Which plugin installed it: `version` and `doctor` compare it with their own.
+        doc["metadata"]["labels"][super::version::VERSION_LABEL] =
+            Yaml::String(super::version::VERSION.to_string());
+    }
     if kind == "Deployment"
         && let Some(containers) = doc
             .get_mut("spec")
@@ -589,7 +594,8 @@ fn pod_state(pod: &Pod) -> String {
     }
 }
 
-fn available(d: &Deployment) -> bool {
+/// Whether the populator Deployment has an available replica of its current generation.
+pub fn available(d: &Deployment) -> bool {
     let generation = d.metadata.generation.unwrap_or(0);
     d.status.as_ref().is_some_and(|s| {
         s.observed_generation.unwrap_or(0) >= generation

@@ -182,12 +182,11 @@ async fn run_async(args: &RestoreArgs, quiet: bool, timeout: Duration) -> Result
     pvcs.create(&PostParams::default(), &pvc)
         .await
         .map_err(|e| explain(e, "create", "persistentvolumeclaims", Some(ns)))?;
-    if !quiet {
-        eprintln!(
-            "persistentvolumeclaim/{} created in {ns}: restoring VolumeBackup {backup_name} ({}, {size})",
-            args.to, source.info.volume_mode
-        );
-    }
+    // The result, as data: on stdout, like `create`'s.
+    println!(
+        "persistentvolumeclaim/{} created in {ns}: restoring VolumeBackup {backup_name} ({}, {size})",
+        args.to, source.info.volume_mode
+    );
     if args.wait {
         wait(client, ns, &args.to, &backup_name, timeout, quiet).await?;
     }
@@ -437,7 +436,7 @@ async fn choose_class(
         Ok(None) => {
             if !quiet {
                 eprintln!(
-                    "StorageClass {sc:?} of the backed-up volume does not exist here: using the default class (or pass --storage-class)"
+                    "warning: StorageClass {sc:?} of the backed-up volume does not exist here: using the default class (or pass --storage-class)"
                 );
             }
             Ok(None)
@@ -498,17 +497,15 @@ async fn wait(
         let phase = claim.status.as_ref().and_then(|s| s.phase.clone());
         if phase.as_deref() == Some("Bound") {
             bar.finish_and_clear();
-            if !quiet {
-                let volume = claim
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.volume_name.clone())
-                    .unwrap_or_default();
-                eprintln!(
-                    "restored {ns}/{pvc} from VolumeBackup {backup} in {:.1}s (volume {volume})",
-                    started.elapsed().as_secs_f64()
-                );
-            }
+            let volume = claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.clone())
+                .unwrap_or_default();
+            println!(
+                "restored {ns}/{pvc} from VolumeBackup {backup} in {:.1}s (volume {volume})",
+                started.elapsed().as_secs_f64()
+            );
             return Ok(());
         }
         if let Ok(Some(b)) = backups.get_opt(backup).await

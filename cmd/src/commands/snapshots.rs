@@ -2,11 +2,11 @@
 
 use anyhow::Result;
 use serde::Serialize;
-use tabled::{Table, Tabled, settings::Style};
+use tabled::Tabled;
 use volbackup_store::format::Snapshot;
 use volbackup_store::id::Id;
 
-use crate::cli::{OutputFormat, SnapshotsArgs};
+use crate::cli::{ListFormat, SnapshotsArgs};
 use crate::repository;
 
 /// A snapshot as listed.
@@ -33,6 +33,18 @@ struct Row {
     paths: String,
 }
 
+#[derive(Tabled)]
+struct WideRow {
+    #[tabled(inline)]
+    row: Row,
+    #[tabled(rename = "TREE")]
+    tree: String,
+    #[tabled(rename = "PARENT")]
+    parent: String,
+    #[tabled(rename = "USER")]
+    user: String,
+}
+
 /// Snapshots sorted oldest first, filtered by tags (all must match).
 pub fn sorted(list: Vec<(Id, Snapshot)>, tags: &[String]) -> Vec<(Id, Snapshot)> {
     let mut list: Vec<_> = list
@@ -47,20 +59,42 @@ pub fn sorted(list: Vec<(Id, Snapshot)>, tags: &[String]) -> Vec<(Id, Snapshot)>
 pub fn run(args: &SnapshotsArgs) -> Result<()> {
     let repo = repository::open(&args.repo)?;
     let list = sorted(repo.list_snapshots()?, &args.tags);
+    let headers = !args.no_headers;
+    let row = |id: &Id, s: &Snapshot| Row {
+        id: id.short(),
+        time: s.time.format("%Y-%m-%d %H:%M:%S").to_string(),
+        host: s.hostname.clone(),
+        tags: s.tags.join(","),
+        paths: s.paths.join(","),
+    };
     match args.output {
-        OutputFormat::Table => {
-            let rows = list.iter().map(|(id, s)| Row {
-                id: id.short(),
-                time: s.time.format("%Y-%m-%d %H:%M:%S").to_string(),
-                host: s.hostname.clone(),
-                tags: s.tags.join(","),
-                paths: s.paths.join(","),
-            });
-            let mut table = Table::new(rows);
-            table.with(Style::blank());
-            println!("{table}");
+        ListFormat::Table => {
+            let rows = list.iter().map(|(id, s)| row(id, s));
+            super::print_table(&super::table(rows, headers));
         }
-        format => {
+        ListFormat::Wide => {
+            let rows = list.iter().map(|(id, s)| WideRow {
+                row: Row {
+                    id: id.to_hex(),
+                    ..row(id, s)
+                },
+                tree: s.tree.short(),
+                parent: s
+                    .parent
+                    .as_ref()
+                    .map(|p| p.short())
+                    .unwrap_or_else(|| "-".into()),
+                user: s.username.clone(),
+            });
+            super::print_table(&super::table(rows, headers));
+        }
+        ListFormat::Name => {
+            for (id, _) in &list {
+                println!("{}", id.to_hex());
+            }
+        }
+        ListFormat::Json | ListFormat::Yaml => {
+            let format = super::structured(args.output).expect("a structured format");
             let listed: Vec<Listed> = list
                 .into_iter()
                 .map(|(id, snapshot)| Listed {

@@ -9,6 +9,7 @@
 
 mod common;
 mod create;
+mod doctor;
 mod install;
 mod restore;
 mod security;

@@ -374,6 +374,26 @@ async fn block_and_filesystem_volumes_come_back_identical_and_into_a_larger_pvc(
         )
         .await;
     assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    // Its results are data, on stdout, as `create`'s are; stderr is for messages.
+    let results: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(results.len(), 2, "{}", out.stdout);
+    assert!(
+        results[0]
+            .starts_with("persistentvolumeclaim/blk-back created in t: restoring VolumeBackup"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        results[1].starts_with(&format!(
+            "restored {NS}/blk-back from VolumeBackup {blk} in "
+        )),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stderr, "",
+        "a restore without trouble says nothing on stderr"
+    );
     let out = env
         .plugin(
             &["restore", &files, "--to", "files-back", "-n", NS, "--wait"],
