@@ -286,8 +286,8 @@ pub struct CreateArgs {
     /// Mover image (default: ghcr.io/volbackup/volbackup:<this version>).
     #[arg(long, env = "VOLBACKUP_IMAGE", value_name = "IMAGE")]
     pub image: Option<String>,
-    /// Use this existing Secret for the repository settings instead of creating
-    /// `volbackup-repository` from the local settings.
+    /// Use this existing Secret for the repository settings instead of writing the
+    /// repository's own Secret (`volbackup-repo-...`) from the local settings.
     #[arg(long, value_name = "NAME")]
     pub repo_secret: Option<String>,
 }

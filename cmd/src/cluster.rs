@@ -167,7 +167,8 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs(total))
 }
 
-/// Creates or replaces the repository Secret `volbackup-repository` in `ns` from `data`.
+/// Creates or replaces the repository's Secret in `ns` from `data` (one Secret per repository
+/// location, marked with the repository label); returns its name.
 pub async fn write_repository_secret(
     client: &Client,
     ns: &str,

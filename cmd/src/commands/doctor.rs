@@ -22,7 +22,6 @@ use crate::cli::DoctorArgs;
 use crate::cluster::{self, DEFAULT_SNAPSHOT_CLASS, explain, is_status};
 use crate::commands::install::{CRD_NAME, POPULATOR_NAME, VOLUME_POPULATOR_NAME};
 use crate::commands::version::{self, Populator, State};
-use crate::repository::REPOSITORY_SECRET;
 
 /// Annotation of the default StorageClass.
 const DEFAULT_STORAGE_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
@@ -295,7 +294,7 @@ pub fn repository(namespace: &str, secret: &str, location: Option<&str>, opened:
 /// When the namespace has no repository Secret at all.
 pub fn no_repository(namespace: &str) -> Check {
     Check::ok(format!(
-        "no repository Secret in namespace {namespace} yet (`kubectl volbackup create --repo ...` makes {REPOSITORY_SECRET})"
+        "no repository Secret in namespace {namespace} yet (`kubectl volbackup create --repo ...` makes one per repository)"
     ))
 }
 
@@ -464,9 +463,20 @@ async fn observe(args: &DoctorArgs) -> Result<Vec<Check>> {
     let deployment = version::populator(&args.kube, &args.populator_namespace).await;
     checks.extend(populator(crd, registration, &deployment));
 
-    // The repository Secrets of the namespace: the one `create` writes and those the
-    // VolumeBackups here name.
-    let mut secrets = BTreeSet::from([REPOSITORY_SECRET.to_string()]);
+    // The repository Secrets of the namespace: those `create` and `restore` wrote (marked) and
+    // those the VolumeBackups here name.
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut written = BTreeSet::new();
+    if let Ok(list) = api
+        .list_metadata(&ListParams::default().labels(&format!(
+            "{}=true",
+            volbackup_populator::mover::REPOSITORY_LABEL
+        )))
+        .await
+    {
+        written.extend(list.items.into_iter().filter_map(|s| s.metadata.name));
+    }
+    let mut secrets = written.clone();
     if crd == Some(true) {
         let backups: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
         if let Ok(list) = backups.list(&ListParams::default()).await {
@@ -477,12 +487,11 @@ async fn observe(args: &DoctorArgs) -> Result<Vec<Check>> {
             );
         }
     }
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut found = 0;
     for name in &secrets {
         let secret = match api.get_opt(name).await {
             Ok(Some(s)) => s,
-            Ok(None) if name == REPOSITORY_SECRET => continue,
+            Ok(None) if written.contains(name) => continue,
             Ok(None) => {
                 checks.push(Check::fail(
                     format!("repository Secret {ns}/{name}, named by a VolumeBackup: missing"),

@@ -29,11 +29,10 @@ async fn repository_secret(env: &Env, password: &str) {
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
     let api: Api<Secret> = Api::namespaced(env.client.clone(), NS);
-    let _ = api
-        .delete("volbackup-repository", &DeleteParams::default())
-        .await;
+    let name = crate::common::repository_secret(env);
+    let _ = api.delete(&name, &DeleteParams::default()).await;
     let mut secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "volbackup-repository", "namespace": NS},
+        "metadata": {"name": name, "namespace": NS, "labels": {"volbackup.io/repository": "true"}},
     }))
     .expect("secret");
     secret.data = Some(
@@ -159,8 +158,9 @@ async fn doctor_passes_on_a_healthy_install_and_names_a_missing_snapshot_class()
         &format!("ok    populator Deployment {SYSTEM}/volbackup-populator: ready"),
         "ok    populator version matches the plugin",
         &format!(
-            "ok    repository {} opens with Secret {NS}/volbackup-repository (1 snapshot(s))",
-            env.repo.display()
+            "ok    repository {} opens with Secret {NS}/{} (1 snapshot(s))",
+            env.repo.display(),
+            crate::common::repository_secret(&env)
         ),
     ] {
         assert_line(&out, start);
@@ -223,8 +223,9 @@ async fn doctor_names_a_wrong_repository_password_and_never_prints_it() {
     assert_failed(
         &out,
         &format!(
-            "FAIL  repository {} opens with Secret {NS}/volbackup-repository: wrong password",
-            env.repo.display()
+            "FAIL  repository {} opens with Secret {NS}/{}: wrong password",
+            env.repo.display(),
+            crate::common::repository_secret(&env)
         ),
     );
     assert!(
@@ -237,8 +238,9 @@ async fn doctor_names_a_wrong_repository_password_and_never_prints_it() {
     assert_line(
         &out,
         &format!(
-            "ok    repository {} opens with Secret {NS}/volbackup-repository (0 snapshot(s))",
-            env.repo.display()
+            "ok    repository {} opens with Secret {NS}/{} (0 snapshot(s))",
+            env.repo.display(),
+            crate::common::repository_secret(&env)
         ),
     );
 }
