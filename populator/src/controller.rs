@@ -757,6 +757,17 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
                 && let Some(backup) = &seen.backup
                 && let Some(report) = ctx.pod_report(&populate_name(&uid)).await
             {
+                // The claim's own progress, for `restore --wait` of this claim.
+                let own = match &report {
+                    PodReport::Waiting(message) => json!({"bytesDone": 0, "waiting": message}),
+                    PodReport::Bytes { done, total, .. } => {
+                        json!({"bytesDone": done, "bytesTotal": total})
+                    }
+                }
+                .to_string();
+                if annotation(&pvc.metadata, state::ANN_PROGRESS) != Some(own.as_str()) {
+                    patch_claim_annotations(ctx, pvc, json!({ state::ANN_PROGRESS: own })).await?;
+                }
                 let (reason, message, progress) = match report {
                     // A prune holds the repository: the mover waits (bounded by its
                     // --retry-lock) instead of failing and spending an attempt; say so.
@@ -1012,6 +1023,7 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
                     state::ANN_FAILED_INPUTS: null,
                     state::ANN_ATTEMPTS: null,
                     state::ANN_RETRY_AT: null,
+                    state::ANN_PROGRESS: null,
                 }),
             )
             .await?;
@@ -1057,6 +1069,13 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
                 && let Some((written, total, true)) = ctx.pod_progress(&pod.name_any()).await
             {
                 ctx.metrics.bytes.fetch_add(written, Ordering::Relaxed);
+                let own = json!({"bytesDone": total.unwrap_or(written), "bytesTotal": total});
+                if let Err(e) =
+                    patch_claim_annotations(ctx, pvc, json!({ state::ANN_PROGRESS: own.to_string() }))
+                        .await
+                {
+                    tracing::warn!("cannot record the progress of {ns}/{name}: {e}");
+                }
                 if let Some(b) = &seen.backup {
                     ctx.set_condition(
                         b,

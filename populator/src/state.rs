@@ -26,6 +26,11 @@ pub const ANN_FAILED: &str = "volbackup.io/populate-failed";
 /// On the user PVC: the inputs (Secret and VolumeBackup versions) the failure was seen with;
 /// when they change, the restore is tried again.
 pub const ANN_FAILED_INPUTS: &str = "volbackup.io/populate-failed-inputs";
+/// On the user PVC: the progress of its own restore, JSON `{"bytesDone":N,"bytesTotal":N}`,
+/// with `"waiting":"..."` while the mover waits for a repository lock. Several claims restored
+/// from one VolumeBackup at once each have their own (the VolumeBackup's `status.progress` and
+/// `Restored` condition tell only the latest).
+pub const ANN_PROGRESS: &str = "volbackup.io/populate-progress";
 /// On the PV while its claim moves: the reclaim policy to put back afterwards.
 pub const ANN_SAVED_POLICY: &str = "volbackup.io/saved-reclaim-policy";
 /// On the PV: the VolumeBackup it was filled from.

@@ -47,7 +47,7 @@ const VALIDATOR_CRD_URL: &str = "https://raw.githubusercontent.com/kubernetes-cs
 
 /// The manifest files in apply order: the CRD first, then the namespace, RBAC, the Deployment,
 /// and the VolumePopulator registration last.
-const FILES: [(&str, &str); 5] = [
+const FILES: [(&str, &str); 6] = [
     (
         "crds/volumebackups.yaml",
         include_str!("../../../manifests/crds/volumebackups.yaml"),
@@ -57,6 +57,10 @@ const FILES: [(&str, &str); 5] = [
         include_str!("../../../manifests/namespace.yaml"),
     ),
     ("rbac.yaml", include_str!("../../../manifests/rbac.yaml")),
+    (
+        "user-roles.yaml",
+        include_str!("../../../manifests/user-roles.yaml"),
+    ),
     (
         "deployment.yaml",
         include_str!("../../../manifests/deployment.yaml"),

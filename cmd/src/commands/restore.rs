@@ -456,7 +456,6 @@ async fn wait(
     quiet: bool,
 ) -> Result<()> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    let backups: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
     let show = !quiet && std::io::stderr().is_terminal();
     let bar = progress::volume_bar(
@@ -508,11 +507,21 @@ async fn wait(
             );
             return Ok(());
         }
-        if let Ok(Some(b)) = backups.get_opt(backup).await
-            && let Some(p) = b.status.as_ref().and_then(|s| s.progress.clone())
+        // This claim's own progress (another restore from the same VolumeBackup has its own).
+        if let Some(p) = annotations
+            .get(state::ANN_PROGRESS)
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
         {
-            bar.set_message("copying");
-            progress::show_bytes(&bar, p.bytes_done, p.bytes_total);
+            if p.get("waiting").is_some() {
+                bar.set_message("waiting for the repository lock");
+            } else {
+                bar.set_message("copying");
+                progress::show_bytes(
+                    &bar,
+                    p["bytesDone"].as_u64().unwrap_or(0),
+                    p["bytesTotal"].as_u64(),
+                );
+            }
         }
         // The newest warning about this PVC tells why it waits (a retry, a missing source).
         let lp = ListParams::default().fields(&format!(

@@ -129,7 +129,7 @@ async fn install_starts_the_populator_a_second_install_changes_nothing_and_unins
     let out = env.plugin(&["install"], &[]).await;
     assert_eq!(out.code, 0, "install failed: {}{}", out.stdout, out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 9, "{}", out.stdout);
+    assert_eq!(lines.len(), 12, "{}", out.stdout);
     assert_eq!(
         lines[0],
         "customresourcedefinition.apiextensions.k8s.io/volumebackups.volbackup.io unchanged",
@@ -142,6 +142,9 @@ async fn install_starts_the_populator_a_second_install_changes_nothing_and_unins
         "clusterrolebinding.rbac.authorization.k8s.io/volbackup-populator created",
         "role.rbac.authorization.k8s.io/volbackup-populator created",
         "rolebinding.rbac.authorization.k8s.io/volbackup-populator created",
+        "clusterrole.rbac.authorization.k8s.io/volbackup-restorer created",
+        "clusterrole.rbac.authorization.k8s.io/volbackup-user created",
+        "clusterrole.rbac.authorization.k8s.io/volbackup-cluster-reader created",
         "deployment.apps/volbackup-populator created",
         "volumepopulator.populator.storage.k8s.io/volbackup-volumebackup created",
     ] {
@@ -289,6 +292,9 @@ async fn install_dry_run_prints_the_manifests_of_kubectl_apply_k_and_creates_not
             "ClusterRoleBinding",
             "Role",
             "RoleBinding",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",
             "Deployment",
             "VolumePopulator"
         ]
@@ -598,4 +604,138 @@ async fn the_crd_refuses_a_volume_backup_whose_snapshot_or_secret_is_not_well_fo
     api.create(&Default::default(), &good)
         .await
         .expect("a well-formed VolumeBackup is accepted");
+}
+
+/// A client-certificate user with a kubeconfig of their own; returns the kubeconfig's path.
+fn user_kubeconfig(env: &Env, name: &str) -> std::path::PathBuf {
+    use base64::Engine;
+    let (cert, key) = env
+        .cluster
+        .issue_client_cert(name, &["people"])
+        .expect("client cert");
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let kc = env.dir.path().join(format!("{name}.kubeconfig"));
+    env.cluster
+        .write_kubeconfig(
+            &kc,
+            json!({"client-certificate-data": b64(&cert), "client-key-data": b64(&key)}),
+            NS,
+        )
+        .expect("kubeconfig");
+    kc
+}
+
+/// Grants `user` the shipped ClusterRole `role` in the test namespace, and the cluster-scoped
+/// reads cluster-wide, as the comments of manifests/user-roles.yaml say to.
+async fn grant(env: &Env, user: &str, role: &str) {
+    let rbac = |kind: &str, plural: &str| ar("rbac.authorization.k8s.io", "v1", kind, plural);
+    let subjects =
+        json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]);
+    env.create(
+        &rbac("RoleBinding", "rolebindings"),
+        json!({"metadata": {"name": format!("{user}-{role}"), "namespace": NS},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+               "subjects": subjects}),
+    )
+    .await;
+    env.create(
+        &rbac("ClusterRoleBinding", "clusterrolebindings"),
+        json!({"metadata": {"name": format!("{user}-volbackup-cluster-reader")},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "volbackup-cluster-reader"},
+               "subjects": subjects}),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_user_roles_back_up_and_restore_and_a_restorer_cannot_touch_secrets_or_status() {
+    let env = Env::start().await;
+    let out = env
+        .plugin(&["install", "--pod-security", "privileged"], &[])
+        .await;
+    assert_eq!(out.code, 0, "install failed: {}", out.stderr);
+    env.pvc("vol", "Block", "2Mi", json!({})).await;
+    env.run_pod(
+        "fill",
+        "vol",
+        "Block",
+        "dd if=/dev/urandom of=/dev/xvda bs=1M count=2 2>/dev/null && sync",
+    )
+    .await;
+    let bob = user_kubeconfig(&env, "bob");
+    let alice = user_kubeconfig(&env, "alice");
+    grant(&env, "bob", "volbackup-user").await;
+    grant(&env, "alice", "volbackup-restorer").await;
+    let repo = env.repo.to_str().unwrap();
+
+    // Bob, with volbackup-user, backs up.
+    let out = env
+        .plugin(
+            &["create", "vol", "--kubeconfig", bob.to_str().unwrap(), "--repo", repo],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "create as volbackup-user failed: {}", out.stderr);
+    let backups = env
+        .list(&backups_ar(), true, Some("volbackup.io/pvc=vol"))
+        .await;
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let name = backups[0]["metadata"]["name"].as_str().unwrap().to_string();
+
+    // Alice, with volbackup-restorer, restores it (no Secret read, no record written).
+    let out = env
+        .plugin(
+            &[
+                "restore",
+                &name,
+                "--to",
+                "back",
+                "--wait",
+                "--timeout",
+                "120s",
+                "--kubeconfig",
+                alice.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(
+        out.code, 0,
+        "restore as volbackup-restorer failed: {}",
+        out.stderr
+    );
+    let restored = crate::restore::volume_path(&env, NS, "back").await;
+    let original = crate::restore::volume_path(&env, NS, "vol").await;
+    assert!(
+        std::fs::read(restored).unwrap() == std::fs::read(original).unwrap(),
+        "the restored volume differs"
+    );
+
+    // What the restorer may not do: read a Secret, or write a VolumeBackup's status.
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&alice).expect("kubeconfig"),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("alice's config");
+    let client = kube::Client::try_from(config).expect("alice's client");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+    let denied = secrets.get(&repository_secret(&env)).await.unwrap_err();
+    assert!(
+        matches!(&denied, kube::Error::Api(s) if s.code == 403),
+        "{denied}"
+    );
+    let records: Api<DynamicObject> = Api::namespaced_with(client, NS, &backups_ar());
+    let denied = records
+        .patch_status(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"phase": "Completed"}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&denied, kube::Error::Api(s) if s.code == 403),
+        "{denied}"
+    );
 }

@@ -1425,4 +1425,86 @@ async fn backups_to_two_repositories_with_two_passwords_each_restore_from_their_
         let restored = std::fs::read(volume_path(&env, NS, pvc).await).unwrap();
         assert!(&restored == want, "{pvc} differs from what was backed up");
     }
+
+    // A record as earlier versions wrote it (no location; the one Secret
+    // `volbackup-repository`, marked only as managed by volbackup) still restores.
+    let legacy: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "volbackup-repository", "namespace": NS,
+                     "labels": {"app.kubernetes.io/managed-by": "volbackup"}},
+        "stringData": {"VOLBACKUP_REPOSITORY": env.repo.to_str().unwrap(), "VOLBACKUP_PASSWORD": PASSWORD},
+    }))
+    .unwrap();
+    api_in(&env, &secrets_ar(), NS)
+        .create(&Default::default(), &legacy)
+        .await
+        .unwrap();
+    let first_name = first_vb["metadata"]["name"].as_str().unwrap();
+    api_in(&env, &backups_ar(), NS)
+        .patch(
+            first_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"repository": {"secretRef": {"name": "volbackup-repository"}, "location": null}}})),
+        )
+        .await
+        .expect("make the record an old one");
+    let out = env
+        .plugin(
+            &["restore", first_name, "--to", "legacy", "-n", NS, "--wait", "--timeout", "120s"],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "restore of an old record failed: {}", out.stderr);
+    let restored = std::fs::read(volume_path(&env, NS, "legacy").await).unwrap();
+    assert!(restored == image, "the old record's restore differs");
+}
+
+/// Two restores from one VolumeBackup at once, one into a claim too small for the image (written
+/// by hand: `restore` itself refuses that size): `restore --wait` of the other follows its own
+/// claim (its progress and its result), and the failure stays with the small claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_restores_from_one_backup_at_once_each_keep_their_own_progress_and_result() {
+    let env = Env::start().await;
+    install(&env).await;
+    let (blk, _files, image) = backed_up_volumes(&env, 4 << 20).await;
+    claim_from(&env, NS, "small", &blk, "Block", "1Mi").await;
+    let fits = env
+        .plugin(
+            &["restore", &blk, "--to", "fits", "-n", NS, "--wait", "--timeout", "120s"],
+            &[],
+        )
+        .await;
+    assert_eq!(fits.code, 0, "the restore that fits failed: {}", fits.stderr);
+    assert!(
+        !fits.stderr.contains("VolumeTooSmall") && !fits.stdout.contains("VolumeTooSmall"),
+        "the restore that fits reported the other claim's failure: {}{}",
+        fits.stdout,
+        fits.stderr
+    );
+    assert!(fits.stdout.contains(&format!("restored {NS}/fits")), "{}", fits.stdout);
+    let restored = std::fs::read(volume_path(&env, NS, "fits").await).unwrap();
+    assert!(restored == image, "the restored image differs");
+    assert_given_up(&env, NS, "small", &blk, "VolumeTooSmall", 60).await;
+
+    // The progress each claim carries is its own: the whole image for the one that fits,
+    // nothing for the one that never started.
+    let progress = eventually(10, "the progress of fits", || async {
+        let c = get_in(&env, &pvcs_ar(), NS, "fits").await?;
+        let p: Value = serde_json::from_str(
+            c.pointer("/metadata/annotations/volbackup.io~1populate-progress")?
+                .as_str()?,
+        )
+        .ok()?;
+        (p["bytesTotal"].as_u64().unwrap_or(0) > 0).then_some(p)
+    })
+    .await;
+    assert_eq!(progress["bytesTotal"], image.len() as u64, "{progress}");
+    assert_eq!(progress["bytesDone"], image.len() as u64, "{progress}");
+    let small = get_in(&env, &pvcs_ar(), NS, "small").await.unwrap();
+    assert!(
+        small
+            .pointer("/metadata/annotations/volbackup.io~1populate-progress")
+            .is_none(),
+        "{small}"
+    );
 }
