@@ -439,3 +439,47 @@ fn a_damaged_blob_in_the_middle_of_a_read_names_blob_and_pack_and_is_not_written
         pos += len;
     }
 }
+
+#[test]
+fn a_tree_of_small_files_restores_with_one_read_per_pack() {
+    let t = TempRepo::new();
+    let src = t.scratch("src");
+    for i in 0..60u64 {
+        let dir = src.join(format!("d{}", i % 4));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = match i % 3 {
+            0 => random_bytes(100 + i, 20_000 + i as usize * 1000),
+            1 => text_bytes(200 + i, 50_000),
+            // The same content in several files: fetched once, copied to the others.
+            _ => random_bytes(7, 30_000),
+        };
+        std::fs::write(dir.join(format!("f{i}")), data).unwrap();
+    }
+    let repo = t.init_ours();
+    let snap = volbackup_store::backup_tree::backup_tree(
+        &repo,
+        &src,
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap()
+    .snapshot_id;
+    let (repo, w) = open_wrapped(&t, Wrapped::new(t.backend()));
+    let out = t.scratch("out");
+    volbackup_store::restore_tree::restore_tree(
+        &repo,
+        &snap,
+        &out,
+        &volbackup_store::restore_tree::RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    for i in 0..60u64 {
+        let rel = format!("d{}/f{i}", i % 4);
+        assert!(
+            std::fs::read(out.join(&rel)).unwrap() == std::fs::read(src.join(&rel)).unwrap(),
+            "{rel} differs"
+        );
+    }
+    assert_eq!(w.pack_reads.load(Ordering::SeqCst), data_packs(&w));
+}
