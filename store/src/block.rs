@@ -29,7 +29,7 @@ use crate::backend::FileType;
 use crate::chunker::{Chunker, Pol};
 use crate::format::{BlobType, Snapshot};
 use crate::id::Id;
-use crate::image_writer::{DeviceTarget, FileTarget, write_in_order};
+use crate::image_writer::{DeviceTarget, FileTarget, REORDER_WINDOW, write_in_order};
 use crate::index::IndexEntry;
 use crate::lock::Lock;
 use crate::pack_reader::{ReaderOptions, read_plan};
@@ -86,6 +86,10 @@ pub struct RestoreOptions {
     pub read_concurrency: usize,
     /// How pack reads are merged and split.
     pub plan: PlanOptions,
+    /// Onto a file: bytes of image ahead of the next unwritten byte that blobs arriving early
+    /// are held for, to be written in order (0: each blob is written in its place as it
+    /// arrives, out of order; kept to compare the two).
+    pub reorder_window: u64,
 }
 
 impl Default for RestoreOptions {
@@ -97,6 +101,7 @@ impl Default for RestoreOptions {
             threads: cpus.clamp(1, 16),
             read_concurrency: 0,
             plan: PlanOptions::default(),
+            reorder_window: REORDER_WINDOW,
         }
     }
 }
@@ -325,13 +330,13 @@ pub fn restore_block(
     let written = if std::fs::metadata(target).is_ok_and(|m| m.file_type().is_block_device()) {
         let mut device = DeviceTarget::open(target, size)?;
         read_plan(repo, &plan, &reader, |deliveries| {
-            write_in_order(&mut device, &plan, deliveries, progress)
+            write_in_order(&mut device, &plan, deliveries, REORDER_WINDOW, progress)
         })?
     } else {
         let file = open_target(target, size)?;
         let mut file = FileTarget::new(&file, target);
         read_plan(repo, &plan, &reader, |deliveries| {
-            write_in_order(&mut file, &plan, deliveries, progress)
+            write_in_order(&mut file, &plan, deliveries, opts.reorder_window, progress)
         })?
     };
     Ok(RestoreSummary {

@@ -56,11 +56,13 @@ pub trait Target {
 }
 
 /// Puts every piece of `plan` into `target` in image order, taking the decoded blobs from
-/// `deliveries`. Returns the target's bytes written.
+/// `deliveries` and holding those that arrive early up to `window` bytes of image ahead (0:
+/// every blob is put in its place as it arrives). Returns the target's bytes written.
 pub fn write_in_order(
     target: &mut dyn Target,
     plan: &Plan,
     deliveries: &Deliveries,
+    window: u64,
     progress: &dyn Progress,
 ) -> Result<u64> {
     let pieces = &plan.pieces;
@@ -94,7 +96,7 @@ pub fn write_in_order(
                         let q = pieces.get(d.piece).ok_or_else(|| {
                             Error::Invalid(format!("a blob for piece {} of the image", d.piece))
                         })?;
-                        if q.start >= p.start + REORDER_WINDOW {
+                        if q.start >= p.start + window {
                             let how = if d.zero {
                                 zero.insert(q.id);
                                 Early::Zero

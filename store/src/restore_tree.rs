@@ -38,7 +38,7 @@ use crate::backend::FileType as RepoFile;
 use crate::format::{BlobType, Snapshot};
 use crate::fsmeta::{MetadataWarnings, restore_metadata};
 use crate::id::Id;
-use crate::image_writer::{Target, write_in_order};
+use crate::image_writer::{REORDER_WINDOW, Target, write_in_order};
 use crate::index::IndexEntry;
 use crate::lock::Lock;
 use crate::pack_reader::{ReaderOptions, read_plan};
@@ -358,7 +358,7 @@ fn write_contents(
         written: 0,
     };
     read_plan(repo, &plan, &reader, |deliveries| {
-        write_in_order(&mut target, &plan, deliveries, progress)
+        write_in_order(&mut target, &plan, deliveries, REORDER_WINDOW, progress)
     })?;
     Ok(())
 }

@@ -483,3 +483,28 @@ fn a_tree_of_small_files_restores_with_one_read_per_pack() {
     }
     assert_eq!(w.pack_reads.load(Ordering::SeqCst), data_packs(&w));
 }
+
+#[test]
+fn writing_each_blob_as_it_arrives_gives_the_same_image_as_writing_in_order() {
+    let t = TempRepo::new();
+    let image = image();
+    let snap = backed_up(&t, &image);
+    let repo = t.open();
+    for window in [0, 1 << 20, 64 << 20] {
+        let target = t.scratch(&format!("out-{window}.img"));
+        let opts = RestoreOptions {
+            reorder_window: window,
+            read_concurrency: 8,
+            plan: PlanOptions {
+                max_gap: 0,
+                max_read: 1 << 20,
+            },
+            ..RestoreOptions::default()
+        };
+        restore_block(&repo, &snap, None, &target, &opts, &NoProgress).unwrap();
+        assert!(
+            std::fs::read(&target).unwrap() == image,
+            "restored bytes differ with a window of {window}"
+        );
+    }
+}
