@@ -359,6 +359,39 @@ def raw_s3(endpoint, prefix, reads, garage):
     return time.perf_counter() - start
 
 
+def raw_in_child(kind, reads, *args):
+    """Runs a raw read (raw_local or raw_s3) in a child process and returns its seconds: the
+    driver must stay small, since a forked child starts from its parent's peak RSS and boto3
+    with 32 threads would inflate every later measurement."""
+    import json
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"kind": kind, "reads": reads, "args": list(args)}, f)
+    try:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--raw", f.name],
+                             check=True, capture_output=True, text=True).stdout
+    finally:
+        os.remove(f.name)
+    return float(out.strip())
+
+
+def raw_main(spec_file):
+    import json
+
+    class Keys:
+        pass
+    with open(spec_file) as f:
+        spec = json.load(f)
+    reads = [tuple(r) for r in spec["reads"]]
+    if spec["kind"] == "local":
+        secs = raw_local(spec["args"][0], reads)
+    else:
+        endpoint, prefix, key_id, secret = spec["args"]
+        keys = Keys()
+        keys.key_id, keys.secret = key_id, secret
+        secs = raw_s3(endpoint, prefix, reads, keys)
+    print("%.6f" % secs)
+
+
 def same_file(a, b):
     import hashlib
 
@@ -471,7 +504,7 @@ def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
     # The same restore writing each blob where it belongs as it arrives (out of order).
     cmds["ours, out of order"] = cmds["ours"] + ["--reorder-window-mib", "0"]
     measure_restores(results, "%s: image restore, local" % name, cmds, env, work, data, args.runs,
-                     lambda: raw_local(local_ours, reads))
+                     lambda: raw_in_child("local", reads, local_ours))
 
     if garage:
         senv = dict(env, **garage.env())
@@ -497,7 +530,8 @@ def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
             for peer in [k for k in cmds if k != "ours"]:
                 cmds[peer] = peers[peer]
             measure_restores(results, "%s: image restore, S3 %d ms" % (name, ms), cmds, senv, work, data,
-                             args.runs, lambda: raw_s3(via, repos["ours"], s3_reads, garage))
+                             args.runs, lambda: raw_in_child("s3", s3_reads, via, repos["ours"],
+                                                             garage.key_id, garage.secret))
         proxy.delay = 0
     if args.tree:
         bench_tree(name, args, work, env, data, results)
@@ -595,6 +629,9 @@ def verdicts(results, datasets, latencies):
 def main():
     if len(sys.argv) == 5 and sys.argv[1] == "--generate":
         make_data(sys.argv[2], int(sys.argv[4]), sys.argv[3] == "zeros")
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "--raw":
+        raw_main(sys.argv[2])
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=512)
