@@ -1,16 +1,31 @@
 #!/usr/bin/env python3
-"""Compares kubectl-volbackup with restic on the same data, in one run.
+"""Compares kubectl-volbackup with restic (and rustic, when installed) on the same data.
 
-Usage: bench/compare.py [--size-mib 1024] [--runs 3] [--s3] [--out FILE]
+Usage: bench/compare.py [--size-mib 512] [--runs 3] [--latency-ms 0,25] [--datasets mixed,zeros]
+                        [--no-s3] [--tree] [--out FILE]
+
+With --tree, the data is also split into a tree of files (4 KiB to 8 MiB) and restored from a
+local repository by us and by `restic restore`.
 
 Builds nothing: run `cargo build --release -p kubectl-volbackup` first (or let bench/run do it).
-Data (as in the engine issue): per 4 MiB block, 50 % fresh random, 25 % log-like text, 25 %
-repeats of earlier random blocks. Repositories live on tmpfs. Every case runs --runs times,
-alternating the two programs, and the table shows medians and the ratio restic/ours for time
-(higher is better for us) and ours/restic for peak RSS (lower is better).
+
+Data sets, per 4 MiB block: "mixed" is 50 % fresh random, 25 % log-like text, 25 % repeats of
+earlier random blocks; "zeros" is the same with a quarter of the blocks all zeros instead (the
+other kinds scaled down). Repositories and restore targets live on tmpfs (/dev/shm).
+
+Cases, each run once as a warm-up and then --runs times, the programs alternating in order:
+  local: image backup (ours, restic), image restore to a file (ours; ours writing each blob
+         as it arrives, out of order; `restic restore`, `restic dump`, rustic), and the raw limit (every pack range the restore needs, read
+         with 32 threads and thrown away);
+  S3:    a single-node Garage started here, reached through a TCP proxy that holds back every
+         request by the latency given (0, 10, 25, 50 ms...): image restore (ours, `restic
+         restore`, `restic dump`, rustic) and the raw limit (every needed pack range fetched
+         with 32 requests in flight and thrown away).
+The table gives medians, the min-max spread and peak RSS; the issue's targets follow it.
 """
 
 import argparse
+import asyncio
 import os
 import random
 import shutil
@@ -18,13 +33,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-OURS = os.environ.get("VOLBACKUP_BIN") or os.path.join(ROOT, "target", "release", "kubectl-volbackup")
+OURS = os.environ.get("VOLBACKUP_BIN") or os.path.join(
+    os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release", "kubectl-volbackup")
 PASSWORD = "bench-password"
 BLOCK = 4 << 20
+RAW_THREADS = 32
+
+
+# ---------------------------------------------------------------------------------------------
+# data
 
 
 def log_text(rng, n):
@@ -44,12 +66,19 @@ def log_text(rng, n):
     return "".join(out).encode()[:n]
 
 
-def make_data(path, size):
+def make_data(path, size, zeros):
+    """Writes the data set; with `zeros`, a quarter of the blocks are all zeros."""
     rng = random.Random(42)
     randoms = []
+    zero = bytes(BLOCK)
     with open(path, "wb") as f:
-        for b in range(size // BLOCK):
+        for _ in range(size // BLOCK):
             kind = rng.random()
+            if zeros:
+                if kind < 0.25:
+                    f.write(zero)
+                    continue
+                kind = (kind - 0.25) / 0.75
             if kind < 0.5 or not randoms:
                 blk = os.urandom(BLOCK)
                 randoms.append(blk)
@@ -77,6 +106,10 @@ def make_tree(src, dst):
             with open(os.path.join(d, "f%05d.bin" % i), "wb") as out:
                 out.write(data)
             i += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# servers
 
 
 class Garage:
@@ -112,7 +145,7 @@ api_bind_addr = "127.0.0.1:{ports[2]}"
 """)
         binary = shutil.which("garage") or os.path.expanduser("~/.cargo/bin/garage")
         if not os.path.exists(binary):
-            sys.exit("garage not found: cargo install --locked garage")
+            sys.exit("garage not found (cargo install --locked garage), or run with --no-s3")
         self.bin = binary
         self.proc = subprocess.Popen([binary, "-c", self.config, "server"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -130,7 +163,10 @@ api_bind_addr = "127.0.0.1:{ports[2]}"
             sys.exit("garage did not start")
         subprocess.run(self.cli("layout", "assign", "-z", "dc1", "-c", "10G", node), check=True, capture_output=True)
         subprocess.run(self.cli("layout", "apply", "--version", "1"), check=True, capture_output=True)
-        subprocess.run(self.cli("bucket", "create", "bench"), check=True, capture_output=True)
+        for _ in range(50):
+            if subprocess.run(self.cli("bucket", "create", "bench"), capture_output=True).returncode == 0:
+                break
+            time.sleep(0.2)
         out = subprocess.run(self.cli("key", "create", "bench-key"), check=True, capture_output=True, text=True).stdout
         self.key_id = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.strip().startswith("Key ID"))
         self.secret = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.strip().startswith("Secret key"))
@@ -144,25 +180,93 @@ api_bind_addr = "127.0.0.1:{ports[2]}"
         return {"AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret,
                 "AWS_DEFAULT_REGION": "garage", "AWS_REGION": "garage"}
 
-    def repo(self, prefix):
-        return "s3:http://127.0.0.1:%d/bench/%s" % (self.port, prefix)
-
     def stop(self):
         self.proc.terminate()
         self.proc.wait()
 
 
-def run(cmd, env):
-    """Runs a set-up command; stops the benchmark when it fails."""
-    p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+class LatencyProxy:
+    """A TCP proxy on loopback that holds every request back by `delay` seconds before passing
+    it on (asyncio, in a thread of its own). A request is what the client sends after the
+    server last answered on that connection, so keep-alive connections pay the delay per
+    request, as behind a distant object store."""
+
+    def __init__(self, upstream_port):
+        self.upstream = upstream_port
+        self.delay = 0.0
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self.port = None
+
+        async def serve():
+            server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            started.set()
+            async with server:
+                await server.serve_forever()
+
+        self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(serve()), daemon=True)
+        self.thread.start()
+        started.wait()
+
+    async def handle(self, client_r, client_w):
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            client_w.close()
+            return
+        state = {"answered": True}
+
+        async def to_server():
+            try:
+                while True:
+                    data = await client_r.read(1 << 16)
+                    if not data:
+                        break
+                    if state["answered"]:
+                        state["answered"] = False
+                        if self.delay:
+                            await asyncio.sleep(self.delay)
+                    up_w.write(data)
+                    await up_w.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                up_w.close()
+
+        async def to_client():
+            try:
+                while True:
+                    data = await up_r.read(1 << 16)
+                    if not data:
+                        break
+                    state["answered"] = True
+                    client_w.write(data)
+                    await client_w.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                client_w.close()
+
+        await asyncio.gather(to_server(), to_client())
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+
+
+def run(cmd, env, stdout=subprocess.DEVNULL):
+    """Runs a set-up command; stops the benchmark when it fails. Returns its stdout."""
+    p = subprocess.run(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE)
     if p.returncode != 0:
         sys.exit("command failed (%d): %s\n%s" % (p.returncode, " ".join(cmd), p.stderr.decode(errors="replace")))
+    return p.stdout
 
 
 def run_rss(cmd, env):
     """Runs a measured command: (wall seconds, peak RSS in MiB). The command is exec'ed (no
-    shell left around it), and its peak RSS includes this small driver's (about 10 MiB) because
-    a forked child starts from its parent's peak."""
+    shell left around it), and its peak RSS includes this small driver's (about 10-20 MiB)
+    because a forked child starts from its parent's peak."""
     start = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err = p.stderr.read()
@@ -173,110 +277,404 @@ def run_rss(cmd, env):
     return secs, ru.ru_maxrss / 1024.0
 
 
+def planned_reads(repo, env):
+    """The pack reads our restore of the latest snapshot makes: [(pack, offset, length)]."""
+    import json
+    out = run([OURS, "mover", "restore", "--repo", repo, "--snapshot", "latest", "--target", "/dev/null",
+               "--dry-run", "--json"], env, stdout=subprocess.PIPE)
+    reads = []
+    for line in out.decode().splitlines():
+        r = json.loads(line)
+        reads.append((r["pack"], r["offset"], r["length"]))
+    return reads
+
+
+def parallel(items, fn):
+    """Calls fn on every item with RAW_THREADS threads."""
+    items = list(items)
+    lock = threading.Lock()
+    errors = []
+
+    def worker():
+        while True:
+            with lock:
+                if not items or errors:
+                    return
+                item = items.pop()
+            try:
+                fn(item)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=worker) for _ in range(RAW_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        sys.exit("raw read failed: %s" % errors[0])
+
+
+def raw_local(repo, reads):
+    """Reads every range from the pack files and throws the bytes away: seconds."""
+    start = time.perf_counter()
+
+    def one(r):
+        pack, off, length = r
+        with open(os.path.join(repo, "data", pack[:2], pack), "rb") as f:
+            got = os.pread(f.fileno(), length, off)
+        if len(got) != length:
+            raise IOError("short read of %s" % pack)
+
+    parallel(reads, one)
+    return time.perf_counter() - start
+
+
+def raw_s3(endpoint, prefix, reads, garage):
+    """Fetches every range over S3 (signed GETs, RAW_THREADS in flight) and throws the bytes
+    away: seconds."""
+    import boto3
+    from botocore.config import Config
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=garage.key_id,
+                          aws_secret_access_key=garage.secret, region_name="garage",
+                          config=Config(s3={"addressing_style": "path"},
+                                        max_pool_connections=RAW_THREADS))
+    start = time.perf_counter()
+
+    def one(r):
+        pack, off, length = r
+        body = client.get_object(Bucket="bench", Key="%s/data/%s/%s" % (prefix, pack[:2], pack),
+                                 Range="bytes=%d-%d" % (off, off + length - 1))["Body"]
+        n = 0
+        while True:
+            chunk = body.read(1 << 20)
+            if not chunk:
+                break
+            n += len(chunk)
+        if n != length:
+            raise IOError("short read of %s" % pack)
+
+    parallel(reads, one)
+    return time.perf_counter() - start
+
+
+def raw_in_child(kind, reads, *args):
+    """Runs a raw read (raw_local or raw_s3) in a child process and returns its seconds: the
+    driver must stay small, since a forked child starts from its parent's peak RSS and boto3
+    with 32 threads would inflate every later measurement."""
+    import json
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"kind": kind, "reads": reads, "args": list(args)}, f)
+    try:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--raw", f.name],
+                             check=True, capture_output=True, text=True).stdout
+    finally:
+        os.remove(f.name)
+    return float(out.strip())
+
+
+def raw_main(spec_file):
+    import json
+
+    class Keys:
+        pass
+    with open(spec_file) as f:
+        spec = json.load(f)
+    reads = [tuple(r) for r in spec["reads"]]
+    if spec["kind"] == "local":
+        secs = raw_local(spec["args"][0], reads)
+    else:
+        endpoint, prefix, key_id, secret = spec["args"]
+        keys = Keys()
+        keys.key_id, keys.secret = key_id, secret
+        secs = raw_s3(endpoint, prefix, reads, keys)
+    print("%.6f" % secs)
+
+
+def same_file(a, b):
+    import hashlib
+
+    def digest(p):
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while True:
+                c = f.read(8 << 20)
+                if not c:
+                    return h.hexdigest()
+                h.update(c)
+    return digest(a) == digest(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# cases
+
+
+class Results:
+    def __init__(self):
+        self.data = {}
+
+    def add(self, case, who, secs, rss):
+        self.data.setdefault(case, {}).setdefault(who, []).append((secs, rss))
+
+    def median(self, case, who):
+        runs = self.data.get(case, {}).get(who)
+        return statistics.median(s for s, _ in runs) if runs else None
+
+    def spread(self, case, who):
+        runs = self.data.get(case, {}).get(who)
+        return max(s for s, _ in runs) / min(s for s, _ in runs) if runs else None
+
+    def rss(self, case, who):
+        runs = self.data.get(case, {}).get(who)
+        return statistics.median(m for _, m in runs) if runs else None
+
+
+def restore_cmds(repo, target_dir, rustic):
+    """The image restore commands, by program: each writes data.bin into target_dir."""
+    target = os.path.join(target_dir, "data.bin")
+    cmds = {
+        "ours": [OURS, "mover", "restore", "-q", "--repo", repo, "--snapshot", "latest", "--target", target],
+        "restic restore": ["restic", "restore", "-q", "--repo", repo, "latest", "--target", target_dir],
+        "restic dump": ["sh", "-c", 'exec restic dump -q --repo "$0" latest /data.bin > "$1"', repo, target],
+    }
+    if rustic:
+        cmds["rustic"] = [rustic, "restore", "--repository", repo, "--no-progress", "latest", target_dir]
+    return cmds
+
+
+def measure_restores(results, case, cmds, env, work, data, rounds, raw):
+    """Runs every restore command `rounds` times after a warm-up round, rotating the order,
+    checking each result against the data; `raw` (a function giving seconds) is the limit."""
+    names = list(cmds)
+    for r in range(rounds + 1):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for who in order:
+            out = os.path.join(work, "restore-out")
+            shutil.rmtree(out, ignore_errors=True)
+            os.makedirs(out)
+            secs, rss = run_rss(cmds[who], env)
+            if r == 0 and not same_file(os.path.join(out, "data.bin"), data):
+                sys.exit("%s restored different bytes (%s)" % (who, case))
+            shutil.rmtree(out)
+            if r > 0:
+                results.add(case, who, secs, rss)
+        if raw:
+            secs = raw()
+            if r > 0:
+                results.add(case, "raw limit", secs, 0)
+
+
+def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
+    data = os.path.join(work, "data-%s.bin" % name)
+    print("[%s] generating %d MiB" % (name, args.size_mib), file=sys.stderr)
+    # A child process generates it: a forked child starts with its parent's peak RSS, so this
+    # process must stay small for the peak RSS of the measured commands to mean anything.
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--generate", data, name,
+                    str(args.size_mib << 20)], check=True)
+    backup = {
+        "ours": lambda repo: [OURS, "mover", "backup", "-q", "--repo", repo, "--source", data, "--name", "data.bin"],
+        "restic": lambda repo: ["sh", "-c", 'exec restic backup -q --repo "$0" --stdin --stdin-filename data.bin < "$1"',
+                                repo, data],
+    }
+    init = {
+        "ours": lambda repo: [OURS, "repo", "init", "--repo", repo, "-q"],
+        "restic": lambda repo: ["restic", "init", "-q", "--repo", repo],
+    }
+
+    # Local image backups into new repositories.
+    print("[%s] local backups" % name, file=sys.stderr)
+    for r in range(args.runs + 1):
+        for who in (["ours", "restic"] if r % 2 == 0 else ["restic", "ours"]):
+            repo = os.path.join(work, "repo-%s-%s" % (name, who))
+            shutil.rmtree(repo, ignore_errors=True)
+            run(init[who](repo), env)
+            secs, rss = run_rss(backup[who](repo), env)
+            if r > 0:
+                results.add("%s: image backup, local" % name, who, secs, rss)
+    # Both repositories stay: restores read each program's own.
+    local_ours = os.path.join(work, "repo-%s-ours" % name)
+    local_restic = os.path.join(work, "repo-%s-restic" % name)
+
+    print("[%s] local restores" % name, file=sys.stderr)
+    reads = planned_reads(local_ours, env)
+    cmds = restore_cmds(local_ours, os.path.join(work, "restore-out"), rustic)
+    for peer in [k for k in cmds if k != "ours"]:
+        cmds[peer] = restore_cmds(local_restic, os.path.join(work, "restore-out"), rustic)[peer]
+    # The same restore writing each blob where it belongs as it arrives (out of order).
+    cmds["ours, out of order"] = cmds["ours"] + ["--reorder-window-mib", "0"]
+    measure_restores(results, "%s: image restore, local" % name, cmds, env, work, data, args.runs,
+                     lambda: raw_in_child("local", reads, local_ours))
+
+    if garage:
+        senv = dict(env, **garage.env())
+        direct = "http://127.0.0.1:%d" % garage.port
+        repos = {}
+        for who in ("ours", "restic"):
+            prefix = "%s-%s" % (name, who)
+            repos[who] = prefix
+            loc = "s3:%s/bench/%s" % (direct, prefix)
+            print("[%s] backing up to S3 (%s)" % (name, who), file=sys.stderr)
+            run(init[who](loc), senv)
+            secs, rss = run_rss(backup[who](loc), senv)
+            results.add("%s: image backup to S3, 0 ms" % name, who, secs, rss)
+        via = "http://127.0.0.1:%d" % proxy.port
+        s3_reads = planned_reads("s3:%s/bench/%s" % (direct, repos["ours"]), senv)
+        for ms in args.latencies:
+            proxy.delay = ms / 1000.0
+            print("[%s] S3 restores at %d ms" % (name, ms), file=sys.stderr)
+            out_dir = os.path.join(work, "restore-out")
+            # rustic names S3 repositories its own way (opendal options): local cases only.
+            cmds = restore_cmds("s3:%s/bench/%s" % (via, repos["ours"]), out_dir, None)
+            peers = restore_cmds("s3:%s/bench/%s" % (via, repos["restic"]), out_dir, None)
+            for peer in [k for k in cmds if k != "ours"]:
+                cmds[peer] = peers[peer]
+            measure_restores(results, "%s: image restore, S3 %d ms" % (name, ms), cmds, senv, work, data,
+                             args.runs, lambda: raw_in_child("s3", s3_reads, via, repos["ours"],
+                                                             garage.key_id, garage.secret))
+        proxy.delay = 0
+    if args.tree:
+        bench_tree(name, args, work, env, data, results)
+    os.remove(data)
+    shutil.rmtree(local_ours, ignore_errors=True)
+    shutil.rmtree(local_restic, ignore_errors=True)
+
+
+def bench_tree(name, args, work, env, data, results):
+    """A tree made of the data (files of 4 KiB to 8 MiB): restore, ours and restic's."""
+    tree = os.path.join(work, "tree")
+    make_tree(data, tree)
+    repos = {w: os.path.join(work, "tree-repo-" + w) for w in ("ours", "restic")}
+    run([OURS, "repo", "init", "--repo", repos["ours"], "-q"], env)
+    run([OURS, "mover", "backup", "-q", "--repo", repos["ours"], "--source", tree], env)
+    run(["restic", "init", "-q", "--repo", repos["restic"]], env)
+    run(["sh", "-c", 'cd "$1" && exec restic backup -q --repo "$0" .', repos["restic"], tree], env)
+    out = os.path.join(work, "restored-tree")
+    cmds = {
+        "ours": [OURS, "mover", "restore", "-q", "--repo", repos["ours"], "--snapshot", "latest", "--target", out],
+        "restic restore": ["restic", "restore", "-q", "--repo", repos["restic"], "latest", "--target", out],
+    }
+    print("[%s] tree restores" % name, file=sys.stderr)
+    for r in range(args.runs + 1):
+        for who in (["ours", "restic restore"] if r % 2 == 0 else ["restic restore", "ours"]):
+            shutil.rmtree(out, ignore_errors=True)
+            secs, rss = run_rss(cmds[who], env)
+            if r > 0:
+                results.add("%s: tree restore, local" % name, who, secs, rss)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(tree)
+    for repo in repos.values():
+        shutil.rmtree(repo)
+
+
+def table(results, size):
+    lines = ["| case | program | median (s) | min–max (s) | spread | MB/s | peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|"]
+    for case, by in results.data.items():
+        for who, runs in by.items():
+            secs = [s for s, _ in runs]
+            med = statistics.median(secs)
+            rss = results.rss(case, who)
+            lines.append("| %s | %s | %.2f | %.2f–%.2f | %.2f | %.0f | %s |" % (
+                case, who, med, min(secs), max(secs), max(secs) / min(secs), size / med / 1e6,
+                "%.0f" % rss if rss else "–"))
+    return "\n".join(lines)
+
+
+def verdicts(results, datasets, latencies):
+    """The issue's targets, met or not, from the medians."""
+    out = []
+
+    def ratio(a, b):
+        return a / b if a and b else None
+
+    def line(what, value, ok, fmt="%.2f×"):
+        if value is None:
+            out.append("- %s: not measured" % what)
+        else:
+            out.append("- %s: %s — %s" % (what, fmt % value, "met" if ok(value) else "NOT met"))
+
+    for d in datasets:
+        med = results.median
+        if 25 in latencies:
+            s3 = "%s: image restore, S3 25 ms" % d
+            line("[%s] S3 image restore at 25 ms, restic restore / ours (target ≥ 1.5×)" % d,
+                 ratio(med(s3, "restic restore"), med(s3, "ours")), lambda v: v >= 1.5)
+            if 0 in latencies:
+                s0 = "%s: image restore, S3 0 ms" % d
+                line("[%s] ours at 25 ms / ours at 0 ms (target ≤ 1.15×)" % d,
+                     ratio(med(s3, "ours"), med(s0, "ours")), lambda v: v <= 1.15)
+        loc = "%s: image restore, local" % d
+        line("[%s] local image restore, restic restore / ours (target ≥ 2×)" % d,
+             ratio(med(loc, "restic restore"), med(loc, "ours")), lambda v: v >= 2)
+        line("[%s] local image restore, restic dump / ours (target ≥ 3×)" % d,
+             ratio(med(loc, "restic dump"), med(loc, "ours")), lambda v: v >= 3)
+        line("[%s] local image restore, our spread max/min (target < 1.5)" % d,
+             results.spread(loc, "ours"), lambda v: v < 1.5, "%.2f")
+        ooo = med(loc, "ours, out of order")
+        if ooo:
+            out.append("- [%s] local image restore writing in order: %.2f s (spread %.2f); each blob as it "
+                       "arrives: %.2f s (spread %.2f)" % (d, med(loc, "ours"), results.spread(loc, "ours"),
+                                                         ooo, results.spread(loc, "ours, out of order")))
+        bk = "%s: image backup, local" % d
+        line("[%s] image backup, restic / ours (target ≥ 2×)" % d,
+             ratio(med(bk, "restic"), med(bk, "ours")), lambda v: v >= 2)
+        for case in [c for c in results.data if c.startswith(d + ": image restore")]:
+            ours, peer = results.rss(case, "ours"), results.rss(case, "restic restore")
+            line("[%s] peak RSS ours / restic restore, %s (target ≤ 1)" % (d, case.split(": ", 1)[1]),
+                 ratio(ours, peer), lambda v: v <= 1)
+    return "\n".join(out)
+
+
 def main():
     if len(sys.argv) == 5 and sys.argv[1] == "--generate":
-        make_data(sys.argv[2], int(sys.argv[4]))
-        make_tree(sys.argv[2], sys.argv[3])
+        make_data(sys.argv[2], int(sys.argv[4]), sys.argv[3] == "zeros")
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "--raw":
+        raw_main(sys.argv[2])
         return
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--s3", action="store_true", help="also back up through a local Garage (bench/garage.sh)")
+    ap.add_argument("--size-mib", type=int, default=512)
+    ap.add_argument("--runs", type=int, default=3, help="measured rounds (after one warm-up round)")
+    ap.add_argument("--latency-ms", default="0,25", help="per-request delays of the proxy, e.g. 0,10,25,50")
+    ap.add_argument("--datasets", default="mixed,zeros")
+    ap.add_argument("--no-s3", action="store_true", help="local repositories only")
+    ap.add_argument("--tree", action="store_true", help="also restore the data as a tree of files")
     ap.add_argument("--out", help="also write the table (Markdown) to this file")
     args = ap.parse_args()
+    args.latencies = [int(x) for x in args.latency_ms.split(",") if x != ""]
+    datasets = [d for d in args.datasets.split(",") if d]
     if not os.path.exists(OURS):
         sys.exit("%s missing: run cargo build --release -p kubectl-volbackup" % OURS)
     if not shutil.which("restic"):
         sys.exit("restic not found: apt-get install restic")
+    rustic = shutil.which("rustic")
+    if rustic:
+        print("rustic: %s" % rustic, file=sys.stderr)
+    else:
+        print("rustic is not installed: the rustic column is left out (cargo install rustic-rs)",
+              file=sys.stderr)
 
     work = tempfile.mkdtemp(prefix="vb-bench-", dir="/dev/shm")
     garage = None
     try:
-        data = os.path.join(work, "data.bin")
-        print("generating %d MiB of data in %s" % (args.size_mib, work), file=sys.stderr)
-        tree = os.path.join(work, "tree")
-        # Generate in a child process: a forked child starts with its parent's peak RSS, so this
-        # process must stay small for the peak RSS of the measured commands to mean anything.
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--generate", data, tree,
-                        str(args.size_mib << 20)], check=True)
-        size = os.path.getsize(data)
         env = dict(os.environ, RESTIC_PASSWORD=PASSWORD, VOLBACKUP_PASSWORD=PASSWORD,
-                   RESTIC_CACHE_DIR=os.path.join(work, "restic-cache"))
-        results = {}
-        if args.s3:
+                   RUSTIC_PASSWORD=PASSWORD, RESTIC_CACHE_DIR=os.path.join(work, "restic-cache"),
+                   RUSTIC_NO_CACHE="true")
+        proxy = None
+        if not args.no_s3:
             garage = Garage(work)
-
-        def record(case, who, secs, rss):
-            results.setdefault(case, {}).setdefault(who, []).append((secs, rss))
-
-        for r in range(args.runs):
-            print("run %d/%d" % (r + 1, args.runs), file=sys.stderr)
-            for who in (["ours", "restic"] if r % 2 == 0 else ["restic", "ours"]):
-                repo = os.path.join(work, "repo-" + who)
-                shutil.rmtree(repo, ignore_errors=True)
-                if who == "ours":
-                    run([OURS, "repo", "init", "--repo", repo, "-q"], env)
-                    s, m = run_rss([OURS, "mover", "backup", "-q", "--repo", repo, "--source", data, "--name", "data.bin"], env)
-                    record("image backup (new repository)", who, s, m)
-                    s, m = run_rss([OURS, "mover", "backup", "-q", "--repo", repo, "--source", data, "--name", "data.bin"], env)
-                    record("image backup, unchanged (second run)", who, s, m)
-                    target = os.path.join(work, "restored.img")
-                    if os.path.exists(target):
-                        os.remove(target)
-                    s, m = run_rss([OURS, "mover", "restore", "-q", "--repo", repo, "--snapshot", "latest", "--target", target], env)
-                    record("image restore (restic: dump)", who, s, m)
-                    os.remove(target)
-                    s, m = run_rss([OURS, "mover", "backup", "-q", "--repo", repo, "--source", tree], env)
-                    record("tree backup", who, s, m)
-                    out = os.path.join(work, "restored-tree")
-                    shutil.rmtree(out, ignore_errors=True)
-                    s, m = run_rss([OURS, "mover", "restore", "-q", "--repo", repo, "--snapshot", "latest", "--target", out], env)
-                    record("tree restore", who, s, m)
-                    shutil.rmtree(out)
-                else:
-                    run(["restic", "init", "-q", "--repo", repo], env)
-                    s, m = run_rss(["sh", "-c", 'exec restic backup -q --repo "$0" --stdin --stdin-filename data.bin < "$1"', repo, data], env)
-                    record("image backup (new repository)", who, s, m)
-                    s, m = run_rss(["sh", "-c", 'exec restic backup -q --repo "$0" --stdin --stdin-filename data.bin < "$1"', repo, data], env)
-                    record("image backup, unchanged (second run)", who, s, m)
-                    target = os.path.join(work, "restored.img")
-                    s, m = run_rss(["sh", "-c", 'exec restic dump -q --repo "$0" latest /data.bin > "$1"', repo, target], env)
-                    record("image restore (restic: dump)", who, s, m)
-                    os.remove(target)
-                    s, m = run_rss(["sh", "-c", 'cd "$1" && exec restic backup -q --repo "$0" .', repo, tree], env)
-                    record("tree backup", who, s, m)
-                    out = os.path.join(work, "restored-tree")
-                    shutil.rmtree(out, ignore_errors=True)
-                    s, m = run_rss(["restic", "restore", "-q", "--repo", repo, "latest", "--target", out], env)
-                    record("tree restore", who, s, m)
-                    shutil.rmtree(out)
-                shutil.rmtree(repo, ignore_errors=True)
-            if garage:
-                senv = dict(env, **garage.env())
-                for who in (["ours", "restic"] if r % 2 == 0 else ["restic", "ours"]):
-                    repo = garage.repo("%s-%d" % (who, r))
-                    if who == "ours":
-                        run([OURS, "repo", "init", "--repo", repo, "-q"], senv)
-                        s, m = run_rss([OURS, "mover", "backup", "-q", "--repo", repo, "--source", data, "--name", "data.bin"], senv)
-                    else:
-                        run(["restic", "init", "-q", "--repo", repo], senv)
-                        s, m = run_rss(["sh", "-c", 'exec restic backup -q --repo "$0" --stdin --stdin-filename data.bin < "$1"', repo, data], senv)
-                    record("image backup to S3 (Garage on loopback)", who, s, m)
-
-        lines = ["| case | ours (s) | restic (s) | speed-up | ours MB/s | peak RSS ours / restic (MiB) |",
-                 "|---|---|---|---|---|---|"]
-        for case, by in results.items():
-            o = statistics.median(s for s, _ in by["ours"])
-            r = statistics.median(s for s, _ in by["restic"])
-            om = statistics.median(m for _, m in by["ours"])
-            rm = statistics.median(m for _, m in by["restic"])
-            lines.append("| %s | %.2f | %.2f | %.2f× | %.0f | %.0f / %.0f |" % (
-                case, o, r, r / o, size / o / 1e6, om, rm))
-        table = "\n".join(lines)
-        print(table)
+            proxy = LatencyProxy(garage.port)
+        results = Results()
+        for d in datasets:
+            bench_dataset(d, args, work, env, garage, proxy, results, rustic)
+        report = "%s\n\n%s\n" % (table(results, args.size_mib << 20), verdicts(results, datasets, args.latencies))
+        if not rustic:
+            report += "\nrustic: not installed, not measured.\n"
+        print(report)
         if args.out:
             with open(args.out, "w") as f:
-                f.write(table + "\n")
+                f.write(report)
     finally:
         if garage:
             garage.stop()

@@ -563,6 +563,18 @@ pub struct MoverRestoreArgs {
     /// Where to: a block device or image file (block snapshots) or a directory.
     #[arg(long, value_name = "PATH")]
     pub target: PathBuf,
+    /// Pack reads kept in flight when restoring an image to a file (default: 16 for S3, 4
+    /// for a directory; more hides more latency of the object store).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub read_concurrency: Option<u16>,
+    /// MiB of image ahead that blobs arriving early are held for, to write an image file in
+    /// order (0: write each where it belongs as it arrives). For benchmarks.
+    #[arg(long, value_name = "MIB", hide = true)]
+    pub reorder_window_mib: Option<u64>,
+    /// Print the pack reads an image restore would make (one JSON line each with --json) and
+    /// restore nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print JSON progress lines and a JSON result line on stdout.
     #[arg(long)]
     pub json: bool,

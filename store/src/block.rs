@@ -7,21 +7,20 @@
 //!
 //! Backup pipeline: the chunker runs on the calling thread (it is the serial part); every chunk
 //! is handed to the [`BlobWriter`]'s workers, which hash, compress and seal in parallel, and
-//! packs are uploaded by its upload threads. Restore onto a file: a pool of threads reads,
-//! decrypts, decompresses and verifies blobs and writes them at their offsets with `pwrite`,
-//! out of order; zero chunks are skipped, so a restored file stays sparse. Restore onto a block
-//! device: the pool assembles aligned 8 MiB windows and writes each with one `O_DIRECT` write;
-//! a window of zeros is zeroed by the device itself where it can, else written only where the
-//! device does not read as zeros already.
+//! packs are uploaded by its upload threads. Restore: a plan of ranged pack reads
+//! ([`crate::restore_plan`]), fetched with many requests in flight and decoded on a thread per
+//! core ([`crate::pack_reader`]), written front to back ([`crate::image_writer`]). Onto a file,
+//! zero chunks are skipped, so a restored file stays sparse; onto a block device, aligned
+//! 8 MiB windows are written with one `O_DIRECT` write each, and a window of zeros is zeroed
+//! by the device itself where it can, else written only where the device does not read as
+//! zeros already.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -30,11 +29,14 @@ use crate::backend::FileType;
 use crate::chunker::{Chunker, Pol};
 use crate::format::{BlobType, Snapshot};
 use crate::id::Id;
+use crate::image_writer::{DeviceTarget, FileTarget, REORDER_WINDOW, write_in_order};
 use crate::index::IndexEntry;
 use crate::lock::Lock;
-use crate::packer::{BlobWriter, Pending, WriterOptions, is_zero};
+use crate::pack_reader::{ReaderOptions, read_plan};
+use crate::packer::{BlobWriter, Pending, WriterOptions};
 use crate::progress::Progress;
-use crate::repo::{BlobReader, Repository};
+use crate::repo::Repository;
+use crate::restore_plan::PlanOptions;
 use crate::tree::{Node, NodeType, Tree};
 use crate::{Error, Result};
 
@@ -77,8 +79,17 @@ pub struct BackupSummary {
 /// Options of [`restore_block`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestoreOptions {
-    /// Blobs fetched, decrypted and written in parallel.
+    /// Threads that decrypt, decompress and verify blobs (at most one per core is used).
     pub threads: usize,
+    /// Pack reads in flight at once (0: the backend's default, see
+    /// [`crate::backend::Backend::read_concurrency`]).
+    pub read_concurrency: usize,
+    /// How pack reads are merged and split.
+    pub plan: PlanOptions,
+    /// Onto a file: bytes of image ahead of the next unwritten byte that blobs arriving early
+    /// are held for, to be written in order (0: each blob is written in its place as it
+    /// arrives, out of order; kept to compare the two).
+    pub reorder_window: u64,
 }
 
 impl Default for RestoreOptions {
@@ -87,7 +98,10 @@ impl Default for RestoreOptions {
             .map(|n| n.get())
             .unwrap_or(2);
         RestoreOptions {
-            threads: (cpus * 2).clamp(2, 16),
+            threads: cpus.clamp(1, 16),
+            read_concurrency: 0,
+            plan: PlanOptions::default(),
+            reorder_window: REORDER_WINDOW,
         }
     }
 }
@@ -310,6 +324,40 @@ pub fn restore_block(
 ) -> Result<RestoreSummary> {
     let start = Instant::now();
     let _lock = Lock::shared(repo)?;
+    let (content, size) = image_chunks(repo, snapshot, path)?;
+    progress.set_total(Some(size));
+    let plan = crate::restore_plan::plan(&content, &opts.plan);
+    let mut reader = ReaderOptions::for_repository(repo);
+    if opts.read_concurrency > 0 {
+        reader.read_concurrency = opts.read_concurrency;
+    }
+    reader.decode_threads = opts.threads.clamp(1, reader.decode_threads);
+    let written = if std::fs::metadata(target).is_ok_and(|m| m.file_type().is_block_device()) {
+        let mut device = DeviceTarget::open(target, size)?;
+        read_plan(repo, &plan, &reader, |deliveries| {
+            write_in_order(&mut device, &plan, deliveries, REORDER_WINDOW, progress)
+        })?
+    } else {
+        let file = open_target(target, size)?;
+        let mut file = FileTarget::new(&file, target);
+        read_plan(repo, &plan, &reader, |deliveries| {
+            write_in_order(&mut file, &plan, deliveries, opts.reorder_window, progress)
+        })?
+    };
+    Ok(RestoreSummary {
+        bytes_total: size,
+        bytes_written: written,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The chunks of the image `path` (`None`: the only file) in `snapshot`, in order, each with
+/// where it is stored, and the image's size. Loads the index.
+fn image_chunks(
+    repo: &Repository,
+    snapshot: &Id,
+    path: Option<&str>,
+) -> Result<(Vec<(Id, IndexEntry)>, u64)> {
     let snap: Snapshot = match repo.load_unpacked(FileType::Snapshot, snapshot) {
         Err(Error::NotFound { .. }) => {
             return Err(Error::SnapshotNotFound {
@@ -323,9 +371,9 @@ pub fn restore_block(
     let node = find_image_node(repo, &snap, path)?;
     let index = repo.index();
 
-    // Plan: where every blob goes, from the index alone.
-    let mut offsets: HashMap<Id, (IndexEntry, Vec<u64>)> = HashMap::new();
-    let mut pos = 0u64;
+    // Where every chunk is stored, from the index alone.
+    let mut content: Vec<(Id, IndexEntry)> = Vec::with_capacity(node.content.len());
+    let mut size = 0u64;
     for id in &node.content {
         let e = *index
             .get(BlobType::Data, id)
@@ -335,14 +383,9 @@ pub fn restore_block(
                     "data blob {id} is missing from the index (run `kubectl-volbackup repo check`)"
                 ),
             })?;
-        offsets
-            .entry(*id)
-            .or_insert_with(|| (e, Vec::new()))
-            .1
-            .push(pos);
-        pos += u64::from(e.plaintext_len());
+        content.push((*id, e));
+        size += u64::from(e.plaintext_len());
     }
-    let size = pos;
     if size != node.size {
         return Err(Error::Corrupt {
             what: format!("snapshot {}", snapshot.short()),
@@ -352,344 +395,20 @@ pub fn restore_block(
             ),
         });
     }
-    progress.set_total(Some(size));
-
-    if std::fs::metadata(target).is_ok_and(|m| m.file_type().is_block_device()) {
-        let mut pieces = Vec::with_capacity(node.content.len());
-        let mut at = 0u64;
-        for id in &node.content {
-            let (entry, _) = offsets[id];
-            pieces.push(Piece {
-                id: *id,
-                entry,
-                start: at,
-            });
-            at += u64::from(entry.plaintext_len());
-        }
-        let written = restore_device(repo, target, &pieces, size, opts.threads, progress)?;
-        return Ok(RestoreSummary {
-            bytes_total: size,
-            bytes_written: written,
-            seconds: start.elapsed().as_secs_f64(),
-        });
-    }
-
-    let file = open_target(target, size)?;
-    let mut jobs: Vec<(Id, IndexEntry, Vec<u64>)> = offsets
-        .into_iter()
-        .map(|(id, (e, offs))| (id, e, offs))
-        .collect();
-    jobs.sort_by_key(|j| (j.1.pack, j.1.offset));
-    let next = Mutex::new(jobs.into_iter());
-    let written = AtomicU64::new(0);
-    let failed: Mutex<Option<Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..opts.threads.max(1) {
-            s.spawn(|| {
-                let mut reader = match BlobReader::new(repo) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        failed.lock().expect("error").get_or_insert(e);
-                        return;
-                    }
-                };
-                loop {
-                    if failed.lock().expect("error").is_some() {
-                        return;
-                    }
-                    let Some((id, entry, offs)) = next.lock().expect("jobs").next() else {
-                        return;
-                    };
-                    let r = restore_one(&mut reader, &file, target, &id, &entry, &offs);
-                    match r {
-                        Ok(w) => {
-                            written.fetch_add(w, Ordering::Relaxed);
-                            progress.add_done(u64::from(entry.plaintext_len()) * offs.len() as u64);
-                        }
-                        Err(e) => {
-                            failed.lock().expect("error").get_or_insert(e);
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failed.into_inner().expect("error") {
-        return Err(e);
-    }
-    file.sync_all().map_err(|e| Error::io(target, e))?;
-    Ok(RestoreSummary {
-        bytes_total: size,
-        bytes_written: written.into_inner(),
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok((content, size))
 }
 
-/// Bytes of a block device written in one go. Large aligned writes are what devices (and loop
-/// devices over files) take fastest, and `O_DIRECT` needs the alignment.
-const WINDOW: u64 = 8 << 20;
-/// Buffer and offset alignment for `O_DIRECT` (a multiple of every logical block size in use).
-const ALIGN: usize = 4096;
-
-/// One chunk of the image: which blob, where it is stored, where it goes.
-struct Piece {
-    id: Id,
-    entry: IndexEntry,
-    start: u64,
-}
-
-impl Piece {
-    fn end(&self) -> u64 {
-        self.start + u64::from(self.entry.plaintext_len())
-    }
-}
-
-/// A zeroed buffer of `len` bytes whose start is aligned for `O_DIRECT`.
-struct AlignedBuf {
-    raw: Vec<u8>,
-    at: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
-        let raw = vec![0u8; len + ALIGN];
-        let at = raw.as_ptr().align_offset(ALIGN);
-        assert!(at < ALIGN, "cannot align a buffer");
-        AlignedBuf { raw, at, len }
-    }
-    fn get(&mut self, len: usize) -> &mut [u8] {
-        &mut self.raw[self.at..self.at + len.min(self.len)]
-    }
-}
-
-/// Opens a block device for writing, checking it holds `size` bytes; with `direct`, bypassing
-/// the page cache (`O_DIRECT`).
-fn open_device(target: &Path, size: u64, direct: bool) -> Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut o = OpenOptions::new();
-    o.read(true).write(true);
-    if direct {
-        o.custom_flags(libc::O_DIRECT);
-    }
-    let mut f = o.open(target).map_err(|e| Error::io(target, e))?;
-    let dev_size = f.seek(SeekFrom::End(0)).map_err(|e| Error::io(target, e))?;
-    if dev_size < size {
-        return Err(Error::Invalid(format!(
-            "{}: target is {dev_size} bytes, the image needs {size} (use a larger volume)",
-            target.display()
-        )));
-    }
-    Ok(f)
-}
-
-/// Restores an image onto a block device in aligned windows of [`WINDOW`] bytes: each worker
-/// assembles a whole window from its chunks and writes it with one `O_DIRECT` write (buffered
-/// where the device refuses `O_DIRECT` or the window is the unaligned tail). Writing through
-/// the page cache instead made a fresh loop device several times slower and charged the dirty
-/// pages to the pod's memory. Memory stays bounded (a window per worker, the chunks that cross
-/// a window edge until their other window took them, and up to [`REPEAT_BUDGET`] of chunks the
-/// image repeats, so that most repeats are not fetched and decrypted again). A window of zeros
-/// is zeroed by the device itself where it can (`fallocate` punching a hole: the device's
-/// write-zeroes), else written only where the device does not read as zeros already. Returns
-/// the bytes written (zeroed windows not counted).
-fn restore_device(
+/// The pack reads a restore of the image `path` in `snapshot` onto a file would make, without
+/// making them (`mover restore --dry-run`).
+pub fn plan_block_restore(
     repo: &Repository,
-    target: &Path,
-    pieces: &[Piece],
-    size: u64,
-    threads: usize,
-    progress: &dyn Progress,
-) -> Result<u64> {
-    let buffered = open_device(target, size, false)?;
-    let direct = open_device(target, size, true).ok();
-    let windows = size.div_ceil(WINDOW);
-    let next = AtomicU64::new(0);
-    let written = AtomicU64::new(0);
-    let failed: Mutex<Option<Error>> = Mutex::new(None);
-    // Chunks needed more than once (crossing a window edge, or repeated): see `Kept`.
-    let kept = Mutex::new(Kept::new(pieces));
-    let can_zero = std::sync::atomic::AtomicBool::new(true);
-    let zero_blobs: Mutex<std::collections::HashSet<Id>> = Mutex::default();
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| {
-                let run = || -> Result<()> {
-                    let mut reader = BlobReader::new(repo)?;
-                    let mut buf = AlignedBuf::new(WINDOW as usize);
-                    let mut check = AlignedBuf::new(WINDOW as usize);
-                    loop {
-                        if failed.lock().expect("error").is_some() {
-                            return Ok(());
-                        }
-                        let w = next.fetch_add(1, Ordering::Relaxed);
-                        if w >= windows {
-                            return Ok(());
-                        }
-                        let (ws, we) = (w * WINDOW, ((w + 1) * WINDOW).min(size));
-                        let window = buf.get((we - ws) as usize);
-                        // Every byte of the window belongs to one chunk; a window that got
-                        // only zero chunks is all zeros.
-                        let mut any_data = false;
-                        let first = pieces.partition_point(|p| p.end() <= ws);
-                        for p in &pieces[first..] {
-                            if p.start >= we {
-                                break;
-                            }
-                            if p.end() == p.start {
-                                continue;
-                            }
-                            let (from, to) = (p.start.max(ws), p.end().min(we));
-                            let part = (from - p.start) as usize..(to - p.start) as usize;
-                            let dst = &mut window[(from - ws) as usize..(to - ws) as usize];
-                            let (shared, wanted) = {
-                                let mut k = kept.lock().expect("kept chunks");
-                                (k.take(&p.id), k.wanted(&p.id))
-                            };
-                            if zero_blobs.lock().expect("zero blobs").contains(&p.id) {
-                                dst.fill(0);
-                                continue;
-                            }
-                            any_data = true;
-                            if let Some(d) = shared {
-                                dst.copy_from_slice(&d[part]);
-                                continue;
-                            }
-                            let whole = from == p.start && to == p.end();
-                            if whole && !wanted {
-                                reader.read_entry_into(BlobType::Data, &p.id, &p.entry, dst)?;
-                                if is_zero(dst) {
-                                    zero_blobs.lock().expect("zero blobs").insert(p.id);
-                                }
-                                continue;
-                            }
-                            let data = reader.read_entry(BlobType::Data, &p.id, &p.entry)?;
-                            dst.copy_from_slice(&data[part]);
-                            if is_zero(data) {
-                                zero_blobs.lock().expect("zero blobs").insert(p.id);
-                            } else if wanted {
-                                kept.lock().expect("kept chunks").offer(p.id, data, !whole);
-                            }
-                        }
-                        let len = window.len();
-                        let mut must_write = true;
-                        let zeros = !any_data || is_zero(window);
-                        if zeros && len.is_multiple_of(ALIGN) && can_zero.load(Ordering::Relaxed) {
-                            // The device's own write-zeroes (the kernel never falls back to
-                            // writing zero pages here): cheap, and thin-provisioned storage may
-                            // satisfy it by unmapping.
-                            let mode = rustix::fs::FallocateFlags::PUNCH_HOLE
-                                | rustix::fs::FallocateFlags::KEEP_SIZE;
-                            match rustix::fs::fallocate(&buffered, mode, ws, len as u64) {
-                                Ok(()) => {
-                                    progress.add_done(len as u64);
-                                    continue;
-                                }
-                                Err(_) => can_zero.store(false, Ordering::Relaxed),
-                            }
-                        }
-                        if zeros {
-                            let old = check.get(len);
-                            let dev = direct
-                                .as_ref()
-                                .filter(|_| len.is_multiple_of(ALIGN))
-                                .unwrap_or(&buffered);
-                            dev.read_exact_at(old, ws)
-                                .map_err(|e| Error::io(target, e))?;
-                            must_write = !is_zero(old);
-                        }
-                        if must_write {
-                            let via_direct = direct.as_ref().filter(|_| len.is_multiple_of(ALIGN));
-                            let r = match via_direct {
-                                Some(d) => d.write_all_at(window, ws).or_else(|e| {
-                                    if e.raw_os_error() == Some(libc::EINVAL) {
-                                        buffered.write_all_at(window, ws)
-                                    } else {
-                                        Err(e)
-                                    }
-                                }),
-                                None => buffered.write_all_at(window, ws),
-                            };
-                            r.map_err(|e| Error::io(target, e))?;
-                            written.fetch_add(len as u64, Ordering::Relaxed);
-                        }
-                        progress.add_done(len as u64);
-                    }
-                };
-                if let Err(e) = run() {
-                    failed.lock().expect("error").get_or_insert(e);
-                }
-            });
-        }
-    });
-    if let Some(e) = failed.into_inner().expect("error") {
-        return Err(e);
-    }
-    if let Some(d) = &direct {
-        d.sync_all().map_err(|e| Error::io(target, e))?;
-    }
-    buffered.sync_all().map_err(|e| Error::io(target, e))?;
-    Ok(written.into_inner())
-}
-
-/// Decoded chunks the device restore needs again: chunks that cross a window edge (always
-/// kept until their other windows took them) and chunks the image repeats (kept while they fit
-/// in [`REPEAT_BUDGET`]; past it they are decoded again).
-struct Kept {
-    /// For each chunk needed more than once: uses left (one per window it lands in).
-    left: HashMap<Id, u64>,
-    /// Decoded bytes of some of them.
-    data: HashMap<Id, std::sync::Arc<Vec<u8>>>,
-    /// Bytes in `data`.
-    bytes: usize,
-}
-
-/// Bytes of repeated chunks the device restore keeps decoded.
-const REPEAT_BUDGET: usize = 32 << 20;
-
-impl Kept {
-    fn new(pieces: &[Piece]) -> Kept {
-        let mut left: HashMap<Id, u64> = HashMap::new();
-        for p in pieces.iter().filter(|p| p.end() > p.start) {
-            *left.entry(p.id).or_default() += (p.end() - 1) / WINDOW - p.start / WINDOW + 1;
-        }
-        left.retain(|_, n| *n > 1);
-        Kept {
-            left,
-            data: HashMap::new(),
-            bytes: 0,
-        }
-    }
-
-    /// Counts one use of `id`; its bytes, if kept.
-    fn take(&mut self, id: &Id) -> Option<std::sync::Arc<Vec<u8>>> {
-        let n = self.left.get_mut(id)?;
-        *n -= 1;
-        if *n == 0 {
-            self.left.remove(id);
-            let d = self.data.remove(id)?;
-            self.bytes -= d.len();
-            return Some(d);
-        }
-        self.data.get(id).cloned()
-    }
-
-    /// Whether `id` is needed again.
-    fn wanted(&self, id: &Id) -> bool {
-        self.left.contains_key(id)
-    }
-
-    /// Keeps the decoded bytes of `id` for its other uses (`must`: it crosses a window edge).
-    fn offer(&mut self, id: Id, data: &[u8], must: bool) {
-        if self.left.contains_key(&id)
-            && !self.data.contains_key(&id)
-            && (must || self.bytes + data.len() <= REPEAT_BUDGET)
-        {
-            self.bytes += data.len();
-            self.data.insert(id, std::sync::Arc::new(data.to_vec()));
-        }
-    }
+    snapshot: &Id,
+    path: Option<&str>,
+    opts: &PlanOptions,
+) -> Result<crate::restore_plan::Plan> {
+    let _lock = Lock::shared(repo)?;
+    let (content, _) = image_chunks(repo, snapshot, path)?;
+    Ok(crate::restore_plan::plan(&content, opts))
 }
 
 /// Opens (creates or truncates) a regular file as the restore target, `size` bytes long and
@@ -712,25 +431,4 @@ fn open_target(target: &Path, size: u64) -> Result<File> {
             Ok(f)
         }
     }
-}
-
-/// Writes blob `id` at each of `offs` in a fresh target file; a zero chunk is left out (the
-/// file reads as zeros there and stays sparse). Returns the bytes written.
-fn restore_one(
-    reader: &mut BlobReader,
-    file: &File,
-    target: &Path,
-    id: &Id,
-    entry: &IndexEntry,
-    offs: &[u64],
-) -> Result<u64> {
-    let data = reader.read_entry(BlobType::Data, id, entry)?;
-    if is_zero(data) {
-        return Ok(0);
-    }
-    for &off in offs {
-        file.write_all_at(data, off)
-            .map_err(|e| Error::io(target, e))?;
-    }
-    Ok(data.len() as u64 * offs.len() as u64)
 }

@@ -11,7 +11,7 @@ use crate::{Error, Result};
 
 /// Bytes added by [`Key::seal`]: IV and MAC.
 pub const OVERHEAD: usize = IV_LEN + MAC_LEN;
-const IV_LEN: usize = 16;
+pub(crate) const IV_LEN: usize = 16;
 const MAC_LEN: usize = 16;
 
 type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;

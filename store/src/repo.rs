@@ -675,21 +675,21 @@ pub fn check_claim(t: BlobType, id: &Id, entry: &IndexEntry) -> Result<()> {
     Ok(())
 }
 
-fn mac_error(id: &Id, entry: &IndexEntry) -> Error {
+pub(crate) fn mac_error(id: &Id, entry: &IndexEntry) -> Error {
     Error::Corrupt {
         what: format!("blob {} in pack data/{}", id.short(), entry.pack),
         message: "MAC does not match: the pack is damaged".into(),
     }
 }
 
-fn decompress_error(what: String, len: u32, e: std::io::Error) -> Error {
+pub(crate) fn decompress_error(what: String, len: u32, e: std::io::Error) -> Error {
     Error::Corrupt {
         what,
         message: format!("does not decompress to the {len} bytes the index says: {e}"),
     }
 }
 
-fn check_length(what: String, got: usize, len: u32) -> Result<()> {
+pub(crate) fn check_length(what: String, got: usize, len: u32) -> Result<()> {
     if got != len as usize {
         return Err(Error::Corrupt {
             what,
@@ -700,7 +700,7 @@ fn check_length(what: String, got: usize, len: u32) -> Result<()> {
 }
 
 /// Checks that `data` hashes to `id`.
-fn verify(id: &Id, data: &[u8], what: impl Fn() -> String) -> Result<()> {
+pub(crate) fn verify(id: &Id, data: &[u8], what: impl Fn() -> String) -> Result<()> {
     if Id::hash(data) != *id {
         return Err(Error::Corrupt {
             what: what(),

@@ -7,9 +7,10 @@
 //! 1. walk the trees: create directories, symlinks, device nodes and fifos, and create every
 //!    file at its final size; sockets are skipped (restic neither backs them up nor restores
 //!    them), as are node types we do not know (counted as warnings);
-//! 2. fill the files: every chunk is an independent job (its offset follows from the blob sizes
-//!    in the index), fetched and written by a pool of threads, so a few large files restore as
-//!    fast as many small ones;
+//! 2. fill the files: the contents of all files, one after the other, are restored like one
+//!    image (ranged pack reads, many in flight, decoded on a thread per core, see
+//!    [`crate::block`]), so many small files restore with as few requests as a large one and
+//!    each file is written front to back;
 //! 3. hard links: a file node with `links > 1` whose (`device_id`, `inode`) was already
 //!    restored within this snapshot becomes a hard link to that first path;
 //! 4. metadata: owner, mode, xattrs and times of every entry, then of the directories from the
@@ -29,8 +30,6 @@ use std::fs::OpenOptions;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{CWD, FileType, Mode};
 use serde::Serialize;
@@ -39,9 +38,13 @@ use crate::backend::FileType as RepoFile;
 use crate::format::{BlobType, Snapshot};
 use crate::fsmeta::{MetadataWarnings, restore_metadata};
 use crate::id::Id;
+use crate::image_writer::{REORDER_WINDOW, Target, write_in_order};
+use crate::index::IndexEntry;
 use crate::lock::Lock;
+use crate::pack_reader::{ReaderOptions, read_plan};
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::restore_plan::PlanOptions;
 use crate::tree::{Node, NodeType, Tree};
 use crate::{Error, Result};
 
@@ -52,9 +55,11 @@ pub const ROOT_NODE_FIELD: &str = "volbackup_root";
 /// Settings of [`restore_tree`].
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
-    /// Chunks fetched and written in parallel (default: twice the CPUs, 2 to 16, like
-    /// block restores; object-store latency wants several in flight).
+    /// Threads that decrypt, decompress and verify blobs (at most one per core is used).
     pub threads: usize,
+    /// Pack reads in flight at once (0: the backend's default, see
+    /// [`crate::backend::Backend::read_concurrency`]).
+    pub read_concurrency: usize,
     /// Apply the snapshot's root metadata (owner, mode, times of the backed-up directory) to
     /// the target directory (default true).
     pub restore_root_metadata: bool,
@@ -68,7 +73,8 @@ impl Default for RestoreOptions {
             .map(|n| n.get())
             .unwrap_or(2);
         RestoreOptions {
-            threads: (cpus * 2).clamp(2, 16),
+            threads: cpus.clamp(1, 16),
+            read_concurrency: 0,
             restore_root_metadata: true,
             no_lock: false,
         }
@@ -100,8 +106,8 @@ pub struct RestoreSummary {
 
 struct FileJob {
     path: PathBuf,
-    /// (offset, blob, length)
-    chunks: Vec<(u64, Id, u64)>,
+    /// The file's chunks in order, with where each is stored.
+    chunks: Vec<(Id, IndexEntry)>,
 }
 
 #[derive(Default)]
@@ -154,7 +160,7 @@ pub fn restore_tree(
 
     progress.set_total(Some(plan.total_bytes));
     progress.message("restoring file contents");
-    write_contents(repo, &plan.files, opts.threads.max(1), progress)?;
+    write_contents(repo, &plan.files, opts, progress)?;
     summary.bytes = plan.total_bytes;
 
     for (path, first) in &plan.links {
@@ -243,9 +249,8 @@ fn walk(
                                     "data blob {id} is not in the repository index (run check)"
                                 ),
                             })?;
-                    let len = u64::from(entry.plaintext_len());
-                    chunks.push((offset, *id, len));
-                    offset += len;
+                    chunks.push((*id, entry));
+                    offset += u64::from(entry.plaintext_len());
                 }
                 remove_non_dir(&path)?;
                 let f = OpenOptions::new()
@@ -323,71 +328,91 @@ fn remove_non_dir(path: &Path) -> Result<()> {
     }
 }
 
-/// Fetches every chunk and writes it at its offset, on `threads` threads.
+/// Fetches every chunk and writes the files: one plan of pack reads over all of them (their
+/// contents one after the other, as if one image), so a tree of small files is read with as
+/// few requests as an image, and each file is written front to back.
 fn write_contents(
     repo: &Repository,
     files: &[FileJob],
-    threads: usize,
+    opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let (tx, rx) = crossbeam_channel::bounded::<(usize, usize)>(threads * 4);
-    let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let failed = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            let rx = rx.clone();
-            let first_error = &first_error;
-            let failed = &failed;
-            s.spawn(move || {
-                for (fi, ci) in rx.iter() {
-                    if failed.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    let job = &files[fi];
-                    if let Err(e) = write_chunk(repo, job, ci, progress) {
-                        failed.store(true, Ordering::Relaxed);
-                        first_error.lock().expect("error slot").get_or_insert(e);
-                    }
-                }
-            });
+    let mut content = Vec::new();
+    let mut starts = Vec::with_capacity(files.len());
+    let mut at = 0u64;
+    for f in files {
+        starts.push(at);
+        for &(id, entry) in &f.chunks {
+            content.push((id, entry));
+            at += u64::from(entry.plaintext_len());
         }
-        drop(rx);
-        'feed: for (fi, f) in files.iter().enumerate() {
-            for ci in 0..f.chunks.len() {
-                if failed.load(Ordering::Relaxed) || tx.send((fi, ci)).is_err() {
-                    break 'feed;
-                }
-            }
+    }
+    let plan = crate::restore_plan::plan(&content, &PlanOptions::default());
+    let mut reader = ReaderOptions::for_repository(repo);
+    if opts.read_concurrency > 0 {
+        reader.read_concurrency = opts.read_concurrency;
+    }
+    reader.decode_threads = opts.threads.clamp(1, reader.decode_threads);
+    let mut target = TreeTarget {
+        files,
+        starts,
+        open: None,
+        written: 0,
+    };
+    read_plan(repo, &plan, &reader, |deliveries| {
+        write_in_order(&mut target, &plan, deliveries, REORDER_WINDOW, progress)
+    })?;
+    Ok(())
+}
+
+/// The files of a tree restore as one image: their contents one after the other. Each file was
+/// just created at its final size, so it reads as zeros where nothing is written.
+struct TreeTarget<'a> {
+    files: &'a [FileJob],
+    /// Where each file starts in the image (increasing: every file has content).
+    starts: Vec<u64>,
+    /// The file written last, kept open.
+    open: Option<(usize, std::fs::File)>,
+    written: u64,
+}
+
+impl TreeTarget<'_> {
+    /// The file holding image byte `at`, opened, and the offset in it.
+    fn locate(&mut self, at: u64) -> Result<(&std::fs::File, &Path, u64)> {
+        let i = self.starts.partition_point(|&s| s <= at).saturating_sub(1);
+        let path = &self.files[i].path;
+        if self.open.as_ref().is_none_or(|(j, _)| *j != i) {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| Error::io(path, e))?;
+            self.open = Some((i, f));
         }
-        drop(tx);
-    });
-    match first_error.into_inner().expect("error slot") {
-        Some(e) => Err(e),
-        None => Ok(()),
+        let (_, f) = self.open.as_ref().expect("opened above");
+        Ok((f, path, at - self.starts[i]))
     }
 }
 
-fn write_chunk(repo: &Repository, job: &FileJob, ci: usize, progress: &dyn Progress) -> Result<()> {
-    let (offset, id, len) = job.chunks[ci];
-    let data = repo.read_blob(BlobType::Data, &id).map_err(|e| match e {
-        Error::Corrupt { what, message } => Error::Corrupt {
-            what: format!("{} ({what})", job.path.display()),
-            message,
-        },
-        e => e,
-    })?;
-    if data.len() as u64 != len {
-        return Err(Error::Corrupt {
-            what: format!("data blob {id}"),
-            message: format!("{} bytes, but the index says {len}", data.len()),
-        });
+impl Target for TreeTarget<'_> {
+    fn put(&mut self, start: u64, data: &[u8]) -> Result<()> {
+        let (f, path, off) = self.locate(start)?;
+        f.write_all_at(data, off).map_err(|e| Error::io(path, e))?;
+        self.written += data.len() as u64;
+        Ok(())
     }
-    let f = OpenOptions::new()
-        .write(true)
-        .open(&job.path)
-        .map_err(|e| Error::io(&job.path, e))?;
-    f.write_all_at(&data, offset)
-        .map_err(|e| Error::io(&job.path, e))?;
-    progress.add_done(len);
-    Ok(())
+    fn put_zeros(&mut self, _start: u64, _len: u64) -> Result<()> {
+        Ok(())
+    }
+    fn put_early(&mut self, start: u64, data: &[u8]) -> Result<bool> {
+        self.put(start, data)?;
+        Ok(true)
+    }
+    fn read_back(&mut self, start: u64, buf: &mut [u8]) -> Result<()> {
+        let (f, path, off) = self.locate(start)?;
+        f.read_exact_at(buf, off).map_err(|e| Error::io(path, e))
+    }
+    fn finish(&mut self) -> Result<u64> {
+        Ok(self.written)
+    }
 }

@@ -381,7 +381,10 @@ fn restore_onto_a_device_assembles_whole_windows_and_writes_no_zero_window() {
                 &sum.snapshot_id,
                 None,
                 std::path::Path::new(dev),
-                &RestoreOptions { threads },
+                &RestoreOptions {
+                    threads,
+                    ..RestoreOptions::default()
+                },
                 progress,
             )
         };

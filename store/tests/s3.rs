@@ -703,3 +703,58 @@ fn missing_credentials_are_reported_with_the_variables_to_set() {
         t.elapsed()
     );
 }
+
+#[test]
+fn an_image_restore_reads_pack_ranges_again_when_the_server_cuts_the_answer_short() {
+    let g = Garage::shared();
+    let bucket = g.new_bucket("cut-short-restore");
+    let direct: Arc<dyn Backend> = Arc::new(backend_via(&g.endpoint(), &bucket, "r", |_| {}));
+    let repo = Repository::init(
+        direct,
+        PASSWORD,
+        &InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            polynomial: None,
+        },
+    )
+    .expect("init over S3");
+    let mut image = noise(12 << 20, 31);
+    image[4 << 20..6 << 20].fill(0);
+    let opts = BackupOptions {
+        writer: WriterOptions {
+            pack_size: 4 << 20,
+            ..WriterOptions::default()
+        },
+        ..BackupOptions::default()
+    };
+    let snap = backup_block(&repo, &mut &image[..], "vol.img", &opts, &NoProgress)
+        .expect("backup")
+        .snapshot_id;
+
+    // The first two pack reads break off halfway through the response body.
+    let proxy = FaultProxy::start(&g.endpoint());
+    proxy.inject(
+        Match::method("GET").path_contains("/data/"),
+        Fault::Reset,
+        2,
+    );
+    let via: Arc<dyn Backend> = Arc::new(backend_via(&proxy.endpoint(), &bucket, "r", |_| {}));
+    let repo = Repository::open(via, PASSWORD).expect("open through the proxy");
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("vol.img");
+    let sum = restore_block(
+        &repo,
+        &snap,
+        None,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .expect("restore through cut-short answers");
+    assert_eq!(proxy.injected().resets, 2, "both faults were injected");
+    assert!(
+        std::fs::read(&target).unwrap() == image,
+        "restored bytes differ"
+    );
+    assert_eq!(sum.bytes_total, image.len() as u64);
+}

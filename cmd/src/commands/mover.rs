@@ -266,13 +266,67 @@ pub fn restore(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
     result
 }
 
+/// One pack read of `mover restore --dry-run --json`.
+#[derive(Debug, Serialize)]
+struct PlannedRead {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    pack: String,
+    offset: u64,
+    length: u64,
+    blobs: usize,
+}
+
+/// `mover restore --dry-run`: the pack reads of an image restore, and nothing restored.
+fn print_plan(repo: &Repository, id: &Id, args: &MoverRestoreArgs, block: bool) -> Result<()> {
+    if !block {
+        anyhow::bail!(
+            "--dry-run plans image restores only; snapshot {} is a file tree",
+            id.short()
+        );
+    }
+    let plan = block::plan_block_restore(
+        repo,
+        id,
+        args.path.as_deref(),
+        &volbackup_store::restore_plan::PlanOptions::default(),
+    )?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for r in &plan.reads {
+            let line = PlannedRead {
+                kind: "read",
+                pack: r.pack.to_string(),
+                offset: r.offset,
+                length: r.length,
+                blobs: r.blobs.len(),
+            };
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        }
+    } else {
+        let packs: std::collections::HashSet<Id> = plan.reads.iter().map(|r| r.pack).collect();
+        writeln!(
+            out,
+            "{} reads of {} packs, {} read for an image of {}",
+            plan.reads.len(),
+            packs.len(),
+            super::human_bytes(plan.bytes_read()),
+            super::human_bytes(plan.size)
+        )?;
+    }
+    Ok(())
+}
+
 fn restore_inner(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
     let repo = repository::open(&args.repo)?;
     report_lock_waits(&repo, args.json);
     let (id, snap) = repo.find_snapshot(&args.snapshot)?;
     let started = Instant::now();
-    let reporter = Reporter::start(Mode::choose(args.json, quiet), "restore");
     let block = args.path.is_some() || is_block_image(&repo, &snap)?;
+    if args.dry_run {
+        return print_plan(&repo, &id, args, block);
+    }
+    let reporter = Reporter::start(Mode::choose(args.json, quiet), "restore");
     let (bytes_total, bytes_written) = match block {
         true => {
             let s = block::restore_block(
@@ -280,7 +334,13 @@ fn restore_inner(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
                 &id,
                 args.path.as_deref(),
                 &args.target,
-                &block::RestoreOptions::default(),
+                &block::RestoreOptions {
+                    read_concurrency: args.read_concurrency.map_or(0, usize::from),
+                    reorder_window: args
+                        .reorder_window_mib
+                        .map_or(block::RestoreOptions::default().reorder_window, |m| m << 20),
+                    ..block::RestoreOptions::default()
+                },
                 reporter.progress(),
             )?;
             (s.bytes_total, s.bytes_written)

@@ -159,6 +159,12 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// How many reads a restore keeps in flight at once by default: enough to hide the time
+    /// each request waits for its answer. A local disk needs few; an object store many.
+    fn read_concurrency(&self) -> usize {
+        4
+    }
+
     /// The size of a file, or `NotFound`.
     fn stat(&self, t: FileType, name: &str) -> Result<u64>;
 

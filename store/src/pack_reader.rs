@@ -1,0 +1,239 @@
+//! Executes a restore [`Plan`]: fetches its pack reads with many requests in flight, decodes
+//! the blobs of each read on a few threads, and hands every decoded blob to the caller.
+//!
+//! Fetching and decoding are separate pools on purpose: an object store needs many requests in
+//! flight to hide the time each one takes to answer, while decrypting, decompressing and
+//! hashing needs no more threads than there are cores. Reads are started in plan order (the
+//! order the image needs them) and delivered as they complete. A read that comes back short,
+//! or fails in a way the backend calls retryable, is tried again; a blob that does not decode
+//! or verify stops the restore with an error naming the blob and its pack, and is never
+//! delivered.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, bounded};
+
+use crate::backend::{FileType, relative_path};
+use crate::format::BlobType;
+use crate::packer::is_zero;
+use crate::repo::{Repository, check_claim, check_length, decompress_error, mac_error, verify};
+use crate::restore_plan::{PackRead, Plan};
+use crate::{Error, Result};
+
+/// Settings of [`read_plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReaderOptions {
+    /// Reads in flight at once.
+    pub read_concurrency: usize,
+    /// Threads that decrypt, decompress and verify.
+    pub decode_threads: usize,
+    /// Tries of a read that comes back short or fails retryably.
+    pub attempts: u32,
+}
+
+impl ReaderOptions {
+    /// The defaults for `repo`: its backend's read concurrency, a decoding thread per core.
+    pub fn for_repository(repo: &Repository) -> ReaderOptions {
+        ReaderOptions {
+            read_concurrency: repo.backend().read_concurrency(),
+            decode_threads: cores(),
+            attempts: 3,
+        }
+    }
+}
+
+/// The cores this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// A decoded blob and the piece of the image it fills.
+#[derive(Debug)]
+pub struct Decoded {
+    /// Index into [`Plan::pieces`].
+    pub piece: usize,
+    /// Its plaintext (empty when `zero`).
+    pub data: Vec<u8>,
+    /// Whether the plaintext is all zeros (its bytes are then not kept).
+    pub zero: bool,
+}
+
+/// The decoded blobs of a running [`read_plan`], in the order they were decoded.
+pub struct Deliveries<'a> {
+    rx: &'a Receiver<Result<Decoded>>,
+}
+
+impl Deliveries<'_> {
+    /// The next decoded blob; an error if a read or a blob failed, or if the readers ended
+    /// before every blob was delivered.
+    pub fn next(&self) -> Result<Decoded> {
+        match self.rx.recv() {
+            Ok(r) => r,
+            Err(_) => Err(Error::Invalid(
+                "the restore's readers stopped before every blob was read".into(),
+            )),
+        }
+    }
+}
+
+/// Fetches and decodes every read of `plan` and passes the decoded blobs to `consume`, which
+/// runs on the calling thread (it is the writer) and takes exactly one delivery per fetched
+/// piece. When `consume` returns, early or not, the readers stop.
+pub fn read_plan<T>(
+    repo: &Repository,
+    plan: &Plan,
+    opts: &ReaderOptions,
+    consume: impl FnOnce(&Deliveries) -> Result<T>,
+) -> Result<T> {
+    let stop = &AtomicBool::new(false);
+    let next = &AtomicUsize::new(0);
+    let reads = &plan.reads;
+    let decoders = opts.decode_threads.max(1);
+    let (fetched_tx, fetched_rx) = bounded::<(usize, Vec<u8>)>(decoders);
+    let (out_tx, out_rx) = bounded::<Result<Decoded>>(64);
+    std::thread::scope(|s| {
+        for _ in 0..opts.read_concurrency.clamp(1, reads.len().max(1)) {
+            let (tx, out) = (fetched_tx.clone(), out_tx.clone());
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(read) = reads.get(i) else { return };
+                    match fetch(repo, read, opts.attempts) {
+                        Ok(bytes) => {
+                            if tx.send((i, bytes)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = out.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        drop(fetched_tx);
+        for _ in 0..decoders {
+            let (rx, out) = (fetched_rx.clone(), out_tx.clone());
+            s.spawn(move || {
+                let mut dctx = match zstd::bulk::Decompressor::new() {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = out.send(Err(Error::Invalid(format!(
+                            "cannot create a zstd decoder: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                for (i, bytes) in rx.iter() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let r = decode_read(repo, &mut dctx, &reads[i], bytes, &mut |d| {
+                        out.send(Ok(d)).is_ok()
+                    });
+                    match r {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(e) => {
+                            let _ = out.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        drop(fetched_rx);
+        drop(out_tx);
+        let result = consume(&Deliveries { rx: &out_rx });
+        stop.store(true, Ordering::Relaxed);
+        // Readers blocked on a full channel see it closed and end.
+        drop(out_rx);
+        result
+    })
+}
+
+/// Fetches the bytes of one read, trying again when they come back short or the backend
+/// failed retryably.
+fn fetch(repo: &Repository, read: &PackRead, attempts: u32) -> Result<Vec<u8>> {
+    let name = read.pack.to_hex();
+    let attempts = attempts.max(1);
+    let mut why = String::new();
+    for attempt in 1..=attempts {
+        if attempt > 1 {
+            tracing::debug!(pack = %name, "{why}; reading again");
+            std::thread::sleep(Duration::from_millis(50 << attempt.min(6)));
+        }
+        match repo
+            .backend()
+            .read_range(FileType::Pack, &name, read.offset, read.length)
+        {
+            Ok(bytes) if bytes.len() as u64 == read.length => return Ok(bytes),
+            Ok(bytes) => why = format!("got {} of {} bytes", bytes.len(), read.length),
+            Err(e) if e.is_retryable() && attempt < attempts => why = e.to_string(),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Backend {
+        location: repo.location(),
+        message: format!(
+            "cannot read {} at {}+{}: {why}, {attempts} times",
+            relative_path(FileType::Pack, &name),
+            read.offset,
+            read.length
+        ),
+        retryable: true,
+    })
+}
+
+/// Decodes the blobs of one read in pack order and passes each to `emit` (which returns
+/// whether to go on). Returns whether every blob was passed on.
+fn decode_read(
+    repo: &Repository,
+    dctx: &mut zstd::bulk::Decompressor<'static>,
+    read: &PackRead,
+    mut bytes: Vec<u8>,
+    emit: &mut dyn FnMut(Decoded) -> bool,
+) -> Result<bool> {
+    for b in &read.blobs {
+        let what = || format!("blob {} in pack data/{}", b.id.short(), read.pack);
+        check_claim(BlobType::Data, &b.id, &b.entry)?;
+        let at = b.offset_in(read);
+        let sealed = bytes
+            .get_mut(at..at + b.entry.length as usize)
+            .ok_or_else(|| Error::Corrupt {
+                what: what(),
+                message: "lies outside the bytes read for it".into(),
+            })?;
+        let n = repo
+            .key()
+            .open_slice(sealed)
+            .map_err(|_| mac_error(&b.id, &b.entry))?;
+        let plain = &sealed[crate::crypto::IV_LEN..crate::crypto::IV_LEN + n];
+        let data = match b.entry.uncompressed_length {
+            Some(len) => {
+                let mut out = Vec::with_capacity(len as usize);
+                let got = dctx
+                    .decompress_to_buffer(plain, &mut out)
+                    .map_err(|e| decompress_error(what(), len, e))?;
+                check_length(what(), got, len)?;
+                out
+            }
+            None => plain.to_vec(),
+        };
+        verify(&b.id, &data, what)?;
+        let zero = is_zero(&data);
+        let d = Decoded {
+            piece: b.piece,
+            data: if zero { Vec::new() } else { data },
+            zero,
+        };
+        if !emit(d) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
