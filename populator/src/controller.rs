@@ -1070,9 +1070,12 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
             {
                 ctx.metrics.bytes.fetch_add(written, Ordering::Relaxed);
                 let own = json!({"bytesDone": total.unwrap_or(written), "bytesTotal": total});
-                if let Err(e) =
-                    patch_claim_annotations(ctx, pvc, json!({ state::ANN_PROGRESS: own.to_string() }))
-                        .await
+                if let Err(e) = patch_claim_annotations(
+                    ctx,
+                    pvc,
+                    json!({ state::ANN_PROGRESS: own.to_string() }),
+                )
+                .await
                 {
                     tracing::warn!("cannot record the progress of {ns}/{name}: {e}");
                 }

@@ -629,8 +629,7 @@ fn user_kubeconfig(env: &Env, name: &str) -> std::path::PathBuf {
 /// reads cluster-wide, as the comments of manifests/user-roles.yaml say to.
 async fn grant(env: &Env, user: &str, role: &str) {
     let rbac = |kind: &str, plural: &str| ar("rbac.authorization.k8s.io", "v1", kind, plural);
-    let subjects =
-        json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]);
+    let subjects = json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]);
     env.create(
         &rbac("RoleBinding", "rolebindings"),
         json!({"metadata": {"name": format!("{user}-{role}"), "namespace": NS},
@@ -648,7 +647,8 @@ async fn grant(env: &Env, user: &str, role: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shipped_user_roles_back_up_and_restore_and_a_restorer_cannot_touch_secrets_or_status() {
+async fn the_shipped_user_roles_back_up_and_restore_and_a_restorer_cannot_touch_secrets_or_status()
+{
     let env = Env::start().await;
     let out = env
         .plugin(&["install", "--pod-security", "privileged"], &[])
@@ -671,11 +671,22 @@ async fn the_shipped_user_roles_back_up_and_restore_and_a_restorer_cannot_touch_
     // Bob, with volbackup-user, backs up.
     let out = env
         .plugin(
-            &["create", "vol", "--kubeconfig", bob.to_str().unwrap(), "--repo", repo],
+            &[
+                "create",
+                "vol",
+                "--kubeconfig",
+                bob.to_str().unwrap(),
+                "--repo",
+                repo,
+            ],
             &[],
         )
         .await;
-    assert_eq!(out.code, 0, "create as volbackup-user failed: {}", out.stderr);
+    assert_eq!(
+        out.code, 0,
+        "create as volbackup-user failed: {}",
+        out.stderr
+    );
     let backups = env
         .list(&backups_ar(), true, Some("volbackup.io/pvc=vol"))
         .await;

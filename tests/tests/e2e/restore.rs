@@ -1450,11 +1450,25 @@ async fn backups_to_two_repositories_with_two_passwords_each_restore_from_their_
         .expect("make the record an old one");
     let out = env
         .plugin(
-            &["restore", first_name, "--to", "legacy", "-n", NS, "--wait", "--timeout", "120s"],
+            &[
+                "restore",
+                first_name,
+                "--to",
+                "legacy",
+                "-n",
+                NS,
+                "--wait",
+                "--timeout",
+                "120s",
+            ],
             &[],
         )
         .await;
-    assert_eq!(out.code, 0, "restore of an old record failed: {}", out.stderr);
+    assert_eq!(
+        out.code, 0,
+        "restore of an old record failed: {}",
+        out.stderr
+    );
     let restored = std::fs::read(volume_path(&env, NS, "legacy").await).unwrap();
     assert!(restored == image, "the old record's restore differs");
 }
@@ -1470,18 +1484,36 @@ async fn two_restores_from_one_backup_at_once_each_keep_their_own_progress_and_r
     claim_from(&env, NS, "small", &blk, "Block", "1Mi").await;
     let fits = env
         .plugin(
-            &["restore", &blk, "--to", "fits", "-n", NS, "--wait", "--timeout", "120s"],
+            &[
+                "restore",
+                &blk,
+                "--to",
+                "fits",
+                "-n",
+                NS,
+                "--wait",
+                "--timeout",
+                "120s",
+            ],
             &[],
         )
         .await;
-    assert_eq!(fits.code, 0, "the restore that fits failed: {}", fits.stderr);
+    assert_eq!(
+        fits.code, 0,
+        "the restore that fits failed: {}",
+        fits.stderr
+    );
     assert!(
         !fits.stderr.contains("VolumeTooSmall") && !fits.stdout.contains("VolumeTooSmall"),
         "the restore that fits reported the other claim's failure: {}{}",
         fits.stdout,
         fits.stderr
     );
-    assert!(fits.stdout.contains(&format!("restored {NS}/fits")), "{}", fits.stdout);
+    assert!(
+        fits.stdout.contains(&format!("restored {NS}/fits")),
+        "{}",
+        fits.stdout
+    );
     let restored = std::fs::read(volume_path(&env, NS, "fits").await).unwrap();
     assert!(restored == image, "the restored image differs");
     assert_given_up(&env, NS, "small", &blk, "VolumeTooSmall", 60).await;
