@@ -999,6 +999,9 @@ mod tests {
                 "ClusterRoleBinding",
                 "Role",
                 "RoleBinding",
+                "ClusterRole",
+                "ClusterRole",
+                "ClusterRole",
                 "Deployment",
                 "VolumePopulator"
             ]

@@ -211,7 +211,7 @@ async fn install_starts_the_populator_a_second_install_changes_nothing_and_unins
     let again = env.plugin(&["install"], &[]).await;
     assert_eq!(again.code, 0, "second install failed: {}", again.stderr);
     let lines: Vec<&str> = again.stdout.lines().collect();
-    assert_eq!(lines.len(), 9, "{}", again.stdout);
+    assert_eq!(lines.len(), 12, "{}", again.stdout);
     for l in &lines {
         assert!(l.ends_with(" unchanged"), "second install changed {l:?}");
     }

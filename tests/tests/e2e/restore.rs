@@ -1516,7 +1516,30 @@ async fn two_restores_from_one_backup_at_once_each_keep_their_own_progress_and_r
     );
     let restored = std::fs::read(volume_path(&env, NS, "fits").await).unwrap();
     assert!(restored == image, "the restored image differs");
-    assert_given_up(&env, NS, "small", &blk, "VolumeTooSmall", 60).await;
+    // The failure is the small claim's own: on it (annotation, Warning event), while the
+    // VolumeBackup's one Restored condition tells whichever restore ended last.
+    let why = eventually(60, "the small claim to be given up", || async {
+        let c = get_in(&env, &pvcs_ar(), NS, "small").await?;
+        c.pointer("/metadata/annotations/volbackup.io~1populate-failed")
+            .and_then(Value::as_str)
+            .map(String::from)
+    })
+    .await;
+    assert!(why.starts_with("VolumeTooSmall"), "{why}");
+    let events = events_of(&env, NS, "small").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("Warning PopulatorFailed") && e.contains("VolumeTooSmall")),
+        "{events:?}"
+    );
+    assert!(
+        !events_of(&env, NS, "fits")
+            .await
+            .iter()
+            .any(|e| e.contains("VolumeTooSmall")),
+        "the other claim's failure shows on fits"
+    );
 
     // The progress each claim carries is its own: the whole image for the one that fits,
     // nothing for the one that never started.
