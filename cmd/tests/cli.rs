@@ -18,6 +18,16 @@ fn bin() -> Command {
     c
 }
 
+/// `mover backup --repo REPO --source SOURCE`, ready to run.
+fn mover_backup(repo: &Path, source: &Path) -> Command {
+    let mut c = bin();
+    c.args(["mover", "backup", "--repo"])
+        .arg(repo)
+        .arg("--source")
+        .arg(source);
+    c
+}
+
 fn restic(repo: &Path) -> Command {
     if Command::new("restic").arg("version").output().is_err() {
         panic!("restic not found: install the Debian package restic (.ci/run does)");
@@ -117,16 +127,7 @@ fn repo_with_one_backup(dir: &Path) -> PathBuf {
     let repo = init_repo(dir);
     let src = dir.join("a.img");
     std::fs::write(&src, mixed_data(1)).unwrap();
-    ok(
-        bin()
-            .args(["mover", "backup", "--repo"])
-            .arg(&repo)
-            .arg("--source")
-            .arg(&src)
-            .output()
-            .unwrap(),
-        "mover backup",
-    );
+    ok(mover_backup(&repo, &src).output().unwrap(), "mover backup");
     repo
 }
 
@@ -268,12 +269,8 @@ fn wrong_password_is_one_line_and_changes_nothing() {
     let src = dir.path().join("a.img");
     std::fs::write(&src, mixed_data(1)).unwrap();
     let before = fingerprint(&repo);
-    let out = bin()
+    let out = mover_backup(&repo, &src)
         .env("VOLBACKUP_PASSWORD", "not-the-password")
-        .args(["mover", "backup", "--repo"])
-        .arg(&repo)
-        .arg("--source")
-        .arg(&src)
         .output()
         .unwrap();
     let line = one_error_line(&out);
@@ -629,13 +626,7 @@ fn a_garbage_lock_file_is_passed_over_with_a_warning_naming_the_real_unlock_comm
     let src = dir.path().join("a.img");
     std::fs::write(&src, mixed_data(1)).unwrap();
     let out = ok(
-        bin()
-            .args(["mover", "backup", "--repo"])
-            .arg(&repo)
-            .arg("--source")
-            .arg(&src)
-            .output()
-            .unwrap(),
+        mover_backup(&repo, &src).output().unwrap(),
         "mover backup with a garbage lock file",
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -675,13 +666,7 @@ fn repo_unlock_removes_a_stale_lock_and_keeps_a_fresh_one() {
     // The fresh exclusive lock blocks a backup, and the error names a command that exists.
     let src = dir.path().join("a.img");
     std::fs::write(&src, mixed_data(1)).unwrap();
-    let out = bin()
-        .args(["mover", "backup", "--repo"])
-        .arg(&repo)
-        .arg("--source")
-        .arg(&src)
-        .output()
-        .unwrap();
+    let out = mover_backup(&repo, &src).output().unwrap();
     let line = one_error_line(&out);
     assert!(
         line.contains("someone@other-host")
@@ -950,16 +935,7 @@ fn a_backup_frozen_past_the_stale_age_stops_without_a_snapshot_and_the_repositor
     let kept = dir.path().join("kept.img");
     let kept_data = mixed_data(4);
     std::fs::write(&kept, &kept_data).unwrap();
-    ok(
-        bin()
-            .args(["mover", "backup", "--repo"])
-            .arg(&repo)
-            .arg("--source")
-            .arg(&kept)
-            .output()
-            .unwrap(),
-        "first backup",
-    );
+    ok(mover_backup(&repo, &kept).output().unwrap(), "first backup");
     let image = dir.path().join("big.img");
     {
         use std::io::Read;
@@ -1066,16 +1042,7 @@ fn a_restore_waits_for_a_prunes_lock_reporting_the_wait_and_then_restores() {
     let src = dir.path().join("a.img");
     let data = mixed_data(6);
     std::fs::write(&src, &data).unwrap();
-    ok(
-        bin()
-            .args(["mover", "backup", "--repo"])
-            .arg(&repo)
-            .arg("--source")
-            .arg(&src)
-            .output()
-            .unwrap(),
-        "backup",
-    );
+    ok(mover_backup(&repo, &src).output().unwrap(), "backup");
     // An exclusive lock, as a running prune holds it.
     let store = open_store(&repo);
     let prune_lock = volbackup_store::lock::Lock::exclusive(&store).unwrap();

@@ -44,11 +44,18 @@ const ALIGN: usize = 4096;
 pub trait Target {
     /// `data` at `start`, right after everything put so far.
     fn put(&mut self, start: u64, data: &[u8]) -> Result<()>;
-    /// `len` zero bytes at `start`, right after everything put so far.
-    fn put_zeros(&mut self, start: u64, len: u64) -> Result<()>;
+    /// `len` zero bytes at `start`, right after everything put so far. By default nothing is
+    /// written: a fresh file leaves a hole, which reads as zeros.
+    fn put_zeros(&mut self, _start: u64, _len: u64) -> Result<()> {
+        Ok(())
+    }
     /// `data` at `start`, far ahead of what was put so far. Returns whether it stays there:
-    /// otherwise it is read back and put again when its turn comes.
-    fn put_early(&mut self, start: u64, data: &[u8]) -> Result<bool>;
+    /// otherwise it is read back and put again when its turn comes. By default it is put in
+    /// its place at once, and stays.
+    fn put_early(&mut self, start: u64, data: &[u8]) -> Result<bool> {
+        self.put(start, data)?;
+        Ok(true)
+    }
     /// Reads bytes that were put (or put early) before.
     fn read_back(&mut self, start: u64, buf: &mut [u8]) -> Result<()>;
     /// Writes what is still buffered and syncs. Returns the bytes written.
@@ -167,14 +174,6 @@ impl Target for FileTarget<'_> {
             .map_err(|e| Error::io(self.path, e))?;
         self.written += data.len() as u64;
         Ok(())
-    }
-    fn put_zeros(&mut self, _start: u64, _len: u64) -> Result<()> {
-        // A hole: the file reads as zeros there.
-        Ok(())
-    }
-    fn put_early(&mut self, start: u64, data: &[u8]) -> Result<bool> {
-        self.put(start, data)?;
-        Ok(true)
     }
     fn read_back(&mut self, start: u64, buf: &mut [u8]) -> Result<()> {
         self.file

@@ -401,13 +401,6 @@ impl Target for TreeTarget<'_> {
         self.written += data.len() as u64;
         Ok(())
     }
-    fn put_zeros(&mut self, _start: u64, _len: u64) -> Result<()> {
-        Ok(())
-    }
-    fn put_early(&mut self, start: u64, data: &[u8]) -> Result<bool> {
-        self.put(start, data)?;
-        Ok(true)
-    }
     fn read_back(&mut self, start: u64, buf: &mut [u8]) -> Result<()> {
         let (f, path, off) = self.locate(start)?;
         f.read_exact_at(buf, off).map_err(|e| Error::io(path, e))
