@@ -89,10 +89,12 @@ pub struct VolumeBackupStatus {
     /// Where the backup stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
-    /// Conditions (`Ready`, `Restoring`), in the usual Kubernetes form.
+    /// Conditions, in the usual Kubernetes form: `Restored`, set by the populator for the latest
+    /// restore from this backup (each claim's own progress and result are on the claim).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// Progress of the running backup or restore.
+    /// Progress of the latest restore (each claim has its own in the annotation
+    /// `volbackup.io/populate-progress`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
     /// The volume the backup was taken from.
@@ -119,7 +121,7 @@ pub struct VolumeBackupStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// Condition type (`Ready`, `Restoring`).
+    /// Condition type (`Restored`).
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
