@@ -99,6 +99,42 @@ async fn doctor_names_a_missing_populator_and_exits_non_zero() {
     );
 }
 
+/// Output with what differs between runs replaced: the backup's name, the repository's path and
+/// Secret, ids, uids, times, ages, resource versions and the stored size (compressed metadata
+/// with times in it); in tables, runs of spaces become one (padding follows the replaced values'
+/// widths).
+fn stable(env: &Env, name: &str, text: &str, table: bool) -> String {
+    let mut t = text
+        .replace(name, "[NAME]")
+        .replace(&crate::common::repository_secret(env), "[SECRET]")
+        .replace(env.repo.to_str().unwrap(), "[REPO]");
+    for (pattern, with) in [
+        (
+            r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+            "[UID]",
+        ),
+        (r"\b[0-9a-f]{64}\b", "[SNAPSHOT]"),
+        (r"\b[0-9a-f]{8}\b", "[SHORT]"),
+        (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "[TIME]"),
+        (r#"("?resourceVersion"?: )["']?\d+["']?"#, "${1}[RV]"),
+        (r#"("?bytesStored"?: )\d+"#, "${1}[BYTES]"),
+        (r"\b\d+[smhd]\b", "[AGE]"),
+        (r"snap(shot)?-?[0-9a-z-]*[0-9][0-9a-z-]*", "[HANDLE]"),
+    ] {
+        t = regex::Regex::new(pattern)
+            .expect("pattern")
+            .replace_all(&t, with)
+            .into_owned();
+    }
+    if table {
+        t = regex::Regex::new(r" {2,}")
+            .expect("pattern")
+            .replace_all(&t, " ")
+            .into_owned();
+    }
+    t
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_passes_on_a_healthy_install_and_names_a_missing_snapshot_class() {
     let env = Env::start().await;
@@ -141,6 +177,26 @@ async fn doctor_passes_on_a_healthy_install_and_names_a_missing_snapshot_class()
         };
         assert_eq!(items.len(), 1, "{}", out.stdout);
         assert_eq!(items[0]["metadata"]["name"], json!(name));
+    }
+    // What users read, pinned: `list` in every output format, with what differs from run to
+    // run (names, ids, times, paths) replaced.
+    for (format, args) in [
+        ("table", &[][..]),
+        ("no-headers", &["--no-headers"][..]),
+        ("wide", &["-o", "wide"][..]),
+        ("name", &["-o", "name"][..]),
+        ("json", &["-o", "json"][..]),
+        ("yaml", &["-o", "yaml"][..]),
+    ] {
+        let mut argv = vec!["list", "-n", NS];
+        argv.extend_from_slice(args);
+        let out = env.plugin(&argv, &[]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let table = matches!(format, "table" | "no-headers" | "wide");
+        insta::assert_snapshot!(
+            format!("list-{format}"),
+            stable(&env, &name, &out.stdout, table)
+        );
     }
 
     let out = doctor(&env).await;
