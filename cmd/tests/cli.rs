@@ -365,6 +365,7 @@ fn backup_running_midway(
     dir: &Path,
     repo: &Path,
     packs_wanted: usize,
+    env: &[(&str, &str)],
 ) -> (std::process::Child, Vec<u8>, PathBuf) {
     use std::io::Read;
     let image = dir.join("big.img");
@@ -375,7 +376,9 @@ fn backup_running_midway(
         .read_to_end(&mut data)
         .unwrap();
     std::fs::write(&image, &data).unwrap();
+    let before = packs(repo);
     let mut child = bin()
+        .envs(env.iter().copied())
         .args(["mover", "backup", "-q", "--repo"])
         .arg(repo)
         .arg("--source")
@@ -385,7 +388,7 @@ fn backup_running_midway(
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while packs(repo).len() < packs_wanted {
+    while packs(repo).difference(&before).count() < packs_wanted {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the backup finished before it could be stopped"
@@ -403,7 +406,7 @@ fn backup_running_midway(
 fn a_backup_killed_midway_leaves_a_valid_repository_and_the_rerun_uploads_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let repo = init_repo(dir.path());
-    let (mut child, data, image) = backup_running_midway(dir.path(), &repo, 3);
+    let (mut child, data, image) = backup_running_midway(dir.path(), &repo, 3, &[]);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let before = packs(&repo);
@@ -478,7 +481,7 @@ fn a_backup_killed_midway_leaves_a_valid_repository_and_the_rerun_uploads_nothin
 fn a_backup_stopped_with_sigterm_removes_its_lock_so_restic_check_runs_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let repo = init_repo(dir.path());
-    let (child, _, _) = backup_running_midway(dir.path(), &repo, 2);
+    let (child, _, _) = backup_running_midway(dir.path(), &repo, 2, &[]);
     let locks_while_running = std::fs::read_dir(repo.join("locks")).unwrap().count();
     assert_eq!(locks_while_running, 1, "a running backup holds one lock");
     ok(
@@ -936,40 +939,13 @@ fn a_backup_frozen_past_the_stale_age_stops_without_a_snapshot_and_the_repositor
     let kept_data = mixed_data(4);
     std::fs::write(&kept, &kept_data).unwrap();
     ok(mover_backup(&repo, &kept).output().unwrap(), "first backup");
-    let image = dir.path().join("big.img");
-    {
-        use std::io::Read;
-        let mut data = Vec::new();
-        std::fs::File::open("/dev/urandom")
-            .unwrap()
-            .take(320 << 20)
-            .read_to_end(&mut data)
-            .unwrap();
-        std::fs::write(&image, &data).unwrap();
-    }
     let before = packs(&repo);
-    let mut child = bin()
-        .env(volbackup_store::lock::STALE_AFTER_ENV, STALE)
-        .args(["mover", "backup", "-q", "--repo"])
-        .arg(&repo)
-        .arg("--source")
-        .arg(&image)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while packs(&repo).difference(&before).count() < 2 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup finished before it could be frozen"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no packs appeared within 120 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let (child, _, _) = backup_running_midway(
+        dir.path(),
+        &repo,
+        2,
+        &[(volbackup_store::lock::STALE_AFTER_ENV, STALE)],
+    );
     // Frozen (a stopped process, a suspended node) past the stale age: a prune then takes
     // its exclusive lock and removes the packs the frozen backup wrote but has not indexed.
     signal(&child, "-STOP");
