@@ -228,10 +228,14 @@ fn image() -> Vec<u8> {
 
 /// A repository holding `image` as `vol.img` in 2 MiB packs; returns the snapshot id.
 fn backed_up(t: &TempRepo, image: &[u8]) -> Id {
+    backed_up_in_packs_of(t, image, 2 << 20)
+}
+
+fn backed_up_in_packs_of(t: &TempRepo, image: &[u8], pack_size: usize) -> Id {
     let repo = t.init_ours();
     let opts = BackupOptions {
         writer: WriterOptions {
-            pack_size: 2 << 20,
+            pack_size,
             ..WriterOptions::default()
         },
         ..BackupOptions::default()
@@ -367,8 +371,11 @@ fn reads_that_always_come_back_short_fail_in_one_line_naming_the_pack() {
 #[test]
 fn a_damaged_blob_in_the_middle_of_a_read_names_blob_and_pack_and_is_not_written() {
     let t = TempRepo::new();
-    let image = image();
-    let snap = backed_up(&t, &image);
+    // Chunk boundaries follow the repository's random polynomial, so the image is incompressible
+    // and the packs large: 8 MiB packs of chunks averaging ~1.5 MiB hold several blobs each,
+    // whatever the polynomial.
+    let image = random_bytes(31, 24 << 20);
+    let snap = backed_up_in_packs_of(&t, &image, 8 << 20);
     let repo = t.open();
     repo.load_index().unwrap();
     // The middle blob of a pack that holds at least three distinct blobs of the image.
