@@ -39,7 +39,11 @@ pub enum Command {
     Mover(MoverCommand),
     /// Back up PVCs: snapshot, temporary volume, mover pod, VolumeBackup.
     Create(CreateArgs),
-    /// Delete what an interrupted `create` left behind (pods, PVCs, VolumeSnapshots).
+    /// Delete what an interrupted or killed `create` left and mark its backups Failed.
+    ///
+    /// Removes the run's pods, PVCs and VolumeSnapshots and marks its unfinished VolumeBackups
+    /// Failed (reason Abandoned). A backup whose create was heard from in the last minute is
+    /// left alone unless named with --backup.
     Cleanup(CleanupArgs),
     /// List VolumeBackups.
     List(ListArgs),
@@ -300,8 +304,10 @@ pub struct CleanupArgs {
     /// Clean up in all namespaces.
     #[arg(short = 'A', long, conflicts_with = "namespace")]
     pub all_namespaces: bool,
-    /// Only what this run left (the value of the `volbackup.io/backup` label).
-    #[arg(long, value_name = "ID")]
+    /// Only what this run left: a VolumeBackup's name, or the run id (the value of the
+    /// `volbackup.io/backup` label). A backup named here is cleaned up even if its create was
+    /// heard from in the last minute (otherwise it is left alone as still running).
+    #[arg(long, value_name = "NAME|ID")]
     pub backup: Option<String>,
 }
 

@@ -35,9 +35,11 @@ pub const VERSION: &str = "v1alpha1";
 pub struct VolumeBackupSpec {
     /// Where the backup is stored.
     pub repository: RepositoryRef,
-    /// The restic snapshot id (64 hex digits).
+    /// The restic snapshot id (64 hex digits). Absent while the backup is taken, and on a
+    /// backup that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
-    pub snapshot: String,
+    pub snapshot: Option<String>,
     /// The file in the snapshot that holds a block image (`/NAME`); absent for file trees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^/[^/].*$"), length(max = 4096))]
@@ -74,12 +76,71 @@ pub struct SecretRef {
 /// Where a VolumeBackup stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Phase {
-    /// The backup is being taken.
+    /// `create` is taking the backup: the condition `BackedUp` (`Unknown`) names the step, the
+    /// annotation `volbackup.io/heartbeat` when that `create` was last heard from, and the
+    /// temporary snapshot, claim and pod carry this VolumeBackup as their owner.
     InProgress,
     /// The backup is complete and can be restored.
     Completed,
-    /// The backup failed; see the conditions.
+    /// The backup failed: the condition `BackedUp` (`False`) gives the failing step as its
+    /// reason and the error as its message. Deleting it removes whatever it left.
     Failed,
+}
+
+/// The condition `create` keeps on a backup it takes: `Unknown` with the step it is at, `True`
+/// when complete, `False` with the failing step (`SnapshotFailed`, `VolumeFailed`,
+/// `MoverFailed`, `CopyFailed`, `RecordFailed`, `Interrupted`, `Abandoned`).
+pub const BACKED_UP: &str = "BackedUp";
+
+/// Annotation on a backup being taken: when its `create` last said it is alive (RFC 3339).
+pub const ANN_HEARTBEAT: &str = "volbackup.io/heartbeat";
+
+/// How often a running `create` renews its heartbeat.
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A backup whose `create` has not been heard from for this long was abandoned (the process
+/// was killed, or lost the cluster): `cleanup` and `delete` may then remove what it left.
+pub const HEARTBEAT_STALE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl VolumeBackup {
+    /// The phase, `None` when no status was written yet.
+    pub fn phase(&self) -> Option<Phase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+
+    /// A backup that is not finished (`InProgress`, or created without a status yet) and whose
+    /// `create` was heard from less than [`HEARTBEAT_STALE`] ago (by `now`). `create` writes
+    /// the heartbeat with the record, so one without it was not written by a running `create`.
+    pub fn is_being_taken(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        if matches!(self.phase(), Some(Phase::Completed | Phase::Failed)) {
+            return false;
+        }
+        let last = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANN_HEARTBEAT))
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.to_utc());
+        last.is_some_and(|t| {
+            now.signed_duration_since(t)
+                .to_std()
+                .map_or(true, |age| age < HEARTBEAT_STALE)
+        })
+    }
+
+    /// The first 8 digits of the snapshot id (empty while there is none).
+    pub fn short_snapshot(&self) -> &str {
+        let id = self.spec.snapshot.as_deref().unwrap_or_default();
+        &id[..id.len().min(8)]
+    }
+
+    /// The condition of this type, if set.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+    }
 }
 
 /// Observed state of a VolumeBackup.
@@ -89,8 +150,9 @@ pub struct VolumeBackupStatus {
     /// Where the backup stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
-    /// Conditions, in the usual Kubernetes form: `Restored`, set by the populator for the latest
-    /// restore from this backup (each claim's own progress and result are on the claim).
+    /// Conditions, in the usual Kubernetes form: `BackedUp`, set by `create` (the step it is
+    /// at, or why it failed), and `Restored`, set by the populator for the latest restore from
+    /// this backup (each claim's own progress and result are on the claim).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Progress of the latest restore (each claim has its own in the annotation
@@ -121,7 +183,7 @@ pub struct VolumeBackupStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// Condition type (`Restored`).
+    /// Condition type (`BackedUp` or `Restored`).
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
@@ -176,4 +238,49 @@ pub struct VolumeInfo {
     /// The CSI snapshot handle the backup was read from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_handle: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backup(phase: Option<Phase>, heartbeat: Option<&str>) -> VolumeBackup {
+        let mut b = VolumeBackup::new(
+            "b",
+            VolumeBackupSpec {
+                repository: RepositoryRef {
+                    secret_ref: SecretRef { name: "s".into() },
+                    location: None,
+                },
+                snapshot: None,
+                path: None,
+            },
+        );
+        b.status = Some(VolumeBackupStatus {
+            phase,
+            ..Default::default()
+        });
+        if let Some(h) = heartbeat {
+            b.metadata.annotations = Some([(ANN_HEARTBEAT.to_string(), h.to_string())].into());
+        }
+        b
+    }
+
+    #[test]
+    fn a_backup_is_being_taken_while_its_create_was_heard_from_within_a_minute() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-03T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let fresh = Some("2026-12-03T11:59:30Z");
+        let stale = Some("2026-12-03T11:58:59Z");
+        assert!(backup(Some(Phase::InProgress), fresh).is_being_taken(now));
+        assert!(backup(None, fresh).is_being_taken(now));
+        assert!(!backup(Some(Phase::InProgress), stale).is_being_taken(now));
+        // A clock a little ahead on the machine that ran create: still alive.
+        assert!(backup(Some(Phase::InProgress), Some("2026-12-03T12:00:05Z")).is_being_taken(now));
+        assert!(!backup(Some(Phase::Completed), fresh).is_being_taken(now));
+        assert!(!backup(Some(Phase::Failed), fresh).is_being_taken(now));
+        // No heartbeat (a record written by hand): nothing says it is alive.
+        assert!(!backup(Some(Phase::InProgress), None).is_being_taken(now));
+    }
 }

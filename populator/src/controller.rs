@@ -23,7 +23,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::api::{Condition, Phase, Progress, VolumeBackup};
+use crate::api::{self, Condition, Phase, Progress, VolumeBackup};
 use crate::events::{Events, Kind as EventType};
 use crate::metrics::Metrics;
 use crate::mover;
@@ -315,7 +315,22 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Seen>, Er
             "Secret {ns}/{} named by VolumeBackup {backup_name} not found",
             b.spec.repository.secret_ref.name
         )),
-        (Some(b), Some(_)) if b.status.as_ref().and_then(|s| s.phase) != Some(Phase::Completed) => {
+        // A failed backup never becomes restorable: refused at once, not waited for.
+        (Some(b), Some(_)) if b.phase() == Some(Phase::Failed) => Source::Ready {
+            inputs: String::new(),
+            block: false,
+            image_bytes: None,
+            refused: Some((
+                "BackupFailed".to_string(),
+                format!(
+                    "VolumeBackup {ns}/{backup_name} failed ({}), so it holds nothing to restore: name a Completed VolumeBackup (kubectl volbackup list)",
+                    b.condition(api::BACKED_UP)
+                        .map(|c| format!("{}: {}", c.reason, c.message))
+                        .unwrap_or_else(|| "no reason recorded".into())
+                ),
+            )),
+        },
+        (Some(b), Some(_)) if b.phase() != Some(Phase::Completed) || b.spec.snapshot.is_none() => {
             Source::Missing(format!(
                 "VolumeBackup {ns}/{backup_name} is not Completed yet"
             ))
@@ -476,7 +491,7 @@ pub fn populate_pod(
         "restore".into(),
         "--json".into(),
         "--snapshot".into(),
-        backup.spec.snapshot.clone(),
+        backup.spec.snapshot.clone().unwrap_or_default(),
         "--target".into(),
         if block { BLOCK_TARGET } else { MOUNT_TARGET }.into(),
         "--retry-lock".into(),
@@ -908,7 +923,7 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
                     cfg.namespace,
                     populate_name(&uid),
                     cfg.max_attempts,
-                    &backup.spec.snapshot[..backup.spec.snapshot.len().min(8)],
+                    backup.short_snapshot(),
                     backup.name_any()
                 ),
             )
@@ -1034,7 +1049,13 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
             let from = seen
                 .backup
                 .as_ref()
-                .map(|b| format!("{ns}/{} (snapshot {})", b.name_any(), b.spec.snapshot))
+                .map(|b| {
+                    format!(
+                        "{ns}/{} (snapshot {})",
+                        b.name_any(),
+                        b.spec.snapshot.as_deref().unwrap_or_default()
+                    )
+                })
                 .unwrap_or_default();
             let mut annotations = json!({state::ANN_POPULATED_FROM: from});
             let mut spec = json!({"claimRef": {

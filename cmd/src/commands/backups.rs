@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde::Serialize;
 use tabled::Tabled;
-use volbackup_populator::api::{VolumeBackup, VolumeInfo};
+use volbackup_populator::api::{HEARTBEAT_STALE, Phase, VolumeBackup, VolumeInfo};
 use volbackup_store::backend::redact;
 use volbackup_store::forget::{ForgetGroup, ForgetPlan, GroupKey, Removed};
 use volbackup_store::{Id, Repository, Snapshot};
@@ -18,7 +18,7 @@ use volbackup_store::{Id, Repository, Snapshot};
 use crate::cli::{
     CleanupArgs, DeleteArgs, DescribeArgs, ListArgs, ListFormat, OutputFormat, RepoOptions,
 };
-use crate::cluster::{self, BACKUP_LABEL, explain};
+use crate::cluster::{self, BACKUP_LABEL, PVC_LABEL, explain};
 use crate::progress::{Mode, Reporter};
 use crate::repository;
 
@@ -36,14 +36,12 @@ fn missing_crd(e: kube::Error, verb: &str, ns: Option<&str>) -> anyhow::Error {
     }
 }
 
-/// `cleanup`
+/// `cleanup`: removes what runs of `create` left and marks their unfinished VolumeBackups
+/// Failed. A backup still being taken (its `create` heard from within the last minute) is left
+/// alone unless named with `--backup`.
 pub fn cleanup(args: &CleanupArgs, quiet: bool) -> Result<()> {
     runtime()?.block_on(async {
         let kube = cluster::connect(&args.kube).await?;
-        let selector = match &args.backup {
-            Some(id) => format!("{BACKUP_LABEL}={id}"),
-            None => BACKUP_LABEL.to_string(),
-        };
         let namespaces = if args.all_namespaces {
             let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(kube.client.clone());
             api.list(&ListParams::default())
@@ -56,12 +54,78 @@ pub fn cleanup(args: &CleanupArgs, quiet: bool) -> Result<()> {
         } else {
             vec![kube.namespace.clone()]
         };
-        let mut removed = 0;
+        let now = chrono::Utc::now();
+        let (mut removed, mut failed, mut running) = (0, Vec::new(), Vec::new());
         for ns in &namespaces {
+            let api: Api<VolumeBackup> = Api::namespaced(kube.client.clone(), ns);
+            // Records of runs; without the CRD there are none (an older install's leftovers
+            // are still removed).
+            let records = match api.list(&ListParams::default().labels(BACKUP_LABEL)).await {
+                Ok(l) => l.items,
+                Err(e) if cluster::is_status(&e, 404) => Vec::new(),
+                Err(e) => return Err(missing_crd(e, "list", Some(ns))),
+            };
+            // `--backup` takes a run id or the name of a VolumeBackup of that run.
+            let run = args.backup.as_ref().map(|given| {
+                records
+                    .iter()
+                    .find(|b| &b.name_any() == given)
+                    .and_then(|b| b.labels().get(BACKUP_LABEL).cloned())
+                    .unwrap_or_else(|| given.clone())
+            });
+            let unfinished = records.iter().filter(|b| {
+                !matches!(b.phase(), Some(Phase::Completed | Phase::Failed))
+                    && run
+                        .as_ref()
+                        .is_none_or(|r| b.labels().get(BACKUP_LABEL) == Some(r))
+            });
+            let mut live = BTreeSet::new();
+            for b in unfinished {
+                let id = b.labels().get(BACKUP_LABEL).cloned().unwrap_or_default();
+                if run.is_none() && b.is_being_taken(now) {
+                    running.push(format!("{ns}/{}", b.name_any()));
+                    live.insert(id);
+                    continue;
+                }
+                let step = super::record::last_step(b);
+                super::record::mark_failed(
+                    &api,
+                    b,
+                    "Abandoned",
+                    format!(
+                        "the create taking this backup stopped while {step} and was not heard from again; cleanup removed what it left"
+                    ),
+                )
+                .await?;
+                failed.push(format!("{ns}/{}", b.name_any()));
+            }
+            let selector = match (&run, live.is_empty()) {
+                (Some(id), _) => format!("{BACKUP_LABEL}={id}"),
+                (None, true) => BACKUP_LABEL.to_string(),
+                (None, false) => format!(
+                    "{BACKUP_LABEL},{BACKUP_LABEL} notin ({})",
+                    live.into_iter().collect::<Vec<_>>().join(",")
+                ),
+            };
             removed += super::create::cleanup_selector(&kube.client, ns, &selector, false).await?;
         }
         if !quiet {
             eprintln!("removed {removed} temporary object(s)");
+            if !failed.is_empty() {
+                eprintln!(
+                    "marked {} unfinished VolumeBackup(s) Failed: {}",
+                    failed.len(),
+                    failed.join(", ")
+                );
+            }
+            if !running.is_empty() {
+                eprintln!(
+                    "left alone {} backup(s) still being taken (their create was heard from in the last {}s): {}; name one with --backup NAME to clean it up anyway",
+                    running.len(),
+                    HEARTBEAT_STALE.as_secs(),
+                    running.join(", ")
+                );
+            }
         }
         Ok(())
     })
@@ -108,7 +172,10 @@ fn row(b: &VolumeBackup) -> Row {
         phase: st.phase.map(|p| format!("{p:?}")).unwrap_or_default(),
         source: vol.pvc,
         size: vol.capacity,
-        snapshot: b.spec.snapshot.chars().take(8).collect(),
+        snapshot: match b.short_snapshot() {
+            "" => "<none>".to_string(),
+            id => id.to_string(),
+        },
         created: b
             .metadata
             .creation_timestamp
@@ -266,7 +333,10 @@ pub fn list(args: &ListArgs) -> Result<()> {
         anyhow::Ok((items, kube.namespace.clone()))
     })?;
     let repo_only: Option<(String, Vec<RepositoryOnly>)> = repo.map(|(location, snaps)| {
-        let named: BTreeSet<&str> = items.iter().map(|b| b.spec.snapshot.as_str()).collect();
+        let named: BTreeSet<&str> = items
+            .iter()
+            .filter_map(|b| b.spec.snapshot.as_deref())
+            .collect();
         let rows = snaps
             .iter()
             .filter(|(id, _)| !named.contains(id.to_hex().as_str()))
@@ -378,7 +448,7 @@ pub fn describe(args: &DescribeArgs) -> Result<()> {
             ),
             None => println!("Repository:   Secret {}", b.spec.repository.secret_ref.name),
         }
-        println!("Snapshot:     {}", b.spec.snapshot);
+        println!("Snapshot:     {}", b.spec.snapshot.as_deref().unwrap_or("<none>"));
         if let Some(p) = &b.spec.path {
             println!("Path:         {p}");
         }
@@ -466,14 +536,16 @@ fn plan_repository_removal(
         .with_context(|| format!("cannot list the snapshots of {shown}"))?;
     let mut forget = Vec::new();
     let mut seen = BTreeSet::new();
-    for (b, _) in backups {
+    // A backup that never completed has no snapshot: nothing of it to forget (the prune
+    // removes whatever data its run uploaded).
+    for (b, _) in backups.iter().filter(|(b, _)| b.spec.snapshot.is_some()) {
         let Some((id, snap)) = snapshots
             .iter()
-            .find(|(id, _)| id.to_hex() == b.spec.snapshot)
+            .find(|(id, _)| b.spec.snapshot.as_deref() == Some(id.to_hex().as_str()))
         else {
             bail!(
                 "the snapshot {} of VolumeBackup {ns}/{} is not in the repository {shown}: pass the repository it was written to with --repo (or delete without --prune to remove only the record)",
-                b.spec.snapshot.chars().take(8).collect::<String>(),
+                b.short_snapshot(),
                 b.name_any()
             );
         };
@@ -501,7 +573,7 @@ async fn refuse_shared_snapshots(
 ) -> Result<()> {
     let snapshots: BTreeSet<&str> = backups
         .iter()
-        .map(|(b, _)| b.spec.snapshot.as_str())
+        .filter_map(|(b, _)| b.spec.snapshot.as_deref())
         .collect();
     let deleting: BTreeSet<String> = backups.iter().map(|(b, _)| b.name_any()).collect();
     let all: Api<VolumeBackup> = Api::all(client.clone());
@@ -518,10 +590,14 @@ async fn refuse_shared_snapshots(
         if theirs == ns && deleting.contains(&o.name_any()) {
             continue;
         }
-        if snapshots.contains(o.spec.snapshot.as_str()) {
+        if o.spec
+            .snapshot
+            .as_deref()
+            .is_some_and(|id| snapshots.contains(id))
+        {
             bail!(
                 "refusing to prune: the snapshot {} is also the backup of VolumeBackup {theirs}/{} (a copy a cross-namespace restore made?): delete that one in the same way first, or delete without --prune to remove only the record",
-                o.spec.snapshot.chars().take(8).collect::<String>(),
+                o.short_snapshot(),
                 o.name_any()
             );
         }
@@ -601,6 +677,13 @@ pub fn delete(args: &DeleteArgs, quiet: bool) -> Result<()> {
                     "VolumeBackup {name:?} not found in namespace {ns:?} (nothing was deleted): list them with kubectl volbackup list -n {ns}"
                 );
             };
+            if b.is_being_taken(chrono::Utc::now()) {
+                bail!(
+                    "VolumeBackup {ns}/{name} is still being taken (its create was heard from in the last {}s, while {}; nothing was deleted): wait for it, or stop that create; to remove it anyway run kubectl volbackup cleanup --backup {name} -n {ns}",
+                    HEARTBEAT_STALE.as_secs(),
+                    super::record::last_step(&b)
+                );
+            }
             // Where the Secret says the backup went, when this user may read it.
             let theirs = if args.prune {
                 match secrets.get_opt(&b.spec.repository.secret_ref.name).await {
@@ -653,6 +736,20 @@ pub fn delete(args: &DeleteArgs, quiet: bool) -> Result<()> {
         let api: Api<VolumeBackup> = Api::namespaced(kube.client.clone(), &ns);
         for (b, _) in &backups {
             let name = b.name_any();
+            // A backup that never completed may have left its run's temporary objects.
+            if b.phase() != Some(Phase::Completed)
+                && let Some(run) = b.labels().get(BACKUP_LABEL)
+            {
+                let mut selector = format!("{BACKUP_LABEL}={run}");
+                if let Some(pvc) = b.labels().get(PVC_LABEL) {
+                    selector.push_str(&format!(",{PVC_LABEL}={pvc}"));
+                }
+                let left =
+                    super::create::cleanup_selector(&kube.client, &ns, &selector, false).await?;
+                if !quiet && left > 0 {
+                    eprintln!("removed {left} temporary object(s) VolumeBackup {name} left");
+                }
+            }
             match api.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => {
                     if !quiet {

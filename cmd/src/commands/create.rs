@@ -17,10 +17,12 @@ use kube::{Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use volbackup_populator::api::{
-    Phase, RepositoryRef, SecretRef, VolumeBackup, VolumeBackupSpec, VolumeBackupStatus, VolumeInfo,
+    ANN_HEARTBEAT, Phase, RepositoryRef, SecretRef, VolumeBackup, VolumeBackupSpec,
+    VolumeBackupStatus, VolumeInfo,
 };
 use volbackup_populator::mover;
 
+use super::record::{Heartbeat, Record, Step, fail_unfinished, now_rfc3339, with_backed_up};
 use crate::cli::CreateArgs;
 use crate::cluster::{self, BACKUP_LABEL, DEFAULT_SNAPSHOT_CLASS, PVC_LABEL, explain};
 use crate::progress;
@@ -98,11 +100,11 @@ struct Run {
 
 /// The last line of `mover backup --json`.
 #[derive(Debug, Deserialize)]
-struct MoverSummary {
-    snapshot_id: String,
-    bytes_total: u64,
-    bytes_new: u64,
-    bytes_stored: u64,
+pub(crate) struct MoverSummary {
+    pub(crate) snapshot_id: String,
+    pub(crate) bytes_total: u64,
+    pub(crate) bytes_new: u64,
+    pub(crate) bytes_stored: u64,
 }
 
 /// One line of the mover's output, as far as `create` cares.
@@ -267,10 +269,17 @@ async fn run_async(
         r = work => r,
         sig = interrupted() => {
             let sig = sig?;
+            let selector = format!("{BACKUP_LABEL}={}", run.id);
             for ns in &namespaces {
-                cleanup_selector(&client, ns, &format!("{BACKUP_LABEL}={}", run.id), run.keep_snapshot).await?;
+                // The records first: if removing the temporaries fails, the Failed backups
+                // still own them, and deleting those removes what is left.
+                fail_unfinished(&client, ns, &selector, "Interrupted", |step| {
+                    format!("create was interrupted by {sig} while {step}")
+                })
+                .await?;
+                cleanup_selector(&client, ns, &selector, run.keep_snapshot).await?;
             }
-            bail!("interrupted by {sig}: the temporary objects of this run were removed");
+            bail!("interrupted by {sig}: the temporary objects of this run were removed and its VolumeBackups marked Failed");
         }
     };
     let mut failed = Vec::new();
@@ -599,11 +608,95 @@ fn bar_for(run: &Run, t: &Target) -> ProgressBar {
     progress::volume_bar(ProgressDrawTarget::hidden(), Some(&run.bars), t.label())
 }
 
-/// Backs up one PVC and always removes its temporary objects.
+/// Writes the backup's record, `InProgress`, before anything else is created.
+async fn start_record(
+    run: &Run,
+    t: &Target,
+    started: chrono::DateTime<chrono::Utc>,
+) -> Result<Record> {
+    let ns = t.info.namespace.as_str();
+    let name = backup_name(&t.info.pvc, started);
+    let api: Api<VolumeBackup> = Api::namespaced(run.client.clone(), ns);
+    let mut vb = VolumeBackup::new(
+        &name,
+        VolumeBackupSpec {
+            repository: RepositoryRef {
+                secret_ref: SecretRef {
+                    name: run.secret.clone(),
+                },
+                location: run.locations.get(ns).cloned().flatten(),
+            },
+            snapshot: None,
+            path: t.is_block().then(|| format!("/{}.img", t.info.pvc)),
+        },
+    );
+    vb.metadata.namespace = Some(ns.to_string());
+    vb.metadata.labels = Some(BTreeMap::from([
+        (PVC_LABEL.to_string(), cluster::pvc_label_value(&t.info.pvc)),
+        (BACKUP_LABEL.to_string(), run.id.clone()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "volbackup".to_string(),
+        ),
+    ]));
+    vb.metadata.annotations = Some(BTreeMap::from([(ANN_HEARTBEAT.to_string(), now_rfc3339())]));
+    let created = api
+        .create(&PostParams::default(), &vb)
+        .await
+        .map_err(|e| explain(e, "create", "volumebackups.volbackup.io", Some(ns)))?;
+    let record = Record {
+        api,
+        name,
+        uid: created.uid().unwrap_or_default(),
+        step: std::sync::Mutex::new(Step::Snapshot),
+    };
+    let status = VolumeBackupStatus {
+        phase: Some(Phase::InProgress),
+        volume: Some(t.info.clone()),
+        start_time: Some(started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        conditions: with_backed_up(
+            None,
+            "Unknown",
+            Step::Snapshot.doing(),
+            Step::Snapshot.what().to_string(),
+        ),
+        ..Default::default()
+    };
+    let written = record
+        .api
+        .patch_status(
+            &record.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await;
+    if let Err(e) = written {
+        // Nothing half-created: a record without a status would look abandoned.
+        let _ = record
+            .api
+            .delete(&record.name, &DeleteParams::default())
+            .await;
+        return Err(explain(e, "patch", "volumebackups/status", Some(ns)));
+    }
+    Ok(record)
+}
+
+/// Backs up one PVC and always removes its temporary objects; a failed backup's record says
+/// at which step and why.
 async fn backup_one(run: &Run, t: &Target) -> Result<(String, MoverSummary)> {
+    let failed = || format!("backup of PVC {} failed", t.label());
+    let started = chrono::Utc::now();
+    let record = start_record(run, t, started).await.with_context(failed)?;
+    let heartbeat = Heartbeat::start(record.api.clone(), record.name.clone());
     let bar = bar_for(run, t);
-    let result = backup_steps(run, t, &bar).await;
+    let result = backup_steps(run, t, &bar, &record, started).await;
     bar.finish_and_clear();
+    drop(heartbeat);
+    if let Err(e) = &result {
+        // The error is what the user needs; a record that cannot be marked is left InProgress
+        // without a heartbeat, for `cleanup` to find.
+        let _ = record.failed(e).await;
+    }
     let selector = format!(
         "{BACKUP_LABEL}={},{PVC_LABEL}={}",
         run.id,
@@ -611,7 +704,7 @@ async fn backup_one(run: &Run, t: &Target) -> Result<(String, MoverSummary)> {
     );
     let cleanup =
         cleanup_selector(&run.client, &t.info.namespace, &selector, run.keep_snapshot).await;
-    let out = result.with_context(|| format!("backup of PVC {} failed", t.label()))?;
+    let out = result.with_context(failed)?;
     cleanup.with_context(|| format!("cleaning up after the backup of PVC {}", t.label()))?;
     Ok(out)
 }
@@ -620,8 +713,13 @@ fn labels(run: &Run, t: &Target) -> Value {
     json!({BACKUP_LABEL: run.id, PVC_LABEL: cluster::pvc_label_value(&t.info.pvc), "app.kubernetes.io/managed-by": "volbackup"})
 }
 
-async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(String, MoverSummary)> {
-    let started = chrono::Utc::now();
+async fn backup_steps(
+    run: &Run,
+    t: &Target,
+    bar: &ProgressBar,
+    record: &Record,
+    started: chrono::DateTime<chrono::Utc>,
+) -> Result<(String, MoverSummary)> {
     // --timeout bounds each wait on the cluster, not the copy: a large volume takes as long as
     // it takes, and only a copy that stops making progress (--stall-timeout) is given up.
     let deadline = Instant::now() + run.timeout;
@@ -635,7 +733,8 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
     let vs: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "snapshot.storage.k8s.io/v1",
         "kind": "VolumeSnapshot",
-        "metadata": {"name": tmp, "namespace": ns, "labels": labels(run, t)},
+        "metadata": {"name": tmp, "namespace": ns, "labels": labels(run, t),
+                     "ownerReferences": record.owner()},
         "spec": {"volumeSnapshotClassName": t.snapshot_class,
                  "source": {"persistentVolumeClaimName": t.info.pvc}},
     }))?;
@@ -704,6 +803,7 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
     }
 
     // 2. The temporary PVC from the snapshot.
+    record.at(Step::Volume).await;
     bar.set_message("creating the volume");
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let mut pvc_spec = json!({
@@ -717,7 +817,8 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
     }
     let temp_pvc: PersistentVolumeClaim = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": tmp, "namespace": ns, "labels": labels(run, t)},
+        "metadata": {"name": tmp, "namespace": ns, "labels": labels(run, t),
+                     "ownerReferences": record.owner()},
         "spec": pvc_spec,
     }))?;
     pvcs.create(&PostParams::default(), &temp_pvc)
@@ -725,6 +826,7 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
         .map_err(|e| explain(e, "create", "persistentvolumeclaims", Some(ns)))?;
 
     // 3. The mover pod.
+    record.at(Step::Mover).await;
     bar.set_message("starting the mover");
     let description = serde_json::to_string(&info)?;
     let mut mover_args = vec![
@@ -754,7 +856,8 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
     mover_args.push(description);
     mover_args.push("--retry-lock".into());
     mover_args.push(run.retry_lock.clone());
-    let pod = mover_pod(run, t, &tmp, ns, mover_args);
+    let mut pod = mover_pod(run, t, &tmp, ns, mover_args);
+    pod.metadata.owner_references = Some(serde_json::from_value(record.owner())?);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     pods.create(&PostParams::default(), &pod)
         .await
@@ -763,6 +866,7 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
     wait_started(&pods, &tmp, &run.image, deadline, run.timeout).await?;
 
     // 4. Follow the log.
+    record.at(Step::Copy).await;
     bar.set_message("copying");
     let (summary, last_error) = follow_log(&pods, &tmp, bar, run.show, run.stall).await?;
     let phase = wait_finished(&pods, &tmp).await?;
@@ -781,52 +885,9 @@ async fn backup_steps(run: &Run, t: &Target, bar: &ProgressBar) -> Result<(Strin
         .context("the mover's result line is not what this version expects")?;
 
     // 5. The record.
-    let name = backup_name(&info.pvc, started);
-    let api: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
-    let mut vb = VolumeBackup::new(
-        &name,
-        VolumeBackupSpec {
-            repository: RepositoryRef {
-                secret_ref: SecretRef {
-                    name: run.secret.clone(),
-                },
-                location: run.locations.get(ns).cloned().flatten(),
-            },
-            snapshot: summary.snapshot_id.clone(),
-            path: t.is_block().then(|| format!("/{}.img", info.pvc)),
-        },
-    );
-    vb.metadata.namespace = Some(ns.to_string());
-    vb.metadata.labels = Some(BTreeMap::from([
-        (PVC_LABEL.to_string(), cluster::pvc_label_value(&info.pvc)),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            "volbackup".to_string(),
-        ),
-    ]));
-    api.create(&PostParams::default(), &vb)
-        .await
-        .map_err(|e| explain(e, "create", "volumebackups.volbackup.io", Some(ns)))?;
-    let status = VolumeBackupStatus {
-        phase: Some(Phase::Completed),
-        volume: Some(info.clone()),
-        bytes_total: Some(summary.bytes_total),
-        bytes_new: Some(summary.bytes_new),
-        bytes_stored: Some(summary.bytes_stored),
-        start_time: Some(started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-        completion_time: Some(
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        ),
-        ..Default::default()
-    };
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": status})),
-    )
-    .await
-    .map_err(|e| explain(e, "patch", "volumebackups/status", Some(ns)))?;
-    Ok((name, summary))
+    record.at(Step::Record).await;
+    record.completed(&info, &summary, started).await?;
+    Ok((record.name.clone(), summary))
 }
 
 /// Waits until the mover container runs or ended; an image that cannot be pulled fails at once.
@@ -1000,7 +1061,9 @@ pub async fn cleanup_selector(
             for s in list {
                 let name = s.name_any();
                 if keep_snapshot {
-                    let patch = json!({"metadata": {"labels": {BACKUP_LABEL: null}}});
+                    // Kept: out of this run, and no longer owned by its VolumeBackup (deleting
+                    // that would take the snapshot along).
+                    let patch = json!({"metadata": {"labels": {BACKUP_LABEL: null}, "ownerReferences": null}});
                     snaps
                         .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
                         .await

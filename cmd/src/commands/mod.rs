@@ -8,6 +8,7 @@ pub mod forget;
 pub mod install;
 pub mod mover;
 pub mod populator;
+pub mod record;
 pub mod repo;
 pub mod restore;
 pub mod snapshots;

@@ -219,11 +219,22 @@ async fn resolve_source(args: &RestoreArgs, client: &Client, ns: &str) -> Result
         ),
     };
     let status = backup.status.clone().unwrap_or_default();
-    if status.phase != Some(Phase::Completed) {
-        bail!(
-            "VolumeBackup {from_ns}/{name} is not Completed (phase {:?}): restore a completed backup",
-            status.phase
-        );
+    match status.phase {
+        Some(Phase::Completed) if backup.spec.snapshot.is_some() => {}
+        Some(Phase::Failed) => bail!(
+            "VolumeBackup {from_ns}/{name} failed ({}), so it holds nothing to restore: restore a Completed backup (kubectl volbackup list -n {from_ns})",
+            backup
+                .condition(volbackup_populator::api::BACKED_UP)
+                .map(|c| format!("{}: {}", c.reason, c.message))
+                .unwrap_or_else(|| "no reason recorded".into())
+        ),
+        Some(Phase::InProgress) | None => bail!(
+            "VolumeBackup {from_ns}/{name} is still being taken ({}): wait until it is Completed (kubectl volbackup list -n {from_ns})",
+            super::record::last_step(&backup)
+        ),
+        Some(Phase::Completed) => bail!(
+            "VolumeBackup {from_ns}/{name} is Completed but names no snapshot: it was not written by `kubectl volbackup create`"
+        ),
     }
     let info = status.volume.clone().ok_or_else(|| {
         anyhow!("VolumeBackup {from_ns}/{name} has no volume info in its status: it was not made by `kubectl volbackup create`")
@@ -389,7 +400,7 @@ async fn from_repository(args: &RestoreArgs, client: &Client, ns: &str) -> Resul
             secret_ref: SecretRef { name: secret },
             location: Some(data["VOLBACKUP_REPOSITORY"].clone()),
         },
-        snapshot: id.to_string(),
+        snapshot: Some(id.to_string()),
         path,
     };
     let time = snap

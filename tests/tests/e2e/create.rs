@@ -83,6 +83,18 @@ async fn block_and_filesystem_pvcs_are_backed_up_and_restic_reads_them_back() {
         assert!(
             vb["status"]["startTime"].is_string() && vb["status"]["completionTime"].is_string()
         );
+        let c = backed_up(vb).expect("a BackedUp condition");
+        assert_eq!(
+            (&c["status"], &c["reason"]),
+            (&json!("True"), &json!("Completed"))
+        );
+        assert!(
+            c["message"].as_str().unwrap().starts_with(&format!(
+                "snapshot {}",
+                &vb["spec"]["snapshot"].as_str().unwrap()[..8]
+            )),
+            "{c}"
+        );
     }
     assert_eq!(vb_blk["spec"]["path"], "/blk.img");
     assert_eq!(vb_blk["status"]["volume"]["volumeMode"], "Block");
@@ -238,6 +250,8 @@ async fn bad_input_fails_in_one_line_and_leaves_nothing_behind() {
         .create_backup(&["vol", "--image", "registry.invalid/volbackup:none"])
         .await;
     assert_one_line_failure(&out, "cannot pull the mover image");
+    // Its record says so; the runs below fail before anything is created, and add none.
+    assert_failed_backup(&env, "vol", "MoverFailed", "cannot pull the mover image").await;
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "took {:?}",
@@ -319,14 +333,42 @@ async fn bad_input_fails_in_one_line_and_leaves_nothing_behind() {
     );
 
     env.assert_nothing_temporary_left().await;
-    assert!(
-        env.list(&backups_ar(), true, None).await.is_empty(),
-        "a VolumeBackup was recorded for a failed run"
+    assert_eq!(
+        env.list(&backups_ar(), true, None).await.len(),
+        1,
+        "a VolumeBackup was recorded for a run refused before it began"
     );
     assert!(
         env.list(&snapshots_ar(), true, None).await.is_empty(),
         "a VolumeSnapshot was left"
     );
+}
+
+/// The one VolumeBackup of a PVC, which must be Failed, name no snapshot, and carry the
+/// condition `BackedUp=False` with this reason and a message containing `says`.
+async fn assert_failed_backup(env: &Env, pvc: &str, reason: &str, says: &str) -> Value {
+    let mut b = backups_of(env, pvc).await;
+    assert_eq!(b.len(), 1, "{b:?}");
+    let b = b.remove(0);
+    assert_eq!(b["status"]["phase"], "Failed", "{b}");
+    assert!(b["spec"].get("snapshot").is_none(), "{b}");
+    let c = backed_up(&b).expect("a BackedUp condition");
+    assert_eq!(c["status"], "False", "{c}");
+    assert_eq!(c["reason"], reason, "{c}");
+    assert!(
+        c["message"].as_str().unwrap_or_default().contains(says),
+        "{c}"
+    );
+    b
+}
+
+/// The `BackedUp` condition of a VolumeBackup.
+fn backed_up(b: &Value) -> Option<Value> {
+    b["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "BackedUp")
+        .cloned()
 }
 
 /// The VolumeBackups of one PVC, oldest first.
@@ -524,10 +566,13 @@ async fn an_interrupted_backup_removes_its_temporary_objects_and_the_repository_
     );
     assert!(stderr.contains("interrupted by Ctrl-C"), "{stderr}");
     env.assert_nothing_temporary_left().await;
-    assert!(
-        backups_of(&env, "v").await.is_empty(),
-        "an interrupted run recorded a VolumeBackup"
-    );
+    assert_failed_backup(
+        &env,
+        "v",
+        "Interrupted",
+        "create was interrupted by Ctrl-C while copying the data to the repository",
+    )
+    .await;
 
     // `cleanup` finds nothing more, and the repository passes check.
     let kc = env.cluster.kubeconfig_path().to_str().unwrap().to_string();
@@ -902,10 +947,14 @@ async fn a_snapshot_that_never_becomes_ready_fails_at_the_timeout_naming_it_and_
         "a VolumeSnapshot was left"
     );
     assert_no_snapshot_contents_left(&env).await;
-    assert!(
-        env.list(&backups_ar(), true, None).await.is_empty(),
-        "a VolumeBackup was recorded for a failed run"
-    );
+    // The record says where and why the backup failed.
+    assert_failed_backup(
+        &env,
+        "vol",
+        "SnapshotFailed",
+        "snapshot quota of pool p1 exceeded",
+    )
+    .await;
     assert_no_secret_in_events(&env, &[PASSWORD]).await;
     // The repository holds no snapshot from the failed run.
     let snaps: Value =
@@ -1048,7 +1097,17 @@ async fn an_unreachable_repository_fails_fast_in_one_line_without_leaking_creden
         "the AWS secret key was printed"
     );
     env.assert_nothing_temporary_left().await;
-    assert!(env.list(&backups_ar(), true, None).await.is_empty());
+    let failed = assert_failed_backup(
+        &env,
+        "vol",
+        "CopyFailed",
+        "cannot reach S3 endpoint http://127.0.0.1:1",
+    )
+    .await;
+    assert!(
+        !failed.to_string().contains(AWS_SECRET),
+        "the AWS secret key is in the record"
+    );
     assert!(env.list(&snapshots_ar(), true, None).await.is_empty());
     assert_no_secret_in_events(&env, &[PASSWORD, AWS_SECRET]).await;
 }
@@ -1663,7 +1722,231 @@ async fn timeout_bounds_the_waits_not_the_copy_and_a_stalled_copy_is_given_up() 
         stderr.contains("--stall-timeout"),
         "no hint on the flag: {stderr}"
     );
-    assert!(backups_of(&env, "w").await.is_empty());
+    assert_failed_backup(&env, "w", "CopyFailed", "made no progress for 4s").await;
     env.assert_nothing_temporary_left().await;
     assert!(mover_pid(&host).is_none(), "the stopped mover still runs");
+}
+
+/// Starts `create PVC`, freezes its mover once it copies, waits until the record says
+/// `Copying`, and kills the `create` with SIGKILL (it can clean nothing up); gives the record.
+async fn kill_create_mid_copy(env: &Env, pvc: &str) -> Value {
+    let mut child = tokio::process::Command::new(&env.bin)
+        .args([
+            "create",
+            pvc,
+            "-n",
+            NS,
+            "--repo",
+            env.repo.to_str().unwrap(),
+        ])
+        .env("KUBECONFIG", env.cluster.kubeconfig_path())
+        .env("VOLBACKUP_PASSWORD", PASSWORD)
+        .env("VOLBACKUP_IMAGE", &env.image)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl-volbackup starts");
+    let host = format!("{NS}/{pvc}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mover = loop {
+        if let Some(pid) = mover_pid(&host) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no mover process within 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(mover).expect("pid"),
+        rustix::process::Signal::STOP,
+    )
+    .expect("SIGSTOP the mover");
+    let record = loop {
+        let b = backups_of(env, pvc).await;
+        if let Some(b) = b.first()
+            && backed_up(b).is_some_and(|c| c["reason"] == "Copying")
+        {
+            break b.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the record never said Copying: {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    child.start_kill().expect("SIGKILL create");
+    child.wait().await.expect("create ends");
+    record
+}
+
+/// The temporary objects of a run (pods, PVCs, VolumeSnapshots labelled with its id).
+async fn temporaries_of(env: &Env, run: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    for r in [pods_ar(), pvcs_ar(), snapshots_ar()] {
+        all.extend(
+            env.list(&r, true, Some(&format!("volbackup.io/backup={run}")))
+                .await,
+        );
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_create_leaves_an_in_progress_record_owning_its_temporaries_for_cleanup_and_delete()
+ {
+    let env = Env::start().await;
+    for pvc in ["v", "w"] {
+        env.pvc(pvc, "Block", "32Mi", json!({})).await;
+        env.run_pod(
+            &format!("fill-{pvc}"),
+            pvc,
+            "Block",
+            "dd if=/dev/urandom of=/dev/xvda bs=1M count=32 2>/dev/null && sync",
+        )
+        .await;
+    }
+    let kc = env.cluster.kubeconfig_path().to_str().unwrap().to_string();
+    fn with(args: &[&str]) -> Vec<String> {
+        args.iter()
+            .chain(&["-n", NS])
+            .map(|a| a.to_string())
+            .collect()
+    }
+    let run_plugin = |mut args: Vec<String>| {
+        let env = &env;
+        args.extend(["--kubeconfig".to_string(), kc.clone()]);
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            env.plugin(&refs, &[]).await
+        }
+    };
+
+    // 1. Killed while copying: the record is InProgress, says so, and owns the temporaries.
+    let vb = kill_create_mid_copy(&env, "v").await;
+    let name = vb["metadata"]["name"].as_str().unwrap().to_string();
+    let uid = vb["metadata"]["uid"].as_str().unwrap().to_string();
+    let run = vb["metadata"]["labels"]["volbackup.io/backup"]
+        .as_str()
+        .expect("the record carries its run's label")
+        .to_string();
+    assert_eq!(vb["status"]["phase"], "InProgress", "{vb}");
+    assert!(vb["spec"].get("snapshot").is_none(), "{vb}");
+    assert_eq!(backed_up(&vb).unwrap()["status"], "Unknown");
+    assert!(
+        vb["metadata"]["annotations"]["volbackup.io/heartbeat"].is_string(),
+        "{vb}"
+    );
+    let temporaries = temporaries_of(&env, &run).await;
+    let kinds: Vec<&str> = temporaries
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["Pod", "PersistentVolumeClaim", "VolumeSnapshot"],
+        "{temporaries:?}"
+    );
+    for o in &temporaries {
+        let owner = &o["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (&owner["kind"], &owner["name"], &owner["uid"]),
+            (&json!("VolumeBackup"), &json!(name), &json!(uid)),
+            "{o}"
+        );
+    }
+    let out = run_plugin(with(&["list"])).await;
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains(&name) && l.contains("InProgress")),
+        "{}",
+        out.stdout
+    );
+
+    // 2. Heard from within the last minute: cleanup leaves it alone, delete refuses it.
+    let out = run_plugin(with(&["cleanup"])).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("left alone 1 backup(s) still being taken")
+            && out.stderr.contains(&name),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(temporaries_of(&env, &run).await.len(), 3);
+    let out = run_plugin(with(&["delete", &name, "--yes"])).await;
+    assert_one_line_failure(&out, "is still being taken");
+    assert!(out.stderr.contains("cleanup --backup"), "{}", out.stderr);
+    assert_eq!(backups_of(&env, "v").await.len(), 1, "deleted anyway");
+
+    // 3. Named: cleanup removes what it left and marks it Failed with the step it stopped at.
+    let out = run_plugin(with(&["cleanup", "--backup", &name])).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "marked 1 unfinished VolumeBackup(s) Failed: {NS}/{name}"
+        )),
+        "{}",
+        out.stderr
+    );
+    env.assert_nothing_temporary_left().await;
+    assert_failed_backup(
+        &env,
+        "v",
+        "Abandoned",
+        "stopped while copying the data to the repository",
+    )
+    .await;
+    assert!(
+        mover_pid(&format!("{NS}/v")).is_none(),
+        "the mover still runs"
+    );
+    let out = run_plugin(with(&["list"])).await;
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains(&name) && l.contains("Failed") && l.contains("<none>")),
+        "{}",
+        out.stdout
+    );
+    let out = run_plugin(with(&["delete", &name, "--yes"])).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(backups_of(&env, "v").await.is_empty());
+
+    // 4. Silent for longer than a minute (its heartbeat set back, as if the time had passed):
+    //    delete removes the record and what its run left.
+    let vb = kill_create_mid_copy(&env, "w").await;
+    let name = vb["metadata"]["name"].as_str().unwrap().to_string();
+    let run = vb["metadata"]["labels"]["volbackup.io/backup"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let long_ago = (chrono::Utc::now() - chrono::Duration::minutes(5))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    env.api(&backups_ar(), true)
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"volbackup.io/heartbeat": long_ago}}}),
+            ),
+        )
+        .await
+        .expect("set the heartbeat back");
+    assert_eq!(temporaries_of(&env, &run).await.len(), 3);
+    let out = run_plugin(with(&["delete", &name, "--yes"])).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "removed 3 temporary object(s) VolumeBackup {name} left"
+        )),
+        "{}",
+        out.stderr
+    );
+    env.assert_nothing_temporary_left().await;
+    assert!(backups_of(&env, "w").await.is_empty());
+    assert!(
+        mover_pid(&format!("{NS}/w")).is_none(),
+        "the mover still runs"
+    );
 }

@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::common::*;
@@ -454,14 +454,24 @@ async fn block_and_filesystem_volumes_come_back_identical_and_into_a_larger_pvc(
     );
     // `restore --wait` returns once the claim is bound; the populator reports the success
     // right after.
-    let vb = eventually(20, "the Restored condition to be True", || async {
-        let vb = get_in(&env, &backups_ar(), NS, &blk).await?;
-        (vb["status"]["conditions"][0]["status"] == "True").then_some(vb)
+    let cond = eventually(20, "the Restored condition to be True", || async {
+        restored_condition(&env, NS, &blk)
+            .await
+            .filter(|c| c["status"] == "True")
     })
     .await;
-    let cond = &vb["status"]["conditions"][0];
-    assert_eq!(cond["type"], "Restored");
+    assert_eq!(cond["reason"], "Restored", "{cond}");
+    let vb = get_in(&env, &backups_ar(), NS, &blk).await.unwrap();
     assert_eq!(vb["status"]["progress"]["bytesDone"], json!(image.len()));
+    // The backup's own condition is kept beside it.
+    assert!(
+        vb["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "BackedUp" && c["status"] == "True"),
+        "{vb}"
+    );
 
     // The metrics endpoint of the running populator counts the three restores.
     let pods = list_in(&env, &pods_ar(), POP_NS).await;
@@ -1281,6 +1291,50 @@ async fn sources_that_cannot_be_restored_keep_the_pvc_pending_with_the_reason() 
         "the event does not name the missing mark: {events:?}"
     );
     assert_no_populate_pod(&env, "plain", "unmarked").await;
+
+    // A backup that failed: `restore` refuses it in one line and creates nothing; a claim
+    // written by hand is refused by the populator, with no pod.
+    let mut failed = get_in(&env, &backups_ar(), NS, &blk).await.unwrap();
+    let spec = failed["spec"].as_object_mut().unwrap();
+    spec.remove("snapshot");
+    let spec = failed["spec"].clone();
+    backups
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"apiVersion": "volbackup.io/v1alpha1", "kind": "VolumeBackup",
+                "metadata": {"name": "failed"}, "spec": spec}),
+            )
+            .unwrap(),
+        )
+        .await
+        .expect("create the failed record");
+    backups
+        .patch_status(
+            "failed",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Failed", "conditions": [{"type": "BackedUp", "status": "False",
+                "reason": "SnapshotFailed", "message": "failed while taking the VolumeSnapshot: quota exceeded",
+                "lastTransitionTime": "2026-12-03T12:00:00Z"}]}})),
+        )
+        .await
+        .expect("mark it Failed");
+    let out = env
+        .plugin(&["restore", "failed", "--to", "from-failed", "-n", NS], &[])
+        .await;
+    assert_one_line_failure(
+        &out,
+        "failed (SnapshotFailed: failed while taking the VolumeSnapshot",
+    );
+    assert!(
+        out.stderr.contains("holds nothing to restore"),
+        "{}",
+        out.stderr
+    );
+    assert!(get_in(&env, &pvcs_ar(), NS, "from-failed").await.is_none());
+    claim_from(&env, NS, "by-hand", "failed", "Block", "16Mi").await;
+    assert_given_up(&env, NS, "by-hand", "failed", "BackupFailed", 30).await;
+    assert_no_populate_pod(&env, NS, "by-hand").await;
 
     // Nothing temporary stays, no volume made for these restores is left, and no secret shows.
     assert_no_populator_leftovers(&env).await;
