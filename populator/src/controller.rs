@@ -113,7 +113,8 @@ fn rfc3339_now() -> String {
 }
 
 /// Reads the mover's error line (`{"type":"error",...}`) from a failed pod's termination
-/// message (the kubelet copies the end of the log there, `FallbackToLogsOnError`).
+/// message (the mover writes the line to its termination-message file; without it the kubelet
+/// copies the end of the log there, `FallbackToLogsOnError`).
 pub fn pod_failure(message: &str, exit_code: Option<i32>) -> PodFailure {
     for line in message.lines().rev() {
         if let Ok(v) = serde_json::from_str::<Value>(line.trim())

@@ -255,16 +255,35 @@ pub fn restore(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
         && args.json
     {
         let (reason, retryable) = classify(e);
-        let line = ErrorLine {
+        let line = serde_json::to_string(&ErrorLine {
             kind: "error",
             reason,
             retryable,
             message: crate::one_line(e),
-        };
-        println!("{}", serde_json::to_string(&line)?);
+        })?;
+        println!("{line}");
+        write_termination_message(&line);
     }
     result
 }
+
+/// In a container, the kubelet mounts a file at the pod's `terminationMessagePath` and copies
+/// its content into the container's terminated state: the error line written there reaches the
+/// populator whatever else the log holds (the log's tail is only a fallback, cut at 2 KiB or 80
+/// lines). Outside a container the file does not exist and nothing is written.
+fn write_termination_message(line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(TERMINATION_LOG)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// The default `terminationMessagePath` of a container.
+const TERMINATION_LOG: &str = "/dev/termination-log";
 
 /// One pack read of `mover restore --dry-run --json`.
 #[derive(Debug, Serialize)]
