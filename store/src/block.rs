@@ -90,6 +90,9 @@ pub struct RestoreOptions {
     /// are held for, to be written in order (0: each blob is written in its place as it
     /// arrives, out of order; kept to compare the two).
     pub reorder_window: u64,
+    /// Bytes of blobs read and not yet written the restore may hold (0: the default,
+    /// [`crate::pack_reader::BUDGET`]).
+    pub read_budget: u64,
 }
 
 impl Default for RestoreOptions {
@@ -102,6 +105,7 @@ impl Default for RestoreOptions {
             read_concurrency: 0,
             plan: PlanOptions::default(),
             reorder_window: REORDER_WINDOW,
+            read_budget: 0,
         }
     }
 }
@@ -349,6 +353,9 @@ pub fn restore_image(
         reader.read_concurrency = opts.read_concurrency;
     }
     reader.decode_threads = opts.threads.clamp(1, reader.decode_threads);
+    if opts.read_budget > 0 {
+        reader.budget = opts.read_budget;
+    }
     let written = if std::fs::metadata(target).is_ok_and(|m| m.file_type().is_block_device()) {
         let mut device = DeviceTarget::open(target, size)?;
         read_plan(repo, &plan, &reader, |deliveries| {

@@ -663,3 +663,57 @@ fn an_index_file_written_just_before_the_lock_is_loaded_under_it() {
         .count();
     assert_eq!(newer_reads, 1, "{log:#?}");
 }
+
+/// Restores `image` with `budget` bytes of blobs at most held, through a backend whose reads
+/// take a while; returns the backend (to see what was in flight) and the plan's longest read.
+fn restore_with_budget(budget: u64) -> (Arc<Wrapped>, u64) {
+    let t = TempRepo::new();
+    let image = image();
+    let snap = backed_up(&t, &image);
+    let mut w = Wrapped::new(t.backend());
+    w.pause = std::time::Duration::from_millis(20);
+    let (repo, w) = open_wrapped(&t, w);
+    let plan_opts = PlanOptions {
+        max_gap: 0,
+        max_read: 1 << 20,
+    };
+    let longest = volbackup_store::block::plan_block_restore(&repo, &snap, None, &plan_opts)
+        .unwrap()
+        .reads
+        .iter()
+        .map(|r| r.length)
+        .max()
+        .unwrap();
+    let target = t.scratch("out.img");
+    let opts = RestoreOptions {
+        read_concurrency: 8,
+        read_budget: budget,
+        plan: plan_opts,
+        ..RestoreOptions::default()
+    };
+    restore_block(&repo, &snap, None, &target, &opts, &NoProgress).unwrap();
+    assert!(
+        std::fs::read(&target).unwrap() == image,
+        "restored bytes differ"
+    );
+    (w, longest)
+}
+
+#[test]
+fn reads_in_flight_stay_within_the_byte_budget() {
+    let budget = 3 << 20;
+    let (w, longest) = restore_with_budget(budget);
+    let most = w.most_bytes_in_flight.load(Ordering::SeqCst) as u64;
+    // The lowest read not yet delivered may always start, whatever the budget holds.
+    assert!(
+        most <= budget + longest,
+        "{most} bytes were in flight, with a budget of {budget} and reads of at most {longest}"
+    );
+    assert!(w.most_in_flight.load(Ordering::SeqCst) >= 2);
+}
+
+#[test]
+fn a_budget_smaller_than_any_read_restores_one_read_at_a_time() {
+    let (w, _) = restore_with_budget(1);
+    assert_eq!(w.most_in_flight.load(Ordering::SeqCst), 1);
+}

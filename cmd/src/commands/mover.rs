@@ -333,6 +333,7 @@ fn restore_inner(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
                     reorder_window: args
                         .reorder_window_mib
                         .map_or(block::RestoreOptions::default().reorder_window, |m| m << 20),
+                    read_budget: args.read_budget_mib.map_or(0, |m| m << 20),
                     ..block::RestoreOptions::default()
                 },
                 reporter.progress(),
