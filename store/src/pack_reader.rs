@@ -203,10 +203,13 @@ pub fn read_plan<T>(
     let (fetched_tx, fetched_rx) = bounded::<(usize, Vec<u8>)>(decoders);
     let (out_tx, out_rx) = bounded::<Result<Decoded>>(64);
     let budget = Arc::new(Budget::new(opts.budget, reads.len()));
+    // Read buffers go back from the decoders to the fetchers: memory a read was made into
+    // before is faster to fill than fresh pages, and the allocator is left alone.
+    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(decoders + 2);
     std::thread::scope(|s| {
         for _ in 0..opts.read_concurrency.clamp(1, reads.len().max(1)) {
             let (tx, out) = (fetched_tx.clone(), out_tx.clone());
-            let budget = &budget;
+            let (budget, spare) = (&budget, &spare_rx);
             s.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -214,8 +217,9 @@ pub fn read_plan<T>(
                     if !budget.take(i, read.blobs.iter().map(blob_charge).sum(), stop) {
                         return;
                     }
-                    match fetch(repo, read, opts.attempts) {
-                        Ok(bytes) => {
+                    let mut bytes = spare.try_recv().unwrap_or_default();
+                    match fetch(repo, read, opts.attempts, &mut bytes) {
+                        Ok(()) => {
                             if tx.send((i, bytes)).is_err() {
                                 return;
                             }
@@ -231,7 +235,7 @@ pub fn read_plan<T>(
         drop(fetched_tx);
         for _ in 0..decoders {
             let (rx, out) = (fetched_rx.clone(), out_tx.clone());
-            let budget = &budget;
+            let (budget, spare) = (&budget, &spare_tx);
             s.spawn(move || {
                 let mut dctx = match zstd::bulk::Decompressor::new() {
                     Ok(d) => d,
@@ -242,13 +246,15 @@ pub fn read_plan<T>(
                         return;
                     }
                 };
-                for (i, bytes) in rx.iter() {
+                for (i, mut bytes) in rx.iter() {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    let r = decode_read(repo, &mut dctx, &reads[i], bytes, budget, &mut |d| {
+                    let r = decode_read(repo, &mut dctx, &reads[i], &mut bytes, budget, &mut |d| {
                         out.send(Ok(d)).is_ok()
                     });
+                    // Kept for another read while there is room, else freed.
+                    let _ = spare.try_send(bytes);
                     match r {
                         Ok(true) => budget.delivered(i),
                         Ok(false) => return,
@@ -273,7 +279,7 @@ pub fn read_plan<T>(
 
 /// Fetches the bytes of one read, trying again when they come back short or the backend
 /// failed retryably.
-fn fetch(repo: &Repository, read: &PackRead, attempts: u32) -> Result<Vec<u8>> {
+fn fetch(repo: &Repository, read: &PackRead, attempts: u32, bytes: &mut Vec<u8>) -> Result<()> {
     let name = read.pack.to_hex();
     let attempts = attempts.max(1);
     let mut why = String::new();
@@ -284,10 +290,10 @@ fn fetch(repo: &Repository, read: &PackRead, attempts: u32) -> Result<Vec<u8>> {
         }
         match repo
             .backend()
-            .read_range(FileType::Pack, &name, read.offset, read.length)
+            .read_range_into(FileType::Pack, &name, read.offset, read.length, bytes)
         {
-            Ok(bytes) if bytes.len() as u64 == read.length => return Ok(bytes),
-            Ok(bytes) => why = format!("got {} of {} bytes", bytes.len(), read.length),
+            Ok(()) if bytes.len() as u64 == read.length => return Ok(()),
+            Ok(()) => why = format!("got {} of {} bytes", bytes.len(), read.length),
             Err(e) if e.is_retryable() && attempt < attempts => why = e.to_string(),
             Err(e) => return Err(e),
         }
@@ -310,7 +316,7 @@ fn decode_read(
     repo: &Repository,
     dctx: &mut zstd::bulk::Decompressor<'static>,
     read: &PackRead,
-    mut bytes: Vec<u8>,
+    bytes: &mut [u8],
     budget: &Arc<Budget>,
     emit: &mut dyn FnMut(Decoded) -> bool,
 ) -> Result<bool> {
