@@ -14,13 +14,16 @@ earlier random blocks; "zeros" is the same with a quarter of the blocks all zero
 other kinds scaled down). Repositories and restore targets live on tmpfs (/dev/shm).
 
 Cases, each run once as a warm-up and then --runs times, the programs alternating in order:
-  local: image backup (ours, restic), image restore to a file (ours; ours writing each blob
-         as it arrives, out of order; `restic restore`, `restic dump`, rustic), and the raw limit (every pack range the restore needs, read
-         with 32 threads and thrown away);
+  local: image backup (ours, restic, rustic), image restore to a file (ours; ours writing each
+         blob as it arrives, out of order; `restic restore`, `restic dump`, rustic), and the raw
+         limit (every pack range the restore needs, read with 32 threads and thrown away);
   S3:    a single-node Garage started here, reached through a TCP proxy that holds back every
-         request by the latency given (0, 10, 25, 50 ms...): image restore (ours, `restic
-         restore`, `restic dump`, rustic) and the raw limit (every needed pack range fetched
-         with 32 requests in flight and thrown away).
+         request by the latency given (0, 10, 25, 50 ms...): image backups (direct at 0 ms,
+         through the proxy at the other latencies; once each), image restores (ours, `restic
+         restore`, `restic dump`, rustic through a profile of opendal options) and the raw
+         limit (every needed pack range fetched with 32 requests in flight and thrown away).
+         The proxy counts each restore's requests, and those made before its first pack read.
+rustic takes part when it is on PATH (cargo install rustic-rs); the report says when it is not.
 The table gives medians, the min-max spread and peak RSS; the issue's targets follow it.
 """
 
@@ -194,6 +197,8 @@ class LatencyProxy:
     def __init__(self, upstream_port):
         self.upstream = upstream_port
         self.delay = 0.0
+        # The first line of every request since the last reset (e.g. "GET /bench/x/config").
+        self.requests = []
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
         self.port = None
@@ -225,6 +230,7 @@ class LatencyProxy:
                         break
                     if state["answered"]:
                         state["answered"] = False
+                        self.requests.append(data.split(b"\r\n", 1)[0].decode(errors="replace"))
                         if self.delay:
                             await asyncio.sleep(self.delay)
                     up_w.write(data)
@@ -249,6 +255,13 @@ class LatencyProxy:
                 client_w.close()
 
         await asyncio.gather(to_server(), to_client())
+
+    def counts(self):
+        """(requests since the last reset, of which before the first read of a pack) and
+        resets the count."""
+        reqs, self.requests = self.requests, []
+        first = next((i for i, r in enumerate(reqs) if "/data/" in r), len(reqs))
+        return len(reqs), first
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,6 +426,11 @@ def same_file(a, b):
 class Results:
     def __init__(self):
         self.data = {}
+        # case -> program -> [(requests, requests before the first pack read)]
+        self.requests = {}
+
+    def add_requests(self, case, who, counts):
+        self.requests.setdefault(case, {}).setdefault(who, []).append(counts)
 
     def add(self, case, who, secs, rss):
         self.data.setdefault(case, {}).setdefault(who, []).append((secs, rss))
@@ -430,7 +448,28 @@ class Results:
         return statistics.median(m for _, m in runs) if runs else None
 
 
-def restore_cmds(repo, target_dir, rustic):
+def rustic_s3_profile(work, garage, endpoint, prefix):
+    """Writes a rustic profile for an S3 repository (rustic takes S3 settings only from a
+    config file, as opendal options) into $XDG_CONFIG_HOME/rustic; returns its name."""
+    name = "s3-" + prefix
+    d = os.path.join(work, "xdg", "rustic")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name + ".toml"), "w") as f:
+        f.write("""[repository]
+repository = "opendal:s3"
+
+[repository.options]
+endpoint = "%s"
+bucket = "bench"
+root = "/%s"
+region = "garage"
+access_key_id = "%s"
+secret_access_key = "%s"
+""" % (endpoint, prefix, garage.key_id, garage.secret))
+    return name
+
+
+def restore_cmds(repo, target_dir, rustic, rustic_profile=None):
     """The image restore commands, by program: each writes data.bin into target_dir."""
     target = os.path.join(target_dir, "data.bin")
     cmds = {
@@ -438,14 +477,17 @@ def restore_cmds(repo, target_dir, rustic):
         "restic restore": ["restic", "restore", "-q", "--repo", repo, "latest", "--target", target_dir],
         "restic dump": ["sh", "-c", 'exec restic dump -q --repo "$0" latest /data.bin > "$1"', repo, target],
     }
-    if rustic:
+    if rustic and rustic_profile:
+        cmds["rustic"] = [rustic, "-P", rustic_profile, "restore", "--no-progress", "latest", target_dir]
+    elif rustic:
         cmds["rustic"] = [rustic, "restore", "--repository", repo, "--no-progress", "latest", target_dir]
     return cmds
 
 
-def measure_restores(results, case, cmds, env, work, data, rounds, raw):
+def measure_restores(results, case, cmds, env, work, data, rounds, raw, proxy=None):
     """Runs every restore command `rounds` times after a warm-up round, rotating the order,
-    checking each result against the data; `raw` (a function giving seconds) is the limit."""
+    checking each result against the data; `raw` (a function giving seconds) is the limit.
+    Through the proxy, the requests each program makes are counted too."""
     names = list(cmds)
     for r in range(rounds + 1):
         order = names[r % len(names):] + names[:r % len(names)]
@@ -453,7 +495,11 @@ def measure_restores(results, case, cmds, env, work, data, rounds, raw):
             out = os.path.join(work, "restore-out")
             shutil.rmtree(out, ignore_errors=True)
             os.makedirs(out)
+            if proxy:
+                proxy.counts()
             secs, rss = run_rss(cmds[who], env)
+            if proxy:
+                results.add_requests(case, who, proxy.counts())
             if r == 0 and not same_file(os.path.join(out, "data.bin"), data):
                 sys.exit("%s restored different bytes (%s)" % (who, case))
             shutil.rmtree(out)
@@ -481,11 +527,16 @@ def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
         "ours": lambda repo: [OURS, "repo", "init", "--repo", repo, "-q"],
         "restic": lambda repo: ["restic", "init", "-q", "--repo", repo],
     }
+    if rustic:
+        backup["rustic"] = lambda repo: ["sh", "-c", 'exec "$0" backup --repository "$1" --no-progress '
+                                         '--stdin-filename data.bin - < "$2"', rustic, repo, data]
+        init["rustic"] = lambda repo: [rustic, "init", "--repository", repo, "--no-progress"]
 
     # Local image backups into new repositories.
     print("[%s] local backups" % name, file=sys.stderr)
+    programs = list(backup)
     for r in range(args.runs + 1):
-        for who in (["ours", "restic"] if r % 2 == 0 else ["restic", "ours"]):
+        for who in programs[r % len(programs):] + programs[:r % len(programs)]:
             repo = os.path.join(work, "repo-%s-%s" % (name, who))
             shutil.rmtree(repo, ignore_errors=True)
             run(init[who](repo), env)
@@ -495,6 +546,7 @@ def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
     # Both repositories stay: restores read each program's own.
     local_ours = os.path.join(work, "repo-%s-ours" % name)
     local_restic = os.path.join(work, "repo-%s-restic" % name)
+    shutil.rmtree(os.path.join(work, "repo-%s-rustic" % name), ignore_errors=True)
 
     print("[%s] local restores" % name, file=sys.stderr)
     reads = planned_reads(local_ours, env)
@@ -519,19 +571,30 @@ def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
             secs, rss = run_rss(backup[who](loc), senv)
             results.add("%s: image backup to S3, 0 ms" % name, who, secs, rss)
         via = "http://127.0.0.1:%d" % proxy.port
+        # Backups through the proxy, into repositories of their own, once each.
+        for ms in [m for m in args.latencies if m > 0]:
+            proxy.delay = ms / 1000.0
+            print("[%s] backing up to S3 at %d ms" % (name, ms), file=sys.stderr)
+            for who in ("restic", "ours"):
+                loc = "s3:%s/bench/%s-%s-%dms" % (via, name, who, ms)
+                run(init[who](loc), senv)
+                secs, rss = run_rss(backup[who](loc), senv)
+                results.add("%s: image backup to S3, %d ms" % (name, ms), who, secs, rss)
+        proxy.delay = 0
         s3_reads = planned_reads("s3:%s/bench/%s" % (direct, repos["ours"]), senv)
         for ms in args.latencies:
             proxy.delay = ms / 1000.0
             print("[%s] S3 restores at %d ms" % (name, ms), file=sys.stderr)
             out_dir = os.path.join(work, "restore-out")
-            # rustic names S3 repositories its own way (opendal options): local cases only.
+            # rustic reads the restic repository through a profile of its own (opendal options).
+            profile = rustic and rustic_s3_profile(work, garage, via, repos["restic"])
             cmds = restore_cmds("s3:%s/bench/%s" % (via, repos["ours"]), out_dir, None)
-            peers = restore_cmds("s3:%s/bench/%s" % (via, repos["restic"]), out_dir, None)
-            for peer in [k for k in cmds if k != "ours"]:
+            peers = restore_cmds("s3:%s/bench/%s" % (via, repos["restic"]), out_dir, rustic, profile)
+            for peer in [k for k in peers if k != "ours"]:
                 cmds[peer] = peers[peer]
             measure_restores(results, "%s: image restore, S3 %d ms" % (name, ms), cmds, senv, work, data,
                              args.runs, lambda: raw_in_child("s3", s3_reads, via, repos["ours"],
-                                                             garage.key_id, garage.secret))
+                                                             garage.key_id, garage.secret), proxy)
         proxy.delay = 0
     if args.tree:
         bench_tree(name, args, work, env, data, results)
@@ -581,6 +644,17 @@ def table(results, size):
     return "\n".join(lines)
 
 
+def request_table(results):
+    """Requests each program made through the proxy, per S3 restore (the last run's; they do
+    not vary between runs)."""
+    lines = ["| case | program | requests | before the first pack read |", "|---|---|---|---|"]
+    for case, by in results.requests.items():
+        for who, counts in by.items():
+            total, before = counts[-1]
+            lines.append("| %s | %s | %d | %d |" % (case, who, total, before))
+    return "\n".join(lines)
+
+
 def verdicts(results, datasets, latencies):
     """The issue's targets, met or not, from the medians."""
     out = []
@@ -619,6 +693,23 @@ def verdicts(results, datasets, latencies):
         bk = "%s: image backup, local" % d
         line("[%s] image backup, restic / ours (target ≥ 2×)" % d,
              ratio(med(bk, "restic"), med(bk, "ours")), lambda v: v >= 2)
+        if med(bk, "rustic"):
+            line("[%s] image backup, rustic / ours (target ≥ 1.5×)" % d,
+                 ratio(med(bk, "rustic"), med(bk, "ours")), lambda v: v >= 1.5)
+        if 25 in latencies:
+            bk25 = "%s: image backup to S3, 25 ms" % d
+            line("[%s] image backup to S3 at 25 ms, restic / ours (target ≥ 2×)" % d,
+                 ratio(med(bk25, "restic"), med(bk25, "ours")), lambda v: v >= 2)
+            s3 = "%s: image restore, S3 25 ms" % d
+            if med(s3, "rustic"):
+                line("[%s] S3 image restore at 25 ms, rustic / ours (target ≥ 2×)" % d,
+                     ratio(med(s3, "rustic"), med(s3, "ours")), lambda v: v >= 2)
+            if med(s3, "raw limit"):
+                line("[%s] S3 image restore at 25 ms, raw limit / ours (≥ 90 %% where 1.5× restic is out of reach)" % d,
+                     ratio(med(s3, "raw limit"), med(s3, "ours")), lambda v: v >= 0.9, "%.2f")
+        for case in [c for c in results.data if c.startswith(d + ": image backup")]:
+            line("[%s] peak RSS ours / restic, %s (target ≤ 1)" % (d, case.split(": ", 1)[1]),
+                 ratio(results.rss(case, "ours"), results.rss(case, "restic")), lambda v: v <= 1)
         for case in [c for c in results.data if c.startswith(d + ": image restore")]:
             ours, peer = results.rss(case, "ours"), results.rss(case, "restic restore")
             line("[%s] peak RSS ours / restic restore, %s (target ≤ 1)" % (d, case.split(": ", 1)[1]),
@@ -660,7 +751,7 @@ def main():
     try:
         env = dict(os.environ, RESTIC_PASSWORD=PASSWORD, VOLBACKUP_PASSWORD=PASSWORD,
                    RUSTIC_PASSWORD=PASSWORD, RESTIC_CACHE_DIR=os.path.join(work, "restic-cache"),
-                   RUSTIC_NO_CACHE="true")
+                   RUSTIC_NO_CACHE="true", XDG_CONFIG_HOME=os.path.join(work, "xdg"))
         proxy = None
         if not args.no_s3:
             garage = Garage(work)
@@ -669,6 +760,8 @@ def main():
         for d in datasets:
             bench_dataset(d, args, work, env, garage, proxy, results, rustic)
         report = "%s\n\n%s\n" % (table(results, args.size_mib << 20), verdicts(results, datasets, args.latencies))
+        if results.requests:
+            report += "\n%s\n" % request_table(results)
         if not rustic:
             report += "\nrustic: not installed, not measured.\n"
         print(report)

@@ -577,6 +577,10 @@ pub struct MoverRestoreArgs {
     /// order (0: write each where it belongs as it arrives). For benchmarks.
     #[arg(long, value_name = "MIB", hide = true)]
     pub reorder_window_mib: Option<u64>,
+    /// MiB of blobs read and not yet written that an image restore may hold (reads wait for
+    /// room; default 32). For benchmarks.
+    #[arg(long, value_name = "MIB", hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_budget_mib: Option<u64>,
     /// Print the pack reads an image restore would make (one JSON line each with --json) and
     /// restore nothing.
     #[arg(long)]

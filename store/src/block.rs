@@ -25,13 +25,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::FileType;
 use crate::chunker::{Chunker, Pol};
 use crate::format::{BlobType, Snapshot};
 use crate::id::Id;
 use crate::image_writer::{DeviceTarget, FileTarget, REORDER_WINDOW, write_in_order};
 use crate::index::IndexEntry;
 use crate::lock::Lock;
+use crate::open_snapshot::{OpenSnapshot, read_tree};
 use crate::pack_reader::{ReaderOptions, read_plan};
 use crate::packer::{BlobWriter, Pending, WriterOptions};
 use crate::progress::Progress;
@@ -90,6 +90,9 @@ pub struct RestoreOptions {
     /// are held for, to be written in order (0: each blob is written in its place as it
     /// arrives, out of order; kept to compare the two).
     pub reorder_window: u64,
+    /// Bytes of blobs read and not yet written the restore may hold (0: the default,
+    /// [`crate::pack_reader::BUDGET`]).
+    pub read_budget: u64,
 }
 
 impl Default for RestoreOptions {
@@ -102,6 +105,7 @@ impl Default for RestoreOptions {
             read_concurrency: 0,
             plan: PlanOptions::default(),
             reorder_window: REORDER_WINDOW,
+            read_budget: 0,
         }
     }
 }
@@ -272,7 +276,12 @@ fn snap_chunks(tree: &Tree) -> u64 {
 /// The file node of a block snapshot: `path` (`/NAME`, or nested), or, when `None`, the
 /// snapshot's only file.
 pub fn find_image_node(repo: &Repository, snap: &Snapshot, path: Option<&str>) -> Result<Node> {
-    let root = load_tree(repo, &snap.tree)?;
+    let root = read_tree(repo, &snap.tree)?;
+    image_node(repo, &root, snap, path)
+}
+
+/// [`find_image_node`] with the snapshot's root tree already read.
+fn image_node(repo: &Repository, root: &Tree, snap: &Snapshot, path: Option<&str>) -> Result<Node> {
     let Some(path) = path else {
         let files: Vec<&Node> = root
             .nodes
@@ -287,7 +296,7 @@ pub fn find_image_node(repo: &Repository, snap: &Snapshot, path: Option<&str>) -
             ))),
         };
     };
-    let mut tree = root;
+    let mut tree = std::borrow::Cow::Borrowed(root);
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let not_found = || Error::Invalid(format!("{path} is not in the snapshot"));
     for (i, part) in parts.iter().enumerate() {
@@ -301,19 +310,15 @@ pub fn find_image_node(repo: &Repository, snap: &Snapshot, path: Option<&str>) -
             return Ok(node);
         }
         let sub = node.subtree.ok_or_else(not_found)?;
-        tree = load_tree(repo, &sub)?;
+        tree = std::borrow::Cow::Owned(read_tree(repo, &sub)?);
     }
     Err(not_found())
 }
 
-fn load_tree(repo: &Repository, id: &Id) -> Result<Tree> {
-    let blob = repo.read_blob(BlobType::Tree, id)?;
-    Tree::from_blob(&blob, &format!("tree {}", id.short()))
-}
-
 /// Restores a block image from `snapshot` onto `target` (a block device, or a regular file
 /// which is created or truncated). `path` names the file in the snapshot (`/NAME`); `None`
-/// takes the snapshot's only file.
+/// takes the snapshot's only file. Opens the snapshot ([`OpenSnapshot`]) and calls
+/// [`restore_image`].
 pub fn restore_block(
     repo: &Repository,
     snapshot: &Id,
@@ -323,8 +328,24 @@ pub fn restore_block(
     progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
     let start = Instant::now();
-    let _lock = Lock::shared(repo)?;
-    let (content, size) = image_chunks(repo, snapshot, path)?;
+    let open = OpenSnapshot::open(repo, &snapshot.to_hex())?;
+    let mut summary = restore_image(repo, &open, path, target, opts, progress)?;
+    summary.seconds = start.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Restores the block image `path` (`None`: the only file) of an opened snapshot onto
+/// `target` (a block device, or a regular file which is created or truncated).
+pub fn restore_image(
+    repo: &Repository,
+    open: &OpenSnapshot,
+    path: Option<&str>,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreSummary> {
+    let start = Instant::now();
+    let (content, size) = image_chunks(repo, open, path)?;
     progress.set_total(Some(size));
     let plan = crate::restore_plan::plan(&content, &opts.plan);
     let mut reader = ReaderOptions::for_repository(repo);
@@ -332,6 +353,9 @@ pub fn restore_block(
         reader.read_concurrency = opts.read_concurrency;
     }
     reader.decode_threads = opts.threads.clamp(1, reader.decode_threads);
+    if opts.read_budget > 0 {
+        reader.budget = opts.read_budget;
+    }
     let written = if std::fs::metadata(target).is_ok_and(|m| m.file_type().is_block_device()) {
         let mut device = DeviceTarget::open(target, size)?;
         read_plan(repo, &plan, &reader, |deliveries| {
@@ -351,24 +375,15 @@ pub fn restore_block(
     })
 }
 
-/// The chunks of the image `path` (`None`: the only file) in `snapshot`, in order, each with
-/// where it is stored, and the image's size. Loads the index.
+/// The chunks of the image `path` (`None`: the only file) in an opened snapshot, in order,
+/// each with where it is stored, and the image's size.
 fn image_chunks(
     repo: &Repository,
-    snapshot: &Id,
+    open: &OpenSnapshot,
     path: Option<&str>,
 ) -> Result<(Vec<(Id, IndexEntry)>, u64)> {
-    let snap: Snapshot = match repo.load_unpacked(FileType::Snapshot, snapshot) {
-        Err(Error::NotFound { .. }) => {
-            return Err(Error::SnapshotNotFound {
-                spec: snapshot.to_string(),
-                location: repo.location(),
-            });
-        }
-        r => r?,
-    };
-    repo.load_index()?;
-    let node = find_image_node(repo, &snap, path)?;
+    let snapshot = &open.id;
+    let node = image_node(repo, &open.root, &open.snapshot, path)?;
     let index = repo.index();
 
     // Where every chunk is stored, from the index alone.
@@ -406,8 +421,18 @@ pub fn plan_block_restore(
     path: Option<&str>,
     opts: &PlanOptions,
 ) -> Result<crate::restore_plan::Plan> {
-    let _lock = Lock::shared(repo)?;
-    let (content, _) = image_chunks(repo, snapshot, path)?;
+    let open = OpenSnapshot::open(repo, &snapshot.to_hex())?;
+    plan_image_restore(repo, &open, path, opts)
+}
+
+/// [`plan_block_restore`] of an opened snapshot.
+pub fn plan_image_restore(
+    repo: &Repository,
+    open: &OpenSnapshot,
+    path: Option<&str>,
+    opts: &PlanOptions,
+) -> Result<crate::restore_plan::Plan> {
+    let (content, _) = image_chunks(repo, open, path)?;
     Ok(crate::restore_plan::plan(&content, opts))
 }
 

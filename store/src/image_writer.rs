@@ -31,8 +31,9 @@ use crate::restore_plan::{Plan, Source};
 use crate::{Error, Result};
 
 /// How far ahead of the next unwritten byte decoded blobs are held back to be written in
-/// order.
-pub const REORDER_WINDOW: u64 = 64 << 20;
+/// order. Held blobs count against the reader's budget ([`crate::pack_reader::BUDGET`]), so
+/// the window is half of it: the other half keeps reads in flight.
+pub const REORDER_WINDOW: u64 = 16 << 20;
 
 /// Bytes of a block device written in one go: large aligned writes are what devices (and loop
 /// devices over files) take fastest, and `O_DIRECT` needs the alignment.

@@ -18,6 +18,7 @@ pub mod id;
 pub mod image_writer;
 pub mod index;
 pub mod lock;
+pub mod open_snapshot;
 pub mod pack_reader;
 pub mod packer;
 pub mod progress;

@@ -8,8 +8,16 @@
 //! or fails in a way the backend calls retryable, is tried again; a blob that does not decode
 //! or verify stops the restore with an error naming the blob and its pack, and is never
 //! delivered.
+//!
+//! Memory is bounded by a budget in bytes ([`ReaderOptions::budget`]), not only by the number
+//! of reads in flight: a read is started only when the blobs it holds fit into what is left,
+//! and each blob gives its share back when the writer drops it (written, or thrown away as
+//! zeros). Blobs a writer holds back to write in order count too. So that a full budget can
+//! never stop the restore, the lowest read not yet delivered is always started: every blob the
+//! writer waits for lies in that read or in one already started.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, bounded};
@@ -30,7 +38,14 @@ pub struct ReaderOptions {
     pub decode_threads: usize,
     /// Tries of a read that comes back short or fails retryably.
     pub attempts: u32,
+    /// Bytes of blobs read and not yet dropped by the writer (each blob counts its stored
+    /// length or its plaintext length, whichever is larger): reads wait for room.
+    pub budget: u64,
 }
+
+/// The default of [`ReaderOptions::budget`]: at 25 ms a request, 32 MiB in flight keep a
+/// restore near a GB/s, and the memory a restore takes near restic's.
+pub const BUDGET: u64 = 32 << 20;
 
 impl ReaderOptions {
     /// The defaults for `repo`: its backend's read concurrency, a decoding thread per core.
@@ -39,6 +54,7 @@ impl ReaderOptions {
             read_concurrency: repo.backend().read_concurrency(),
             decode_threads: cores(),
             attempts: 3,
+            budget: BUDGET,
         }
     }
 }
@@ -50,7 +66,8 @@ pub fn cores() -> usize {
         .unwrap_or(2)
 }
 
-/// A decoded blob and the piece of the image it fills.
+/// A decoded blob and the piece of the image it fills. Dropping it gives its share of the
+/// budget back.
 #[derive(Debug)]
 pub struct Decoded {
     /// Index into [`Plan::pieces`].
@@ -59,6 +76,97 @@ pub struct Decoded {
     pub data: Vec<u8>,
     /// Whether the plaintext is all zeros (its bytes are then not kept).
     pub zero: bool,
+    _charge: Charge,
+}
+
+/// A blob's share of the budget, given back when dropped.
+#[derive(Debug)]
+struct Charge {
+    budget: Arc<Budget>,
+    bytes: u64,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
+    }
+}
+
+/// What a blob counts against the budget: it is held sealed, then as plaintext.
+fn blob_charge(b: &crate::restore_plan::ReadBlob) -> u64 {
+    u64::from(b.entry.length).max(u64::from(b.entry.plaintext_len()))
+}
+
+/// Bytes of blobs read and not yet dropped, and which reads are fully delivered.
+#[derive(Debug)]
+struct Budget {
+    limit: u64,
+    state: Mutex<BudgetState>,
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct BudgetState {
+    used: u64,
+    /// Reads whose every blob was delivered.
+    delivered: Vec<bool>,
+    /// The lowest read not yet fully delivered.
+    lowest: usize,
+}
+
+impl Budget {
+    fn new(limit: u64, reads: usize) -> Budget {
+        Budget {
+            limit,
+            state: Mutex::new(BudgetState {
+                used: 0,
+                delivered: vec![false; reads],
+                lowest: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until read `read` of `bytes` fits (or is the lowest not delivered) and counts
+    /// it; false when `stop` was set meanwhile.
+    fn take(&self, read: usize, bytes: u64, stop: &AtomicBool) -> bool {
+        let mut st = self.state();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            if read <= st.lowest || st.used + bytes <= self.limit {
+                st.used += bytes;
+                return true;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn give_back(&self, bytes: u64) {
+        let mut st = self.state();
+        st.used = st.used.saturating_sub(bytes);
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    fn delivered(&self, read: usize) {
+        let mut st = self.state();
+        st.delivered[read] = true;
+        while st.delivered.get(st.lowest) == Some(&true) {
+            st.lowest += 1;
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
 }
 
 /// The decoded blobs of a running [`read_plan`], in the order they were decoded.
@@ -94,15 +202,24 @@ pub fn read_plan<T>(
     let decoders = opts.decode_threads.max(1);
     let (fetched_tx, fetched_rx) = bounded::<(usize, Vec<u8>)>(decoders);
     let (out_tx, out_rx) = bounded::<Result<Decoded>>(64);
+    let budget = Arc::new(Budget::new(opts.budget, reads.len()));
+    // Read buffers go back from the decoders to the fetchers: memory a read was made into
+    // before is faster to fill than fresh pages, and the allocator is left alone.
+    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(decoders + 2);
     std::thread::scope(|s| {
         for _ in 0..opts.read_concurrency.clamp(1, reads.len().max(1)) {
             let (tx, out) = (fetched_tx.clone(), out_tx.clone());
+            let (budget, spare) = (&budget, &spare_rx);
             s.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(read) = reads.get(i) else { return };
-                    match fetch(repo, read, opts.attempts) {
-                        Ok(bytes) => {
+                    if !budget.take(i, read.blobs.iter().map(blob_charge).sum(), stop) {
+                        return;
+                    }
+                    let mut bytes = spare.try_recv().unwrap_or_default();
+                    match fetch(repo, read, opts.attempts, &mut bytes) {
+                        Ok(()) => {
                             if tx.send((i, bytes)).is_err() {
                                 return;
                             }
@@ -118,6 +235,7 @@ pub fn read_plan<T>(
         drop(fetched_tx);
         for _ in 0..decoders {
             let (rx, out) = (fetched_rx.clone(), out_tx.clone());
+            let (budget, spare) = (&budget, &spare_tx);
             s.spawn(move || {
                 let mut dctx = match zstd::bulk::Decompressor::new() {
                     Ok(d) => d,
@@ -128,15 +246,17 @@ pub fn read_plan<T>(
                         return;
                     }
                 };
-                for (i, bytes) in rx.iter() {
+                for (i, mut bytes) in rx.iter() {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    let r = decode_read(repo, &mut dctx, &reads[i], bytes, &mut |d| {
+                    let r = decode_read(repo, &mut dctx, &reads[i], &mut bytes, budget, &mut |d| {
                         out.send(Ok(d)).is_ok()
                     });
+                    // Kept for another read while there is room, else freed.
+                    let _ = spare.try_send(bytes);
                     match r {
-                        Ok(true) => {}
+                        Ok(true) => budget.delivered(i),
                         Ok(false) => return,
                         Err(e) => {
                             let _ = out.send(Err(e));
@@ -150,6 +270,7 @@ pub fn read_plan<T>(
         drop(out_tx);
         let result = consume(&Deliveries { rx: &out_rx });
         stop.store(true, Ordering::Relaxed);
+        budget.changed.notify_all();
         // Readers blocked on a full channel see it closed and end.
         drop(out_rx);
         result
@@ -158,7 +279,7 @@ pub fn read_plan<T>(
 
 /// Fetches the bytes of one read, trying again when they come back short or the backend
 /// failed retryably.
-fn fetch(repo: &Repository, read: &PackRead, attempts: u32) -> Result<Vec<u8>> {
+fn fetch(repo: &Repository, read: &PackRead, attempts: u32, bytes: &mut Vec<u8>) -> Result<()> {
     let name = read.pack.to_hex();
     let attempts = attempts.max(1);
     let mut why = String::new();
@@ -169,10 +290,10 @@ fn fetch(repo: &Repository, read: &PackRead, attempts: u32) -> Result<Vec<u8>> {
         }
         match repo
             .backend()
-            .read_range(FileType::Pack, &name, read.offset, read.length)
+            .read_range_into(FileType::Pack, &name, read.offset, read.length, bytes)
         {
-            Ok(bytes) if bytes.len() as u64 == read.length => return Ok(bytes),
-            Ok(bytes) => why = format!("got {} of {} bytes", bytes.len(), read.length),
+            Ok(()) if bytes.len() as u64 == read.length => return Ok(()),
+            Ok(()) => why = format!("got {} of {} bytes", bytes.len(), read.length),
             Err(e) if e.is_retryable() && attempt < attempts => why = e.to_string(),
             Err(e) => return Err(e),
         }
@@ -195,7 +316,8 @@ fn decode_read(
     repo: &Repository,
     dctx: &mut zstd::bulk::Decompressor<'static>,
     read: &PackRead,
-    mut bytes: Vec<u8>,
+    bytes: &mut [u8],
+    budget: &Arc<Budget>,
     emit: &mut dyn FnMut(Decoded) -> bool,
 ) -> Result<bool> {
     for b in &read.blobs {
@@ -230,6 +352,10 @@ fn decode_read(
             piece: b.piece,
             data: if zero { Vec::new() } else { data },
             zero,
+            _charge: Charge {
+                budget: budget.clone(),
+                bytes: blob_charge(b),
+            },
         };
         if !emit(d) {
             return Ok(false);

@@ -147,12 +147,19 @@ impl Repository {
     /// ([`Repository::load_index`]).
     pub fn open(backend: Arc<dyn Backend>, password: &str) -> Result<Repository> {
         let location = backend.location();
-        let sealed_config = match backend.read(FileType::Config, "config") {
+        // The config is read while the key files are listed and tried: behind an object
+        // store, each of these requests costs a round trip.
+        let (sealed_config, key) = std::thread::scope(|s| {
+            let config = s.spawn(|| backend.read(FileType::Config, "config"));
+            let key = find_key(backend.as_ref(), password);
+            (config.join().expect("config reader"), key)
+        });
+        let sealed_config = match sealed_config {
             Ok(c) => c,
             Err(Error::NotFound { .. }) => return Err(Error::NoRepository { location }),
             Err(e) => return Err(e),
         };
-        let (key, key_id) = find_key(backend.as_ref(), password)?;
+        let (key, key_id) = key?;
         let plain = key.open(&sealed_config).map_err(|_| Error::Corrupt {
             what: format!("{location}/config"),
             message: "does not decrypt with the repository key".into(),
@@ -229,7 +236,12 @@ impl Repository {
 
     /// Loads every index file into memory, replacing the current index.
     pub fn load_index(&self) -> Result<()> {
-        let files = self.list_ids(FileType::Index)?;
+        self.load_index_files(self.list_ids(FileType::Index)?)
+    }
+
+    /// Loads the index files `files` (as listed by [`Repository::list_ids`]) into memory,
+    /// replacing the current index.
+    pub fn load_index_files(&self, files: Vec<Id>) -> Result<()> {
         let loaded = load_parallel(&files, |id| self.load_index_file(id))?;
         let mut index = Index::new();
         // A file removed by a concurrent prune between listing and reading was superseded
@@ -500,6 +512,14 @@ impl Repository {
         let lower = spec.to_ascii_lowercase();
         if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) || lower.len() > 64 {
             return Err(not_found());
+        }
+        if let Ok(id) = Id::from_hex(&lower) {
+            // A full id names one file: no listing needed.
+            return match self.load_unpacked(FileType::Snapshot, &id) {
+                Ok(s) => Ok((id, s)),
+                Err(Error::NotFound { .. }) => Err(not_found()),
+                Err(e) => Err(e),
+            };
         }
         let matches: Vec<Id> = self
             .list_ids(FileType::Snapshot)?

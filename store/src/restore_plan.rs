@@ -30,7 +30,7 @@ impl Default for PlanOptions {
     fn default() -> Self {
         // At 25 ms a request and a few hundred MB/s, a request costs as much as several MiB
         // of transfer: reading a gap of 1 MiB is cheaper than a second request. Reads of at
-        // most 4 MiB keep 16 in flight within 64 MiB.
+        // most 4 MiB keep several in flight within the reader's budget of 32 MiB.
         PlanOptions {
             max_gap: 1 << 20,
             max_read: 4 << 20,

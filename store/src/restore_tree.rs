@@ -40,7 +40,7 @@ use crate::fsmeta::{MetadataWarnings, restore_metadata};
 use crate::id::Id;
 use crate::image_writer::{REORDER_WINDOW, Target, write_in_order};
 use crate::index::IndexEntry;
-use crate::lock::Lock;
+use crate::open_snapshot::OpenSnapshot;
 use crate::pack_reader::{ReaderOptions, read_plan};
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -131,17 +131,40 @@ pub fn restore_tree(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
-    let lock = if opts.no_lock {
-        None
-    } else {
-        Some(Lock::shared(repo)?)
-    };
-    // Under the lock the index is loaded afresh: one loaded before may list packs a prune has
-    // removed since.
-    if lock.is_some() || repo.index().is_empty() {
+    if !opts.no_lock {
+        let open = OpenSnapshot::open(repo, &snapshot.to_hex())?;
+        return restore_open(repo, &open, target, opts, progress);
+    }
+    if repo.index().is_empty() {
         repo.load_index()?;
     }
     let snap: Snapshot = repo.load_unpacked(RepoFile::Snapshot, snapshot)?;
+    let root = load_tree(repo, &snap.tree)?;
+    restore_loaded(repo, snapshot, &snap, root, target, opts, progress)
+}
+
+/// Restores an opened snapshot (locked, its index and root tree loaded) into `target`
+/// (created if missing); `opts.no_lock` does not apply. See the module docs.
+pub fn restore_open(
+    repo: &Repository,
+    open: &OpenSnapshot,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreSummary> {
+    let root = open.root.clone();
+    restore_loaded(repo, &open.id, &open.snapshot, root, target, opts, progress)
+}
+
+fn restore_loaded(
+    repo: &Repository,
+    snapshot: &Id,
+    snap: &Snapshot,
+    root: Tree,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreSummary> {
     std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     if !std::fs::symlink_metadata(target)
         .map_err(|e| Error::io(target, e))?
@@ -156,7 +179,7 @@ pub fn restore_tree(
     let mut summary = RestoreSummary::default();
     let mut plan = Plan::default();
     progress.message("creating directories and files");
-    walk(repo, &snap.tree, target, &mut plan, &mut summary)?;
+    walk_loaded(repo, &snap.tree, root, target, &mut plan, &mut summary)?;
 
     progress.set_total(Some(plan.total_bytes));
     progress.message("restoring file contents");
@@ -215,6 +238,18 @@ fn walk(
     summary: &mut RestoreSummary,
 ) -> Result<()> {
     let tree = load_tree(repo, tree_id)?;
+    walk_loaded(repo, tree_id, tree, dir, plan, summary)
+}
+
+/// [`walk`] of a tree already read.
+fn walk_loaded(
+    repo: &Repository,
+    tree_id: &Id,
+    tree: Tree,
+    dir: &Path,
+    plan: &mut Plan,
+    summary: &mut RestoreSummary,
+) -> Result<()> {
     for node in tree.nodes {
         let path = dir.join(checked_name(&node, tree_id)?);
         match &node.node_type {

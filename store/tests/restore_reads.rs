@@ -9,9 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use common::{PASSWORD, TempRepo, random_bytes, text_bytes};
 use volbackup_store::backend::{Backend, FileInfo, FileType};
-use volbackup_store::block::{BackupOptions, RestoreOptions, backup_block, restore_block};
+use volbackup_store::block::{
+    BackupOptions, RestoreOptions, backup_block, restore_block, restore_image,
+};
 use volbackup_store::id::Id;
 use volbackup_store::index::IndexEntry;
+use volbackup_store::open_snapshot::OpenSnapshot;
 use volbackup_store::packer::WriterOptions;
 use volbackup_store::progress::NoProgress;
 use volbackup_store::restore_plan::{PlanOptions, Source, plan};
@@ -141,6 +144,16 @@ struct Wrapped {
     pause: std::time::Duration,
     /// The data packs: reads of other packs (the tree) pass untouched and uncounted.
     data_packs: Mutex<std::collections::HashSet<String>>,
+    /// Bytes of data-pack reads in flight now, and the most at once.
+    bytes_in_flight: AtomicUsize,
+    most_bytes_in_flight: AtomicUsize,
+    /// Every request, as `op kind/name[@offset]`, in order.
+    log: Mutex<Vec<String>>,
+    /// An index file left out of listings until a lock file is written (as if a prune had
+    /// written it just before the lock was taken).
+    hidden_index: Mutex<Option<String>>,
+    /// Writing a lock file waits this long first.
+    lock_pause: std::time::Duration,
 }
 
 impl Wrapped {
@@ -155,7 +168,23 @@ impl Wrapped {
             flip: Mutex::new(None),
             pause: std::time::Duration::ZERO,
             data_packs: Mutex::default(),
+            bytes_in_flight: AtomicUsize::new(0),
+            most_bytes_in_flight: AtomicUsize::new(0),
+            log: Mutex::default(),
+            hidden_index: Mutex::default(),
+            lock_pause: std::time::Duration::ZERO,
         }
+    }
+
+    fn note(&self, op: &str, t: FileType, name: &str) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{op} {}/{name}", t.dir()));
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 }
 
@@ -167,20 +196,37 @@ impl Backend for Wrapped {
         self.inner.create()
     }
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {
-        self.inner.write(t, name, data)
+        if t == FileType::Lock {
+            std::thread::sleep(self.lock_pause);
+        }
+        self.note("write", t, name);
+        let r = self.inner.write(t, name, data);
+        if t == FileType::Lock {
+            *self.hidden_index.lock().unwrap() = None;
+        }
+        r
     }
     fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>> {
+        self.note("read", t, name);
         self.inner.read(t, name)
     }
     fn read_range(&self, t: FileType, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+        self.note("read", t, &format!("{name}@{offset}"));
         if t != FileType::Pack || !self.data_packs.lock().unwrap().contains(name) {
             return self.inner.read_range(t, name, offset, length);
         }
         self.pack_reads.fetch_add(1, Ordering::SeqCst);
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        let bytes = self
+            .bytes_in_flight
+            .fetch_add(length as usize, Ordering::SeqCst)
+            + length as usize;
+        self.most_bytes_in_flight.fetch_max(bytes, Ordering::SeqCst);
         std::thread::sleep(self.pause);
         let r = self.inner.read_range(t, name, offset, length);
+        self.bytes_in_flight
+            .fetch_sub(length as usize, Ordering::SeqCst);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let mut data = r?;
         if let Some((pack, at)) = self.flip.lock().unwrap().as_ref()
@@ -199,10 +245,18 @@ impl Backend for Wrapped {
         Ok(data)
     }
     fn stat(&self, t: FileType, name: &str) -> Result<u64> {
+        self.note("stat", t, name);
         self.inner.stat(t, name)
     }
     fn list(&self, t: FileType) -> Result<Vec<FileInfo>> {
-        self.inner.list(t)
+        self.note("list", t, "");
+        let mut files = self.inner.list(t)?;
+        if t == FileType::Index
+            && let Some(hidden) = self.hidden_index.lock().unwrap().as_ref()
+        {
+            files.retain(|f| &f.name != hidden);
+        }
+        Ok(files)
     }
     fn remove(&self, t: FileType, name: &str) -> Result<()> {
         self.inner.remove(t, name)
@@ -514,4 +568,152 @@ fn writing_each_blob_as_it_arrives_gives_the_same_image_as_writing_in_order() {
             "restored bytes differ with a window of {window}"
         );
     }
+}
+
+#[test]
+fn a_restore_reads_config_keys_index_snapshot_and_tree_once_each() {
+    let t = TempRepo::new();
+    let image = image();
+    let snap = backed_up(&t, &image);
+    let w = Arc::new(Wrapped::new(t.backend()));
+    let repo = Repository::open(w.clone(), PASSWORD).unwrap();
+    // A prefix, as a user gives it: the snapshots are listed once.
+    let open = OpenSnapshot::open(&repo, &snap.to_hex()[..8]).unwrap();
+    assert_eq!(open.id, snap);
+    assert!(open.is_block_image());
+    let target = t.scratch("out.img");
+    restore_image(
+        &repo,
+        &open,
+        None,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    drop(open);
+    assert!(
+        std::fs::read(&target).unwrap() == image,
+        "restored bytes differ"
+    );
+    let log = w.log();
+    let mut seen = std::collections::HashSet::new();
+    for op in log.iter().filter(|op| op.starts_with("read ")) {
+        assert!(seen.insert(op), "{op} twice: {log:#?}");
+    }
+    let count = |op: &str| log.iter().filter(|o| o.as_str() == op).count();
+    assert_eq!(count("read /config"), 1, "{log:#?}");
+    assert_eq!(count("list keys/"), 1, "{log:#?}");
+    assert_eq!(count("list snapshots/"), 1, "{log:#?}");
+    // Once to load, once more under the lock to see that nothing changed.
+    assert_eq!(count("list index/"), 2, "{log:#?}");
+    let index_reads = log.iter().filter(|o| o.starts_with("read index/")).count();
+    assert_eq!(index_reads, repo.list_ids(FileType::Index).unwrap().len());
+}
+
+#[test]
+fn an_index_file_written_just_before_the_lock_is_loaded_under_it() {
+    let t = TempRepo::new();
+    backed_up(&t, &random_bytes(41, 3 << 20));
+    let before = t.open().list_ids(FileType::Index).unwrap();
+    // The second image's blobs, and its tree, are named only by the newer index file.
+    let image = image();
+    let snap = backup_block(
+        &t.open(),
+        &mut &image[..],
+        "vol.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap()
+    .snapshot_id;
+    let newer: Vec<Id> = t
+        .open()
+        .list_ids(FileType::Index)
+        .unwrap()
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(newer.len(), 1, "one index file a backup");
+    let mut w = Wrapped::new(t.backend());
+    *w.hidden_index.lock().unwrap() = Some(newer[0].to_hex());
+    // The index is listed while the lock is being written.
+    w.lock_pause = std::time::Duration::from_millis(300);
+    let w = Arc::new(w);
+    let repo = Repository::open(w.clone(), PASSWORD).unwrap();
+    let target = t.scratch("out.img");
+    let sum = restore_block(
+        &repo,
+        &snap,
+        None,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(sum.bytes_total, image.len() as u64);
+    assert!(
+        std::fs::read(&target).unwrap() == image,
+        "restored bytes differ"
+    );
+    let log = w.log();
+    let newer_reads = log
+        .iter()
+        .filter(|o| o.as_str() == format!("read index/{}", newer[0]))
+        .count();
+    assert_eq!(newer_reads, 1, "{log:#?}");
+}
+
+/// Restores `image` with `budget` bytes of blobs at most held, through a backend whose reads
+/// take a while; returns the backend (to see what was in flight) and the plan's longest read.
+fn restore_with_budget(budget: u64) -> (Arc<Wrapped>, u64) {
+    let t = TempRepo::new();
+    let image = image();
+    let snap = backed_up(&t, &image);
+    let mut w = Wrapped::new(t.backend());
+    w.pause = std::time::Duration::from_millis(20);
+    let (repo, w) = open_wrapped(&t, w);
+    let plan_opts = PlanOptions {
+        max_gap: 0,
+        max_read: 1 << 20,
+    };
+    let longest = volbackup_store::block::plan_block_restore(&repo, &snap, None, &plan_opts)
+        .unwrap()
+        .reads
+        .iter()
+        .map(|r| r.length)
+        .max()
+        .unwrap();
+    let target = t.scratch("out.img");
+    let opts = RestoreOptions {
+        read_concurrency: 8,
+        read_budget: budget,
+        plan: plan_opts,
+        ..RestoreOptions::default()
+    };
+    restore_block(&repo, &snap, None, &target, &opts, &NoProgress).unwrap();
+    assert!(
+        std::fs::read(&target).unwrap() == image,
+        "restored bytes differ"
+    );
+    (w, longest)
+}
+
+#[test]
+fn reads_in_flight_stay_within_the_byte_budget() {
+    let budget = 3 << 20;
+    let (w, longest) = restore_with_budget(budget);
+    let most = w.most_bytes_in_flight.load(Ordering::SeqCst) as u64;
+    // The lowest read not yet delivered may always start, whatever the budget holds.
+    assert!(
+        most <= budget + longest,
+        "{most} bytes were in flight, with a budget of {budget} and reads of at most {longest}"
+    );
+    assert!(w.most_in_flight.load(Ordering::SeqCst) >= 2);
+}
+
+#[test]
+fn a_budget_smaller_than_any_read_restores_one_read_at_a_time() {
+    let (w, _) = restore_with_budget(1);
+    assert_eq!(w.most_in_flight.load(Ordering::SeqCst), 1);
 }

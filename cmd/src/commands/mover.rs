@@ -9,10 +9,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use volbackup_store::Repository;
 use volbackup_store::block::{self, BackupOptions};
-use volbackup_store::format::{BlobType, Snapshot};
 use volbackup_store::id::Id;
+use volbackup_store::open_snapshot::OpenSnapshot;
 use volbackup_store::packer::WriterOptions;
-use volbackup_store::tree::{NodeType, Tree};
 use volbackup_store::{backup_tree, restore_tree};
 
 use crate::cli::{MoverBackupArgs, MoverRestoreArgs};
@@ -84,7 +83,8 @@ pub fn backup(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
         None => None,
     };
     let directory = is_directory(&args.source)?;
-    let repo = repository::open(&args.repo)?;
+    // The backup loads the index itself, under its lock.
+    let repo = repository::open_unindexed(&args.repo)?;
     report_lock_waits(&repo, args.json);
     let host = args
         .host
@@ -170,20 +170,6 @@ pub fn backup(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
 
 /// Whether a snapshot holds a block image (`restic backup --stdin` layout: one file node at
 /// the root and `paths: ["/NAME"]`) rather than a file tree.
-fn is_block_image(repo: &Repository, snap: &Snapshot) -> Result<bool> {
-    if snap.paths.len() != 1 {
-        return Ok(false);
-    }
-    let root = Tree::from_blob(&repo.read_blob(BlobType::Tree, &snap.tree)?, "root tree")?;
-    Ok(match root.nodes.as_slice() {
-        [node] => {
-            node.node_type == NodeType::File
-                && snap.paths[0] == format!("/{}", node.name.to_string_lossy())
-        }
-        _ => false,
-    })
-}
-
 /// With `--json`, a wait for another process's lock is reported as a line
 /// `{"type":"waiting","message":...}` on stdout (what `create` and the populator show) instead
 /// of a warning on stderr.
@@ -297,16 +283,21 @@ struct PlannedRead {
 }
 
 /// `mover restore --dry-run`: the pack reads of an image restore, and nothing restored.
-fn print_plan(repo: &Repository, id: &Id, args: &MoverRestoreArgs, block: bool) -> Result<()> {
+fn print_plan(
+    repo: &Repository,
+    open: &OpenSnapshot,
+    args: &MoverRestoreArgs,
+    block: bool,
+) -> Result<()> {
     if !block {
         anyhow::bail!(
             "--dry-run plans image restores only; snapshot {} is a file tree",
-            id.short()
+            open.id.short()
         );
     }
-    let plan = block::plan_block_restore(
+    let plan = block::plan_image_restore(
         repo,
-        id,
+        open,
         args.path.as_deref(),
         &volbackup_store::restore_plan::PlanOptions::default(),
     )?;
@@ -337,20 +328,23 @@ fn print_plan(repo: &Repository, id: &Id, args: &MoverRestoreArgs, block: bool) 
 }
 
 fn restore_inner(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
-    let repo = repository::open(&args.repo)?;
+    // The index is loaded under the restore's lock, with the snapshot and its root tree, all
+    // at once (see `OpenSnapshot`): nothing here reads them before or after.
+    let repo = repository::open_unindexed(&args.repo)?;
     report_lock_waits(&repo, args.json);
-    let (id, snap) = repo.find_snapshot(&args.snapshot)?;
     let started = Instant::now();
-    let block = args.path.is_some() || is_block_image(&repo, &snap)?;
+    let open = OpenSnapshot::open(&repo, &args.snapshot)?;
+    let id = open.id;
+    let block = args.path.is_some() || open.is_block_image();
     if args.dry_run {
-        return print_plan(&repo, &id, args, block);
+        return print_plan(&repo, &open, args, block);
     }
     let reporter = Reporter::start(Mode::choose(args.json, quiet), "restore");
     let (bytes_total, bytes_written) = match block {
         true => {
-            let s = block::restore_block(
+            let s = block::restore_image(
                 &repo,
-                &id,
+                &open,
                 args.path.as_deref(),
                 &args.target,
                 &block::RestoreOptions {
@@ -358,6 +352,7 @@ fn restore_inner(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
                     reorder_window: args
                         .reorder_window_mib
                         .map_or(block::RestoreOptions::default().reorder_window, |m| m << 20),
+                    read_budget: args.read_budget_mib.map_or(0, |m| m << 20),
                     ..block::RestoreOptions::default()
                 },
                 reporter.progress(),
@@ -365,9 +360,9 @@ fn restore_inner(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
             (s.bytes_total, s.bytes_written)
         }
         false => {
-            let s = restore_tree::restore_tree(
+            let s = restore_tree::restore_open(
                 &repo,
-                &id,
+                &open,
                 &args.target,
                 &restore_tree::RestoreOptions::default(),
                 reporter.progress(),

@@ -270,6 +270,9 @@ enum FailureKind {
 
 /// The innermost message of an error chain, which names the actual cause (`Connection refused
 /// (os error 111)`) rather than the layers above it.
+/// The most a read reserves up front from the length the server announces.
+const MAX_PREALLOCATED: u64 = 64 << 20;
+
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut msgs = error_chain(err);
     msgs.retain(|m| !m.is_empty() && m != "dispatch failure" && m != "io error" && m != "other");
@@ -584,6 +587,20 @@ impl S3Backend {
 
     /// GET (of a range), retrying when the body breaks off after the headers arrived.
     async fn get(&self, rel: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        self.get_into(rel, range, &mut data).await?;
+        Ok(data)
+    }
+
+    /// [`S3Backend::get`] into `data` (replacing its contents). The body is copied into
+    /// `data` as it arrives: collected first, a read was held in the client's pieces, then
+    /// joined, then copied again, three times its size at its peak.
+    async fn get_into(
+        &self,
+        rel: &str,
+        range: Option<(u64, u64)>,
+        data: &mut Vec<u8>,
+    ) -> Result<()> {
         let key = self.key_of(rel);
         let what = match range {
             Some((off, len)) => format!("read {rel} at {off}+{len}"),
@@ -607,11 +624,16 @@ impl S3Backend {
                 self.map_failure(f, Some(rel), &what)
             })?;
             let expected = out.content_length().map(|l| l.max(0) as u64);
-            let body_err = match out.body.collect().await {
-                Ok(data) => {
-                    let data = data.into_bytes().to_vec();
-                    let want = range.map(|(_, len)| len).or(expected);
-                    match want {
+            let want = range.map(|(_, len)| len).or(expected);
+            data.clear();
+            // What the server announced, within reason: a lying header must not allocate.
+            data.reserve(want.unwrap_or(0).min(MAX_PREALLOCATED) as usize);
+            let mut body = out.body;
+            let body_err = loop {
+                match body.next().await {
+                    Some(Ok(piece)) => data.extend_from_slice(&piece),
+                    Some(Err(e)) => break root_cause(&e),
+                    None => match want {
                         Some(w) if data.len() as u64 != w => {
                             if range.is_some() && expected == Some(data.len() as u64) {
                                 // The server answered completely, but the file is shorter.
@@ -620,12 +642,11 @@ impl S3Backend {
                                     false,
                                 ));
                             }
-                            format!("got {} bytes instead of {w}", data.len())
+                            break format!("got {} bytes instead of {w}", data.len());
                         }
-                        _ => return Ok(data),
-                    }
+                        _ => return Ok(()),
+                    },
                 }
-                Err(e) => root_cause(&e),
             };
             if attempt >= self.cfg.max_attempts.max(1) {
                 return Err(self.backend_err(
@@ -872,6 +893,22 @@ impl Backend for S3Backend {
             return Ok(Vec::new());
         }
         self.run(self.get(&rel, Some((offset, length))))
+    }
+
+    fn read_range_into(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        length: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        if length == 0 {
+            *buf = self.read_range(t, name, offset, length)?;
+            return Ok(());
+        }
+        let rel = relative_path(t, name);
+        self.run(self.get_into(&rel, Some((offset, length)), buf))
     }
 
     fn stat(&self, t: FileType, name: &str) -> Result<u64> {
