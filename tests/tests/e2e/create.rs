@@ -1697,19 +1697,7 @@ async fn timeout_bounds_the_waits_not_the_copy_and_a_stalled_copy_is_given_up() 
     // Hold the lock again so the mover is still running when it is found and stopped.
     let lock = volbackup_store::lock::Lock::exclusive(&store).expect("exclusive lock");
     let host = format!("{NS}/w");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let pid = loop {
-        if let Some(pid) = mover_pid(&host) {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "no mover process within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid).expect("pid"),
-        rustix::process::Signal::STOP,
-    )
-    .expect("SIGSTOP");
+    freeze_mover(&host).await;
     let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
         .await
         .expect("create gives up on the stalled copy")
@@ -1725,6 +1713,24 @@ async fn timeout_bounds_the_waits_not_the_copy_and_a_stalled_copy_is_given_up() 
     assert_failed_backup(&env, "w", "CopyFailed", "made no progress for 4s").await;
     env.assert_nothing_temporary_left().await;
     assert!(mover_pid(&host).is_none(), "the stopped mover still runs");
+}
+
+/// Waits (up to 60 s) for the mover process backing up `host` (`NS/PVC`) and stops it with
+/// SIGSTOP: it stays alive, holding its lock, and makes no progress.
+async fn freeze_mover(host: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid = loop {
+        if let Some(pid) = mover_pid(host) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no mover process within 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).expect("pid"),
+        rustix::process::Signal::STOP,
+    )
+    .expect("SIGSTOP the mover");
 }
 
 /// Starts `create PVC`, freezes its mover once it copies, waits until the record says
@@ -1747,20 +1753,8 @@ async fn kill_create_mid_copy(env: &Env, pvc: &str) -> Value {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("kubectl-volbackup starts");
-    let host = format!("{NS}/{pvc}");
+    freeze_mover(&format!("{NS}/{pvc}")).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mover = loop {
-        if let Some(pid) = mover_pid(&host) {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "no mover process within 60 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(mover).expect("pid"),
-        rustix::process::Signal::STOP,
-    )
-    .expect("SIGSTOP the mover");
     let record = loop {
         let b = backups_of(env, pvc).await;
         if let Some(b) = b.first()
@@ -1795,7 +1789,8 @@ async fn temporaries_of(env: &Env, run: &str) -> Vec<Value> {
 async fn a_killed_create_leaves_an_in_progress_record_owning_its_temporaries_for_cleanup_and_delete()
  {
     let env = Env::start().await;
-    for pvc in ["v", "w"] {
+    // Names no other test uses: movers of all tests run on this host and are found by NS/PVC.
+    for pvc in ["killed-a", "killed-b"] {
         env.pvc(pvc, "Block", "32Mi", json!({})).await;
         env.run_pod(
             &format!("fill-{pvc}"),
@@ -1822,7 +1817,7 @@ async fn a_killed_create_leaves_an_in_progress_record_owning_its_temporaries_for
     };
 
     // 1. Killed while copying: the record is InProgress, says so, and owns the temporaries.
-    let vb = kill_create_mid_copy(&env, "v").await;
+    let vb = kill_create_mid_copy(&env, "killed-a").await;
     let name = vb["metadata"]["name"].as_str().unwrap().to_string();
     let uid = vb["metadata"]["uid"].as_str().unwrap().to_string();
     let run = vb["metadata"]["labels"]["volbackup.io/backup"]
@@ -1877,7 +1872,11 @@ async fn a_killed_create_leaves_an_in_progress_record_owning_its_temporaries_for
     let out = run_plugin(with(&["delete", &name, "--yes"])).await;
     assert_one_line_failure(&out, "is still being taken");
     assert!(out.stderr.contains("cleanup --backup"), "{}", out.stderr);
-    assert_eq!(backups_of(&env, "v").await.len(), 1, "deleted anyway");
+    assert_eq!(
+        backups_of(&env, "killed-a").await.len(),
+        1,
+        "deleted anyway"
+    );
 
     // 3. Named: cleanup removes what it left and marks it Failed with the step it stopped at.
     let out = run_plugin(with(&["cleanup", "--backup", &name])).await;
@@ -1892,13 +1891,13 @@ async fn a_killed_create_leaves_an_in_progress_record_owning_its_temporaries_for
     env.assert_nothing_temporary_left().await;
     assert_failed_backup(
         &env,
-        "v",
+        "killed-a",
         "Abandoned",
         "stopped while copying the data to the repository",
     )
     .await;
     assert!(
-        mover_pid(&format!("{NS}/v")).is_none(),
+        mover_pid(&format!("{NS}/killed-a")).is_none(),
         "the mover still runs"
     );
     let out = run_plugin(with(&["list"])).await;
@@ -1911,11 +1910,11 @@ async fn a_killed_create_leaves_an_in_progress_record_owning_its_temporaries_for
     );
     let out = run_plugin(with(&["delete", &name, "--yes"])).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(backups_of(&env, "v").await.is_empty());
+    assert!(backups_of(&env, "killed-a").await.is_empty());
 
     // 4. Silent for longer than a minute (its heartbeat set back, as if the time had passed):
     //    delete removes the record and what its run left.
-    let vb = kill_create_mid_copy(&env, "w").await;
+    let vb = kill_create_mid_copy(&env, "killed-b").await;
     let name = vb["metadata"]["name"].as_str().unwrap().to_string();
     let run = vb["metadata"]["labels"]["volbackup.io/backup"]
         .as_str()
@@ -1944,9 +1943,9 @@ async fn a_killed_create_leaves_an_in_progress_record_owning_its_temporaries_for
         out.stderr
     );
     env.assert_nothing_temporary_left().await;
-    assert!(backups_of(&env, "w").await.is_empty());
+    assert!(backups_of(&env, "killed-b").await.is_empty());
     assert!(
-        mover_pid(&format!("{NS}/w")).is_none(),
+        mover_pid(&format!("{NS}/killed-b")).is_none(),
         "the mover still runs"
     );
 }
