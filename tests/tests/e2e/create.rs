@@ -514,12 +514,12 @@ async fn pvcs_selected_by_label_are_backed_up_and_a_second_backup_stores_only_th
 async fn an_interrupted_backup_removes_its_temporary_objects_and_the_repository_stays_sound() {
     let env = Env::start().await;
     // Large enough that the upload is still running when the first pack has landed.
-    env.pvc("v", "Block", "192Mi", json!({})).await;
+    env.pvc("v", "Block", "256Mi", json!({})).await;
     env.run_pod(
         "fill",
         "v",
         "Block",
-        "dd if=/dev/urandom of=/dev/xvda bs=1M count=192 2>/dev/null && sync",
+        "dd if=/dev/urandom of=/dev/xvda bs=1M count=256 2>/dev/null && sync",
     )
     .await;
 
@@ -541,11 +541,19 @@ async fn an_interrupted_backup_removes_its_temporary_objects_and_the_repository_
         .spawn()
         .expect("kubectl-volbackup starts");
     let pid = child.id().expect("pid");
-    // Interrupt once the mover has uploaded its first pack (it is then mid-upload).
+    // Interrupt once the mover has uploaded its first pack (it is then mid-upload) and the
+    // record says so (create notices the running mover a moment after it starts writing).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if env.repo.join("data").is_dir() && pack_bytes(&env.repo) > 0 {
-            break;
+            let copying = backups_of(&env, "v")
+                .await
+                .first()
+                .and_then(backed_up)
+                .is_some_and(|c| c["reason"] == "Copying");
+            if copying {
+                break;
+            }
         }
         assert!(Instant::now() < deadline, "the mover never uploaded a pack");
         tokio::time::sleep(Duration::from_millis(20)).await;
