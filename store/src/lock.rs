@@ -171,8 +171,10 @@ impl LockGuard {
                                 wait.report_every
                             };
                     }
+                    // Up to a quarter more at random, so that two processes that withdrew
+                    // their locks from each other do not meet again at every try.
                     let left = wait.max.saturating_sub(started.elapsed());
-                    std::thread::sleep(pause.min(left));
+                    std::thread::sleep((pause + jitter(pause / 4)).min(left));
                     pause = (pause * 2).min(Duration::from_secs(10));
                 }
                 Err(Error::Locked(message)) if !wait.max.is_zero() => {
@@ -303,13 +305,16 @@ fn refresh_loop(
     }
 }
 
-/// Checks for conflicts, writes a lock file and checks again.
+/// Writes a lock file, then looks for conflicting locks and withdraws ours when one exists.
+///
+/// Writing first is as safe as checking before and after writing: of two processes that
+/// conflict, the one that lists later sees the other's file, so at least one backs off. It
+/// takes two round trips (write, list) instead of four, which at tens of milliseconds a
+/// request is most of what taking a lock costs; a conflicting lock file of ours is visible
+/// for a moment before it is withdrawn, which makes the other side retry, never proceed.
 fn try_take(repo: &Repository, exclusive: bool) -> Result<Id> {
-    check_conflicts(repo, exclusive, None)?;
     let id = repo.save_unpacked(FileType::Lock, &new_lock_file(exclusive))?;
-    // Another process may have locked between our check and our write: check again, now
-    // that ours is visible to it too.
-    if let Err(e) = check_conflicts(repo, exclusive, Some(&id)) {
+    if let Err(e) = check_conflicts(repo, exclusive, &id) {
         let _ = repo.backend().remove(FileType::Lock, &id.to_hex());
         return Err(e);
     }
@@ -330,6 +335,15 @@ impl Drop for LockGuard {
     }
 }
 
+/// A pseudo-random duration below `max` (from the clock's nanoseconds: enough to break a tie).
+fn jitter(max: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let max = max.as_nanos().max(1) as u64;
+    Duration::from_nanos(u64::from(nanos) % max)
+}
+
 fn new_lock_file(exclusive: bool) -> LockFile {
     LockFile {
         time: format::now(),
@@ -347,8 +361,16 @@ fn new_lock_file(exclusive: bool) -> LockFile {
 /// by anyone with access to the bucket, and one bad file must not stop every backup, restore
 /// and prune (restic passes over them too). Backend failures still fail the listing.
 pub fn list_locks(repo: &Repository) -> Result<Vec<(Id, LockFile)>> {
+    list_locks_except(repo, None)
+}
+
+/// [`list_locks`] without reading the lock file `own` (a lock of this process).
+fn list_locks_except(repo: &Repository, own: Option<&Id>) -> Result<Vec<(Id, LockFile)>> {
     let mut out = Vec::new();
     for id in repo.list_ids(FileType::Lock)? {
+        if Some(&id) == own {
+            continue;
+        }
         match repo.load_unpacked::<LockFile>(FileType::Lock, &id) {
             Ok(l) => out.push((id, l)),
             Err(Error::NotFound { .. }) => {}
@@ -459,11 +481,11 @@ pub fn conflicts(want_exclusive: bool, other: &LockFile) -> bool {
     want_exclusive || other.exclusive
 }
 
-fn check_conflicts(repo: &Repository, exclusive: bool, own: Option<&Id>) -> Result<()> {
+fn check_conflicts(repo: &Repository, exclusive: bool, own: &Id) -> Result<()> {
     let host = format::hostname();
     let now = format::now();
-    for (id, l) in list_locks(repo)? {
-        if Some(&id) == own || !conflicts(exclusive, &l) || is_stale(&l, now, &host, pid_alive) {
+    for (id, l) in list_locks_except(repo, Some(own))? {
+        if !conflicts(exclusive, &l) || is_stale(&l, now, &host, pid_alive) {
             continue;
         }
         let kind = if l.exclusive {

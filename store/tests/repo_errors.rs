@@ -555,3 +555,85 @@ fn an_ambiguous_snapshot_prefix_lists_the_candidates_and_is_not_retryable() {
         "{msg}"
     );
 }
+
+/// Many threads of one process take exclusive locks at once on one repository: a lock is
+/// written before the others are looked at, so two takers can see each other and both back
+/// off, but two never hold it together; waiting takers all get it in the end, and withdrawn
+/// attempts leave no lock file behind.
+#[test]
+fn exclusive_locks_taken_at_once_are_never_held_by_two_and_all_waiters_get_one() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use volbackup_store::backend::FileType;
+    use volbackup_store::lock::Lock;
+    use volbackup_store::repo::LockWait;
+
+    let t = TempRepo::new();
+    let repo = t.init_ours();
+    let holders = AtomicUsize::new(0);
+    let most = AtomicUsize::new(0);
+    let held = |guard: volbackup_store::lock::LockGuard| {
+        let now = holders.fetch_add(1, Ordering::SeqCst) + 1;
+        most.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(2));
+        holders.fetch_sub(1, Ordering::SeqCst);
+        drop(guard);
+    };
+
+    // No waiting: each try either gets the lock or is refused at once.
+    let taken = AtomicUsize::new(0);
+    let barrier = std::sync::Barrier::new(6);
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            s.spawn(|| {
+                barrier.wait();
+                for _ in 0..15 {
+                    match Lock::exclusive(&repo) {
+                        Ok(g) => {
+                            taken.fetch_add(1, Ordering::SeqCst);
+                            held(g);
+                        }
+                        Err(Error::Locked(_)) => {}
+                        Err(e) => panic!("unexpected error: {e}"),
+                    }
+                }
+            });
+        }
+    });
+    assert!(taken.load(Ordering::SeqCst) > 0, "nobody got the lock");
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "two held the exclusive lock at once"
+    );
+    assert!(
+        repo.list_ids(FileType::Lock).unwrap().is_empty(),
+        "withdrawn or released locks left files behind"
+    );
+
+    // Waiting: every taker gets the lock, one at a time.
+    repo.set_lock_wait(LockWait {
+        max: Duration::from_secs(60),
+        on_wait: None,
+        report_every: Duration::ZERO,
+    });
+    let taken = AtomicUsize::new(0);
+    let barrier = std::sync::Barrier::new(4);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                barrier.wait();
+                let g = Lock::exclusive(&repo).expect("a waiting taker gets the lock");
+                taken.fetch_add(1, Ordering::SeqCst);
+                held(g);
+            });
+        }
+    });
+    assert_eq!(taken.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "two held the exclusive lock at once"
+    );
+    assert!(repo.list_ids(FileType::Lock).unwrap().is_empty());
+}
