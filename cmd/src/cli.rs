@@ -581,6 +581,10 @@ pub struct MoverRestoreArgs {
     /// room; default 32). For benchmarks.
     #[arg(long, value_name = "MIB", hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub read_budget_mib: Option<u64>,
+    /// MiB a pack read may grow to by merging neighbouring blobs (default 4). For
+    /// benchmarks.
+    #[arg(long, value_name = "MIB", hide = true, value_parser = clap::value_parser!(u64).range(1..=128))]
+    pub max_read_mib: Option<u64>,
     /// Print the pack reads an image restore would make (one JSON line each with --json) and
     /// restore nothing.
     #[arg(long)]

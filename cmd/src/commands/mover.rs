@@ -283,6 +283,15 @@ struct PlannedRead {
 }
 
 /// `mover restore --dry-run`: the pack reads of an image restore, and nothing restored.
+/// How an image restore merges and splits its pack reads: the defaults, or `--max-read-mib`.
+fn plan_options(args: &MoverRestoreArgs) -> volbackup_store::restore_plan::PlanOptions {
+    let mut plan = volbackup_store::restore_plan::PlanOptions::default();
+    if let Some(mib) = args.max_read_mib {
+        plan.max_read = mib << 20;
+    }
+    plan
+}
+
 fn print_plan(
     repo: &Repository,
     open: &OpenSnapshot,
@@ -295,12 +304,7 @@ fn print_plan(
             open.id.short()
         );
     }
-    let plan = block::plan_image_restore(
-        repo,
-        open,
-        args.path.as_deref(),
-        &volbackup_store::restore_plan::PlanOptions::default(),
-    )?;
+    let plan = block::plan_image_restore(repo, open, args.path.as_deref(), &plan_options(args))?;
     let mut out = std::io::stdout().lock();
     if args.json {
         for r in &plan.reads {
@@ -353,6 +357,7 @@ fn restore_inner(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
                         .reorder_window_mib
                         .map_or(block::RestoreOptions::default().reorder_window, |m| m << 20),
                     read_budget: args.read_budget_mib.map_or(0, |m| m << 20),
+                    plan: plan_options(args),
                     ..block::RestoreOptions::default()
                 },
                 reporter.progress(),
