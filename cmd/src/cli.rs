@@ -578,10 +578,10 @@ pub struct MoverRestoreArgs {
     #[arg(long, value_name = "MIB", hide = true)]
     pub reorder_window_mib: Option<u64>,
     /// MiB of blobs read and not yet written that an image restore may hold (reads wait for
-    /// room; default 32). For benchmarks.
+    /// room; default 48). For benchmarks.
     #[arg(long, value_name = "MIB", hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub read_budget_mib: Option<u64>,
-    /// MiB a pack read may grow to by merging neighbouring blobs (default 4). For
+    /// MiB a pack read may grow to by merging neighbouring blobs (default 8). For
     /// benchmarks.
     #[arg(long, value_name = "MIB", hide = true, value_parser = clap::value_parser!(u64).range(1..=128))]
     pub max_read_mib: Option<u64>,

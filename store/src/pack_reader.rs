@@ -43,9 +43,10 @@ pub struct ReaderOptions {
     pub budget: u64,
 }
 
-/// The default of [`ReaderOptions::budget`]: at 25 ms a request, 32 MiB in flight keep a
-/// restore near a GB/s, and the memory a restore takes near restic's.
-pub const BUDGET: u64 = 32 << 20;
+/// The default of [`ReaderOptions::budget`]: at 25 ms a request, 48 MiB in flight keep a
+/// restore near a GB/s (the writer's in-order window holds part of it), and the memory a
+/// restore takes below restic's.
+pub const BUDGET: u64 = 48 << 20;
 
 impl ReaderOptions {
     /// The defaults for `repo`: its backend's read concurrency, a decoding thread per core.
