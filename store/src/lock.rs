@@ -84,6 +84,17 @@ impl Lock {
     pub fn exclusive(repo: &Repository) -> Result<LockGuard> {
         LockGuard::take(repo, true)
     }
+
+    /// A shared lock, and what `then` returns: `then` runs once the lock file is written, at
+    /// the same time as the look for conflicting locks, so that work that must happen under
+    /// the lock (such as listing the index files) costs no round trip of its own. When the
+    /// lock is withdrawn and taken again, `then` runs again and its last result counts.
+    pub fn shared_and<T: Send>(
+        repo: &Repository,
+        then: impl Fn() -> Result<T> + Sync,
+    ) -> Result<(LockGuard, T)> {
+        LockGuard::take_and(repo, false, &then)
+    }
 }
 
 /// Every lock this process holds, so that a process that is told to stop (SIGTERM, Ctrl-C)
@@ -147,13 +158,21 @@ impl std::fmt::Debug for LockGuard {
 
 impl LockGuard {
     fn take(repo: &Repository, exclusive: bool) -> Result<LockGuard> {
+        Self::take_and(repo, exclusive, &|| Ok(())).map(|(guard, ())| guard)
+    }
+
+    fn take_and<T: Send>(
+        repo: &Repository,
+        exclusive: bool,
+        then: &(dyn Fn() -> Result<T> + Sync),
+    ) -> Result<(LockGuard, T)> {
         let wait = repo.lock_wait();
         let started = Instant::now();
         let mut next_report = started;
         let mut pause = Duration::from_millis(500);
-        let id = loop {
-            match try_take(repo, exclusive) {
-                Ok(id) => break id,
+        let (id, got) = loop {
+            match try_take(repo, exclusive, then) {
+                Ok(taken) => break taken,
                 Err(Error::Locked(message)) if started.elapsed() < wait.max => {
                     if Instant::now() >= next_report {
                         let line = format!(
@@ -202,14 +221,15 @@ impl LockGuard {
         HELD.lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((token, repo.clone(), state.clone()));
-        Ok(LockGuard {
+        let guard = LockGuard {
             token,
             repo: repo.clone(),
             state,
             exclusive,
             stop: Some(stop),
             thread: Some(thread),
-        })
+        };
+        Ok((guard, got))
     }
 
     /// The id of the lock file currently held.
@@ -312,13 +332,26 @@ fn refresh_loop(
 /// takes two round trips (write, list) instead of four, which at tens of milliseconds a
 /// request is most of what taking a lock costs; a conflicting lock file of ours is visible
 /// for a moment before it is withdrawn, which makes the other side retry, never proceed.
-fn try_take(repo: &Repository, exclusive: bool) -> Result<Id> {
+///
+/// `then` runs on a thread of its own beside the look for conflicts, once the file is written.
+fn try_take<T: Send>(
+    repo: &Repository,
+    exclusive: bool,
+    then: &(dyn Fn() -> Result<T> + Sync),
+) -> Result<(Id, T)> {
     let id = repo.save_unpacked(FileType::Lock, &new_lock_file(exclusive))?;
-    if let Err(e) = check_conflicts(repo, exclusive, &id) {
-        let _ = repo.backend().remove(FileType::Lock, &id.to_hex());
-        return Err(e);
+    let (conflicts, got) = std::thread::scope(|s| {
+        let got = s.spawn(then);
+        let conflicts = check_conflicts(repo, exclusive, &id);
+        (conflicts, got.join().expect("work under a new lock"))
+    });
+    match conflicts.and(got) {
+        Ok(got) => Ok((id, got)),
+        Err(e) => {
+            let _ = repo.backend().remove(FileType::Lock, &id.to_hex());
+            Err(e)
+        }
     }
-    Ok(id)
 }
 
 impl Drop for LockGuard {

@@ -7,8 +7,9 @@
 //! files are listed and loaded and the snapshot is looked up; the root tree is read as soon as
 //! index and snapshot are in. The index must be the one the lock protects: a prune that ended
 //! just before our lock was written may have replaced index files (and removed the packs they
-//! named). Once the lock is held the index files are listed again, and if the list changed the
-//! index is loaded again. Callers take snapshot, tree and lock from here and read none of them
+//! named). So once our lock file is written the index files are listed again (beside the look
+//! for conflicting locks: a prune that had not ended then holds a lock that look finds), and if
+//! the list changed the index is loaded again. Callers take snapshot, tree and lock from here and read none of them
 //! a second time.
 
 use crate::Result;
@@ -38,11 +39,9 @@ impl OpenSnapshot {
     /// reported first, then a failed index load, then a lock that could not be taken.
     pub fn open(repo: &Repository, spec: &str) -> Result<OpenSnapshot> {
         let (lock, index, found, root) = std::thread::scope(|s| {
-            let lock = s.spawn(|| {
-                let lock = Lock::shared(repo)?;
-                let listed = repo.list_ids(FileType::Index)?;
-                Ok::<_, crate::Error>((lock, listed))
-            });
+            // The index files are listed again once the lock file is written, beside the look
+            // for conflicting locks.
+            let lock = s.spawn(|| Lock::shared_and(repo, || repo.list_ids(FileType::Index)));
             let found = s.spawn(|| repo.find_snapshot(spec));
             let index = repo.list_ids(FileType::Index).and_then(|listed| {
                 repo.load_index_files(listed.clone())?;
