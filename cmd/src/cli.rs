@@ -578,7 +578,7 @@ pub struct MoverRestoreArgs {
     #[arg(long, value_name = "MIB", hide = true)]
     pub reorder_window_mib: Option<u64>,
     /// MiB of blobs read and not yet written that an image restore may hold (reads wait for
-    /// room; default 48). For benchmarks.
+    /// room; default 48 for S3, 16 for a directory). For benchmarks.
     #[arg(long, value_name = "MIB", hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub read_budget_mib: Option<u64>,
     /// MiB a pack read may grow to by merging neighbouring blobs (default 8). For

@@ -91,7 +91,7 @@ pub struct RestoreOptions {
     /// arrives, out of order; kept to compare the two).
     pub reorder_window: u64,
     /// Bytes of blobs read and not yet written the restore may hold (0: the default,
-    /// [`crate::pack_reader::BUDGET`]).
+    /// [`crate::backend::Backend::read_budget`]).
     pub read_budget: u64,
 }
 

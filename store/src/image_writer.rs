@@ -31,8 +31,10 @@ use crate::restore_plan::{Plan, Source};
 use crate::{Error, Result};
 
 /// How far ahead of the next unwritten byte decoded blobs are held back to be written in
-/// order. Held blobs count against the reader's budget ([`crate::pack_reader::BUDGET`]), so
-/// the window is half of it: the other half keeps reads in flight.
+/// order. Held blobs count against the reader's budget
+/// ([`crate::pack_reader::ReaderOptions::budget`]): from S3 (48 MiB) the rest of the budget
+/// keeps reads in flight; from a directory (16 MiB) reads are quick enough that the lowest
+/// read, which is always started, keeps the writer busy.
 pub const REORDER_WINDOW: u64 = 16 << 20;
 
 /// Bytes of a block device written in one go: large aligned writes are what devices (and loop

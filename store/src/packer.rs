@@ -41,7 +41,8 @@ pub struct WriterOptions {
     pub compression_level: i32,
     /// Threads that hash, compress and seal submitted blobs (default: number of CPUs).
     pub workers: usize,
-    /// Packs uploaded in parallel (default 2).
+    /// Packs uploaded in parallel (0, the default: the backend's
+    /// [`crate::backend::Backend::write_concurrency`], 1 for a directory and 2 for S3).
     pub upload_threads: usize,
     /// A pack is closed once it reaches this size (default 16 MiB; restic accepts 4–128 MiB).
     pub pack_size: usize,
@@ -54,7 +55,7 @@ impl Default for WriterOptions {
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
-            upload_threads: 2,
+            upload_threads: 0,
             pack_size: DEFAULT_PACK_SIZE,
         }
     }
@@ -204,7 +205,11 @@ impl BlobWriter {
                 opts.compression_level
             },
             workers: opts.workers.max(1),
-            upload_threads: opts.upload_threads.max(1),
+            upload_threads: match opts.upload_threads {
+                0 => repo.backend().write_concurrency(),
+                n => n,
+            }
+            .max(1),
             pack_size: opts.pack_size.clamp(64 << 10, 128 << 20),
         };
         // Fail early on a bad level.

@@ -922,6 +922,14 @@ impl Backend for S3Backend {
         16
     }
 
+    fn write_concurrency(&self) -> usize {
+        2
+    }
+
+    fn read_budget(&self) -> u64 {
+        crate::pack_reader::BUDGET
+    }
+
     fn list(&self, t: FileType) -> Result<Vec<FileInfo>> {
         if t == FileType::Config {
             return match self.run(self.head("config")) {
