@@ -328,10 +328,13 @@ fn refresh_loop(
 /// Writes a lock file, then looks for conflicting locks and withdraws ours when one exists.
 ///
 /// Writing first is as safe as checking before and after writing: of two processes that
-/// conflict, the one that lists later sees the other's file, so at least one backs off. It
-/// takes two round trips (write, list) instead of four, which at tens of milliseconds a
-/// request is most of what taking a lock costs; a conflicting lock file of ours is visible
-/// for a moment before it is withdrawn, which makes the other side retry, never proceed.
+/// conflict, the one that lists later sees the other's file, so at least one backs off. For a
+/// shared lock (backups, restores) it takes two round trips (write, list) instead of four,
+/// which at tens of milliseconds a request is most of what opening a restore costs; a shared
+/// lock file withdrawn a moment later can only have met an exclusive taker that an exclusive
+/// lock already refuses. An exclusive lock (prune, forget) looks for others first as well:
+/// its file, even for a moment, would make every other process that looks then give up
+/// (restic, without `--retry-lock`, for good).
 ///
 /// `then` runs on a thread of its own beside the look for conflicts, once the file is written.
 fn try_take<T: Send>(
@@ -339,10 +342,13 @@ fn try_take<T: Send>(
     exclusive: bool,
     then: &(dyn Fn() -> Result<T> + Sync),
 ) -> Result<(Id, T)> {
+    if exclusive {
+        check_conflicts(repo, exclusive, None)?;
+    }
     let id = repo.save_unpacked(FileType::Lock, &new_lock_file(exclusive))?;
     let (conflicts, got) = std::thread::scope(|s| {
         let got = s.spawn(then);
-        let conflicts = check_conflicts(repo, exclusive, &id);
+        let conflicts = check_conflicts(repo, exclusive, Some(&id));
         (conflicts, got.join().expect("work under a new lock"))
     });
     match conflicts.and(got) {
@@ -514,10 +520,10 @@ pub fn conflicts(want_exclusive: bool, other: &LockFile) -> bool {
     want_exclusive || other.exclusive
 }
 
-fn check_conflicts(repo: &Repository, exclusive: bool, own: &Id) -> Result<()> {
+fn check_conflicts(repo: &Repository, exclusive: bool, own: Option<&Id>) -> Result<()> {
     let host = format::hostname();
     let now = format::now();
-    for (id, l) in list_locks_except(repo, Some(own))? {
+    for (id, l) in list_locks_except(repo, own)? {
         if !conflicts(exclusive, &l) || is_stale(&l, now, &host, pid_alive) {
             continue;
         }

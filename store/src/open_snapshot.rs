@@ -9,8 +9,8 @@
 //! just before our lock was written may have replaced index files (and removed the packs they
 //! named). So once our lock file is written the index files are listed again (beside the look
 //! for conflicting locks: a prune that had not ended then holds a lock that look finds), and if
-//! the list changed the index is loaded again. Callers take snapshot, tree and lock from here and read none of them
-//! a second time.
+//! the list changed the index is loaded again. Callers take snapshot, tree and lock from here
+//! and read none of them a second time.
 
 use crate::Result;
 use crate::backend::FileType;

@@ -282,7 +282,6 @@ struct PlannedRead {
     blobs: usize,
 }
 
-/// `mover restore --dry-run`: the pack reads of an image restore, and nothing restored.
 /// How an image restore merges and splits its pack reads: the defaults, or `--max-read-mib`.
 fn plan_options(args: &MoverRestoreArgs) -> volbackup_store::restore_plan::PlanOptions {
     let mut plan = volbackup_store::restore_plan::PlanOptions::default();
@@ -292,6 +291,7 @@ fn plan_options(args: &MoverRestoreArgs) -> volbackup_store::restore_plan::PlanO
     plan
 }
 
+/// `mover restore --dry-run`: the pack reads of an image restore, and nothing restored.
 fn print_plan(
     repo: &Repository,
     open: &OpenSnapshot,
