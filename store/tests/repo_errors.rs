@@ -556,10 +556,10 @@ fn an_ambiguous_snapshot_prefix_lists_the_candidates_and_is_not_retryable() {
     );
 }
 
-/// Many threads of one process take exclusive locks at once on one repository: a lock is
-/// written before the others are looked at, so two takers can see each other and both back
-/// off, but two never hold it together; waiting takers all get it in the end, and withdrawn
-/// attempts leave no lock file behind.
+/// Many threads of one process take exclusive locks at once on one repository: each looks
+/// for others, writes its lock file and looks again, so two takers can see each other and
+/// both back off, but two never hold it together; waiting takers all get it in the end, and
+/// withdrawn attempts leave no lock file behind.
 #[test]
 fn exclusive_locks_taken_at_once_are_never_held_by_two_and_all_waiters_get_one() {
     use std::sync::atomic::{AtomicUsize, Ordering};
