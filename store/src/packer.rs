@@ -416,7 +416,7 @@ fn upload_loop(shared: &Shared, rx: &Receiver<FinishedPack>) {
         match shared
             .repo
             .backend()
-            .write(FileType::Pack, &id.to_hex(), &pack.data)
+            .write_hashed(FileType::Pack, &id, &pack.data)
         {
             Ok(()) => {
                 shared.packs.fetch_add(1, Ordering::Relaxed);

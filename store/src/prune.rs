@@ -675,7 +675,7 @@ impl<'a> PackBuilder<'a> {
         let id = Id::hash(&pack);
         self.repo
             .backend()
-            .write(FileType::Pack, &id.to_hex(), &pack)?;
+            .write_hashed(FileType::Pack, &id, &pack)?;
         self.bytes += pack.len() as u64;
         let blobs = std::mem::take(&mut self.blobs)
             .iter()

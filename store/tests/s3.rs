@@ -16,6 +16,7 @@ use volbackup_store::backend::s3::{S3Backend, S3Config, S3Credentials, parse_loc
 use volbackup_store::backend::{Backend, FileType};
 use volbackup_store::block::{BackupOptions, RestoreOptions, backup_block, restore_block};
 use volbackup_store::crypto::KdfParams;
+use volbackup_store::id::Id;
 use volbackup_store::packer::WriterOptions;
 use volbackup_store::progress::NoProgress;
 use volbackup_store::repo::{InitOptions, Repository};
@@ -199,6 +200,36 @@ fn files_round_trip_through_garage_with_ranges_stat_listing_and_removal() {
         Err(Error::NotFound { .. })
     ));
     assert_eq!(b.list(FileType::Pack).unwrap().len(), 1);
+}
+
+/// A pack uploaded with the hash its writer knows (its name) is signed with that hash rather
+/// than hashed again; Garage checks it, so a body that does not match is refused and nothing
+/// is stored.
+#[test]
+fn a_pack_uploaded_with_its_known_hash_is_stored_and_a_wrong_hash_is_refused() {
+    let g = Garage::shared();
+    let bucket = g.new_bucket("hashed");
+    let b = backend_via(&g.endpoint(), &bucket, "repo", |_| {});
+    b.create().unwrap();
+
+    let pack = noise(2 << 20, 7);
+    let id = Id::hash(&pack);
+    b.write_hashed(FileType::Pack, &id, &pack)
+        .expect("a pack with its own hash is stored");
+    assert_eq!(b.read(FileType::Pack, &id.to_hex()).unwrap(), pack);
+
+    let other = noise(2 << 20, 8);
+    let wrong = Id::hash(&other[1..]);
+    let err = b
+        .write_hashed(FileType::Pack, &wrong, &other)
+        .expect_err("a body that does not match its hash must be refused");
+    assert!(
+        matches!(
+            b.stat(FileType::Pack, &wrong.to_hex()),
+            Err(Error::NotFound { .. })
+        ),
+        "nothing may be stored after a refused upload ({err})"
+    );
 }
 
 #[test]

@@ -139,6 +139,12 @@ pub trait Backend: Send + Sync {
     /// A write either stores the whole file or nothing.
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()>;
 
+    /// [`Backend::write`] of a file named by its own SHA-256, `id` (a pack): a backend that
+    /// signs the hash of what it sends takes `id` rather than hashing `data` once more.
+    fn write_hashed(&self, t: FileType, id: &crate::id::Id, data: &[u8]) -> Result<()> {
+        self.write(t, &id.to_hex(), data)
+    }
+
     /// Reads a whole file.
     fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>>;
 

@@ -21,15 +21,18 @@ use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_runtime::auth::PayloadSigningOverride;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::{Credentials, Region};
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_s3::config::{ConfigBag, Credentials, Intercept, Region, RuntimeComponents};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 
 use super::{Backend, FileInfo, FileType, relative_path};
+use crate::id::Id;
 use crate::{Error, Result};
 
 /// Access keys given explicitly instead of through the AWS credential chain.
@@ -662,22 +665,28 @@ impl S3Backend {
         }
     }
 
-    async fn put(&self, rel: &str, data: &[u8]) -> Result<()> {
+    /// PUT of a whole file; `sha256`, when the caller knows it (the hex hash of `data`), is
+    /// signed as the payload's hash instead of hashing `data` again. The server checks it.
+    async fn put(&self, rel: &str, data: &[u8], sha256: Option<String>) -> Result<()> {
         let key = self.key_of(rel);
         let len = data.len() as u64;
         if len > self.cfg.multipart_threshold && self.cfg.part_size > 0 {
             return self.put_multipart(rel, &key, data).await;
         }
         let body = ByteStream::from(Bytes::copy_from_slice(data));
-        self.client
+        let mut put = self
+            .client
             .put_object()
             .bucket(&self.cfg.bucket)
             .key(&key)
             .content_length(len as i64)
             .body(body)
             .customize()
-            .config_override(self.upload_override(len))
-            .send()
+            .config_override(self.upload_override(len));
+        if let Some(sha256) = sha256 {
+            put = put.interceptor(KnownPayloadHash(sha256));
+        }
+        put.send()
             .await
             .map_err(|e| self.map_failure(failure(e), None, &format!("write {rel}")))?;
         Ok(())
@@ -838,6 +847,29 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(rand::random_range(base / 2..=base))
 }
 
+/// Has an upload signed with the SHA-256 of its body that the caller already knows (a pack is
+/// named by it), sparing a pass over every byte uploaded. A hash that does not match the body
+/// makes the server refuse the upload.
+#[derive(Debug)]
+struct KnownPayloadHash(String);
+
+impl Intercept for KnownPayloadHash {
+    fn name(&self) -> &'static str {
+        "KnownPayloadHash"
+    }
+
+    fn modify_before_signing(
+        &self,
+        _context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        cfg.interceptor_state()
+            .store_put(PayloadSigningOverride::Precomputed(self.0.clone()));
+        Ok(())
+    }
+}
+
 impl Backend for S3Backend {
     fn location(&self) -> String {
         self.cfg.location()
@@ -870,7 +902,13 @@ impl Backend for S3Backend {
 
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {
         let rel = relative_path(t, name);
-        self.run(self.put(&rel, data))
+        self.run(self.put(&rel, data, None))
+    }
+
+    fn write_hashed(&self, t: FileType, id: &Id, data: &[u8]) -> Result<()> {
+        let name = id.to_hex();
+        let rel = relative_path(t, &name);
+        self.run(self.put(&rel, data, Some(name)))
     }
 
     fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>> {
