@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use volbackup_store::Repository;
-use volbackup_store::backend::{self, Backend};
+use volbackup_store::backend::{self, Backend, FileType};
 
 use crate::cli::RepoOptions;
 
@@ -85,6 +85,12 @@ pub fn open(opts: &RepoOptions) -> Result<Repository> {
 /// Opens the repository (password checked) without loading its index, for commands that
 /// never read a blob.
 pub fn open_unindexed(opts: &RepoOptions) -> Result<Repository> {
+    open_warm(opts, &[])
+}
+
+/// [`open_unindexed`], listing (and reading) the files of the kinds `warm` while the key is
+/// derived from the password ([`Repository::open_warm`]).
+pub fn open_warm(opts: &RepoOptions, warm: &[FileType]) -> Result<Repository> {
     let loc = location(opts)?;
     let backend = open_backend(&loc)?;
     let password = password(opts, false)?;
@@ -92,7 +98,7 @@ pub fn open_unindexed(opts: &RepoOptions) -> Result<Repository> {
         Some(wait) => crate::cluster::parse_duration(wait).context("--retry-lock")?,
         None => std::time::Duration::ZERO,
     };
-    let repo = Repository::open(backend, &password)?;
+    let repo = Repository::open_warm(backend, &password, warm)?;
     repo.set_lock_wait(volbackup_store::repo::LockWait {
         max: lock_wait,
         ..Default::default()

@@ -41,7 +41,6 @@ use crate::chunker::{Chunker, ChunkerTables, Pol};
 use crate::format::{BlobType, Snapshot};
 use crate::fsmeta::node_from_metadata;
 use crate::id::Id;
-use crate::lock::Lock;
 use crate::packer::{BlobWriter, Pending};
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -139,11 +138,9 @@ pub fn backup_tree_with(
     progress: &dyn Progress,
 ) -> Result<BackupSummary> {
     let started = Instant::now();
-    let lock = Lock::shared(repo)?;
-    // Always under the lock: an index loaded before it may list packs a prune has since
-    // removed, and a blob found there would not be written again.
-    repo.load_index()?;
-    crate::resume::index_unindexed_packs(repo)?;
+    // The index is loaded under the lock: one loaded before it may list packs a prune has
+    // since removed, and a blob found there would not be written again.
+    let lock = crate::resume::lock_for_backup(repo)?;
     let root = std::path::absolute(root).map_err(|e| Error::io(root, e))?;
     let root_md = std::fs::metadata(&root).map_err(|e| Error::io(&root, e))?;
     if !root_md.is_dir() {

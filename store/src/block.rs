@@ -30,9 +30,8 @@ use crate::format::{BlobType, Snapshot};
 use crate::id::Id;
 use crate::image_writer::{DeviceTarget, FileTarget, REORDER_WINDOW, write_in_order};
 use crate::index::IndexEntry;
-use crate::lock::Lock;
 use crate::open_snapshot::{OpenSnapshot, read_tree};
-use crate::pack_reader::{ReaderOptions, read_plan};
+use crate::pack_reader::{ReaderOptions, read_plan_then};
 use crate::packer::{BlobWriter, Pending, WriterOptions};
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -186,9 +185,9 @@ pub fn backup_block(
         what: format!("{}/config", repo.location()),
         message: format!("chunker polynomial {pol}: {e}"),
     })?;
-    let lock = Lock::shared(repo)?;
-    repo.load_index()?;
-    crate::resume::index_unindexed_packs(repo)?;
+    // The index is loaded under the lock: one loaded before it may list packs a prune has
+    // since removed, and a blob found there would not be written again.
+    let lock = crate::resume::lock_for_backup(repo)?;
     progress.set_total(opts.total_size);
     let started = crate::format::now();
 
@@ -356,15 +355,18 @@ pub fn restore_image(
     if opts.read_budget > 0 {
         reader.budget = opts.read_budget;
     }
+    // Once every pack read has arrived the repository is done with: the lock goes while the
+    // last blobs are decoded and written.
+    let all_read = || open.lock().release();
     let written = if std::fs::metadata(target).is_ok_and(|m| m.file_type().is_block_device()) {
         let mut device = DeviceTarget::open(target, size)?;
-        read_plan(repo, &plan, &reader, |deliveries| {
+        read_plan_then(repo, &plan, &reader, &all_read, |deliveries| {
             write_in_order(&mut device, &plan, deliveries, REORDER_WINDOW, progress)
         })?
     } else {
         let file = open_target(target, size)?;
         let mut file = FileTarget::new(&file, target);
-        read_plan(repo, &plan, &reader, |deliveries| {
+        read_plan_then(repo, &plan, &reader, &all_read, |deliveries| {
             write_in_order(&mut file, &plan, deliveries, opts.reorder_window, progress)
         })?
     };

@@ -143,8 +143,8 @@ pub struct LockGuard {
     repo: Repository,
     state: Arc<Mutex<Held>>,
     exclusive: bool,
-    stop: Option<Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    /// The refresh thread and what stops it, until the lock is released.
+    refreshing: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for LockGuard {
@@ -226,10 +226,31 @@ impl LockGuard {
             repo: repo.clone(),
             state,
             exclusive,
-            stop: Some(stop),
-            thread: Some(thread),
+            refreshing: Mutex::new(Some((stop, thread))),
         };
         Ok((guard, got))
+    }
+
+    /// Removes the lock file now, before the guard is dropped: for a restore whose last pack
+    /// has been read while blobs are still being decoded and written. Nothing may be read from
+    /// or written to the repository under this lock afterwards; [`LockGuard::check`] still
+    /// passes. Releasing twice does nothing.
+    pub fn release(&self) {
+        let refreshing = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some((stop, thread)) = refreshing else {
+            return;
+        };
+        drop(stop);
+        let _ = thread.join();
+        let id = held(&self.state).id;
+        let _ = self.repo.backend().remove(FileType::Lock, &id.to_hex());
+        HELD.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(t, _, _)| *t != self.token);
     }
 
     /// The id of the lock file currently held.
@@ -362,15 +383,7 @@ fn try_take<T: Send>(
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        self.stop = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let id = held(&self.state).id;
-        let _ = self.repo.backend().remove(FileType::Lock, &id.to_hex());
-        HELD.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(t, _, _)| *t != self.token);
+        self.release();
     }
 }
 

@@ -10,7 +10,9 @@
 //! named). So once our lock file is written the index files are listed again (beside the look
 //! for conflicting locks: a prune that had not ended then holds a lock that look finds), and if
 //! the list changed the index is loaded again. Callers take snapshot, tree and lock from here
-//! and read none of them a second time.
+//! and read none of them a second time. A repository opened with
+//! [`Repository::open_warm`] has listed the index and snapshot files, and read them, while the
+//! key was derived: those listings are the first ones used here.
 
 use crate::Result;
 use crate::backend::FileType;
@@ -42,8 +44,8 @@ impl OpenSnapshot {
             // The index files are listed again once the lock file is written, beside the look
             // for conflicting locks.
             let lock = s.spawn(|| Lock::shared_and(repo, || repo.list_ids(FileType::Index)));
-            let found = s.spawn(|| repo.find_snapshot(spec));
-            let index = repo.list_ids(FileType::Index).and_then(|listed| {
+            let found = s.spawn(|| repo.find_snapshot_early(spec));
+            let index = repo.early_list(FileType::Index).and_then(|listed| {
                 repo.load_index_files(listed.clone())?;
                 Ok(listed)
             });
@@ -55,6 +57,7 @@ impl OpenSnapshot {
             };
             (lock.join().expect("lock taker"), index, found, root)
         });
+        repo.end_read_ahead();
         let (id, snapshot) = found?;
         let listed = index?;
         let root = root.expect("read once snapshot and index are in");

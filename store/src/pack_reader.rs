@@ -198,8 +198,22 @@ pub fn read_plan<T>(
     opts: &ReaderOptions,
     consume: impl FnOnce(&Deliveries) -> Result<T>,
 ) -> Result<T> {
+    read_plan_then(repo, plan, opts, &|| {}, consume)
+}
+
+/// [`read_plan`], calling `all_read` (on a reader thread) as soon as the last read of the plan
+/// has arrived, while its blobs may still be decoded and written: a restore releases its lock
+/// there.
+pub fn read_plan_then<T>(
+    repo: &Repository,
+    plan: &Plan,
+    opts: &ReaderOptions,
+    all_read: &(dyn Fn() + Sync),
+    consume: impl FnOnce(&Deliveries) -> Result<T>,
+) -> Result<T> {
     let stop = &AtomicBool::new(false);
     let next = &AtomicUsize::new(0);
+    let arrived = &AtomicUsize::new(0);
     let reads = &plan.reads;
     let decoders = opts.decode_threads.max(1);
     let (fetched_tx, fetched_rx) = bounded::<(usize, Vec<u8>)>(decoders);
@@ -222,6 +236,9 @@ pub fn read_plan<T>(
                     let mut bytes = spare.try_recv().unwrap_or_default();
                     match fetch(repo, read, opts.attempts, &mut bytes) {
                         Ok(()) => {
+                            if arrived.fetch_add(1, Ordering::Relaxed) + 1 == reads.len() {
+                                all_read();
+                            }
                             if tx.send((i, bytes)).is_err() {
                                 return;
                             }

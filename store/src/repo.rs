@@ -74,6 +74,129 @@ struct Inner {
     config: Config,
     index: RwLock<Arc<Index>>,
     lock_wait: std::sync::Mutex<LockWait>,
+    early: Early,
+}
+
+/// Snapshot files read ahead while the key is derived, at most this many (`latest` reads
+/// them all; a repository with more reads the rest when asked).
+const EARLY_SNAPSHOT_FILES: usize = 64;
+
+/// What [`Repository::open_warm`] lists and reads while the password's key is derived: the
+/// listings are taken by the first [`Repository::early_list`] of their kind, the files (whose
+/// names are their hashes, so a copy never goes stale) by whoever loads them first.
+#[derive(Default)]
+struct Early {
+    /// The kinds read ahead; nothing else waits for the reading.
+    kinds: Vec<FileType>,
+    state: std::sync::Mutex<EarlyState>,
+}
+
+#[derive(Default)]
+struct EarlyState {
+    /// The reading, until someone needs what it read.
+    pending: Option<std::thread::JoinHandle<WarmedUp>>,
+    read: WarmedUp,
+}
+
+#[derive(Default)]
+struct WarmedUp {
+    lists: std::collections::HashMap<FileType, Vec<Id>>,
+    files: std::collections::HashMap<(FileType, Id), Vec<u8>>,
+}
+
+impl Early {
+    fn start(backend: &Arc<dyn Backend>, kinds: &[FileType]) -> Early {
+        if kinds.is_empty() {
+            return Early::default();
+        }
+        let (backend, wanted) = (backend.clone(), kinds.to_vec());
+        let pending = std::thread::Builder::new()
+            .name("read-ahead".into())
+            .spawn(move || warm_up(backend.as_ref(), &wanted))
+            .ok();
+        Early {
+            kinds: kinds.to_vec(),
+            state: std::sync::Mutex::new(EarlyState {
+                pending,
+                read: WarmedUp::default(),
+            }),
+        }
+    }
+
+    /// Runs `take` on what was read ahead of kind `t`, once the reading is done; `None` when
+    /// nothing of that kind was read ahead.
+    fn take<T>(&self, t: FileType, take: impl FnOnce(&mut WarmedUp) -> Option<T>) -> Option<T> {
+        if !self.kinds.contains(&t) {
+            return None;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reading) = state.pending.take()
+            && let Ok(read) = reading.join()
+        {
+            state.read = read;
+        }
+        take(&mut state.read)
+    }
+
+    fn clear(&self) {
+        if self.kinds.is_empty() {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.pending = None;
+        state.read = WarmedUp::default();
+    }
+}
+
+/// Lists the kinds `kinds` side by side, then reads the index files and (up to
+/// [`EARLY_SNAPSHOT_FILES`]) the snapshot files they list. Whatever fails is left out: it
+/// is asked for again when needed, and fails then with its proper error.
+fn warm_up(backend: &dyn Backend, kinds: &[FileType]) -> WarmedUp {
+    let mut read = WarmedUp::default();
+    let listed: Vec<(FileType, Result<Vec<Id>>)> = std::thread::scope(|s| {
+        let listers: Vec<_> = kinds
+            .iter()
+            .map(|&t| (t, s.spawn(move || list_ids_of(backend, t))))
+            .collect();
+        listers
+            .into_iter()
+            .map(|(t, h)| (t, h.join().expect("lister")))
+            .collect()
+    });
+    let mut to_read: Vec<(FileType, Id)> = Vec::new();
+    for (t, ids) in listed {
+        let Ok(ids) = ids else { continue };
+        match t {
+            FileType::Index => to_read.extend(ids.iter().map(|id| (t, *id))),
+            FileType::Snapshot if ids.len() <= EARLY_SNAPSHOT_FILES => {
+                to_read.extend(ids.iter().map(|id| (t, *id)))
+            }
+            _ => {}
+        }
+        read.lists.insert(t, ids);
+    }
+    let names: Vec<Id> = to_read.iter().map(|(_, id)| *id).collect();
+    let kind_of: std::collections::HashMap<Id, FileType> =
+        to_read.iter().map(|(t, id)| (*id, *t)).collect();
+    if let Ok(files) = load_parallel(&names, |id| backend.read(kind_of[id], &id.to_hex())) {
+        for (id, file) in names.into_iter().zip(files) {
+            if let Some(file) = file {
+                read.files.insert((kind_of[&id], id), file);
+            }
+        }
+    }
+    read
+}
+
+/// The ids of all files of one kind, sorted (names that are not ids are skipped).
+fn list_ids_of(backend: &dyn Backend, t: FileType) -> Result<Vec<Id>> {
+    let mut ids: Vec<Id> = backend
+        .list(t)?
+        .into_iter()
+        .filter_map(|f| Id::from_hex(&f.name).ok())
+        .collect();
+    ids.sort();
+    Ok(ids)
 }
 
 /// Hears one-line messages about a wait for a lock.
@@ -138,6 +261,7 @@ impl Repository {
                 config,
                 index: RwLock::new(Arc::new(Index::new())),
                 lock_wait: Default::default(),
+                early: Early::default(),
             }),
         })
     }
@@ -146,6 +270,20 @@ impl Repository {
     /// [`MAX_KEYS_TRIED`]) and reads the config. The index is not loaded yet
     /// ([`Repository::load_index`]).
     pub fn open(backend: Arc<dyn Backend>, password: &str) -> Result<Repository> {
+        Self::open_warm(backend, password, &[])
+    }
+
+    /// [`Repository::open`], listing the files of the kinds `warm` (and reading the index and
+    /// snapshot files among them) while the key is derived from the password: scrypt takes
+    /// about as long as three round trips to an object store. The listings are there for the
+    /// first [`Repository::early_list`] of their kind; files read ahead are used by whoever
+    /// loads them first.
+    pub fn open_warm(
+        backend: Arc<dyn Backend>,
+        password: &str,
+        warm: &[FileType],
+    ) -> Result<Repository> {
+        let early = Early::start(&backend, warm);
         let location = backend.location();
         // The config is read while the key files are listed and tried: behind an object
         // store, each of these requests costs a round trip.
@@ -182,8 +320,25 @@ impl Repository {
                 config,
                 index: RwLock::new(Arc::new(Index::new())),
                 lock_wait: Default::default(),
+                early,
             }),
         })
+    }
+
+    /// The files of kind `t` as listed while the repository was opened
+    /// ([`Repository::open_warm`]), the first time it is asked for; a new listing otherwise,
+    /// or when that listing failed. A listing that old is a guess: what must be current (the
+    /// index files under a lock) is listed again.
+    pub fn early_list(&self, t: FileType) -> Result<Vec<Id>> {
+        match self.inner.early.take(t, |read| read.lists.remove(&t)) {
+            Some(ids) => Ok(ids),
+            None => self.list_ids(t),
+        }
+    }
+
+    /// Drops whatever was read ahead and not used.
+    pub fn end_read_ahead(&self) {
+        self.inner.early.clear();
     }
 
     /// Adds another key file for `password`; returns its id.
@@ -431,7 +586,14 @@ impl Repository {
     pub fn load_unpacked_raw(&self, t: FileType, id: &Id) -> Result<Vec<u8>> {
         let name = id.to_hex();
         let what = || crate::backend::relative_path(t, &name);
-        let sealed = self.inner.backend.read(t, &name)?;
+        let sealed = match self
+            .inner
+            .early
+            .take(t, |read| read.files.remove(&(t, *id)))
+        {
+            Some(sealed) => sealed,
+            None => self.inner.backend.read(t, &name)?,
+        };
         if Id::hash(&sealed) != *id {
             return Err(Error::Corrupt {
                 what: what(),
@@ -469,20 +631,22 @@ impl Repository {
 
     /// The ids of all files of one kind (names that are not ids are skipped).
     pub fn list_ids(&self, t: FileType) -> Result<Vec<Id>> {
-        let mut ids: Vec<Id> = self
-            .inner
-            .backend
-            .list(t)?
-            .into_iter()
-            .filter_map(|f| Id::from_hex(&f.name).ok())
-            .collect();
-        ids.sort();
-        Ok(ids)
+        list_ids_of(self.inner.backend.as_ref(), t)
     }
 
     /// All snapshots, oldest first.
     pub fn list_snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let ids = self.list_ids(FileType::Snapshot)?;
+        self.snapshots_of(self.list_ids(FileType::Snapshot)?)
+    }
+
+    /// [`Repository::list_snapshots`] from the listing made while the repository was opened
+    /// ([`Repository::early_list`]), for a guess that may miss a snapshot saved since, such
+    /// as a backup's parent. Never for anything that removes data.
+    pub fn list_snapshots_early(&self) -> Result<Vec<(Id, Snapshot)>> {
+        self.snapshots_of(self.early_list(FileType::Snapshot)?)
+    }
+
+    fn snapshots_of(&self, ids: Vec<Id>) -> Result<Vec<(Id, Snapshot)>> {
         let loaded = load_parallel(&ids, |id| {
             self.load_unpacked::<Snapshot>(FileType::Snapshot, id)
         })?;
@@ -497,12 +661,26 @@ impl Repository {
 
     /// Finds a snapshot by `latest`, a full id, or a unique id prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        self.find_snapshot_in(spec, || self.list_ids(FileType::Snapshot))
+    }
+
+    /// [`Repository::find_snapshot`] in the listing made while the repository was opened
+    /// ([`Repository::early_list`]): for the snapshot a restore or backup starts from.
+    pub fn find_snapshot_early(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        self.find_snapshot_in(spec, || self.early_list(FileType::Snapshot))
+    }
+
+    fn find_snapshot_in(
+        &self,
+        spec: &str,
+        list: impl FnOnce() -> Result<Vec<Id>>,
+    ) -> Result<(Id, Snapshot)> {
         let not_found = || Error::SnapshotNotFound {
             spec: spec.to_string(),
             location: self.location(),
         };
         if spec == "latest" {
-            return self.list_snapshots()?.pop().ok_or_else(|| {
+            return self.snapshots_of(list()?)?.pop().ok_or_else(|| {
                 Error::Invalid(format!(
                     "{} has no snapshots yet (create one with `kubectl-volbackup create`)",
                     self.location()
@@ -521,8 +699,7 @@ impl Repository {
                 Err(e) => Err(e),
             };
         }
-        let matches: Vec<Id> = self
-            .list_ids(FileType::Snapshot)?
+        let matches: Vec<Id> = list()?
             .into_iter()
             .filter(|id| id.to_hex().starts_with(&lower))
             .collect();

@@ -13,10 +13,30 @@
 //! lock.
 
 use crate::Result;
-use crate::backend::FileType;
+use crate::backend::{FileInfo, FileType};
 use crate::format::{IndexFile, IndexPack, PackedBlob};
 use crate::id::Id;
+use crate::lock::{Lock, LockGuard};
 use crate::repo::Repository;
+
+/// Takes the shared lock a backup holds and, under it, loads the index and adopts the packs
+/// that no index names ([`index_unindexed_packs`]). The index files and the packs are listed
+/// beside the look for conflicting locks, and index files read ahead while the repository
+/// was opened ([`Repository::open_warm`]) are not read again.
+pub fn lock_for_backup(repo: &Repository) -> Result<LockGuard> {
+    let (lock, (index_files, packs)) = Lock::shared_and(repo, || {
+        std::thread::scope(|s| {
+            let packs = s.spawn(|| repo.backend().list(FileType::Pack));
+            let index_files = repo.list_ids(FileType::Index);
+            let packs = packs.join().expect("pack lister");
+            Ok((index_files?, packs?))
+        })
+    })?;
+    repo.load_index_files(index_files)?;
+    repo.end_read_ahead();
+    index_unindexed_packs(repo, packs)?;
+    Ok(lock)
+}
 
 /// What [`index_unindexed_packs`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,13 +50,14 @@ pub struct Adopted {
     pub skipped: Vec<Id>,
 }
 
-/// Lists every pack that no loaded index names and writes one index file for those whose
-/// header reads back whole. Call it with the index loaded and a lock held.
-pub fn index_unindexed_packs(repo: &Repository) -> Result<Adopted> {
+/// Of the packs `listed` (all of them, listed under the lock), reads back those that no loaded
+/// index names and writes one index file for those whose header reads back whole. Call it
+/// with the index loaded and a lock held.
+pub fn index_unindexed_packs(repo: &Repository, listed: Vec<FileInfo>) -> Result<Adopted> {
     let indexed = repo.index().packs();
     let mut adopted = Adopted::default();
     let mut file = IndexFile::default();
-    for info in repo.backend().list(FileType::Pack)? {
+    for info in listed {
         let Ok(id) = info.name.parse::<Id>() else {
             continue;
         };

@@ -908,6 +908,17 @@ fn forget_and_prune_on_block_snapshots_we_wrote_keep_the_images_restic_restores(
 
 #[test]
 fn a_prune_between_open_and_lock_leaves_no_backup_naming_a_deleted_pack() {
+    prune_between_open_and_lock(false);
+}
+
+/// The same with the repository opened as `mover backup` opens it: the index and snapshot
+/// files listed and read while the key is derived, all of it from before the prune.
+#[test]
+fn a_prune_after_the_index_was_read_ahead_leaves_no_backup_naming_a_deleted_pack() {
+    prune_between_open_and_lock(true);
+}
+
+fn prune_between_open_and_lock(read_ahead: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     init_ours(&repo);
@@ -930,9 +941,22 @@ fn a_prune_between_open_and_lock_leaves_no_backup_naming_a_deleted_pack() {
     )
     .unwrap();
     volbackup_store::backup_tree::backup_tree(&first, &dir, &opts, &NoProgress).unwrap();
-    let early = open(&repo);
-    early.load_index().unwrap();
-    assert!(!early.index().is_empty());
+    let early = if read_ahead {
+        let warmed = Repository::open_warm(
+            Arc::new(LocalBackend::new(&repo)),
+            PASSWORD,
+            &[FileType::Index, FileType::Snapshot],
+        )
+        .unwrap();
+        // Waits for the reading ahead to end: what it holds is from before the prune.
+        assert_eq!(warmed.early_list(FileType::Snapshot).unwrap().len(), 2);
+        warmed
+    } else {
+        let early = open(&repo);
+        early.load_index().unwrap();
+        assert!(!early.index().is_empty());
+        early
+    };
 
     // ...then every snapshot is forgotten and a prune removes their packs...
     let other = open(&repo);

@@ -259,6 +259,7 @@ impl Backend for Wrapped {
         Ok(files)
     }
     fn remove(&self, t: FileType, name: &str) -> Result<()> {
+        self.note("remove", t, name);
         self.inner.remove(t, name)
     }
 }
@@ -570,13 +571,23 @@ fn writing_each_blob_as_it_arrives_gives_the_same_image_as_writing_in_order() {
     }
 }
 
+/// How a test opens the repository: plainly, or listing and reading the index and snapshot
+/// files while the key is derived, as `mover restore` and `mover backup` do.
+const OPENINGS: [&[FileType]; 2] = [&[], &[FileType::Index, FileType::Snapshot]];
+
 #[test]
 fn a_restore_reads_config_keys_index_snapshot_and_tree_once_each() {
+    for warm in OPENINGS {
+        restore_reads_each_file_once(warm);
+    }
+}
+
+fn restore_reads_each_file_once(warm: &[FileType]) {
     let t = TempRepo::new();
     let image = image();
     let snap = backed_up(&t, &image);
     let w = Arc::new(Wrapped::new(t.backend()));
-    let repo = Repository::open(w.clone(), PASSWORD).unwrap();
+    let repo = Repository::open_warm(w.clone(), PASSWORD, warm).unwrap();
     // A prefix, as a user gives it: the snapshots are listed once.
     let open = OpenSnapshot::open(&repo, &snap.to_hex()[..8]).unwrap();
     assert_eq!(open.id, snap);
@@ -609,10 +620,32 @@ fn a_restore_reads_config_keys_index_snapshot_and_tree_once_each() {
     assert_eq!(count("list index/"), 2, "{log:#?}");
     let index_reads = log.iter().filter(|o| o.starts_with("read index/")).count();
     assert_eq!(index_reads, repo.list_ids(FileType::Index).unwrap().len());
+    // The lock goes once the last pack has been read, not before.
+    let lock_removed = log
+        .iter()
+        .position(|o| o.starts_with("remove locks/"))
+        .unwrap_or_else(|| panic!("the lock was never removed: {log:#?}"));
+    let last_pack_read = log
+        .iter()
+        .rposition(|o| o.starts_with("read data/"))
+        .unwrap();
+    assert!(lock_removed > last_pack_read, "{log:#?}");
+    assert_eq!(count_prefix(&log, "remove locks/"), 1, "{log:#?}");
+    assert!(repo.list_ids(FileType::Lock).unwrap().is_empty());
+}
+
+fn count_prefix(log: &[String], prefix: &str) -> usize {
+    log.iter().filter(|o| o.starts_with(prefix)).count()
 }
 
 #[test]
 fn an_index_file_written_just_before_the_lock_is_loaded_under_it() {
+    for warm in OPENINGS {
+        index_written_before_the_lock_is_loaded(warm);
+    }
+}
+
+fn index_written_before_the_lock_is_loaded(warm: &[FileType]) {
     let t = TempRepo::new();
     backed_up(&t, &random_bytes(41, 3 << 20));
     let before = t.open().list_ids(FileType::Index).unwrap();
@@ -640,7 +673,7 @@ fn an_index_file_written_just_before_the_lock_is_loaded_under_it() {
     // The index is listed while the lock is being written.
     w.lock_pause = std::time::Duration::from_millis(300);
     let w = Arc::new(w);
-    let repo = Repository::open(w.clone(), PASSWORD).unwrap();
+    let repo = Repository::open_warm(w.clone(), PASSWORD, warm).unwrap();
     let target = t.scratch("out.img");
     let sum = restore_block(
         &repo,

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use volbackup_store::Repository;
+use volbackup_store::backend::FileType;
 use volbackup_store::block::{self, BackupOptions};
 use volbackup_store::id::Id;
 use volbackup_store::open_snapshot::OpenSnapshot;
@@ -65,7 +66,7 @@ struct Done {
 
 /// The newest snapshot with the same host and paths, the default parent of a backup.
 fn default_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option<Id>> {
-    let list = repo.list_snapshots()?;
+    let list = repo.list_snapshots_early()?;
     Ok(list
         .into_iter()
         .filter(|(_, s)| s.hostname == host && s.paths == paths)
@@ -83,8 +84,9 @@ pub fn backup(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
         None => None,
     };
     let directory = is_directory(&args.source)?;
-    // The backup loads the index itself, under its lock.
-    let repo = repository::open_unindexed(&args.repo)?;
+    // The backup loads the index itself, under its lock; the index and snapshot files are
+    // listed and read while the key is derived.
+    let repo = repository::open_warm(&args.repo, &[FileType::Index, FileType::Snapshot])?;
     report_lock_waits(&repo, args.json);
     let host = args
         .host
@@ -107,7 +109,7 @@ pub fn backup(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
         let abs = std::path::absolute(&args.source)
             .with_context(|| format!("cannot resolve {}", args.source.display()))?;
         opts.parent = match &args.parent {
-            Some(p) => Some(repo.find_snapshot(p)?.0),
+            Some(p) => Some(repo.find_snapshot_early(p)?.0),
             None => default_parent(&repo, &host, &[abs.to_string_lossy().into_owned()])?,
         };
         let s = backup_tree::backup_tree(&repo, &abs, &opts, reporter.progress())?;
@@ -128,7 +130,7 @@ pub fn backup(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
                 .unwrap_or_else(|| "volume.img".to_string()),
         };
         opts.parent = match &args.parent {
-            Some(p) => Some(repo.find_snapshot(p)?.0),
+            Some(p) => Some(repo.find_snapshot_early(p)?.0),
             None => default_parent(&repo, &host, &[format!("/{name}")])?,
         };
         let mut source = block::open_source(&args.source)?;
@@ -334,7 +336,7 @@ fn print_plan(
 fn restore_inner(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
     // The index is loaded under the restore's lock, with the snapshot and its root tree, all
     // at once (see `OpenSnapshot`): nothing here reads them before or after.
-    let repo = repository::open_unindexed(&args.repo)?;
+    let repo = repository::open_warm(&args.repo, &[FileType::Index, FileType::Snapshot])?;
     report_lock_waits(&repo, args.json);
     let started = Instant::now();
     let open = OpenSnapshot::open(&repo, &args.snapshot)?;
