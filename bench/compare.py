@@ -22,7 +22,10 @@ Cases, each run once as a warm-up and then --runs times, the programs alternatin
          through the proxy at the other latencies; once each), image restores (ours, `restic
          restore`, `restic dump`, rustic through a profile of opendal options) and the raw
          limit (every needed pack range fetched with 32 requests in flight and thrown away).
-         The proxy counts each restore's requests, and those made before its first pack read.
+         Each round of S3 restores runs every latency in turn (in rotating order), so that a
+         slow spell of the machine does not fall on one latency alone and the ratio of two
+         latencies compares runs made minutes apart at most. The proxy counts each
+         restore's requests, and those made before its first pack read.
 rustic takes part when it is on PATH (cargo install rustic-rs); the report says when it is not.
 The table gives medians, the min-max spread and peak RSS; the issue's targets follow it.
 """
@@ -509,31 +512,44 @@ def restore_cmds(repo, target_dir, rustic, rustic_profile=None):
     return cmds
 
 
-def measure_restores(results, case, cmds, env, work, data, rounds, raw, proxy=None):
-    """Runs every restore command `rounds` times after a warm-up round, rotating the order,
-    checking each result against the data; `raw` (a function giving seconds) is the limit.
-    Through the proxy, the requests each program makes are counted too."""
-    names = list(cmds)
+def measure_restores(results, settings, env, work, data, rounds, proxy=None):
+    """Runs every restore command of every setting `rounds` times after a warm-up round,
+    checking each result of the warm-up against the data. A setting is (case, commands, raw,
+    delay): `raw` (a function giving seconds, or None) is the limit, `delay` the proxy's delay
+    in seconds (None: no proxy). Each round runs every setting and in it every command, both in
+    rotating order, so that a slow spell of the machine does not fall on one latency or one
+    program alone. Through the proxy, the requests each program makes are counted too."""
+    for case, cmds, _, delay in settings:
+        # The tables list the cases in the order given, whichever ran first.
+        for who in cmds:
+            results.data.setdefault(case, {}).setdefault(who, [])
+            if delay is not None:
+                results.requests.setdefault(case, {}).setdefault(who, [])
     for r in range(rounds + 1):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for who in order:
-            out = os.path.join(work, "restore-out")
-            shutil.rmtree(out, ignore_errors=True)
-            os.makedirs(out)
-            if proxy:
-                proxy.counts()
-            secs, rss = run_rss(cmds[who], env)
-            if proxy:
-                results.add_requests(case, who, proxy.counts())
-            if r == 0 and not same_file(os.path.join(out, "data.bin"), data):
-                sys.exit("%s restored different bytes (%s)" % (who, case))
-            shutil.rmtree(out)
-            if r > 0:
-                results.add(case, who, secs, rss)
-        if raw:
-            secs = raw()
-            if r > 0:
-                results.add(case, "raw limit", secs, 0)
+        for case, cmds, raw, delay in settings[r % len(settings):] + settings[:r % len(settings)]:
+            if delay is not None:
+                proxy.delay = delay
+            names = list(cmds)
+            for who in names[r % len(names):] + names[:r % len(names)]:
+                out = os.path.join(work, "restore-out")
+                shutil.rmtree(out, ignore_errors=True)
+                os.makedirs(out)
+                if delay is not None:
+                    proxy.counts()
+                secs, rss = run_rss(cmds[who], env)
+                if delay is not None:
+                    results.add_requests(case, who, proxy.counts())
+                if r == 0 and not same_file(os.path.join(out, "data.bin"), data):
+                    sys.exit("%s restored different bytes (%s)" % (who, case))
+                shutil.rmtree(out)
+                if r > 0:
+                    results.add(case, who, secs, rss)
+            if raw:
+                secs = raw()
+                if r > 0:
+                    results.add(case, "raw limit", secs, 0)
+    if proxy:
+        proxy.delay = 0
 
 
 def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
@@ -580,8 +596,9 @@ def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
         cmds[peer] = restore_cmds(local_restic, os.path.join(work, "restore-out"), rustic)[peer]
     # The same restore writing each blob where it belongs as it arrives (out of order).
     cmds["ours, out of order"] = cmds["ours"] + ["--reorder-window-mib", "0"]
-    measure_restores(results, "%s: image restore, local" % name, cmds, env, work, data, args.runs,
-                     lambda: raw_in_child("local", reads, local_ours))
+    measure_restores(results, [("%s: image restore, local" % name, cmds,
+                                lambda: raw_in_child("local", reads, local_ours), None)],
+                     env, work, data, args.runs)
 
     if garage:
         senv = dict(env, **garage.env())
@@ -607,20 +624,19 @@ def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
                 results.add("%s: image backup to S3, %d ms" % (name, ms), who, secs, rss)
         proxy.delay = 0
         s3_reads = planned_reads("s3:%s/bench/%s" % (direct, repos["ours"]), senv)
-        for ms in args.latencies:
-            proxy.delay = ms / 1000.0
-            print("[%s] S3 restores at %d ms" % (name, ms), file=sys.stderr)
-            out_dir = os.path.join(work, "restore-out")
-            # rustic reads the restic repository through a profile of its own (opendal options).
-            profile = rustic and rustic_s3_profile(work, garage, via, repos["restic"])
-            cmds = restore_cmds("s3:%s/bench/%s" % (via, repos["ours"]), out_dir, None)
-            peers = restore_cmds("s3:%s/bench/%s" % (via, repos["restic"]), out_dir, rustic, profile)
-            for peer in [k for k in peers if k != "ours"]:
-                cmds[peer] = peers[peer]
-            measure_restores(results, "%s: image restore, S3 %d ms" % (name, ms), cmds, senv, work, data,
-                             args.runs, lambda: raw_in_child("s3", s3_reads, via, repos["ours"],
-                                                             garage.key_id, garage.secret), proxy)
-        proxy.delay = 0
+        print("[%s] S3 restores at %s ms, one after the other in each round"
+              % (name, ", ".join(str(ms) for ms in args.latencies)), file=sys.stderr)
+        out_dir = os.path.join(work, "restore-out")
+        # rustic reads the restic repository through a profile of its own (opendal options).
+        profile = rustic and rustic_s3_profile(work, garage, via, repos["restic"])
+        cmds = restore_cmds("s3:%s/bench/%s" % (via, repos["ours"]), out_dir, None)
+        peers = restore_cmds("s3:%s/bench/%s" % (via, repos["restic"]), out_dir, rustic, profile)
+        for peer in [k for k in peers if k != "ours"]:
+            cmds[peer] = peers[peer]
+        raw = lambda: raw_in_child("s3", s3_reads, via, repos["ours"], garage.key_id, garage.secret)
+        settings = [("%s: image restore, S3 %d ms" % (name, ms), cmds, raw, ms / 1000.0)
+                    for ms in args.latencies]
+        measure_restores(results, settings, senv, work, data, args.runs, proxy)
     if args.tree:
         bench_tree(name, args, work, env, data, results)
     os.remove(data)
