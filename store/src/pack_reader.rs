@@ -236,11 +236,13 @@ pub fn read_plan_then<T>(
                     let mut bytes = spare.try_recv().unwrap_or_default();
                     match fetch(repo, read, opts.attempts, &mut bytes) {
                         Ok(()) => {
-                            if arrived.fetch_add(1, Ordering::Relaxed) + 1 == reads.len() {
-                                all_read();
-                            }
+                            let last = arrived.fetch_add(1, Ordering::Relaxed) + 1 == reads.len();
                             if tx.send((i, bytes)).is_err() {
                                 return;
+                            }
+                            // After the hand-over: the last read is decoded meanwhile.
+                            if last {
+                                all_read();
                             }
                         }
                         Err(e) => {
