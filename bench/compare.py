@@ -205,9 +205,15 @@ class LatencyProxy:
 
     CHUNK = 1 << 20
 
-    def __init__(self, upstream_port):
+    def __init__(self, upstream_port, quickack=True):
         self.upstream = upstream_port
         self.delay = 0.0
+        # Garage sends an answer's headers and its body in two writes with Nagle's algorithm
+        # on, so a body of a few hundred bytes waits for the ACK of the headers, which this
+        # end's kernel delays by up to 40 ms (it has nothing to send back). Acknowledging at
+        # once (TCP_QUICKACK, which the kernel clears again, hence before and after every
+        # read) keeps the proxy to the delay it is asked for.
+        self.quickack = quickack
         # The first line of every request since the last reset (e.g. "GET /bench/x/config").
         self.requests = []
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -268,7 +274,11 @@ class LatencyProxy:
             except OSError:
                 pass  # the default pipe size works too, in smaller steps
             while True:
+                if self.quickack:
+                    up.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
                 n = os.splice(up.fileno(), w, self.CHUNK)
+                if self.quickack:
+                    up.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
                 if n == 0:
                     break
                 answered.set()
@@ -302,6 +312,15 @@ def run(cmd, env, stdout=subprocess.DEVNULL):
     if p.returncode != 0:
         sys.exit("command failed (%d): %s\n%s" % (p.returncode, " ".join(cmd), p.stderr.decode(errors="replace")))
     return p.stdout
+
+
+def key_hints(env, ours, restics):
+    """`env` with the key file of repository `ours` as VOLBACKUP_KEY_HINT, as the repository
+    Secrets of `create` carry it, and that of `restics` as RESTIC_KEY_HINT, which restic takes
+    too (rustic has no such setting)."""
+    def key(loc):
+        return run(["restic", "list", "keys", "-q", "--repo", loc], env).decode().split()[0]
+    return dict(env, VOLBACKUP_KEY_HINT=key(ours), RESTIC_KEY_HINT=key(restics))
 
 
 def run_rss(cmd, env):
@@ -610,7 +629,7 @@ def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
             loc = "s3:%s/bench/%s" % (direct, prefix)
             print("[%s] backing up to S3 (%s)" % (name, who), file=sys.stderr)
             run(init[who](loc), senv)
-            secs, rss = run_rss(backup[who](loc), senv)
+            secs, rss = run_rss(backup[who](loc), key_hints(senv, loc, loc))
             results.add("%s: image backup to S3, 0 ms" % name, who, secs, rss)
         via = "http://127.0.0.1:%d" % proxy.port
         # Backups through the proxy, into repositories of their own, once each.
@@ -620,7 +639,7 @@ def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
             for who in ("restic", "ours"):
                 loc = "s3:%s/bench/%s-%s-%dms" % (via, name, who, ms)
                 run(init[who](loc), senv)
-                secs, rss = run_rss(backup[who](loc), senv)
+                secs, rss = run_rss(backup[who](loc), key_hints(senv, loc, loc))
                 results.add("%s: image backup to S3, %d ms" % (name, ms), who, secs, rss)
         proxy.delay = 0
         s3_reads = planned_reads("s3:%s/bench/%s" % (direct, repos["ours"]), senv)
@@ -636,7 +655,9 @@ def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
         raw = lambda: raw_in_child("s3", s3_reads, via, repos["ours"], garage.key_id, garage.secret)
         settings = [("%s: image restore, S3 %d ms" % (name, ms), cmds, raw, ms / 1000.0)
                     for ms in args.latencies]
-        measure_restores(results, settings, senv, work, data, args.runs, proxy)
+        hinted = key_hints(senv, "s3:%s/bench/%s" % (direct, repos["ours"]),
+                           "s3:%s/bench/%s" % (direct, repos["restic"]))
+        measure_restores(results, settings, hinted, work, data, args.runs, proxy)
     if args.tree:
         bench_tree(name, args, work, env, data, results)
     os.remove(data)
@@ -773,6 +794,9 @@ def main():
     ap.add_argument("--no-s3", action="store_true", help="local repositories only")
     ap.add_argument("--tree", action="store_true", help="also restore the data as a tree of files")
     ap.add_argument("--out", help="also write the table (Markdown) to this file")
+    ap.add_argument("--delayed-acks", action="store_true",
+                    help="let the proxy delay its ACKs to Garage as the kernel likes (small answers "
+                         "then often wait 40 ms; see LatencyProxy)")
     args = ap.parse_args()
     args.latencies = [int(x) for x in args.latency_ms.split(",") if x != ""]
     datasets = [d for d in args.datasets.split(",") if d]
@@ -796,7 +820,7 @@ def main():
         proxy = None
         if not args.no_s3:
             garage = Garage(work)
-            proxy = LatencyProxy(garage.port)
+            proxy = LatencyProxy(garage.port, quickack=not args.delayed_acks)
         results = Results()
         for d in datasets:
             bench_dataset(d, args, work, env, garage, proxy, results, rustic)

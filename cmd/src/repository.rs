@@ -98,12 +98,30 @@ pub fn open_warm(opts: &RepoOptions, warm: &[FileType]) -> Result<Repository> {
         Some(wait) => crate::cluster::parse_duration(wait).context("--retry-lock")?,
         None => std::time::Duration::ZERO,
     };
-    let repo = Repository::open_warm(backend, &password, warm)?;
+    let hint = key_hint();
+    let repo = Repository::open_hinted(backend, &password, warm, hint.as_deref())?;
     repo.set_lock_wait(volbackup_store::repo::LockWait {
         max: lock_wait,
         ..Default::default()
     });
     Ok(repo)
+}
+
+/// The key file to try first: `VOLBACKUP_KEY_HINT` or `RESTIC_KEY_HINT` (a key id). The
+/// repository Secrets `create` and `restore` write carry the key they opened, so that a mover
+/// reads it by name instead of listing the key files first: a round trip less before the key
+/// can be derived.
+pub fn key_hint() -> Option<String> {
+    ["VOLBACKUP_KEY_HINT", "RESTIC_KEY_HINT"]
+        .iter()
+        .filter_map(|var| std::env::var(var).ok())
+        .find(|v| !v.is_empty())
+}
+
+/// Adds the key `repo` was opened with to repository settings for a Secret (see
+/// [`key_hint`]). A key id names a file; it is not a secret.
+pub fn add_key_hint(data: &mut std::collections::BTreeMap<String, String>, repo: &Repository) {
+    data.insert("VOLBACKUP_KEY_HINT".to_string(), repo.key_id().to_hex());
 }
 
 /// Local settings copied into the repository Secret (keys as the mover reads them).
@@ -180,7 +198,12 @@ pub fn credential_warnings(location: &str, env: &dyn Fn(&str) -> Option<String>)
 /// Opens the repository the settings of [`secret_data`] name (password checked, index loaded).
 pub fn open_from(data: &std::collections::BTreeMap<String, String>) -> Result<Repository> {
     let backend = open_backend(&data["VOLBACKUP_REPOSITORY"])?;
-    let repo = Repository::open(backend, &data["VOLBACKUP_PASSWORD"])?;
+    let repo = Repository::open_hinted(
+        backend,
+        &data["VOLBACKUP_PASSWORD"],
+        &[],
+        data.get("VOLBACKUP_KEY_HINT").map(String::as_str),
+    )?;
     repo.load_index()?;
     Ok(repo)
 }

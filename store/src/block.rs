@@ -30,8 +30,8 @@ use crate::format::{BlobType, Snapshot};
 use crate::id::Id;
 use crate::image_writer::{DeviceTarget, FileTarget, REORDER_WINDOW, write_in_order};
 use crate::index::IndexEntry;
-use crate::open_snapshot::{OpenSnapshot, read_tree};
-use crate::pack_reader::{ReaderOptions, read_plan_then};
+use crate::open_snapshot::{OpenSnapshot, Opening, read_tree};
+use crate::pack_reader::{Deliveries, ReaderOptions, read_plan_then};
 use crate::packer::{BlobWriter, Pending, WriterOptions};
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -316,8 +316,8 @@ fn image_node(repo: &Repository, root: &Tree, snap: &Snapshot, path: Option<&str
 
 /// Restores a block image from `snapshot` onto `target` (a block device, or a regular file
 /// which is created or truncated). `path` names the file in the snapshot (`/NAME`); `None`
-/// takes the snapshot's only file. Opens the snapshot ([`OpenSnapshot`]) and calls
-/// [`restore_image`].
+/// takes the snapshot's only file. Begins opening the snapshot ([`Opening`]) and calls
+/// [`restore_opening`].
 pub fn restore_block(
     repo: &Repository,
     snapshot: &Id,
@@ -327,8 +327,8 @@ pub fn restore_block(
     progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
     let start = Instant::now();
-    let open = OpenSnapshot::open(repo, &snapshot.to_hex())?;
-    let mut summary = restore_image(repo, &open, path, target, opts, progress)?;
+    let opening = Opening::begin(repo, &snapshot.to_hex())?;
+    let mut summary = restore_opening(repo, opening, path, target, opts, progress)?;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -344,9 +344,79 @@ pub fn restore_image(
     progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
     let start = Instant::now();
-    let (content, size) = image_chunks(repo, open, path)?;
+    let (content, size) = image_chunks(repo, &open.root, &open.snapshot, &open.id, path)?;
     progress.set_total(Some(size));
     let plan = crate::restore_plan::plan(&content, &opts.plan);
+    // Once every pack read has arrived the repository is done with: the lock goes while the
+    // last blobs are decoded and written.
+    let all_read = || open.lock().release();
+    let written = read_plan_then(repo, &plan, &reader_options(repo, opts), &all_read, |d| {
+        write_image(target, size, &plan, d, opts, progress)
+    })?;
+    Ok(RestoreSummary {
+        bytes_total: size,
+        bytes_written: written,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Restores the block image `path` (`None`: the only file) of a snapshot whose lock is still
+/// being taken. The pack reads are planned from the index loaded before the lock and started
+/// at once, a round trip earlier than [`restore_image`] would; the target is opened and
+/// written only once [`Opening::confirm`] says the lock is held and the index unchanged. Had
+/// the index changed (a prune ended just before the lock was written), the reads made are
+/// dropped and the restore is planned again under the lock. A lock that cannot be taken fails
+/// the restore before anything is written.
+pub fn restore_opening(
+    repo: &Repository,
+    opening: Opening,
+    path: Option<&str>,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreSummary> {
+    let start = Instant::now();
+    let early = opening
+        .root()
+        .and_then(|root| image_chunks(repo, root, &opening.snapshot, &opening.id, path).ok());
+    // Without an early plan (the early index did not name the tree, or the image is not
+    // there: the error is reported from under the lock), the restore starts once it is held.
+    let Some((content, size)) = early else {
+        let (open, _) = opening.confirm()?;
+        return restore_image(repo, &open, path, target, opts, progress);
+    };
+    let plan = crate::restore_plan::plan(&content, &opts.plan);
+    let confirmed = std::sync::OnceLock::<OpenSnapshot>::new();
+    let all_read = || {
+        if let Some(open) = confirmed.get() {
+            open.lock().release();
+        }
+    };
+    let written = read_plan_then(repo, &plan, &reader_options(repo, opts), &all_read, |d| {
+        let (open, changed) = opening.confirm()?;
+        let _ = confirmed.set(open);
+        if changed {
+            return Ok(None);
+        }
+        progress.set_total(Some(size));
+        write_image(target, size, &plan, d, opts, progress).map(Some)
+    })?;
+    let open = confirmed
+        .into_inner()
+        .expect("confirmed before anything is written");
+    let bytes_written = match written {
+        Some(written) => written,
+        None => restore_image(repo, &open, path, target, opts, progress)?.bytes_written,
+    };
+    Ok(RestoreSummary {
+        bytes_total: size,
+        bytes_written,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The reader settings of a restore with `opts`.
+fn reader_options(repo: &Repository, opts: &RestoreOptions) -> ReaderOptions {
     let mut reader = ReaderOptions::for_repository(repo);
     if opts.read_concurrency > 0 {
         reader.read_concurrency = opts.read_concurrency;
@@ -355,37 +425,40 @@ pub fn restore_image(
     if opts.read_budget > 0 {
         reader.budget = opts.read_budget;
     }
-    // Once every pack read has arrived the repository is done with: the lock goes while the
-    // last blobs are decoded and written.
-    let all_read = || open.lock().release();
-    let written = if std::fs::metadata(target).is_ok_and(|m| m.file_type().is_block_device()) {
+    reader
+}
+
+/// Opens `target` (a block device, or a regular file which is created or truncated) for an
+/// image of `size` bytes and writes the deliveries of `plan` onto it in order. Returns the
+/// bytes written.
+fn write_image(
+    target: &Path,
+    size: u64,
+    plan: &crate::restore_plan::Plan,
+    deliveries: &Deliveries,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    if std::fs::metadata(target).is_ok_and(|m| m.file_type().is_block_device()) {
         let mut device = DeviceTarget::open(target, size)?;
-        read_plan_then(repo, &plan, &reader, &all_read, |deliveries| {
-            write_in_order(&mut device, &plan, deliveries, REORDER_WINDOW, progress)
-        })?
+        write_in_order(&mut device, plan, deliveries, REORDER_WINDOW, progress)
     } else {
         let file = open_target(target, size)?;
         let mut file = FileTarget::new(&file, target);
-        read_plan_then(repo, &plan, &reader, &all_read, |deliveries| {
-            write_in_order(&mut file, &plan, deliveries, opts.reorder_window, progress)
-        })?
-    };
-    Ok(RestoreSummary {
-        bytes_total: size,
-        bytes_written: written,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+        write_in_order(&mut file, plan, deliveries, opts.reorder_window, progress)
+    }
 }
 
-/// The chunks of the image `path` (`None`: the only file) in an opened snapshot, in order,
-/// each with where it is stored, and the image's size.
+/// The chunks of the image `path` (`None`: the only file) in snapshot `snapshot` (`id`) with
+/// root tree `root`, in order, each with where it is stored, and the image's size.
 fn image_chunks(
     repo: &Repository,
-    open: &OpenSnapshot,
+    root: &Tree,
+    snap: &Snapshot,
+    snapshot: &Id,
     path: Option<&str>,
 ) -> Result<(Vec<(Id, IndexEntry)>, u64)> {
-    let snapshot = &open.id;
-    let node = image_node(repo, &open.root, &open.snapshot, path)?;
+    let node = image_node(repo, root, snap, path)?;
     let index = repo.index();
 
     // Where every chunk is stored, from the index alone.
@@ -434,7 +507,7 @@ pub fn plan_image_restore(
     path: Option<&str>,
     opts: &PlanOptions,
 ) -> Result<crate::restore_plan::Plan> {
-    let (content, _) = image_chunks(repo, open, path)?;
+    let (content, _) = image_chunks(repo, &open.root, &open.snapshot, &open.id, path)?;
     Ok(crate::restore_plan::plan(&content, opts))
 }
 

@@ -81,6 +81,12 @@ pub struct Decoded {
     _charge: Charge,
 }
 
+impl Drop for Decoded {
+    fn drop(&mut self) {
+        self._charge.budget.recycle(std::mem::take(&mut self.data));
+    }
+}
+
 /// A blob's share of the budget, given back when dropped.
 #[derive(Debug)]
 struct Charge {
@@ -105,7 +111,14 @@ struct Budget {
     limit: u64,
     state: Mutex<BudgetState>,
     changed: Condvar,
+    /// Plaintext buffers the writer is done with, kept for the blobs decoded next: memory
+    /// written before is filled without the page faults of fresh memory, which cost a restore
+    /// as much CPU as decompressing.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
+
+/// The plaintext buffers kept for reuse, in bytes of capacity at most.
+const SPARE_BYTES: usize = 16 << 20;
 
 #[derive(Debug)]
 struct BudgetState {
@@ -126,7 +139,48 @@ impl Budget {
                 lowest: 0,
             }),
             changed: Condvar::new(),
+            spare: Mutex::new(Vec::new()),
         }
+    }
+
+    /// An empty buffer that holds `len` bytes: the smallest kept one that is large enough,
+    /// else a new one.
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        let fit = spare
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match fit {
+            Some(i) => {
+                let mut b = spare.swap_remove(i);
+                b.clear();
+                b
+            }
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    /// Keeps `buf` for another blob while the kept ones stay within [`SPARE_BYTES`]; when
+    /// they would not, the smallest ones make room or `buf` is freed.
+    fn recycle(&self, buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > SPARE_BYTES {
+            return;
+        }
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept: usize = spare.iter().map(Vec::capacity).sum();
+        while kept + buf.capacity() > SPARE_BYTES {
+            let Some(i) = (0..spare.len()).min_by_key(|&i| spare[i].capacity()) else {
+                break;
+            };
+            if spare[i].capacity() >= buf.capacity() {
+                return;
+            }
+            kept -= spare.swap_remove(i).capacity();
+        }
+        spare.push(buf);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, BudgetState> {
@@ -358,20 +412,30 @@ fn decode_read(
         let plain = &sealed[crate::crypto::IV_LEN..crate::crypto::IV_LEN + n];
         let data = match b.entry.uncompressed_length {
             Some(len) => {
-                let mut out = Vec::with_capacity(len as usize);
+                let mut out = budget.buffer(len as usize);
                 let got = dctx
                     .decompress_to_buffer(plain, &mut out)
                     .map_err(|e| decompress_error(what(), len, e))?;
                 check_length(what(), got, len)?;
                 out
             }
-            None => plain.to_vec(),
+            None => {
+                let mut out = budget.buffer(plain.len());
+                out.extend_from_slice(plain);
+                out
+            }
         };
         verify(&b.id, &data, what)?;
         let zero = is_zero(&data);
+        let data = if zero {
+            budget.recycle(data);
+            Vec::new()
+        } else {
+            data
+        };
         let d = Decoded {
             piece: b.piece,
-            data: if zero { Vec::new() } else { data },
+            data,
             zero,
             _charge: Charge {
                 budget: budget.clone(),

@@ -283,13 +283,27 @@ impl Repository {
         password: &str,
         warm: &[FileType],
     ) -> Result<Repository> {
+        Self::open_hinted(backend, password, warm, None)
+    }
+
+    /// [`Repository::open_warm`], trying the key file `key_hint` (a key id, as
+    /// [`Repository::key_id`] gives it) first: read by its name, without listing the key
+    /// files, which saves a round trip before the key can be derived. A hint that names no
+    /// key file, or one the password does not open, is passed over and the key files are
+    /// listed as without one.
+    pub fn open_hinted(
+        backend: Arc<dyn Backend>,
+        password: &str,
+        warm: &[FileType],
+        key_hint: Option<&str>,
+    ) -> Result<Repository> {
         let early = Early::start(&backend, warm);
         let location = backend.location();
         // The config is read while the key files are listed and tried: behind an object
         // store, each of these requests costs a round trip.
         let (sealed_config, key) = std::thread::scope(|s| {
             let config = s.spawn(|| backend.read(FileType::Config, "config"));
-            let key = find_key(backend.as_ref(), password);
+            let key = find_key(backend.as_ref(), password, key_hint);
             (config.join().expect("config reader"), key)
         });
         let sealed_config = match sealed_config {
@@ -1017,11 +1031,43 @@ fn write_key_file(
 /// Finds the key file that opens with `password` and returns the master key and the file's id.
 /// Key files that cannot be used are skipped with a warning, so one planted or damaged file
 /// does not lock everyone out.
-fn find_key(backend: &dyn Backend, password: &str) -> Result<(Key, Id)> {
+fn find_key(backend: &dyn Backend, password: &str, hint: Option<&str>) -> Result<(Key, Id)> {
     let location = backend.location();
+    let mut tried = 0;
+    let mut passed_over = None;
+    let hinted = hint.and_then(|h| match Id::from_hex(h) {
+        Ok(id) => Some(id),
+        Err(_) => {
+            tracing::warn!("ignoring the key hint {h:?}: not a key id (64 hex digits)");
+            None
+        }
+    });
+    if let Some(id) = hinted {
+        // Read whole: without a listing the size is not known, and both backends refuse a
+        // range past the end. The file was named by the one who wrote it.
+        match backend.read(FileType::Key, &id.to_hex()) {
+            // Too long to be tried: the listing below reports it.
+            Ok(raw) if raw.len() as u64 > MAX_KEY_FILE_SIZE => {}
+            Ok(raw) => match try_key_file(&raw, password) {
+                KeyTry::Opened(key) => return Ok((key, id)),
+                KeyTry::NotThisPassword => {
+                    tried += 1;
+                    passed_over = Some(id.to_hex());
+                }
+                // Tried again below, where what is wrong with it is reported.
+                KeyTry::Unusable(_) => {}
+            },
+            Err(Error::NotFound { .. }) => {
+                tracing::debug!("{location}: the hinted key file keys/{id} does not exist")
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let mut keys = backend.list(FileType::Key)?;
     keys.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut tried = 0;
+    if let Some(name) = passed_over {
+        keys.retain(|k| k.name != name);
+    }
     let mut unusable = Vec::new();
     for k in &keys {
         if tried == MAX_KEYS_TRIED {

@@ -154,6 +154,11 @@ struct Wrapped {
     hidden_index: Mutex<Option<String>>,
     /// Writing a lock file waits this long first.
     lock_pause: std::time::Duration,
+    /// Listing the lock files waits this long after the listing, before it is answered.
+    lock_list_pause: std::time::Duration,
+    /// A restore's target: whether it existed is noted at every data-pack read.
+    target: Mutex<Option<std::path::PathBuf>>,
+    target_existed_at_pack_reads: Mutex<Vec<bool>>,
 }
 
 impl Wrapped {
@@ -173,6 +178,9 @@ impl Wrapped {
             log: Mutex::default(),
             hidden_index: Mutex::default(),
             lock_pause: std::time::Duration::ZERO,
+            lock_list_pause: std::time::Duration::ZERO,
+            target: Mutex::default(),
+            target_existed_at_pack_reads: Mutex::default(),
         }
     }
 
@@ -211,8 +219,19 @@ impl Backend for Wrapped {
         self.inner.read(t, name)
     }
     fn read_range(&self, t: FileType, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+        let data_pack = t == FileType::Pack && self.data_packs.lock().unwrap().contains(name);
+        // Looked at before the read is logged: a read logged before something else happened
+        // saw the target as it was before that.
+        if let Some(target) = self.target.lock().unwrap().as_ref()
+            && data_pack
+        {
+            self.target_existed_at_pack_reads
+                .lock()
+                .unwrap()
+                .push(target.exists());
+        }
         self.note("read", t, &format!("{name}@{offset}"));
-        if t != FileType::Pack || !self.data_packs.lock().unwrap().contains(name) {
+        if !data_pack {
             return self.inner.read_range(t, name, offset, length);
         }
         self.pack_reads.fetch_add(1, Ordering::SeqCst);
@@ -251,6 +270,10 @@ impl Backend for Wrapped {
     fn list(&self, t: FileType) -> Result<Vec<FileInfo>> {
         self.note("list", t, "");
         let mut files = self.inner.list(t)?;
+        if t == FileType::Lock {
+            std::thread::sleep(self.lock_list_pause);
+            self.note("listed", t, "");
+        }
         if t == FileType::Index
             && let Some(hidden) = self.hidden_index.lock().unwrap().as_ref()
         {
@@ -749,4 +772,198 @@ fn reads_in_flight_stay_within_the_byte_budget() {
 fn a_budget_smaller_than_any_read_restores_one_read_at_a_time() {
     let (w, _) = restore_with_budget(1);
     assert_eq!(w.most_in_flight.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn pack_reads_start_while_the_lock_is_confirmed_and_nothing_is_written_before() {
+    let t = TempRepo::new();
+    let image = image();
+    let snap = backed_up(&t, &image);
+    let target = t.scratch("out.img");
+    let mut w = Wrapped::new(t.backend());
+    // The look for other locks takes long enough for reads to begin meanwhile.
+    w.lock_list_pause = std::time::Duration::from_millis(300);
+    *w.target.lock().unwrap() = Some(target.clone());
+    let (repo, w) = open_wrapped(&t, w);
+    restore_block(
+        &repo,
+        &snap,
+        None,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(
+        std::fs::read(&target).unwrap() == image,
+        "restored bytes differ"
+    );
+    let log = w.log();
+    let confirmed = log
+        .iter()
+        .position(|o| o == "listed locks/")
+        .unwrap_or_else(|| panic!("the locks were never listed: {log:#?}"));
+    let early_reads = log[..confirmed]
+        .iter()
+        .filter(|o| o.starts_with("read data/") && data_pack_read(&w, o))
+        .count();
+    assert!(
+        early_reads > 0,
+        "no pack read began before the lock was confirmed: {log:#?}"
+    );
+    let existed = w.target_existed_at_pack_reads.lock().unwrap().clone();
+    assert!(
+        existed[..early_reads].iter().all(|e| !e),
+        "the target existed before the lock was confirmed: {existed:?}"
+    );
+    assert!(repo.list_ids(FileType::Lock).unwrap().is_empty());
+}
+
+/// Whether a logged read (`read data/NAME@OFFSET`) is of a data pack.
+fn data_pack_read(w: &Wrapped, op: &str) -> bool {
+    let name = op
+        .trim_start_matches("read data/")
+        .split('@')
+        .next()
+        .unwrap_or("");
+    w.data_packs.lock().unwrap().contains(name)
+}
+
+#[test]
+fn a_lock_refused_after_pack_reads_began_fails_the_restore_and_writes_nothing() {
+    let t = TempRepo::new();
+    let image = image();
+    let snap = backed_up(&t, &image);
+    // Another process holds the repository exclusively (a prune, say).
+    let other = t.open();
+    let held = volbackup_store::lock::Lock::exclusive(&other).unwrap();
+    let target = t.scratch("out.img");
+    let mut w = Wrapped::new(t.backend());
+    w.lock_list_pause = std::time::Duration::from_millis(300);
+    let (repo, w) = open_wrapped(&t, w);
+    let err = restore_block(
+        &repo,
+        &snap,
+        None,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, volbackup_store::Error::Locked(_)),
+        "not a lock refusal: {err}"
+    );
+    assert!(
+        w.pack_reads.load(Ordering::SeqCst) > 0,
+        "no pack read began before the lock was refused: {:#?}",
+        w.log()
+    );
+    assert!(!target.exists(), "the target was created");
+    // Only the other process's lock is left.
+    assert_eq!(repo.list_ids(FileType::Lock).unwrap().len(), 1);
+    drop(held);
+    assert!(repo.list_ids(FileType::Lock).unwrap().is_empty());
+}
+
+#[test]
+fn an_index_changed_before_the_lock_drops_the_early_reads_and_restores_from_the_new_index() {
+    let t = TempRepo::new();
+    let image = image();
+    let snap = backed_up(&t, &image);
+    // A later backup's index file, written (as far as this restore can tell) between its
+    // first listing and its lock: the snapshot's tree is in the earlier index, so reads are
+    // planned and begun from it, then planned again under the lock.
+    let before = t.open().list_ids(FileType::Index).unwrap();
+    backup_block(
+        &t.open(),
+        &mut &random_bytes(42, 3 << 20)[..],
+        "other.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    let newer: Vec<Id> = t
+        .open()
+        .list_ids(FileType::Index)
+        .unwrap()
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(newer.len(), 1, "one index file a backup");
+    let target = t.scratch("out.img");
+    let mut w = Wrapped::new(t.backend());
+    *w.hidden_index.lock().unwrap() = Some(newer[0].to_hex());
+    w.lock_list_pause = std::time::Duration::from_millis(300);
+    let (repo, w) = open_wrapped(&t, w);
+    let sum = restore_block(
+        &repo,
+        &snap,
+        None,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(sum.bytes_total, image.len() as u64);
+    assert!(
+        std::fs::read(&target).unwrap() == image,
+        "restored bytes differ"
+    );
+    let log = w.log();
+    let confirmed = log.iter().position(|o| o == "listed locks/").unwrap();
+    assert!(
+        log[..confirmed]
+            .iter()
+            .any(|o| o.starts_with("read data/") && data_pack_read(&w, o)),
+        "no pack read began before the lock was confirmed: {log:#?}"
+    );
+    assert_eq!(
+        count_prefix(&log, &format!("read index/{}", newer[0])),
+        1,
+        "{log:#?}"
+    );
+    assert!(repo.list_ids(FileType::Lock).unwrap().is_empty());
+}
+
+#[test]
+fn a_key_hint_is_read_by_name_without_listing_the_keys_and_a_wrong_one_is_passed_over() {
+    let t = TempRepo::new();
+    let first = t.init_ours();
+    let ours = first.key_id();
+    // A second key, for another password: the hint may name a key this password does not
+    // open.
+    let other = first
+        .add_key(
+            "another password",
+            volbackup_store::crypto::KdfParams::insecure_fast(),
+        )
+        .unwrap();
+    let open = |hint: Option<&str>| {
+        let w = Arc::new(Wrapped::new(t.backend()));
+        let repo = Repository::open_hinted(w.clone(), PASSWORD, &[], hint).unwrap();
+        assert_eq!(repo.key_id(), ours, "opened with {hint:?}");
+        w.log()
+    };
+    let key_reads = |log: &[String], id: &Id| count_prefix(log, &format!("read keys/{id}"));
+
+    // The right key: read by name, the keys never listed.
+    let log = open(Some(&ours.to_hex()));
+    assert_eq!(count_prefix(&log, "list keys/"), 0, "{log:#?}");
+    assert_eq!(key_reads(&log, &ours), 1, "{log:#?}");
+
+    // A key the password does not open: tried once, then the others from the listing.
+    let log = open(Some(&other.to_hex()));
+    assert_eq!(count_prefix(&log, "list keys/"), 1, "{log:#?}");
+    assert_eq!(key_reads(&log, &other), 1, "{log:#?}");
+    assert_eq!(key_reads(&log, &ours), 1, "{log:#?}");
+
+    // No such key file, or not a key id: the keys are listed as without a hint.
+    for hint in [Id::random().to_hex(), "not-a-key-id".to_string()] {
+        let log = open(Some(&hint));
+        assert_eq!(count_prefix(&log, "list keys/"), 1, "{hint}: {log:#?}");
+        assert_eq!(key_reads(&log, &ours), 1, "{hint}: {log:#?}");
+    }
+    let log = open(None);
+    assert_eq!(count_prefix(&log, "list keys/"), 1, "{log:#?}");
 }

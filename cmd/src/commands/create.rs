@@ -184,10 +184,18 @@ pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
     let data = match &args.repo_secret {
         Some(_) => None,
         None => {
-            let data = repository::secret_data(&args.repo)?;
+            let mut data = repository::secret_data(&args.repo)?;
             let backend = repository::open_backend(&data["VOLBACKUP_REPOSITORY"])?;
-            volbackup_store::Repository::open(backend, &data["VOLBACKUP_PASSWORD"])
-                .context("cannot open the repository")?;
+            let hint = repository::key_hint();
+            let repo = volbackup_store::Repository::open_hinted(
+                backend,
+                &data["VOLBACKUP_PASSWORD"],
+                &[],
+                hint.as_deref(),
+            )
+            .context("cannot open the repository")?;
+            // The movers read this key by name (see `repository::key_hint`).
+            repository::add_key_hint(&mut data, &repo);
             Some(data)
         }
     };

@@ -11,7 +11,7 @@ use volbackup_store::Repository;
 use volbackup_store::backend::FileType;
 use volbackup_store::block::{self, BackupOptions};
 use volbackup_store::id::Id;
-use volbackup_store::open_snapshot::OpenSnapshot;
+use volbackup_store::open_snapshot::{OpenSnapshot, Opening};
 use volbackup_store::packer::WriterOptions;
 use volbackup_store::{backup_tree, restore_tree};
 
@@ -334,41 +334,76 @@ fn print_plan(
 }
 
 fn restore_inner(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
-    // The index is loaded under the restore's lock, with the snapshot and its root tree, all
-    // at once (see `OpenSnapshot`): nothing here reads them before or after.
+    // The index is loaded while the restore's lock is taken, with the snapshot and its root
+    // tree, all at once (see `Opening`): nothing here reads them before or after. An image
+    // restore starts its pack reads before the lock is confirmed and writes nothing until it
+    // is; the rest waits for the lock first.
     let repo = repository::open_warm(&args.repo, &[FileType::Index, FileType::Snapshot])?;
     report_lock_waits(&repo, args.json);
     let started = Instant::now();
-    let open = OpenSnapshot::open(&repo, &args.snapshot)?;
-    let id = open.id;
-    let block = args.path.is_some() || open.is_block_image();
-    if args.dry_run {
-        return print_plan(&repo, &open, args, block);
+    let opening = Opening::begin(&repo, &args.snapshot)?;
+    let id = opening.id;
+    let image = args.path.is_some() || opening.is_block_image();
+    if args.dry_run || !image {
+        let (open, _) = opening.confirm()?;
+        let block = args.path.is_some() || open.is_block_image();
+        if args.dry_run {
+            return print_plan(&repo, &open, args, block);
+        }
+        return restore_opened(&repo, open, args, quiet, started);
     }
+    let reporter = Reporter::start(Mode::choose(args.json, quiet), "restore");
+    let s = block::restore_opening(
+        &repo,
+        opening,
+        args.path.as_deref(),
+        &args.target,
+        &image_options(args),
+        reporter.progress(),
+    )?;
+    reporter.finish();
+    print_restored(args, quiet, id, s.bytes_total, s.bytes_written, started)
+}
+
+/// The settings of an image restore from the flags.
+fn image_options(args: &MoverRestoreArgs) -> block::RestoreOptions {
+    block::RestoreOptions {
+        read_concurrency: args.read_concurrency.map_or(0, usize::from),
+        reorder_window: args
+            .reorder_window_mib
+            .map_or(block::RestoreOptions::default().reorder_window, |m| m << 20),
+        read_budget: args.read_budget_mib.map_or(0, |m| m << 20),
+        plan: plan_options(args),
+        ..block::RestoreOptions::default()
+    }
+}
+
+/// Restores a snapshot opened under its lock: a file tree, or an image whose root tree the
+/// index loaded before the lock did not name.
+fn restore_opened(
+    repo: &Repository,
+    open: OpenSnapshot,
+    args: &MoverRestoreArgs,
+    quiet: bool,
+    started: Instant,
+) -> Result<()> {
+    let block = args.path.is_some() || open.is_block_image();
     let reporter = Reporter::start(Mode::choose(args.json, quiet), "restore");
     let (bytes_total, bytes_written) = match block {
         true => {
             let s = block::restore_image(
-                &repo,
+                repo,
                 &open,
                 args.path.as_deref(),
                 &args.target,
-                &block::RestoreOptions {
-                    read_concurrency: args.read_concurrency.map_or(0, usize::from),
-                    reorder_window: args
-                        .reorder_window_mib
-                        .map_or(block::RestoreOptions::default().reorder_window, |m| m << 20),
-                    read_budget: args.read_budget_mib.map_or(0, |m| m << 20),
-                    plan: plan_options(args),
-                    ..block::RestoreOptions::default()
-                },
+                &image_options(args),
                 reporter.progress(),
             )?;
             (s.bytes_total, s.bytes_written)
         }
         false => {
             let s = restore_tree::restore_open(
-                &repo,
+                repo,
                 &open,
                 &args.target,
                 &restore_tree::RestoreOptions::default(),
@@ -381,6 +416,18 @@ fn restore_inner(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
         }
     };
     reporter.finish();
+    print_restored(args, quiet, open.id, bytes_total, bytes_written, started)
+}
+
+/// The line (or JSON summary) that says what was restored.
+fn print_restored(
+    args: &MoverRestoreArgs,
+    quiet: bool,
+    id: Id,
+    bytes_total: u64,
+    bytes_written: u64,
+    started: Instant,
+) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
         let line = RestoreResult {

@@ -350,10 +350,11 @@ async fn put_backup(
 
 /// The VolumeBackup for a repository snapshot, from the description stored with it.
 async fn from_repository(args: &RestoreArgs, client: &Client, ns: &str) -> Result<Source> {
-    let data = repository::secret_data(&args.repo).context(
+    let mut data = repository::secret_data(&args.repo).context(
         "restoring a snapshot id needs the repository: pass --repo and the password (VOLBACKUP_PASSWORD or --password-file)",
     )?;
     let repo = repository::open_from(&data)?;
+    repository::add_key_hint(&mut data, &repo);
     let (id, snap) = repo.find_snapshot(&args.backup)?;
     let info: VolumeInfo = snap
         .volbackup

@@ -166,12 +166,24 @@ async fn block_and_filesystem_pvcs_are_backed_up_and_restic_reads_them_back() {
         secret.metadata.labels.as_ref().unwrap()["volbackup.io/repository"],
         "true"
     );
-    let keys: Vec<String> = secret.data.unwrap_or_default().into_keys().collect();
+    let data = secret.data.unwrap_or_default();
+    let keys: Vec<&String> = data.keys().collect();
     assert!(
-        keys.contains(&"VOLBACKUP_REPOSITORY".into())
-            && keys.contains(&"VOLBACKUP_PASSWORD".into()),
+        data.contains_key("VOLBACKUP_REPOSITORY") && data.contains_key("VOLBACKUP_PASSWORD"),
         "{keys:?}"
     );
+    // The key the repository was opened with, which the movers read by name instead of
+    // listing the key files first.
+    let key_files: Vec<String> = std::fs::read_dir(env.repo.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        data.get("VOLBACKUP_KEY_HINT").map(|v| v.0.as_slice()),
+        Some(key_files[0].as_bytes()),
+        "key files {key_files:?}, Secret keys {keys:?}"
+    );
+    assert_eq!(key_files.len(), 1, "{key_files:?}");
     let events = env.list(&ar("", "v1", "Event", "events"), true, None).await;
     assert!(
         !serde_json::to_string(&events).unwrap().contains(PASSWORD),
