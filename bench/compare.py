@@ -319,7 +319,8 @@ def key_hints(env, ours, restics):
     Secrets of `create` carry it, and that of `restics` as RESTIC_KEY_HINT, which restic takes
     too (rustic has no such setting)."""
     def key(loc):
-        return run(["restic", "list", "keys", "-q", "--repo", loc], env).decode().split()[0]
+        return run(["restic", "list", "keys", "-q", "--repo", loc], env,
+                   stdout=subprocess.PIPE).decode().split()[0]
     return dict(env, VOLBACKUP_KEY_HINT=key(ours), RESTIC_KEY_HINT=key(restics))
 
 
