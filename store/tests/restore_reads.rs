@@ -336,6 +336,24 @@ fn open_wrapped(_t: &TempRepo, w: Wrapped) -> (Repository, Arc<Wrapped>) {
     (repo, w)
 }
 
+/// Restores `snap` onto `target` with the default settings; fails unless it gives `image`.
+fn restore_exactly(repo: &Repository, snap: &Id, target: &std::path::Path, image: &[u8]) {
+    let sum = restore_block(
+        repo,
+        snap,
+        None,
+        target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(sum.bytes_total, image.len() as u64);
+    assert!(
+        std::fs::read(target).unwrap() == image,
+        "restored bytes differ"
+    );
+}
+
 fn data_packs(w: &Wrapped) -> usize {
     w.data_packs.lock().unwrap().len()
 }
@@ -698,20 +716,7 @@ fn index_written_before_the_lock_is_loaded(warm: &[FileType]) {
     let w = Arc::new(w);
     let repo = Repository::open_warm(w.clone(), PASSWORD, warm).unwrap();
     let target = t.scratch("out.img");
-    let sum = restore_block(
-        &repo,
-        &snap,
-        None,
-        &target,
-        &RestoreOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
-    assert_eq!(sum.bytes_total, image.len() as u64);
-    assert!(
-        std::fs::read(&target).unwrap() == image,
-        "restored bytes differ"
-    );
+    restore_exactly(&repo, &snap, &target, &image);
     let log = w.log();
     let newer_reads = log
         .iter()
@@ -785,19 +790,7 @@ fn pack_reads_start_while_the_lock_is_confirmed_and_nothing_is_written_before() 
     w.lock_list_pause = std::time::Duration::from_millis(300);
     *w.target.lock().unwrap() = Some(target.clone());
     let (repo, w) = open_wrapped(&t, w);
-    restore_block(
-        &repo,
-        &snap,
-        None,
-        &target,
-        &RestoreOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
-    assert!(
-        std::fs::read(&target).unwrap() == image,
-        "restored bytes differ"
-    );
+    restore_exactly(&repo, &snap, &target, &image);
     let log = w.log();
     let confirmed = log
         .iter()
@@ -896,20 +889,7 @@ fn an_index_changed_before_the_lock_drops_the_early_reads_and_restores_from_the_
     *w.hidden_index.lock().unwrap() = Some(newer[0].to_hex());
     w.lock_list_pause = std::time::Duration::from_millis(300);
     let (repo, w) = open_wrapped(&t, w);
-    let sum = restore_block(
-        &repo,
-        &snap,
-        None,
-        &target,
-        &RestoreOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
-    assert_eq!(sum.bytes_total, image.len() as u64);
-    assert!(
-        std::fs::read(&target).unwrap() == image,
-        "restored bytes differ"
-    );
+    restore_exactly(&repo, &snap, &target, &image);
     let log = w.log();
     let confirmed = log.iter().position(|o| o == "listed locks/").unwrap();
     assert!(
