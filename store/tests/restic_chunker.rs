@@ -221,7 +221,10 @@ fn chunks_match_restic_on_forty_mib_of_mixed_data() {
     assert!(data.len() > 40 * MIB);
 
     let lengths = assert_same_chunks(&repo, &data);
-    assert!(lengths.len() > 20, "only {} chunks", lengths.len());
+    // restic picks the polynomial at random, and with it where random data is cut: 24 MiB of
+    // it give about 16 chunks on average, the zeros 6 and the pattern 2, and runs have seen
+    // fewer than 20 in all. Below 13 the data would hardly be cut at all.
+    assert!(lengths.len() > 12, "only {} chunks", lengths.len());
     assert!(
         lengths.contains(&MAX_SIZE),
         "no chunk of the maximum size: {lengths:?}"
