@@ -689,28 +689,11 @@ fn an_index_file_written_just_before_the_lock_is_loaded_under_it() {
 fn index_written_before_the_lock_is_loaded(warm: &[FileType]) {
     let t = TempRepo::new();
     backed_up(&t, &random_bytes(41, 3 << 20));
-    let before = t.open().list_ids(FileType::Index).unwrap();
     // The second image's blobs, and its tree, are named only by the newer index file.
     let image = image();
-    let snap = backup_block(
-        &t.open(),
-        &mut &image[..],
-        "vol.img",
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap()
-    .snapshot_id;
-    let newer: Vec<Id> = t
-        .open()
-        .list_ids(FileType::Index)
-        .unwrap()
-        .into_iter()
-        .filter(|id| !before.contains(id))
-        .collect();
-    assert_eq!(newer.len(), 1, "one index file a backup");
+    let (snap, newer) = backup_with_its_index_file(&t, &image, "vol.img");
     let mut w = Wrapped::new(t.backend());
-    *w.hidden_index.lock().unwrap() = Some(newer[0].to_hex());
+    *w.hidden_index.lock().unwrap() = Some(newer.to_hex());
     // The index is listed while the lock is being written.
     w.lock_pause = std::time::Duration::from_millis(300);
     let w = Arc::new(w);
@@ -720,7 +703,7 @@ fn index_written_before_the_lock_is_loaded(warm: &[FileType]) {
     let log = w.log();
     let newer_reads = log
         .iter()
-        .filter(|o| o.as_str() == format!("read index/{}", newer[0]))
+        .filter(|o| o.as_str() == format!("read index/{newer}"))
         .count();
     assert_eq!(newer_reads, 1, "{log:#?}");
 }
@@ -791,18 +774,11 @@ fn pack_reads_start_while_the_lock_is_confirmed_and_nothing_is_written_before() 
     *w.target.lock().unwrap() = Some(target.clone());
     let (repo, w) = open_wrapped(&t, w);
     restore_exactly(&repo, &snap, &target, &image);
-    let log = w.log();
-    let confirmed = log
-        .iter()
-        .position(|o| o == "listed locks/")
-        .unwrap_or_else(|| panic!("the locks were never listed: {log:#?}"));
-    let early_reads = log[..confirmed]
-        .iter()
-        .filter(|o| o.starts_with("read data/") && data_pack_read(&w, o))
-        .count();
+    let early_reads = pack_reads_before_the_lock_was_confirmed(&w);
     assert!(
         early_reads > 0,
-        "no pack read began before the lock was confirmed: {log:#?}"
+        "no pack read began before the lock was confirmed: {:#?}",
+        w.log()
     );
     let existed = w.target_existed_at_pack_reads.lock().unwrap().clone();
     assert!(
@@ -810,6 +786,43 @@ fn pack_reads_start_while_the_lock_is_confirmed_and_nothing_is_written_before() 
         "the target existed before the lock was confirmed: {existed:?}"
     );
     assert!(repo.list_ids(FileType::Lock).unwrap().is_empty());
+}
+
+/// The data-pack reads logged before the look for other locks answered.
+fn pack_reads_before_the_lock_was_confirmed(w: &Wrapped) -> usize {
+    let log = w.log();
+    let confirmed = log
+        .iter()
+        .position(|o| o == "listed locks/")
+        .unwrap_or_else(|| panic!("the locks were never listed: {log:#?}"));
+    log[..confirmed]
+        .iter()
+        .filter(|o| o.starts_with("read data/") && data_pack_read(w, o))
+        .count()
+}
+
+/// Backs `image` up as `name` into `t`; returns the snapshot and the one index file the
+/// backup wrote.
+fn backup_with_its_index_file(t: &TempRepo, image: &[u8], name: &str) -> (Id, Id) {
+    let before = t.open().list_ids(FileType::Index).unwrap();
+    let snap = backup_block(
+        &t.open(),
+        &mut &image[..],
+        name,
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap()
+    .snapshot_id;
+    let newer: Vec<Id> = t
+        .open()
+        .list_ids(FileType::Index)
+        .unwrap()
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(newer.len(), 1, "one index file a backup");
+    (snap, newer[0])
 }
 
 /// Whether a logged read (`read data/NAME@OFFSET`) is of a data pack.
@@ -867,39 +880,20 @@ fn an_index_changed_before_the_lock_drops_the_early_reads_and_restores_from_the_
     // A later backup's index file, written (as far as this restore can tell) between its
     // first listing and its lock: the snapshot's tree is in the earlier index, so reads are
     // planned and begun from it, then planned again under the lock.
-    let before = t.open().list_ids(FileType::Index).unwrap();
-    backup_block(
-        &t.open(),
-        &mut &random_bytes(42, 3 << 20)[..],
-        "other.img",
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
-    let newer: Vec<Id> = t
-        .open()
-        .list_ids(FileType::Index)
-        .unwrap()
-        .into_iter()
-        .filter(|id| !before.contains(id))
-        .collect();
-    assert_eq!(newer.len(), 1, "one index file a backup");
+    let (_, newer) = backup_with_its_index_file(&t, &random_bytes(42, 3 << 20), "other.img");
     let target = t.scratch("out.img");
     let mut w = Wrapped::new(t.backend());
-    *w.hidden_index.lock().unwrap() = Some(newer[0].to_hex());
+    *w.hidden_index.lock().unwrap() = Some(newer.to_hex());
     w.lock_list_pause = std::time::Duration::from_millis(300);
     let (repo, w) = open_wrapped(&t, w);
     restore_exactly(&repo, &snap, &target, &image);
     let log = w.log();
-    let confirmed = log.iter().position(|o| o == "listed locks/").unwrap();
     assert!(
-        log[..confirmed]
-            .iter()
-            .any(|o| o.starts_with("read data/") && data_pack_read(&w, o)),
+        pack_reads_before_the_lock_was_confirmed(&w) > 0,
         "no pack read began before the lock was confirmed: {log:#?}"
     );
     assert_eq!(
-        count_prefix(&log, &format!("read index/{}", newer[0])),
+        count_prefix(&log, &format!("read index/{newer}")),
         1,
         "{log:#?}"
     );
