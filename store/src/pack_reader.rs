@@ -13,8 +13,9 @@
 //! of reads in flight: a read is started only when the blobs it holds fit into what is left,
 //! and each blob gives its share back when the writer drops it (written, or thrown away as
 //! zeros). Blobs a writer holds back to write in order count too. So that a full budget can
-//! never stop the restore, the lowest read not yet delivered is always started: every blob the
-//! writer waits for lies in that read or in one already started.
+//! never stop the restore, the lowest read not yet delivered is always started once the
+//! writer asks for blobs: every blob the writer waits for lies in that read or in one already
+//! started. Before that (a restore still waiting for its lock) reads stay within the budget.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -127,6 +128,9 @@ struct BudgetState {
     delivered: Vec<bool>,
     /// The lowest read not yet fully delivered.
     lowest: usize,
+    /// Whether the writer has asked for a blob: until then (a restore waiting for its lock)
+    /// nothing is written, so no read starts past the budget.
+    writing: bool,
 }
 
 impl Budget {
@@ -137,6 +141,7 @@ impl Budget {
                 used: 0,
                 delivered: vec![false; reads],
                 lowest: 0,
+                writing: false,
             }),
             changed: Condvar::new(),
             spare: Mutex::new(Vec::new()),
@@ -195,7 +200,7 @@ impl Budget {
             if stop.load(Ordering::Relaxed) {
                 return false;
             }
-            if read <= st.lowest || st.used + bytes <= self.limit {
+            if (st.writing && read <= st.lowest) || st.used + bytes <= self.limit {
                 st.used += bytes;
                 return true;
             }
@@ -214,6 +219,16 @@ impl Budget {
         self.changed.notify_all();
     }
 
+    /// The writer asks for its first blob: the lowest read may start past the budget now.
+    fn writing(&self) {
+        let mut st = self.state();
+        if !st.writing {
+            st.writing = true;
+            drop(st);
+            self.changed.notify_all();
+        }
+    }
+
     fn delivered(&self, read: usize) {
         let mut st = self.state();
         st.delivered[read] = true;
@@ -228,12 +243,14 @@ impl Budget {
 /// The decoded blobs of a running [`read_plan`], in the order they were decoded.
 pub struct Deliveries<'a> {
     rx: &'a Receiver<Result<Decoded>>,
+    budget: &'a Budget,
 }
 
 impl Deliveries<'_> {
     /// The next decoded blob; an error if a read or a blob failed, or if the readers ended
     /// before every blob was delivered.
     pub fn next(&self) -> Result<Decoded> {
+        self.budget.writing();
         match self.rx.recv() {
             Ok(r) => r,
             Err(_) => Err(Error::Invalid(
@@ -343,7 +360,10 @@ pub fn read_plan_then<T>(
         }
         drop(fetched_rx);
         drop(out_tx);
-        let result = consume(&Deliveries { rx: &out_rx });
+        let result = consume(&Deliveries {
+            rx: &out_rx,
+            budget: &budget,
+        });
         stop.store(true, Ordering::Relaxed);
         budget.changed.notify_all();
         // Readers blocked on a full channel see it closed and end.
