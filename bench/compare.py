@@ -187,6 +187,31 @@ api_bind_addr = "127.0.0.1:{ports[2]}"
         return {"AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret,
                 "AWS_DEFAULT_REGION": "garage", "AWS_REGION": "garage"}
 
+    def get(self, path):
+        """The object at `path` ("bucket/key"), read with a signed GET (AWS signature v4)."""
+        import hashlib, hmac, urllib.request
+        from datetime import datetime, timezone
+        now = datetime.now(timezone.utc)
+        stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        host = "127.0.0.1:%d" % self.port
+        empty = hashlib.sha256(b"").hexdigest()
+        headers = {"host": host, "x-amz-content-sha256": empty, "x-amz-date": stamp}
+        names = ";".join(sorted(headers))
+        canonical = "\n".join(["GET", "/" + path, ""] + ["%s:%s" % (k, headers[k]) for k in sorted(headers)]
+                              + ["", names, empty])
+        scope = "%s/garage/s3/aws4_request" % day
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+        key = ("AWS4" + self.secret).encode()
+        for part in (day, "garage", "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        request = urllib.request.Request("http://%s/%s" % (host, path), headers={
+            "x-amz-content-sha256": empty, "x-amz-date": stamp,
+            "Authorization": "AWS4-HMAC-SHA256 Credential=%s/%s, SignedHeaders=%s, Signature=%s"
+                             % (self.key_id, scope, names, signature)})
+        with urllib.request.urlopen(request) as answer:
+            return answer.read()
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait()
@@ -314,14 +339,21 @@ def run(cmd, env, stdout=subprocess.DEVNULL):
     return p.stdout
 
 
-def key_hints(env, ours, restics):
-    """`env` with the key file of repository `ours` as VOLBACKUP_KEY_HINT, as the repository
-    Secrets of `create` carry it, and that of `restics` as RESTIC_KEY_HINT, which restic takes
-    too (rustic has no such setting)."""
+def key_hints(env, ours, restics, garage):
+    """`env` with the key file of repository `ours` as VOLBACKUP_KEY_HINT and a copy of it as
+    VOLBACKUP_KEY_COPY, as the repository Secrets of `create` carry them, and that of
+    `restics` as RESTIC_KEY_HINT, which restic takes too (rustic has no such setting). Both
+    are S3 repositories in `garage`."""
+    import base64
     def key(loc):
         return run(["restic", "list", "keys", "-q", "--repo", loc], env,
                    stdout=subprocess.PIPE).decode().split()[0]
-    return dict(env, VOLBACKUP_KEY_HINT=key(ours), RESTIC_KEY_HINT=key(restics))
+    ours_key = key(ours)
+    # "s3:http://host:port/bucket/prefix": the object is "bucket/prefix/keys/<id>".
+    path = ours.split("://", 1)[1].split("/", 1)[1]
+    copy = garage.get("%s/keys/%s" % (path, ours_key))
+    return dict(env, VOLBACKUP_KEY_HINT=ours_key, VOLBACKUP_KEY_COPY=base64.b64encode(copy).decode(),
+                RESTIC_KEY_HINT=key(restics))
 
 
 def run_rss(cmd, env):
@@ -630,7 +662,7 @@ def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
             loc = "s3:%s/bench/%s" % (direct, prefix)
             print("[%s] backing up to S3 (%s)" % (name, who), file=sys.stderr)
             run(init[who](loc), senv)
-            secs, rss = run_rss(backup[who](loc), key_hints(senv, loc, loc))
+            secs, rss = run_rss(backup[who](loc), key_hints(senv, loc, loc, garage))
             results.add("%s: image backup to S3, 0 ms" % name, who, secs, rss)
         via = "http://127.0.0.1:%d" % proxy.port
         # Backups through the proxy, into repositories of their own, once each.
@@ -640,7 +672,7 @@ def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
             for who in ("restic", "ours"):
                 loc = "s3:%s/bench/%s-%s-%dms" % (via, name, who, ms)
                 run(init[who](loc), senv)
-                secs, rss = run_rss(backup[who](loc), key_hints(senv, loc, loc))
+                secs, rss = run_rss(backup[who](loc), key_hints(senv, loc, loc, garage))
                 results.add("%s: image backup to S3, %d ms" % (name, ms), who, secs, rss)
         proxy.delay = 0
         s3_reads = planned_reads("s3:%s/bench/%s" % (direct, repos["ours"]), senv)
@@ -657,7 +689,7 @@ def bench_dataset(name, args, work, env, garage, proxy, results, rustic):
         settings = [("%s: image restore, S3 %d ms" % (name, ms), cmds, raw, ms / 1000.0)
                     for ms in args.latencies]
         hinted = key_hints(senv, "s3:%s/bench/%s" % (direct, repos["ours"]),
-                           "s3:%s/bench/%s" % (direct, repos["restic"]))
+                           "s3:%s/bench/%s" % (direct, repos["restic"]), garage)
         measure_restores(results, settings, hinted, work, data, args.runs, proxy)
     if args.tree:
         bench_tree(name, args, work, env, data, results)

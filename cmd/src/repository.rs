@@ -4,8 +4,8 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use volbackup_store::Repository;
 use volbackup_store::backend::{self, Backend, FileType};
+use volbackup_store::{KeyHint, Repository};
 
 use crate::cli::RepoOptions;
 
@@ -99,7 +99,7 @@ pub fn open_warm(opts: &RepoOptions, warm: &[FileType]) -> Result<Repository> {
         None => std::time::Duration::ZERO,
     };
     let hint = key_hint();
-    let repo = Repository::open_hinted(backend, &password, warm, hint.as_deref())?;
+    let repo = Repository::open_hinted(backend, &password, warm, hint.as_ref())?;
     repo.set_lock_wait(volbackup_store::repo::LockWait {
         max: lock_wait,
         ..Default::default()
@@ -107,21 +107,48 @@ pub fn open_warm(opts: &RepoOptions, warm: &[FileType]) -> Result<Repository> {
     Ok(repo)
 }
 
-/// The key file to try first: `VOLBACKUP_KEY_HINT` or `RESTIC_KEY_HINT` (a key id). The
-/// repository Secrets `create` and `restore` write carry the key they opened, so that a mover
-/// reads it by name instead of listing the key files first: a round trip less before the key
-/// can be derived.
-pub fn key_hint() -> Option<String> {
-    ["VOLBACKUP_KEY_HINT", "RESTIC_KEY_HINT"]
+/// The key file to try first: `VOLBACKUP_KEY_HINT` or `RESTIC_KEY_HINT` (a key id), with the
+/// copy of that file in `VOLBACKUP_KEY_COPY` (base64), if any. The repository Secrets
+/// `create` and `restore` write carry the key they opened, so that a mover reads it by name
+/// instead of listing the key files first, and derives the key from the copy while the file
+/// is read: two round trips less before the key is known.
+pub fn key_hint() -> Option<KeyHint> {
+    key_hint_of(|var| std::env::var(var).ok())
+}
+
+fn key_hint_of(var: impl Fn(&str) -> Option<String>) -> Option<KeyHint> {
+    use base64::Engine as _;
+    let id = ["VOLBACKUP_KEY_HINT", "RESTIC_KEY_HINT"]
         .iter()
-        .filter_map(|var| std::env::var(var).ok())
-        .find(|v| !v.is_empty())
+        .filter_map(|name| var(name))
+        .find(|v| !v.is_empty())?;
+    let copy = var("VOLBACKUP_KEY_COPY")
+        .filter(|v| !v.is_empty())
+        .and_then(
+            |v| match base64::engine::general_purpose::STANDARD.decode(v.trim()) {
+                Ok(copy) => Some(copy),
+                Err(_) => {
+                    tracing::warn!("ignoring VOLBACKUP_KEY_COPY: not base64");
+                    None
+                }
+            },
+        );
+    Some(KeyHint { id, copy })
 }
 
 /// Adds the key `repo` was opened with to repository settings for a Secret (see
-/// [`key_hint`]). A key id names a file; it is not a secret.
+/// [`key_hint`]). A key file is not a secret: anyone who can read the repository has it, and
+/// it opens only with the password.
 pub fn add_key_hint(data: &mut std::collections::BTreeMap<String, String>, repo: &Repository) {
-    data.insert("VOLBACKUP_KEY_HINT".to_string(), repo.key_id().to_hex());
+    use base64::Engine as _;
+    let hint = repo.key_hint();
+    if let Some(copy) = &hint.copy {
+        data.insert(
+            "VOLBACKUP_KEY_COPY".to_string(),
+            base64::engine::general_purpose::STANDARD.encode(copy),
+        );
+    }
+    data.insert("VOLBACKUP_KEY_HINT".to_string(), hint.id);
 }
 
 /// Local settings copied into the repository Secret (keys as the mover reads them).
@@ -202,7 +229,7 @@ pub fn open_from(data: &std::collections::BTreeMap<String, String>) -> Result<Re
         backend,
         &data["VOLBACKUP_PASSWORD"],
         &[],
-        data.get("VOLBACKUP_KEY_HINT").map(String::as_str),
+        key_hint_of(|var| data.get(var).cloned()).as_ref(),
     )?;
     repo.load_index()?;
     Ok(repo)
@@ -238,5 +265,28 @@ mod tests {
         assert!(w[0].contains("node's role"), "{w:?}");
         // A directory repository has no credentials to warn about.
         assert!(credential_warnings("/srv/backups", &profile).is_empty());
+    }
+
+    #[test]
+    fn a_key_hint_comes_from_either_variable_and_a_copy_that_is_not_base64_is_left_out() {
+        assert_eq!(key_hint_of(env_of(&[("VOLBACKUP_KEY_COPY", "a2V5")])), None);
+        assert_eq!(
+            key_hint_of(env_of(&[("RESTIC_KEY_HINT", "abc")])),
+            Some(KeyHint::named("abc"))
+        );
+        let both = env_of(&[
+            ("VOLBACKUP_KEY_HINT", "ours"),
+            ("RESTIC_KEY_HINT", "theirs"),
+            ("VOLBACKUP_KEY_COPY", "a2V5"),
+        ]);
+        assert_eq!(
+            key_hint_of(both),
+            Some(KeyHint {
+                id: "ours".into(),
+                copy: Some(b"key".to_vec()),
+            })
+        );
+        let garbled = env_of(&[("VOLBACKUP_KEY_HINT", "ours"), ("VOLBACKUP_KEY_COPY", "%%")]);
+        assert_eq!(key_hint_of(garbled), Some(KeyHint::named("ours")));
     }
 }

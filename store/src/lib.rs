@@ -32,4 +32,4 @@ pub mod tree;
 pub use error::{Error, Result};
 pub use format::{BlobType, Snapshot};
 pub use id::Id;
-pub use repo::{InitOptions, Repository};
+pub use repo::{InitOptions, KeyHint, Repository};

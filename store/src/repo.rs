@@ -71,6 +71,8 @@ struct Inner {
     backend: Arc<dyn Backend>,
     key: Key,
     key_id: Id,
+    /// That key file's bytes, as read (or written).
+    key_file: Vec<u8>,
     config: Config,
     index: RwLock<Arc<Index>>,
     lock_wait: std::sync::Mutex<LockWait>,
@@ -241,7 +243,7 @@ impl Repository {
         }
         backend.create()?;
         let master = Key::random();
-        let key_id = write_key_file(backend.as_ref(), &master, password, opts.kdf)?;
+        let (key_id, key_file) = write_key_file(backend.as_ref(), &master, password, opts.kdf)?;
         let polynomial = match opts.polynomial {
             Some(p) => p,
             None => crate::chunker::Pol::random().0,
@@ -258,6 +260,7 @@ impl Repository {
                 backend,
                 key: master,
                 key_id,
+                key_file,
                 config,
                 index: RwLock::new(Arc::new(Index::new())),
                 lock_wait: Default::default(),
@@ -286,16 +289,17 @@ impl Repository {
         Self::open_hinted(backend, password, warm, None)
     }
 
-    /// [`Repository::open_warm`], trying the key file `key_hint` (a key id, as
-    /// [`Repository::key_id`] gives it) first: read by its name, without listing the key
-    /// files, which saves a round trip before the key can be derived. A hint that names no
-    /// key file, or one the password does not open, is passed over and the key files are
-    /// listed as without one.
+    /// [`Repository::open_warm`], trying the key file `key_hint` names first: read by its
+    /// name, without listing the key files, which saves a round trip before the key can be
+    /// derived; with a copy of the file in the hint, the key is derived from the copy while
+    /// the file is read, and used only if the repository still holds that file unchanged (a
+    /// removed key stays removed). A hint that names no key file, or one the password does
+    /// not open, is passed over and the key files are listed as without one.
     pub fn open_hinted(
         backend: Arc<dyn Backend>,
         password: &str,
         warm: &[FileType],
-        key_hint: Option<&str>,
+        key_hint: Option<&KeyHint>,
     ) -> Result<Repository> {
         let early = Early::start(&backend, warm);
         let location = backend.location();
@@ -311,7 +315,7 @@ impl Repository {
             Err(Error::NotFound { .. }) => return Err(Error::NoRepository { location }),
             Err(e) => return Err(e),
         };
-        let (key, key_id) = key?;
+        let (key, key_id, key_file) = key?;
         let plain = key.open(&sealed_config).map_err(|_| Error::Corrupt {
             what: format!("{location}/config"),
             message: "does not decrypt with the repository key".into(),
@@ -331,6 +335,7 @@ impl Repository {
                 backend,
                 key,
                 key_id,
+                key_file,
                 config,
                 index: RwLock::new(Arc::new(Index::new())),
                 lock_wait: Default::default(),
@@ -357,7 +362,7 @@ impl Repository {
 
     /// Adds another key file for `password`; returns its id.
     pub fn add_key(&self, password: &str, kdf: KdfParams) -> Result<Id> {
-        write_key_file(self.backend().as_ref(), &self.inner.key, password, kdf)
+        write_key_file(self.backend().as_ref(), &self.inner.key, password, kdf).map(|(id, _)| id)
     }
 
     /// The decrypted config.
@@ -401,6 +406,15 @@ impl Repository {
     /// The id of the key file that opened the repository.
     pub fn key_id(&self) -> Id {
         self.inner.key_id
+    }
+
+    /// A hint naming the key file that opened the repository, with a copy of it, for
+    /// [`Repository::open_hinted`].
+    pub fn key_hint(&self) -> KeyHint {
+        KeyHint {
+            id: self.inner.key_id.to_hex(),
+            copy: Some(self.inner.key_file.clone()),
+        }
     }
 
     /// Loads every index file into memory, replacing the current index.
@@ -1001,7 +1015,7 @@ fn write_key_file(
     master: &Key,
     password: &str,
     kdf: KdfParams,
-) -> Result<Id> {
+) -> Result<(Id, Vec<u8>)> {
     let salt: [u8; 64] = rand::random();
     let user = crypto::derive_key(password, &salt, kdf)?;
     let data = KeyData {
@@ -1025,38 +1039,101 @@ fn write_key_file(
     let json = serde_json::to_vec(&kf).expect("key file serializes");
     let id = Id::hash(&json);
     backend.write(FileType::Key, &id.to_hex(), &json)?;
-    Ok(id)
+    Ok((id, json))
 }
 
-/// Finds the key file that opens with `password` and returns the master key and the file's id.
-/// Key files that cannot be used are skipped with a warning, so one planted or damaged file
-/// does not lock everyone out.
-fn find_key(backend: &dyn Backend, password: &str, hint: Option<&str>) -> Result<(Key, Id)> {
+/// The key file to try first when opening a repository ([`Repository::open_hinted`]).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KeyHint {
+    /// The key file's id (its name under `keys/`), as [`Repository::key_id`] gives it.
+    pub id: String,
+    /// A copy of the key file's bytes ([`Repository::key_hint`]), if one was kept: the key
+    /// is derived from it while the stored file is read, so the round trip that reads the
+    /// file no longer comes before the derivation. Used only if its hash is `id`.
+    pub copy: Option<Vec<u8>>,
+}
+
+impl KeyHint {
+    /// A hint that names the key file `id` and has no copy of it.
+    pub fn named(id: impl Into<String>) -> KeyHint {
+        KeyHint {
+            id: id.into(),
+            copy: None,
+        }
+    }
+}
+
+// The copy is not secret (the repository holds it for anyone who can read it), but it is
+// kept out of debug output all the same: it is useless there.
+impl std::fmt::Debug for KeyHint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyHint")
+            .field("id", &self.id)
+            .field(
+                "copy",
+                &self.copy.as_ref().map(|c| format!("{} bytes", c.len())),
+            )
+            .finish()
+    }
+}
+
+/// Finds the key file that opens with `password` and returns the master key, the file's id
+/// and its bytes. Key files that cannot be used are skipped with a warning, so one planted or
+/// damaged file does not lock everyone out.
+fn find_key(
+    backend: &dyn Backend,
+    password: &str,
+    hint: Option<&KeyHint>,
+) -> Result<(Key, Id, Vec<u8>)> {
     let location = backend.location();
     let mut tried = 0;
     let mut passed_over = None;
-    let hinted = hint.and_then(|h| match Id::from_hex(h) {
-        Ok(id) => Some(id),
+    let hinted = hint.and_then(|h| match Id::from_hex(&h.id) {
+        Ok(id) => Some((id, h.copy.as_deref())),
         Err(_) => {
-            tracing::warn!("ignoring the key hint {h:?}: not a key id (64 hex digits)");
+            tracing::warn!(
+                "ignoring the key hint {:?}: not a key id (64 hex digits)",
+                h.id
+            );
             None
         }
     });
-    if let Some(id) = hinted {
+    if let Some((id, copy)) = hinted {
+        let copy = copy.filter(|c| {
+            let fits = Id::hash(c) == id && c.len() as u64 <= MAX_KEY_FILE_SIZE;
+            if !fits {
+                tracing::warn!(
+                    "ignoring the copy of key file keys/{id} in the key hint: it is not that file"
+                );
+            }
+            fits
+        });
         // Read whole: without a listing the size is not known, and both backends refuse a
-        // range past the end. The file was named by the one who wrote it.
-        match backend.read(FileType::Key, &id.to_hex()) {
+        // range past the end. The file was named by the one who wrote it. The copy's key is
+        // derived meanwhile; it counts only if the repository still holds the same file.
+        let (stored, from_copy) = std::thread::scope(|s| {
+            let stored = s.spawn(|| backend.read(FileType::Key, &id.to_hex()));
+            let from_copy = copy.map(|c| try_key_file(c, password));
+            (stored.join().expect("key reader"), from_copy)
+        });
+        match stored {
             // Too long to be tried: the listing below reports it.
             Ok(raw) if raw.len() as u64 > MAX_KEY_FILE_SIZE => {}
-            Ok(raw) => match try_key_file(&raw, password) {
-                KeyTry::Opened(key) => return Ok((key, id)),
-                KeyTry::NotThisPassword => {
-                    tried += 1;
-                    passed_over = Some(id.to_hex());
+            Ok(raw) => {
+                let outcome = match from_copy {
+                    Some(outcome) if copy == Some(raw.as_slice()) => outcome,
+                    _ => try_key_file(&raw, password),
+                };
+                match outcome {
+                    KeyTry::Opened(key) => return Ok((key, id, raw)),
+                    KeyTry::NotThisPassword => {
+                        tried += 1;
+                        passed_over = Some(id.to_hex());
+                    }
+                    // Tried again below, where what is wrong with it is reported.
+                    KeyTry::Unusable(_) => {}
                 }
-                // Tried again below, where what is wrong with it is reported.
-                KeyTry::Unusable(_) => {}
-            },
+            }
             Err(Error::NotFound { .. }) => {
                 tracing::debug!("{location}: the hinted key file keys/{id} does not exist")
             }
@@ -1069,6 +1146,7 @@ fn find_key(backend: &dyn Backend, password: &str, hint: Option<&str>) -> Result
         keys.retain(|k| k.name != name);
     }
     let mut unusable = Vec::new();
+    let mut raw = Vec::new();
     for k in &keys {
         if tried == MAX_KEYS_TRIED {
             break;
@@ -1084,13 +1162,18 @@ fn find_key(backend: &dyn Backend, password: &str, hint: Option<&str>) -> Result
         } else {
             // The listed size bounds the read, whatever the file holds by now.
             match backend.read_range(FileType::Key, &k.name, 0, k.size) {
-                Ok(raw) => try_key_file(&raw, password),
+                Ok(read) => {
+                    raw = read;
+                    try_key_file(&raw, password)
+                }
                 Err(Error::NotFound { .. }) => continue,
                 Err(e) => return Err(e),
             }
         };
         match outcome {
-            KeyTry::Opened(key) => return Ok((key, Id::from_hex(&k.name).unwrap_or_default())),
+            KeyTry::Opened(key) => {
+                return Ok((key, Id::from_hex(&k.name).unwrap_or_default(), raw));
+            }
             KeyTry::NotThisPassword => tried += 1,
             KeyTry::Unusable(why) => {
                 tracing::warn!("{location}: skipping key file keys/{}: {why}", k.name);

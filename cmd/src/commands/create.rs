@@ -191,7 +191,7 @@ pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
                 backend,
                 &data["VOLBACKUP_PASSWORD"],
                 &[],
-                hint.as_deref(),
+                hint.as_ref(),
             )
             .context("cannot open the repository")?;
             // The movers read this key by name (see `repository::key_hint`).

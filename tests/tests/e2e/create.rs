@@ -184,6 +184,20 @@ async fn block_and_filesystem_pvcs_are_backed_up_and_restic_reads_them_back() {
         "key files {key_files:?}, Secret keys {keys:?}"
     );
     assert_eq!(key_files.len(), 1, "{key_files:?}");
+    // With a copy of it, from which the movers derive the key while they read the file.
+    {
+        use base64::Engine as _;
+        let copy = data
+            .get("VOLBACKUP_KEY_COPY")
+            .expect("a copy of the key file");
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(&copy.0)
+                .expect("base64"),
+            std::fs::read(env.repo.join("keys").join(&key_files[0])).unwrap(),
+            "the copy differs from the key file"
+        );
+    }
     let events = env.list(&ar("", "v1", "Event", "events"), true, None).await;
     assert!(
         !serde_json::to_string(&events).unwrap().contains(PASSWORD),
