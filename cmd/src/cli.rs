@@ -420,6 +420,10 @@ pub struct RepoCheckArgs {
     /// Also read every pack and verify every blob (slow: reads the whole repository).
     #[arg(long)]
     pub read_data: bool,
+    /// Pack reads kept in flight (default: 16 for S3, 4 for a directory; with --read-data at
+    /// most 64 MiB of packs are held); more hides more latency of the object store.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub read_concurrency: Option<u16>,
 }
 
 /// `repo unlock`

@@ -1087,3 +1087,53 @@ fn a_restore_waits_for_a_prunes_lock_reporting_the_wait_and_then_restores() {
         "restored image differs"
     );
 }
+
+#[test]
+fn repo_check_reads_every_pack_with_the_reads_asked_for_and_names_a_damaged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo_with_one_backup(dir.path());
+    let check = |extra: &[&str]| {
+        bin()
+            .args(["repo", "check", "--read-data", "--repo"])
+            .arg(&repo)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for extra in [
+        &[][..],
+        &["--read-concurrency", "1"],
+        &["--read-concurrency", "8"],
+    ] {
+        let out = ok(check(extra), "repo check --read-data");
+        assert!(
+            out.stdout.is_empty(),
+            "{extra:?}: findings on a sound repository"
+        );
+    }
+    let refused = check(&["--read-concurrency", "0"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "a read concurrency of 0 is refused"
+    );
+
+    // A flipped byte in the middle of a pack: the pack is named, the check fails.
+    let pack = packs(&repo)
+        .into_iter()
+        .map(|name| repo.join("data").join(&name[..2]).join(name))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&pack, &bytes).unwrap();
+    let out = check(&["--read-concurrency", "3"]);
+    assert_eq!(out.status.code(), Some(1), "a damaged pack fails the check");
+    let name = pack.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&name),
+        "the damaged pack {name} is not named: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde::Deserialize;
 
@@ -34,6 +34,9 @@ use crate::{Error, Result};
 pub struct CheckOptions {
     /// Read every pack whole and verify every blob (slow: reads the whole repository).
     pub read_data: bool,
+    /// Pack reads (headers, or whole packs with `read_data`) in flight at once; 0: as many as
+    /// the backend takes by default ([`crate::backend::Backend::read_concurrency`]).
+    pub read_concurrency: usize,
 }
 
 /// How bad a finding is.
@@ -238,7 +241,7 @@ fn check_locked(
         .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (id, f.size)))
         .collect();
     report.packs = listing.len();
-    check_packs(repo, &map, &listing, opts.read_data, progress, &mut report)?;
+    check_packs(repo, &map, &listing, opts, progress, &mut report)?;
 
     progress.message("checking snapshots and trees");
     let walk = walk_trees(repo, &map.index, &roots);
@@ -281,10 +284,15 @@ fn check_packs(
     repo: &Repository,
     map: &PackMap,
     listing: &BTreeMap<Id, u64>,
-    read_data: bool,
+    opts: &CheckOptions,
     progress: &dyn Progress,
     report: &mut CheckReport,
 ) -> Result<()> {
+    let read_data = opts.read_data;
+    let readers = match opts.read_concurrency {
+        0 => repo.backend().read_concurrency().max(1),
+        n => n,
+    };
     for (id, files) in &map.listed_in {
         if files.len() > 1 {
             report.info(
@@ -356,34 +364,36 @@ fn check_packs(
         }
     }
 
-    // Reading and decrypting is the slow part: one worker per core, each taking the next pack.
-    let work: Vec<(&Id, &Vec<IndexBlob>)> = map
+    let work: Vec<(&Id, &Vec<IndexBlob>, u64)> = map
         .packs
         .iter()
-        .filter(|(id, _)| listing.contains_key(*id))
+        .filter_map(|(id, blobs)| listing.get(id).map(|&size| (id, blobs, size)))
         .collect();
-    let next = AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4);
-    let parts: Vec<Result<CheckReport>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut part = CheckReport::default();
-                    while let Some((id, blobs)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        verify_pack(repo, id, blobs, read_data, progress, &mut part)?;
-                    }
-                    Ok(part)
+    let parts = if read_data {
+        read_packs_whole(repo, &work, readers, progress)
+    } else {
+        // A header is a small read: as many in flight as the backend takes.
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..readers)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut part = CheckReport::default();
+                        while let Some((id, blobs, _)) =
+                            work.get(next.fetch_add(1, Ordering::Relaxed))
+                        {
+                            verify_header(repo, id, blobs, progress, &mut part)?;
+                        }
+                        Ok(part)
+                    })
                 })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("check worker panicked"))
-            .collect()
-    });
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("check worker panicked"))
+                .collect::<Vec<Result<CheckReport>>>()
+        })
+    };
     for part in parts {
         let part = part?;
         report.problems.extend(part.problems);
@@ -393,46 +403,146 @@ fn check_packs(
     Ok(())
 }
 
-/// Reads one existing pack's header (or, with `read_data`, the whole pack) and compares it
-/// with the index. Only a retryable backend failure is an `Err`; the rest are findings.
-fn verify_pack(
+/// Bytes of whole packs `check --read-data` holds read and not yet verified: the reads in
+/// flight are as many as [`CheckOptions::read_concurrency`] allows within this budget,
+/// whatever the number of threads that verify.
+pub const READ_AHEAD_BYTES: u64 = 64 << 20;
+
+/// Reads the packs of `work` whole, `readers` at once within [`READ_AHEAD_BYTES`], and
+/// verifies them on a thread per core (at most 4). Each part of the
+/// result is one verifying thread's findings, or the retryable backend failure that stopped
+/// the check.
+fn read_packs_whole(
+    repo: &Repository,
+    work: &[(&Id, &Vec<IndexBlob>, u64)],
+    readers: usize,
+    progress: &dyn Progress,
+) -> Vec<Result<CheckReport>> {
+    let next = AtomicUsize::new(0);
+    let held = std::sync::Mutex::new(0u64);
+    let room = std::sync::Condvar::new();
+    let stop = AtomicBool::new(false);
+    let give_back = |bytes: u64| {
+        *held.lock().unwrap_or_else(|e| e.into_inner()) -= bytes;
+        room.notify_all();
+    };
+    // Never full: memory is bounded by the budget, not by the channel.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Vec<u8>>)>(work.len().max(1));
+    let rx = std::sync::Mutex::new(rx);
+    let readers = readers.min(work.len()).max(1);
+    let verifiers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    std::thread::scope(|s| {
+        for _ in 0..readers {
+            let tx = tx.clone();
+            let (next, held, room, stop) = (&next, &held, &room, &stop);
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(id, _, size)) = work.get(i) else {
+                        break;
+                    };
+                    {
+                        // A pack larger than the budget is read alone.
+                        let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+                        while *h > 0
+                            && *h + size > READ_AHEAD_BYTES
+                            && !stop.load(Ordering::Relaxed)
+                        {
+                            h = room.wait(h).unwrap_or_else(|e| e.into_inner());
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        *h += size;
+                    }
+                    let read = repo.backend().read(FileType::Pack, &id.to_hex());
+                    if tx.send((i, read)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let workers: Vec<_> = (0..verifiers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut part = CheckReport::default();
+                    loop {
+                        let message = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok((i, read)) = message else {
+                            return Ok(part);
+                        };
+                        let (id, blobs, size) = work[i];
+                        let verified =
+                            verify_whole_pack(repo, id, blobs, read, progress, &mut part);
+                        give_back(size);
+                        if let Err(e) = verified {
+                            stop.store(true, Ordering::Relaxed);
+                            room.notify_all();
+                            return Err(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("check worker panicked"))
+            .collect()
+    })
+}
+
+/// Verifies a pack read whole (`read`) against the index. Only a retryable backend failure
+/// is an `Err`; the rest are findings.
+fn verify_whole_pack(
     repo: &Repository,
     id: &Id,
     blobs: &[IndexBlob],
-    read_data: bool,
+    read: Result<Vec<u8>>,
+    progress: &dyn Progress,
+    report: &mut CheckReport,
+) -> Result<()> {
+    match read {
+        Ok(bytes) => {
+            report.packs_read += 1;
+            report.bytes_read += bytes.len() as u64;
+            progress.add_done(bytes.len() as u64);
+            check_pack_bytes(repo, id, blobs, &bytes, report);
+        }
+        Err(
+            e @ Error::Backend {
+                retryable: true, ..
+            },
+        ) => return Err(e),
+        Err(e) => report.error(pack_path(id), format!("cannot be read: {e}")),
+    }
+    Ok(())
+}
+
+/// Reads one existing pack's header and compares it with the index. Only a retryable backend
+/// failure is an `Err`; the rest are findings.
+fn verify_header(
+    repo: &Repository,
+    id: &Id,
+    blobs: &[IndexBlob],
     progress: &dyn Progress,
     report: &mut CheckReport,
 ) -> Result<()> {
     let path = pack_path(id);
-    if read_data {
-        match repo.backend().read(FileType::Pack, &id.to_hex()) {
-            Ok(bytes) => {
-                report.packs_read += 1;
-                report.bytes_read += bytes.len() as u64;
-                progress.add_done(bytes.len() as u64);
-                check_pack_bytes(repo, id, blobs, &bytes, report);
-            }
-            Err(
-                e @ Error::Backend {
-                    retryable: true, ..
-                },
-            ) => return Err(e),
-            Err(e) => report.error(&path, format!("cannot be read: {e}")),
-        }
-    } else {
-        match repo.read_pack_header(id) {
-            Ok(header) => compare_header(&path, blobs, &header, report),
-            Err(
-                e @ Error::Backend {
-                    retryable: true, ..
-                },
-            ) => return Err(e),
-            Err(Error::Corrupt { message, .. }) => report.error(&path, message),
-            Err(e) => report.error(&path, format!("header cannot be read: {e}")),
-        }
-        progress.add_done(1);
+    match repo.read_pack_header(id) {
+        Ok(header) => compare_header(&path, blobs, &header, report),
+        Err(
+            e @ Error::Backend {
+                retryable: true, ..
+            },
+        ) => return Err(e),
+        Err(Error::Corrupt { message, .. }) => report.error(&path, message),
+        Err(e) => report.error(&path, format!("header cannot be read: {e}")),
     }
-
+    progress.add_done(1);
     Ok(())
 }
 

@@ -123,7 +123,15 @@ fn no_locks_left(repo: &Path) {
 
 fn run_check(repo: &Path, read_data: bool) -> CheckReport {
     let r = open(repo);
-    let report = check(&r, &CheckOptions { read_data }, &NoProgress).expect("check runs");
+    let report = check(
+        &r,
+        &CheckOptions {
+            read_data,
+            ..CheckOptions::default()
+        },
+        &NoProgress,
+    )
+    .expect("check runs");
     no_locks_left(repo);
     report
 }
@@ -987,4 +995,104 @@ fn prune_between_open_and_lock(read_ahead: bool) {
         &["dump", "--path", "/disk.img", "latest", "/disk.img"],
     );
     assert!(dumped.stdout == image, "the image restic dumps differs");
+}
+
+/// A local repository whose whole-pack reads take a while and are counted while in flight,
+/// as an object store's would be; it takes `read_concurrency` reads at once.
+struct SlowPackReads {
+    inner: LocalBackend,
+    read_concurrency: usize,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+}
+
+impl Backend for SlowPackReads {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn create(&self) -> volbackup_store::Result<()> {
+        self.inner.create()
+    }
+    fn write(&self, t: FileType, name: &str, data: &[u8]) -> volbackup_store::Result<()> {
+        self.inner.write(t, name, data)
+    }
+    fn read(&self, t: FileType, name: &str) -> volbackup_store::Result<Vec<u8>> {
+        if t != FileType::Pack {
+            return self.inner.read(t, name);
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let read = self.inner.read(t, name);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        read
+    }
+    fn read_range(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        length: u64,
+    ) -> volbackup_store::Result<Vec<u8>> {
+        self.inner.read_range(t, name, offset, length)
+    }
+    fn stat(&self, t: FileType, name: &str) -> volbackup_store::Result<u64> {
+        self.inner.stat(t, name)
+    }
+    fn list(&self, t: FileType) -> volbackup_store::Result<Vec<FileInfo>> {
+        self.inner.list(t)
+    }
+    fn remove(&self, t: FileType, name: &str) -> volbackup_store::Result<()> {
+        self.inner.remove(t, name)
+    }
+    fn read_concurrency(&self) -> usize {
+        self.read_concurrency
+    }
+}
+
+#[test]
+fn read_data_keeps_as_many_pack_reads_in_flight_as_the_backend_takes_whatever_the_cores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let r = init_ours(&repo);
+    // About 48 chunks (the chunker's polynomial is random), each alone in a pack.
+    let image = noise(11, 48 << 20);
+    let opts = BackupOptions {
+        writer: WriterOptions {
+            pack_size: 64 << 10,
+            ..WriterOptions::default()
+        },
+        ..BackupOptions::default()
+    };
+    backup_block(&r, &mut &image[..], "vol.img", &opts, &NoProgress).unwrap();
+    let packs = files_of(&repo, "data").len();
+    let verifiers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let allowed = verifiers + 4;
+    assert!(
+        packs >= allowed + 4,
+        "{packs} packs, too few to fill {allowed} reads"
+    );
+    let backend = Arc::new(SlowPackReads {
+        inner: LocalBackend::new(&repo),
+        read_concurrency: allowed,
+        in_flight: AtomicUsize::new(0),
+        most_in_flight: AtomicUsize::new(0),
+    });
+    let opened = Repository::open(backend.clone(), PASSWORD).unwrap();
+    let read_data = CheckOptions {
+        read_data: true,
+        ..CheckOptions::default()
+    };
+    let report = check(&opened, &read_data, &NoProgress).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.packs_read, report.packs, "{report}");
+    let most = backend.most_in_flight.load(Ordering::SeqCst);
+    assert!(
+        most > verifiers && most <= allowed,
+        "{most} pack reads were in flight at most, with {verifiers} verifying threads and \
+         {allowed} reads allowed"
+    );
 }

@@ -37,6 +37,7 @@ pub fn check_cmd(args: &RepoCheckArgs, quiet: bool) -> Result<()> {
         &repo,
         &CheckOptions {
             read_data: args.read_data,
+            read_concurrency: args.read_concurrency.map_or(0, usize::from),
         },
         reporter.progress(),
     )?;
