@@ -480,7 +480,11 @@ fn read_packs_whole(
                             verify_whole_pack(repo, id, blobs, read, progress, &mut part);
                         give_back(size);
                         if let Err(e) = verified {
+                            // Set under the lock the readers check it with, so that none
+                            // starts waiting for room just after this wake-up.
+                            let guard = held.lock().unwrap_or_else(|e| e.into_inner());
                             stop.store(true, Ordering::Relaxed);
+                            drop(guard);
                             room.notify_all();
                             return Err(e);
                         }

@@ -1004,6 +1004,8 @@ struct SlowPackReads {
     read_concurrency: usize,
     in_flight: AtomicUsize,
     most_in_flight: AtomicUsize,
+    /// Pack reads that succeed; every one after them fails as a server error would.
+    reads_left: AtomicUsize,
 }
 
 impl Backend for SlowPackReads {
@@ -1019,6 +1021,17 @@ impl Backend for SlowPackReads {
     fn read(&self, t: FileType, name: &str) -> volbackup_store::Result<Vec<u8>> {
         if t != FileType::Pack {
             return self.inner.read(t, name);
+        }
+        let failing = self
+            .reads_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err();
+        if failing {
+            return Err(volbackup_store::Error::Backend {
+                location: self.inner.location(),
+                message: "503 Slow Down".into(),
+                retryable: true,
+            });
         }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -1080,6 +1093,7 @@ fn read_data_keeps_as_many_pack_reads_in_flight_as_the_backend_takes_whatever_th
         read_concurrency: allowed,
         in_flight: AtomicUsize::new(0),
         most_in_flight: AtomicUsize::new(0),
+        reads_left: AtomicUsize::new(usize::MAX),
     });
     let opened = Repository::open(backend.clone(), PASSWORD).unwrap();
     let read_data = CheckOptions {
@@ -1095,4 +1109,47 @@ fn read_data_keeps_as_many_pack_reads_in_flight_as_the_backend_takes_whatever_th
         "{most} pack reads were in flight at most, with {verifiers} verifying threads and \
          {allowed} reads allowed"
     );
+}
+
+#[test]
+fn read_data_stops_at_a_server_failure_with_the_error_and_leaves_no_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let r = init_ours(&repo);
+    let image = noise(12, 16 << 20);
+    let opts = BackupOptions {
+        writer: WriterOptions {
+            pack_size: 64 << 10,
+            ..WriterOptions::default()
+        },
+        ..BackupOptions::default()
+    };
+    backup_block(&r, &mut &image[..], "vol.img", &opts, &NoProgress).unwrap();
+    // Every verifying thread meets a failed read, and readers are left waiting for room.
+    for reads_left in [0, 3] {
+        let backend = Arc::new(SlowPackReads {
+            inner: LocalBackend::new(&repo),
+            read_concurrency: 16,
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
+            reads_left: AtomicUsize::new(reads_left),
+        });
+        let opened = Repository::open(backend, PASSWORD).unwrap();
+        let read_data = CheckOptions {
+            read_data: true,
+            ..CheckOptions::default()
+        };
+        let failed = check(&opened, &read_data, &NoProgress);
+        assert!(
+            matches!(
+                failed,
+                Err(volbackup_store::Error::Backend {
+                    retryable: true,
+                    ..
+                })
+            ),
+            "after {reads_left} reads: {failed:?}"
+        );
+        no_locks_left(&repo);
+    }
 }
