@@ -799,9 +799,14 @@ def verdicts(results, datasets, latencies):
             if med(s3, "rustic"):
                 line("[%s] S3 image restore at 25 ms, rustic / ours (target ≥ 2×)" % d,
                      ratio(med(s3, "rustic"), med(s3, "ours")), lambda v: v >= 2)
-            if med(s3, "raw limit"):
-                line("[%s] S3 image restore at 25 ms, raw limit / ours (≥ 90 %% where 1.5× restic is out of reach)" % d,
-                     ratio(med(s3, "raw limit"), med(s3, "ours")), lambda v: v >= 0.9, "%.2f")
+            raw, peer = med(s3, "raw limit"), med(s3, "restic restore")
+            what = "[%s] S3 image restore at 25 ms, raw limit / ours (≥ 90 %% where 1.5× restic is out of reach)" % d
+            if raw and peer and raw * 1.5 <= peer:
+                # The limit leaves room for 1.5× restic: that target applies, not this one.
+                out.append("- %s: %.2f — does not apply (the raw limit, %.2f s, is within %.2f s = "
+                           "restic restore / 1.5)" % (what, ratio(raw, med(s3, "ours")) or 0, raw, peer / 1.5))
+            elif raw:
+                line(what, ratio(raw, med(s3, "ours")), lambda v: v >= 0.9, "%.2f")
         for case in [c for c in results.data if c.startswith(d + ": image backup")]:
             line("[%s] peak RSS ours / restic, %s (target ≤ 1)" % (d, case.split(": ", 1)[1]),
                  ratio(results.rss(case, "ours"), results.rss(case, "restic")), lambda v: v <= 1)
