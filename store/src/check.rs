@@ -26,7 +26,7 @@ use crate::id::Id;
 use crate::index::{Index, IndexEntry};
 use crate::lock::Lock;
 use crate::progress::Progress;
-use crate::repo::Repository;
+use crate::repo::{Repository, load_each};
 use crate::{Error, Result};
 
 /// What to check besides the structure.
@@ -147,6 +147,11 @@ impl fmt::Display for CheckReport {
     }
 }
 
+/// A failure that stops the check (the backend or the disk failing) rather than a finding.
+fn cannot_go_on(e: &Error) -> bool {
+    matches!(e, Error::Backend { .. } | Error::Io { .. })
+}
+
 /// The path of a pack file in messages.
 pub(crate) fn pack_path(id: &Id) -> String {
     relative_path(FileType::Pack, &id.to_hex())
@@ -206,29 +211,41 @@ fn check_locked(
     // index before its snapshot, so every snapshot we see has its index).
     progress.message("loading snapshots");
     let mut roots: Vec<(Id, Id)> = Vec::new();
-    for id in repo.list_ids(FileType::Snapshot)? {
-        match repo.load_unpacked::<Snapshot>(FileType::Snapshot, &id) {
-            Ok(s) => roots.push((id, s.tree)),
-            Err(Error::NotFound { .. }) => {}
-            Err(e @ (Error::Backend { .. } | Error::Io { .. })) => return Err(e),
-            Err(e) => report.error(
+    let ids = repo.list_ids(FileType::Snapshot)?;
+    let loaded = load_each(
+        &ids,
+        |id| repo.load_unpacked::<Snapshot>(FileType::Snapshot, id),
+        cannot_go_on,
+    );
+    for (id, loaded) in ids.into_iter().zip(loaded) {
+        match loaded {
+            Some(Ok(s)) => roots.push((id, s.tree)),
+            Some(Err(Error::NotFound { .. })) => {}
+            Some(Err(e)) if cannot_go_on(&e) => return Err(e),
+            Some(Err(e)) => report.error(
                 relative_path(FileType::Snapshot, &id.to_hex()),
                 e.to_string(),
             ),
+            None => {}
         }
     }
     report.snapshots = roots.len();
 
     progress.message("loading index");
     let mut map = PackMap::default();
-    for id in repo.list_ids(FileType::Index)? {
-        match repo.load_index_file(&id) {
-            Ok(f) => {
+    let ids = repo.list_ids(FileType::Index)?;
+    let loaded = load_each(&ids, |id| repo.load_index_file(id), cannot_go_on);
+    for (id, loaded) in ids.into_iter().zip(loaded) {
+        match loaded {
+            Some(Ok(f)) => {
                 map.add(id, &f);
                 report.index_files += 1;
             }
-            Err(e @ (Error::Backend { .. } | Error::Io { .. })) => return Err(e),
-            Err(e) => report.error(relative_path(FileType::Index, &id.to_hex()), e.to_string()),
+            Some(Err(e)) if cannot_go_on(&e) => return Err(e),
+            Some(Err(e)) => {
+                report.error(relative_path(FileType::Index, &id.to_hex()), e.to_string())
+            }
+            None => {}
         }
     }
     report.blobs = map.index.len();

@@ -942,16 +942,29 @@ fn load_parallel<T: Send>(
     ids: &[Id],
     load: impl Fn(&Id) -> Result<T> + Sync,
 ) -> Result<Vec<Option<T>>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for loaded in load_each(ids, load, |e| !matches!(e, Error::NotFound { .. })) {
+        match loaded {
+            Some(Ok(v)) => out.push(Some(v)),
+            Some(Err(Error::NotFound { .. })) => out.push(None),
+            Some(Err(e)) => return Err(e),
+            // Not loaded because another file failed; that error comes first or later.
+            None => out.push(None),
+        }
+    }
+    Ok(out)
+}
+
+/// Loads many small files with a few threads, each file's result in the order of `ids`. After
+/// an error `fatal` says ends the load, the files not yet started are left out (`None`).
+pub(crate) fn load_each<T: Send>(
+    ids: &[Id],
+    load: impl Fn(&Id) -> Result<T> + Sync,
+    fatal: impl Fn(&Error) -> bool + Sync,
+) -> Vec<Option<Result<T>>> {
     const THREADS: usize = 8;
     if ids.len() <= 1 {
-        return ids
-            .iter()
-            .map(|id| match load(id) {
-                Ok(v) => Ok(Some(v)),
-                Err(Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            })
-            .collect();
+        return ids.iter().map(|id| Some(load(id))).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<std::sync::Mutex<Option<Result<T>>>> =
@@ -963,7 +976,7 @@ fn load_parallel<T: Send>(
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(id) = ids.get(i) else { return };
                     let r = load(id);
-                    let failed = r.is_err() && !matches!(r, Err(Error::NotFound { .. }));
+                    let failed = r.as_ref().is_err_and(&fatal);
                     *results[i].lock().expect("result slot") = Some(r);
                     if failed {
                         // Stop the other threads early too.
@@ -974,17 +987,10 @@ fn load_parallel<T: Send>(
             });
         }
     });
-    let mut out = Vec::with_capacity(ids.len());
-    for slot in results {
-        match slot.into_inner().expect("result slot") {
-            Some(Ok(v)) => out.push(Some(v)),
-            Some(Err(Error::NotFound { .. })) => out.push(None),
-            Some(Err(e)) => return Err(e),
-            // Not loaded because another file failed; that error comes first or later.
-            None => out.push(None),
-        }
-    }
-    Ok(out)
+    results
+        .into_iter()
+        .map(|slot| slot.into_inner().expect("result slot"))
+        .collect()
 }
 
 /// Decodes the plaintext of an unpacked file: `0x02 || zstd frame`, or bare JSON. JSON longer

@@ -1006,6 +1006,26 @@ struct SlowPackReads {
     most_in_flight: AtomicUsize,
     /// Pack reads that succeed; every one after them fails as a server error would.
     reads_left: AtomicUsize,
+    /// Every whole-file read of another kind, as `kind/name`.
+    other_reads: std::sync::Mutex<Vec<String>>,
+    /// Snapshot reads in flight now (each takes 20 ms), and the most at once.
+    snapshot_reads: AtomicUsize,
+    most_snapshot_reads: AtomicUsize,
+}
+
+impl SlowPackReads {
+    fn new(repo: &Path, read_concurrency: usize, reads_left: usize) -> SlowPackReads {
+        SlowPackReads {
+            inner: LocalBackend::new(repo),
+            read_concurrency,
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
+            reads_left: AtomicUsize::new(reads_left),
+            other_reads: Default::default(),
+            snapshot_reads: AtomicUsize::new(0),
+            most_snapshot_reads: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Backend for SlowPackReads {
@@ -1020,7 +1040,19 @@ impl Backend for SlowPackReads {
     }
     fn read(&self, t: FileType, name: &str) -> volbackup_store::Result<Vec<u8>> {
         if t != FileType::Pack {
-            return self.inner.read(t, name);
+            self.other_reads
+                .lock()
+                .unwrap()
+                .push(format!("{}/{name}", t.dir()));
+            if t != FileType::Snapshot {
+                return self.inner.read(t, name);
+            }
+            let now = self.snapshot_reads.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_snapshot_reads.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let read = self.inner.read(t, name);
+            self.snapshot_reads.fetch_sub(1, Ordering::SeqCst);
+            return read;
         }
         let failing = self
             .reads_left
@@ -1088,13 +1120,7 @@ fn read_data_keeps_as_many_pack_reads_in_flight_as_the_backend_takes_whatever_th
         packs >= allowed + 4,
         "{packs} packs, too few to fill {allowed} reads"
     );
-    let backend = Arc::new(SlowPackReads {
-        inner: LocalBackend::new(&repo),
-        read_concurrency: allowed,
-        in_flight: AtomicUsize::new(0),
-        most_in_flight: AtomicUsize::new(0),
-        reads_left: AtomicUsize::new(usize::MAX),
-    });
+    let backend = Arc::new(SlowPackReads::new(&repo, allowed, usize::MAX));
     let opened = Repository::open(backend.clone(), PASSWORD).unwrap();
     let read_data = CheckOptions {
         read_data: true,
@@ -1127,13 +1153,7 @@ fn read_data_stops_at_a_server_failure_with_the_error_and_leaves_no_lock() {
     backup_block(&r, &mut &image[..], "vol.img", &opts, &NoProgress).unwrap();
     // Every verifying thread meets a failed read, and readers are left waiting for room.
     for reads_left in [0, 3] {
-        let backend = Arc::new(SlowPackReads {
-            inner: LocalBackend::new(&repo),
-            read_concurrency: 16,
-            in_flight: AtomicUsize::new(0),
-            most_in_flight: AtomicUsize::new(0),
-            reads_left: AtomicUsize::new(reads_left),
-        });
+        let backend = Arc::new(SlowPackReads::new(&repo, 16, reads_left));
         let opened = Repository::open(backend, PASSWORD).unwrap();
         let read_data = CheckOptions {
             read_data: true,
@@ -1152,4 +1172,53 @@ fn read_data_stops_at_a_server_failure_with_the_error_and_leaves_no_lock() {
         );
         no_locks_left(&repo);
     }
+}
+
+#[test]
+fn check_reads_each_index_and_snapshot_file_once_with_those_read_while_the_key_is_derived() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let r = init_ours(&repo);
+    for seed in 0..3 {
+        let image = noise(20 + seed, 2 << 20);
+        backup_block(
+            &r,
+            &mut &image[..],
+            "vol.img",
+            &BackupOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    }
+    let files = |dir: &str| -> Vec<String> {
+        files_of(&repo, dir)
+            .iter()
+            .map(|p| format!("{dir}/{}", p.file_name().unwrap().to_string_lossy()))
+            .collect()
+    };
+    let (snapshots, indexes) = (files("snapshots"), files("index"));
+    assert_eq!(snapshots.len(), 3);
+    let backend = Arc::new(SlowPackReads::new(&repo, 4, usize::MAX));
+    let opened = Repository::open_warm(
+        backend.clone(),
+        PASSWORD,
+        &[FileType::Snapshot, FileType::Index],
+    )
+    .unwrap();
+    let report = check(&opened, &CheckOptions::default(), &NoProgress).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!((report.snapshots, report.index_files), (3, indexes.len()));
+    let reads = backend.other_reads.lock().unwrap().clone();
+    for file in snapshots.iter().chain(&indexes) {
+        let times = reads.iter().filter(|r| *r == file).count();
+        assert_eq!(times, 1, "{file} read {times} times: {reads:#?}");
+    }
+
+    // Opened without reading ahead, check reads the snapshot files side by side.
+    let backend = Arc::new(SlowPackReads::new(&repo, 4, usize::MAX));
+    let opened = Repository::open(backend.clone(), PASSWORD).unwrap();
+    let report = check(&opened, &CheckOptions::default(), &NoProgress).unwrap();
+    assert_eq!(report.snapshots, 3, "{report}");
+    let most = backend.most_snapshot_reads.load(Ordering::SeqCst);
+    assert!(most >= 2, "{most} snapshot reads at once");
 }

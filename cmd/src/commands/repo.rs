@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 
 use anyhow::{Context, Result, bail};
 use volbackup_store::Repository;
+use volbackup_store::backend::FileType;
 use volbackup_store::check::{CheckOptions, check};
 use volbackup_store::lock;
 use volbackup_store::prune::{PruneOptions, execute, plan_prune};
@@ -31,7 +32,9 @@ pub fn init(args: &RepoInitArgs, quiet: bool) -> Result<()> {
 
 /// `repo check`: prints every finding, fails when any is an error.
 pub fn check_cmd(args: &RepoCheckArgs, quiet: bool) -> Result<()> {
-    let repo = repository::open(&args.repo)?;
+    // Check reads the index and snapshot files itself, under its lock; those read ahead while
+    // the key is derived are used then (their names are their hashes).
+    let repo = repository::open_warm(&args.repo, &[FileType::Snapshot, FileType::Index])?;
     let reporter = Reporter::start(Mode::choose(false, quiet), "check");
     let report = check(
         &repo,
