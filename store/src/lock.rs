@@ -387,13 +387,13 @@ impl Drop for LockGuard {
     }
 }
 
-/// A pseudo-random duration below `max` (from the clock's nanoseconds: enough to break a tie).
+/// A random duration below `max`. Random, not taken from the clock: takers that withdrew from
+/// each other at the same moment read nearly the same clock, and slept alike into the next
+/// meeting, again and again (seen with four threads of one process waiting for an exclusive
+/// lock: two gave up after a minute).
 fn jitter(max: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
     let max = max.as_nanos().max(1) as u64;
-    Duration::from_nanos(u64::from(nanos) % max)
+    Duration::from_nanos(rand::random::<u64>() % max)
 }
 
 fn new_lock_file(exclusive: bool) -> LockFile {
