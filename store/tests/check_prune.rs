@@ -997,6 +997,23 @@ fn prune_between_open_and_lock(read_ahead: bool) {
     assert!(dumped.stdout == image, "the image restic dumps differs");
 }
 
+/// A repository in `dir/repo` holding one backup of `mib` MiB of noise from `seed`, in packs of
+/// 64 KiB: each chunk (about 1 MiB) a pack of its own.
+fn repo_of_small_packs(dir: &Path, seed: u64, mib: usize) -> PathBuf {
+    let repo = dir.join("repo");
+    let r = init_ours(&repo);
+    let image = noise(seed, mib << 20);
+    let opts = BackupOptions {
+        writer: WriterOptions {
+            pack_size: 64 << 10,
+            ..WriterOptions::default()
+        },
+        ..BackupOptions::default()
+    };
+    backup_block(&r, &mut &image[..], "vol.img", &opts, &NoProgress).unwrap();
+    repo
+}
+
 /// A local repository whose whole-pack reads take a while and are counted while in flight,
 /// as an object store's would be; it takes `read_concurrency` reads at once.
 struct SlowPackReads {
@@ -1098,18 +1115,8 @@ impl Backend for SlowPackReads {
 #[test]
 fn read_data_keeps_as_many_pack_reads_in_flight_as_the_backend_takes_whatever_the_cores() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("repo");
-    let r = init_ours(&repo);
     // About 48 chunks (the chunker's polynomial is random), each alone in a pack.
-    let image = noise(11, 48 << 20);
-    let opts = BackupOptions {
-        writer: WriterOptions {
-            pack_size: 64 << 10,
-            ..WriterOptions::default()
-        },
-        ..BackupOptions::default()
-    };
-    backup_block(&r, &mut &image[..], "vol.img", &opts, &NoProgress).unwrap();
+    let repo = repo_of_small_packs(tmp.path(), 11, 48);
     let packs = files_of(&repo, "data").len();
     let verifiers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -1140,17 +1147,7 @@ fn read_data_keeps_as_many_pack_reads_in_flight_as_the_backend_takes_whatever_th
 #[test]
 fn read_data_stops_at_a_server_failure_with_the_error_and_leaves_no_lock() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("repo");
-    let r = init_ours(&repo);
-    let image = noise(12, 16 << 20);
-    let opts = BackupOptions {
-        writer: WriterOptions {
-            pack_size: 64 << 10,
-            ..WriterOptions::default()
-        },
-        ..BackupOptions::default()
-    };
-    backup_block(&r, &mut &image[..], "vol.img", &opts, &NoProgress).unwrap();
+    let repo = repo_of_small_packs(tmp.path(), 12, 16);
     // Every verifying thread meets a failed read, and readers are left waiting for room.
     for reads_left in [0, 3] {
         let backend = Arc::new(SlowPackReads::new(&repo, 16, reads_left));
