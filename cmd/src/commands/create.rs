@@ -636,6 +636,7 @@ async fn start_record(
             },
             snapshot: None,
             path: t.is_block().then(|| format!("/{}.img", t.info.pvc)),
+            privileged_files: None,
         },
     );
     vb.metadata.namespace = Some(ns.to_string());

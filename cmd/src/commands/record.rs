@@ -308,6 +308,7 @@ mod tests {
                 },
                 snapshot: None,
                 path: None,
+                privileged_files: None,
             },
         );
         b.status = Some(VolumeBackupStatus {
