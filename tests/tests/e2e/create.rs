@@ -1103,6 +1103,34 @@ async fn an_unreachable_repository_fails_fast_in_one_line_without_leaking_creden
         .create(&PostParams::default(), &secret)
         .await
         .expect("create the Secret");
+    // Not marked as a repository Secret: the populator would never restore from it, so no
+    // backup through it is started.
+    let out = env
+        .plugin(
+            &["create", "vol", "-n", NS, "--repo-secret", "restic-config"],
+            &[],
+        )
+        .await;
+    assert_one_line_failure(
+        &out,
+        "Secret t/restic-config is not marked as a repository Secret",
+    );
+    assert!(
+        out.stderr
+            .contains("kubectl label secret restic-config -n t volbackup.io/repository=true"),
+        "{}",
+        out.stderr
+    );
+    assert!(backups_of(&env, "vol").await.is_empty());
+    env.assert_nothing_temporary_left().await;
+    secrets
+        .patch(
+            "restic-config",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"volbackup.io/repository": "true"}}})),
+        )
+        .await
+        .expect("label the Secret");
     let started = Instant::now();
     let out = env
         .plugin(
