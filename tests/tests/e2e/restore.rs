@@ -820,16 +820,17 @@ async fn a_populator_that_crashes_after_every_step_still_converges() {
         if both_bound {
             break;
         }
-        // A run that takes one step and then dies, as a crash would.
-        match populator_process(&env, Some(1), Duration::from_secs(20)).await {
+        // A run that takes one step and then dies, as a crash would. It may wait for the
+        // copy before its step: two minutes is a hang, not a slow machine.
+        match populator_process(&env, Some(1), Duration::from_secs(120)).await {
             Some(3) => crashes += 1,
             other => panic!("the populator ended with {other:?} instead of crashing after a step"),
         }
-        assert!(crashes < 60, "no convergence after {crashes} restarts");
+        // Every run takes a step, and a claim has about nine (more with retried pods); how
+        // many share a run depends on timing, so only a loop that never ends is caught here.
+        assert!(crashes < 100, "no convergence after {crashes} restarts");
     }
-    // Finalizer, Secret, PVC', pod, Retain, rebind, cleanup, policy, finish: nine steps per
-    // claim; the two claims' steps may share a run.
-    assert!(crashes >= 9, "only {crashes} crashes");
+    // What the test means: it converged (above), the data is the backup's, nothing is left.
     let restored = std::fs::read(volume_path(&env, NS, "crashy-blk").await).unwrap();
     assert!(restored == image);
     assert_eq!(
@@ -838,6 +839,7 @@ async fn a_populator_that_crashes_after_every_step_still_converges() {
     );
     assert_cleanly_bound(&env, NS, "crashy-blk").await;
     assert_cleanly_bound(&env, NS, "crashy-files").await;
+    assert_no_populator_leftovers(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
