@@ -157,6 +157,11 @@ pub struct RestoreArgs {
     /// Copy the repository Secret along with the VolumeBackup into the target namespace.
     #[arg(long)]
     pub copy_secret: bool,
+    /// Also restore what grants privilege in a file tree: device nodes, set-user-id and
+    /// set-group-id bits of files, file capabilities. Sets spec.privilegedFiles on the
+    /// VolumeBackup, so every later restore from it gets them too.
+    #[arg(long)]
+    pub privileged_files: bool,
     /// Wait until the PVC is bound, with a progress bar.
     #[arg(long)]
     pub wait: bool,
@@ -589,6 +594,10 @@ pub struct MoverRestoreArgs {
     /// benchmarks.
     #[arg(long, value_name = "MIB", hide = true, value_parser = clap::value_parser!(u64).range(1..=128))]
     pub max_read_mib: Option<u64>,
+    /// Also restore what grants privilege in a file tree: device nodes, set-user-id and
+    /// set-group-id bits of files, and file capabilities (left out by default).
+    #[arg(long)]
+    pub privileged_files: bool,
     /// Print the pack reads an image restore would make (one JSON line each with --json) and
     /// restore nothing.
     #[arg(long)]

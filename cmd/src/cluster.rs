@@ -192,19 +192,33 @@ pub async fn write_repository_secret(
             .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.clone().into_bytes())))
             .collect(),
     );
-    match api.get_opt(name).await {
-        Ok(None) => {
-            api.create(&PostParams::default(), &secret)
+    // Another `create` or `restore` in the namespace may write the same Secret at the same
+    // time (same repository, so the same name): a create that finds it made meanwhile, or a
+    // replace of a version changed meanwhile, is a 409 Conflict, and the write is made again
+    // over what is there now.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let written = match api.get_opt(name).await {
+            Ok(None) => api
+                .create(&PostParams::default(), &secret)
                 .await
-                .map_err(|e| explain(e, "create", "secrets", Some(ns)))?;
+                .map_err(|e| (e, "create")),
+            Ok(Some(old)) => {
+                secret.metadata.resource_version = old.metadata.resource_version;
+                api.replace(name, &PostParams::default(), &secret)
+                    .await
+                    .map_err(|e| (e, "update"))
+            }
+            Err(e) => return Err(explain(e, "get", "secrets", Some(ns))),
+        };
+        match written {
+            Ok(_) => break,
+            Err((e, _)) if is_status(&e, 409) && attempts < 10 => {
+                secret.metadata.resource_version = None;
+            }
+            Err((e, verb)) => return Err(explain(e, verb, "secrets", Some(ns))),
         }
-        Ok(Some(old)) => {
-            secret.metadata.resource_version = old.metadata.resource_version;
-            api.replace(name, &PostParams::default(), &secret)
-                .await
-                .map_err(|e| explain(e, "update", "secrets", Some(ns)))?;
-        }
-        Err(e) => return Err(explain(e, "get", "secrets", Some(ns))),
     }
     Ok(name.clone())
 }

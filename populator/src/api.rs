@@ -44,6 +44,11 @@ pub struct VolumeBackupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^/[^/].*$"), length(max = 4096))]
     pub path: Option<String>,
+    /// Restores of this file tree also recreate what grants privilege: device nodes,
+    /// set-user-id and set-group-id bits of files, and file capabilities. Absent or false (the
+    /// default): those are left out. Ignored for block images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileged_files: Option<bool>,
 }
 
 /// The repository of a backup.
@@ -254,6 +259,7 @@ mod tests {
                 },
                 snapshot: None,
                 path: None,
+                privileged_files: None,
             },
         );
         b.status = Some(VolumeBackupStatus {

@@ -502,6 +502,9 @@ pub fn populate_pod(
         args.push("--path".into());
         args.push(path.clone());
     }
+    if !block && backup.spec.privileged_files == Some(true) {
+        args.push("--privileged-files".into());
+    }
     mover::pod(&mover::MoverPod {
         name: populate_name(&uid),
         namespace: config.namespace.clone(),

@@ -18,6 +18,12 @@
 //!    the target directory itself if the snapshot carries the volume root's metadata
 //!    ([`ROOT_NODE_FIELD`], written by our backups).
 //!
+//! What grants privilege is restored only when asked for ([`RestoreOptions::privileged_files`]):
+//! without it, device nodes are not created, files (not directories) lose their set-user-id
+//! and set-group-id bits, and no file capability (`security.capability`) is set; the summary
+//! counts each. A tree from a volume someone else filled should not become a set-user-id
+//! root program or a raw disk node in the volume of whoever restores it.
+//!
 //! Restoring into a non-empty directory: entries of the snapshot replace what is there under the
 //! same name. A non-directory in the way is removed first (never written through, so a symlink
 //! in the target cannot redirect a write outside it); an existing directory is reused; a
@@ -65,6 +71,10 @@ pub struct RestoreOptions {
     pub restore_root_metadata: bool,
     /// Do not take a shared repository lock (for read-only repositories).
     pub no_lock: bool,
+    /// Restore what grants privilege: device nodes, set-user-id and set-group-id bits of
+    /// files, file capabilities (the `security.capability` extended attribute). Default false:
+    /// those are left out and counted in the summary.
+    pub privileged_files: bool,
 }
 
 impl Default for RestoreOptions {
@@ -77,6 +87,7 @@ impl Default for RestoreOptions {
             read_concurrency: 0,
             restore_root_metadata: true,
             no_lock: false,
+            privileged_files: false,
         }
     }
 }
@@ -98,6 +109,12 @@ pub struct RestoreSummary {
     pub fifos: u64,
     /// Socket nodes skipped (they cannot be restored).
     pub sockets_skipped: u64,
+    /// Device nodes not created (restoring them was not asked for).
+    pub devices_skipped: u64,
+    /// Files restored without their set-user-id or set-group-id bit (not asked for).
+    pub setid_cleared: u64,
+    /// File capabilities not set (not asked for).
+    pub capabilities_skipped: u64,
     /// File bytes written.
     pub bytes: u64,
     /// Problems that did not stop the restore (unknown node types, refused xattrs).
@@ -179,7 +196,12 @@ fn restore_loaded(
     let mut summary = RestoreSummary::default();
     let mut plan = Plan::default();
     progress.message("creating directories and files");
-    walk_loaded(repo, &snap.tree, root, target, &mut plan, &mut summary)?;
+    let mut walk = Walk {
+        plan: &mut plan,
+        summary: &mut summary,
+        privileged: opts.privileged_files,
+    };
+    walk_loaded(repo, &snap.tree, root, target, &mut walk)?;
 
     progress.set_total(Some(plan.total_bytes));
     progress.message("restoring file contents");
@@ -203,10 +225,13 @@ fn restore_loaded(
     if opts.restore_root_metadata
         && let Some(root) = snap.extra.get(ROOT_NODE_FIELD)
     {
-        let node: Node = serde_json::from_value(root.clone()).map_err(|e| Error::Corrupt {
+        let mut node: Node = serde_json::from_value(root.clone()).map_err(|e| Error::Corrupt {
             what: format!("snapshot {}", snapshot.short()),
             message: format!("field {ROOT_NODE_FIELD} is not a node: {e}"),
         })?;
+        if !opts.privileged_files {
+            unprivileged(&mut node, &mut summary);
+        }
         restore_metadata(target, &node, &mut warnings)?;
     }
     summary.warnings.extend(warnings.messages);
@@ -230,15 +255,35 @@ fn checked_name<'a>(node: &'a Node, tree: &Id) -> Result<&'a OsStr> {
     Ok(&node.name)
 }
 
-fn walk(
-    repo: &Repository,
-    tree_id: &Id,
-    dir: &Path,
-    plan: &mut Plan,
-    summary: &mut RestoreSummary,
-) -> Result<()> {
+/// What the walk over the trees fills in.
+struct Walk<'a> {
+    plan: &'a mut Plan,
+    summary: &'a mut RestoreSummary,
+    /// [`RestoreOptions::privileged_files`].
+    privileged: bool,
+}
+
+/// The extended attribute that holds a file's capabilities.
+const CAPABILITY_XATTR: &str = "security.capability";
+
+/// Takes what grants privilege out of a node's metadata (its set-user-id and set-group-id
+/// bits, unless it is a directory, where set-group-id only passes the group on; its
+/// capabilities), counting what was taken.
+fn unprivileged(node: &mut Node, summary: &mut RestoreSummary) {
+    use crate::tree::gomode::{SETGID, SETUID};
+    if node.node_type != NodeType::Dir && node.mode & (SETUID | SETGID) != 0 {
+        node.mode &= !(SETUID | SETGID);
+        summary.setid_cleared += 1;
+    }
+    let before = node.extended_attributes.len();
+    node.extended_attributes
+        .retain(|a| a.name != CAPABILITY_XATTR);
+    summary.capabilities_skipped += (before - node.extended_attributes.len()) as u64;
+}
+
+fn walk(repo: &Repository, tree_id: &Id, dir: &Path, w: &mut Walk) -> Result<()> {
     let tree = load_tree(repo, tree_id)?;
-    walk_loaded(repo, tree_id, tree, dir, plan, summary)
+    walk_loaded(repo, tree_id, tree, dir, w)
 }
 
 /// [`walk`] of a tree already read.
@@ -247,11 +292,18 @@ fn walk_loaded(
     tree_id: &Id,
     tree: Tree,
     dir: &Path,
-    plan: &mut Plan,
-    summary: &mut RestoreSummary,
+    w: &mut Walk,
 ) -> Result<()> {
-    for node in tree.nodes {
+    for mut node in tree.nodes {
         let path = dir.join(checked_name(&node, tree_id)?);
+        if matches!(node.node_type, NodeType::Dev | NodeType::CharDev) && !w.privileged {
+            w.summary.devices_skipped += 1;
+            continue;
+        }
+        if !w.privileged {
+            unprivileged(&mut node, w.summary);
+        }
+        let (plan, summary) = (&mut *w.plan, &mut *w.summary);
         match &node.node_type {
             NodeType::Dir => {
                 let subtree = node.subtree.ok_or_else(|| Error::Corrupt {
@@ -261,7 +313,7 @@ fn walk_loaded(
                 make_dir(&path)?;
                 summary.dirs += 1;
                 plan.dirs.push((path.clone(), node));
-                walk(repo, &subtree, &path, plan, summary)?;
+                walk(repo, &subtree, &path, w)?;
             }
             NodeType::File => {
                 if node.links > 1 && node.inode != 0 {

@@ -407,6 +407,15 @@ fn assert_same_tree(expected: &Path, actual: &Path, with_root: bool) {
     );
 }
 
+/// Restore settings that recreate everything the fixture holds: its device nodes and
+/// set-user-id file are left out by default.
+fn with_privileged_files() -> RestoreOptions {
+    RestoreOptions {
+        privileged_files: true,
+        ..RestoreOptions::default()
+    }
+}
+
 fn backup(repo: &Repository, root: &Path, parent: Option<Id>) -> BackupSummary {
     let opts = BackupOptions {
         parent,
@@ -501,7 +510,7 @@ fn every_node_type_backs_up_checks_and_restores_identically_with_restic_and_with
         &repo,
         &s.snapshot_id,
         &by_us,
-        &RestoreOptions::default(),
+        &with_privileged_files(),
         &NoProgress,
     )
     .unwrap();
@@ -524,7 +533,7 @@ fn a_symlink_target_that_is_not_utf8_survives_our_backup_and_restore() {
         &repo,
         &s.snapshot_id,
         &dst,
-        &RestoreOptions::default(),
+        &with_privileged_files(),
         &NoProgress,
     )
     .unwrap();
@@ -578,7 +587,7 @@ fn restic_and_we_write_the_same_tree_blobs_and_we_restore_what_restic_backed_up(
 
     let (full, _) = repo.find_snapshot(&restic_snap).unwrap();
     let dst = tmp.path().join("dst");
-    let r = restore_tree(&repo, &full, &dst, &RestoreOptions::default(), &NoProgress).unwrap();
+    let r = restore_tree(&repo, &full, &dst, &with_privileged_files(), &NoProgress).unwrap();
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     assert_same_tree(&src, &dst, false);
     check_read_data(&repo_path);
@@ -641,7 +650,7 @@ fn a_backup_with_a_parent_reads_only_changed_files_and_every_snapshot_checks() {
         &repo,
         &fourth.snapshot_id,
         &old_restore,
-        &RestoreOptions::default(),
+        &with_privileged_files(),
         &NoProgress,
     )
     .unwrap();
@@ -659,7 +668,7 @@ fn a_backup_with_a_parent_reads_only_changed_files_and_every_snapshot_checks() {
         &repo,
         &fifth.snapshot_id,
         &new_restore,
-        &RestoreOptions::default(),
+        &with_privileged_files(),
         &NoProgress,
     )
     .unwrap();
@@ -698,7 +707,7 @@ fn restoring_into_a_non_empty_directory_replaces_same_names_and_leaves_the_rest(
         &repo,
         &s.snapshot_id,
         &dst,
-        &RestoreOptions::default(),
+        &with_privileged_files(),
         &NoProgress,
     )
     .unwrap();
@@ -725,7 +734,7 @@ fn restoring_into_a_non_empty_directory_replaces_same_names_and_leaves_the_rest(
         &repo,
         &s.snapshot_id,
         &dst2,
-        &RestoreOptions::default(),
+        &with_privileged_files(),
         &NoProgress,
     )
     .unwrap_err()
@@ -762,7 +771,7 @@ fn the_tree_comparison_notices_every_kind_of_difference() {
             &repo,
             &s.snapshot_id,
             &copy,
-            &RestoreOptions::default(),
+            &with_privileged_files(),
             &NoProgress,
         )
         .unwrap();
@@ -829,4 +838,123 @@ fn the_tree_comparison_notices_every_kind_of_difference() {
         fs::remove_file(c.join("fifo")).unwrap()
     });
     differs("root mode", &|c| chmod(c, 0o755));
+}
+
+/// A file capability as the kernel stores it (`security.capability`, revision 2): permitted
+/// and effective `cap_net_bind_service`.
+const CAP_NET_BIND_SERVICE: [u8; 20] = [
+    0x01, 0x00, 0x00, 0x02, 0x00, 0x04, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+fn xattr_names(p: &Path) -> Vec<String> {
+    let mut names = vec![0u8; 4096];
+    let n = rustix::fs::llistxattr(p, &mut names[..]).unwrap();
+    let mut out: Vec<String> = names[..n]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+fn mode_of(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn device_nodes_set_id_bits_and_file_capabilities_are_restored_only_when_asked_for() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let p = |rel: &str| src.join(rel);
+    fs::write(p("suid"), b"#!/bin/sh\nid\n").unwrap();
+    chmod(&p("suid"), 0o4755);
+    fs::write(p("sgid"), b"x").unwrap();
+    chmod(&p("sgid"), 0o2711);
+    fs::create_dir(p("shared")).unwrap();
+    chmod(&p("shared"), 0o2775);
+    fs::write(p("capable"), b"y").unwrap();
+    chmod(&p("capable"), 0o755);
+    setxattr(&p("capable"), "security.capability", &CAP_NET_BIND_SERVICE);
+    setxattr(&p("capable"), "user.note", b"kept");
+    fs::write(p("plain"), b"z").unwrap();
+    use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
+    for (name, ft, dev) in [
+        ("null", FileType::CharacterDevice, makedev(1, 3)),
+        ("disk", FileType::BlockDevice, makedev(7, 200)),
+        ("fifo", FileType::Fifo, 0),
+    ] {
+        mknodat(CWD, p(name), ft, Mode::from_raw_mode(0o660), dev).unwrap();
+    }
+    assert_eq!(
+        xattr_names(&p("capable")),
+        ["security.capability", "user.note"],
+        "the file system keeps file capabilities"
+    );
+    set_all_times(&src);
+    let (repo_path, repo) = init_repo(tmp.path());
+    let s = backup(&repo, &src, None);
+    check_read_data(&repo_path);
+
+    // By default: no device node, no set-user-id or set-group-id bit on a file, no
+    // capability; everything else as it was (a directory keeps its set-group-id bit).
+    let dst = tmp.path().join("default");
+    let r = restore_tree(
+        &repo,
+        &s.snapshot_id,
+        &dst,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            r.devices,
+            r.devices_skipped,
+            r.setid_cleared,
+            r.capabilities_skipped,
+            r.fifos
+        ),
+        (0, 2, 2, 1, 1)
+    );
+    for gone in ["null", "disk"] {
+        assert!(
+            fs::symlink_metadata(dst.join(gone)).is_err(),
+            "device node {gone} was created"
+        );
+    }
+    assert_eq!(mode_of(&dst.join("suid")), 0o755);
+    assert_eq!(mode_of(&dst.join("sgid")), 0o711);
+    assert_eq!(mode_of(&dst.join("shared")), 0o2775);
+    assert_eq!(xattr_names(&dst.join("capable")), ["user.note"]);
+    assert_eq!(fs::read(dst.join("suid")).unwrap(), b"#!/bin/sh\nid\n");
+    assert!(
+        fs::symlink_metadata(dst.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+
+    // Asked for: the tree as it was.
+    let dst = tmp.path().join("privileged");
+    let r = restore_tree(
+        &repo,
+        &s.snapshot_id,
+        &dst,
+        &with_privileged_files(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            r.devices,
+            r.devices_skipped,
+            r.setid_cleared,
+            r.capabilities_skipped
+        ),
+        (2, 0, 0, 0)
+    );
+    assert_eq!(snapshot_of(&src), snapshot_of(&dst));
 }

@@ -1049,18 +1049,15 @@ async fn faults_fail_and_delay_requests_and_a_restarted_api_server_keeps_its_obj
 
     sim.cluster
         .faults()
-        .delay("list", "configmaps", Duration::from_millis(700));
+        .delay("list", "configmaps", Duration::from_secs(3));
     let t = std::time::Instant::now();
     cms.list(&ListParams::default()).await.unwrap();
-    assert!(
-        t.elapsed() >= Duration::from_millis(700),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_secs(3), "{:?}", t.elapsed());
+    // Cleared: no longer held back (a list on a loaded machine takes well under the delay).
     sim.cluster.faults().clear();
     let t = std::time::Instant::now();
     cms.list(&ListParams::default()).await.unwrap();
-    assert!(t.elapsed() < Duration::from_millis(700));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 
     let rv = cms.get("keep").await.unwrap().metadata.resource_version;
     sim.cluster.restart_api_server().await.unwrap();

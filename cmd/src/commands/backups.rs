@@ -15,6 +15,8 @@ use volbackup_store::backend::redact;
 use volbackup_store::forget::{ForgetGroup, ForgetPlan, GroupKey, Removed};
 use volbackup_store::{Id, Repository, Snapshot};
 
+use super::record::Finished;
+
 use crate::cli::{
     CleanupArgs, DeleteArgs, DescribeArgs, ListArgs, ListFormat, OutputFormat, RepoOptions,
 };
@@ -37,8 +39,9 @@ fn missing_crd(e: kube::Error, verb: &str, ns: Option<&str>) -> anyhow::Error {
 }
 
 /// `cleanup`: removes what runs of `create` left and marks their unfinished VolumeBackups
-/// Failed. A backup still being taken (its `create` heard from within the last minute) is left
-/// alone unless named with `--backup`.
+/// Failed (Completed, when the snapshot was recorded before the `create` stopped). A backup
+/// still being taken (its `create` heard from within the last minute) is left alone unless
+/// named with `--backup`.
 pub fn cleanup(args: &CleanupArgs, quiet: bool) -> Result<()> {
     runtime()?.block_on(async {
         let kube = cluster::connect(&args.kube).await?;
@@ -54,8 +57,8 @@ pub fn cleanup(args: &CleanupArgs, quiet: bool) -> Result<()> {
         } else {
             vec![kube.namespace.clone()]
         };
-        let now = chrono::Utc::now();
-        let (mut removed, mut failed, mut running) = (0, Vec::new(), Vec::new());
+        let (mut removed, mut failed, mut completed, mut running) =
+            (0, Vec::new(), Vec::new(), Vec::new());
         for ns in &namespaces {
             let api: Api<VolumeBackup> = Api::namespaced(kube.client.clone(), ns);
             // Records of runs; without the CRD there are none (an older install's leftovers
@@ -82,22 +85,31 @@ pub fn cleanup(args: &CleanupArgs, quiet: bool) -> Result<()> {
             let mut live = BTreeSet::new();
             for b in unfinished {
                 let id = b.labels().get(BACKUP_LABEL).cloned().unwrap_or_default();
-                if run.is_none() && b.is_being_taken(now) {
-                    running.push(format!("{ns}/{}", b.name_any()));
-                    live.insert(id);
-                    continue;
-                }
-                let step = super::record::last_step(b);
-                super::record::mark_failed(
+                let label = format!("{ns}/{}", b.name_any());
+                // Decided again from the record as it is when written (see finish_unfinished):
+                // a backup completing meanwhile stays Completed.
+                let finished = super::record::finish_unfinished(
                     &api,
                     b,
                     "Abandoned",
-                    format!(
-                        "the create taking this backup stopped while {step} and was not heard from again; cleanup removed what it left"
-                    ),
+                    &|b| {
+                        format!(
+                            "the create taking this backup stopped while {} and was not heard from again; cleanup removed what it left",
+                            super::record::last_step(b)
+                        )
+                    },
+                    run.is_none(),
                 )
                 .await?;
-                failed.push(format!("{ns}/{}", b.name_any()));
+                match finished {
+                    Finished::Failed => failed.push(label),
+                    Finished::Completed => completed.push(label),
+                    Finished::BeingTaken => {
+                        running.push(label);
+                        live.insert(id);
+                    }
+                    Finished::AlreadyFinished | Finished::Gone => {}
+                }
             }
             let selector = match (&run, live.is_empty()) {
                 (Some(id), _) => format!("{BACKUP_LABEL}={id}"),
@@ -116,6 +128,13 @@ pub fn cleanup(args: &CleanupArgs, quiet: bool) -> Result<()> {
                     "marked {} unfinished VolumeBackup(s) Failed: {}",
                     failed.len(),
                     failed.join(", ")
+                );
+            }
+            if !completed.is_empty() {
+                eprintln!(
+                    "marked {} VolumeBackup(s) Completed whose create stopped after recording the snapshot: {}",
+                    completed.len(),
+                    completed.join(", ")
                 );
             }
             if !running.is_empty() {

@@ -513,9 +513,8 @@ async fn snapshot_class(
     }
 }
 
-/// Checks that `--repo-secret` exists and names a repository and a password (by key only).
-/// Checks that an existing repository Secret has the keys a mover needs; gives the repository
-/// location it names.
+/// Checks that `--repo-secret` exists, names a repository and a password (by key only) and is
+/// marked as a repository Secret; gives the repository location it names.
 async fn check_secret(client: &Client, ns: &str, name: &str) -> Result<Option<String>> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let secret = match api.get_opt(name).await {
@@ -539,6 +538,18 @@ async fn check_secret(client: &Client, ns: &str, name: &str) -> Result<Option<St
         if !keys.contains(a) && !keys.contains(b) {
             bail!("Secret {ns}/{name} has neither {a} nor {b}: add one of them");
         }
+    }
+    // The populator restores only from Secrets marked as repository Secrets (it may read
+    // every Secret, so it uses only those meant for it): a backup through an unmarked one
+    // would complete and never restore. `create` does not mark a Secret it did not write.
+    let labels = secret.labels();
+    let marked = labels.get(mover::REPOSITORY_LABEL).map(String::as_str) == Some("true")
+        || labels.get(mover::LEGACY_MARK.0).map(String::as_str) == Some(mover::LEGACY_MARK.1);
+    if !marked {
+        bail!(
+            "Secret {ns}/{name} is not marked as a repository Secret, and the populator restores only from marked ones, so its backups could never be restored: if it holds repository settings, label it with kubectl label secret {name} -n {ns} {}=true",
+            mover::REPOSITORY_LABEL
+        );
     }
     Ok(mover::secret_location(
         secret.data.as_ref().unwrap_or(&BTreeMap::new()),
@@ -636,6 +647,7 @@ async fn start_record(
             },
             snapshot: None,
             path: t.is_block().then(|| format!("/{}.img", t.info.pvc)),
+            privileged_files: None,
         },
     );
     vb.metadata.namespace = Some(ns.to_string());

@@ -402,21 +402,42 @@ fn restore_opened(
             (s.bytes_total, s.bytes_written)
         }
         false => {
-            let s = restore_tree::restore_open(
-                repo,
-                &open,
-                &args.target,
-                &restore_tree::RestoreOptions::default(),
-                reporter.progress(),
-            )?;
+            let opts = restore_tree::RestoreOptions {
+                privileged_files: args.privileged_files,
+                ..restore_tree::RestoreOptions::default()
+            };
+            let s =
+                restore_tree::restore_open(repo, &open, &args.target, &opts, reporter.progress())?;
             for w in &s.warnings {
                 eprintln!("warning: {w}");
+            }
+            if let Some(left_out) = privileged_left_out(&s) {
+                eprintln!(
+                    "note: not restored: {left_out} (they grant privilege; restore with --privileged-files to get them)"
+                );
             }
             (s.bytes, s.bytes)
         }
     };
     reporter.finish();
     print_restored(args, quiet, open.id, bytes_total, bytes_written, started)
+}
+
+/// What a tree restore left out because privileged files were not asked for, for people.
+fn privileged_left_out(s: &restore_tree::RestoreSummary) -> Option<String> {
+    let parts: Vec<String> = [
+        (s.devices_skipped, "device node(s)"),
+        (
+            s.setid_cleared,
+            "set-user-id/set-group-id bit(s) of file(s)",
+        ),
+        (s.capabilities_skipped, "file capability attribute(s)"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 /// The line (or JSON summary) that says what was restored.

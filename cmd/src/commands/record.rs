@@ -95,27 +95,118 @@ pub(crate) fn with_backed_up(
     conditions
 }
 
-/// Marks a backup Failed with this reason and message.
-pub async fn mark_failed(
+/// Annotation `completed` writes with the snapshot id, in the same write: the status it is
+/// about to record (without conditions). A `create` stopped between that write and the status
+/// write leaves a backup that is complete; whoever finishes the record writes this status.
+pub const ANN_RESULT: &str = "volbackup.io/result";
+
+/// How a record that its `create` will not finish was finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Marked Failed with the given reason.
+    Failed,
+    /// Its spec names the snapshot (the `create` stopped after recording it): marked Completed.
+    Completed,
+    /// Finished by someone else meanwhile (its `create`, another cleanup): left as it is.
+    AlreadyFinished,
+    /// Heard from again meanwhile, and `respect_heartbeat` was asked: left alone.
+    BeingTaken,
+    /// Deleted meanwhile.
+    Gone,
+}
+
+/// How many times a record that keeps changing under us is read again.
+const FINISH_ATTEMPTS: usize = 10;
+
+/// The status that marks a backup Completed from its spec's snapshot and the result `completed`
+/// stored with it (else what the record shows).
+fn completed_status(vb: &VolumeBackup) -> VolumeBackupStatus {
+    let stored: Option<VolumeBackupStatus> = vb
+        .annotations()
+        .get(ANN_RESULT)
+        .and_then(|r| serde_json::from_str(r).ok());
+    let id = vb.spec.snapshot.as_deref().unwrap_or_default();
+    let (base, message) = match stored {
+        Some(s) => (
+            s,
+            format!(
+                "snapshot {}: recorded after its create stopped between writing the snapshot id and the status",
+                &id[..8.min(id.len())]
+            ),
+        ),
+        None => (
+            vb.status.clone().unwrap_or_default(),
+            format!(
+                "snapshot {}: recorded after its create stopped; the byte counts were not kept",
+                &id[..8.min(id.len())]
+            ),
+        ),
+    };
+    VolumeBackupStatus {
+        phase: Some(Phase::Completed),
+        completion_time: base.completion_time.clone().or_else(|| Some(now_rfc3339())),
+        conditions: with_backed_up(Some(vb), "True", "Completed", message),
+        progress: vb.status.as_ref().and_then(|s| s.progress.clone()),
+        ..base
+    }
+}
+
+/// Finishes a backup that its `create` will not finish: Completed when its spec names the
+/// snapshot (`completed` records it there first, so a `create` stopped after that took a
+/// backup), else Failed with `reason` and the message made from the record. The write carries
+/// the resourceVersion the decision was made from: when the record changed meanwhile (its
+/// `create` completing it, a heartbeat), it is read again and decided anew, and one finished by
+/// then is left as it is. With `respect_heartbeat`, one heard from again is left alone too.
+pub async fn finish_unfinished(
     api: &Api<VolumeBackup>,
     vb: &VolumeBackup,
     reason: &str,
-    message: String,
-) -> Result<()> {
+    message: &dyn Fn(&VolumeBackup) -> String,
+    respect_heartbeat: bool,
+) -> Result<Finished> {
     let ns = vb.namespace().unwrap_or_default();
-    let patch = json!({"status": {
-        "phase": Phase::Failed,
-        "completionTime": now_rfc3339(),
-        "conditions": with_backed_up(Some(vb), "False", reason, message),
-    }});
-    api.patch_status(
-        &vb.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(patch),
+    let name = vb.name_any();
+    let mut current = vb.clone();
+    for _ in 0..FINISH_ATTEMPTS {
+        if matches!(current.phase(), Some(Phase::Completed | Phase::Failed)) {
+            return Ok(Finished::AlreadyFinished);
+        }
+        if respect_heartbeat && current.is_being_taken(chrono::Utc::now()) {
+            return Ok(Finished::BeingTaken);
+        }
+        let (status, outcome) = if current.spec.snapshot.is_some() {
+            (completed_status(&current), Finished::Completed)
+        } else {
+            let status = VolumeBackupStatus {
+                phase: Some(Phase::Failed),
+                completion_time: Some(now_rfc3339()),
+                conditions: with_backed_up(Some(&current), "False", reason, message(&current)),
+                ..current.status.clone().unwrap_or_default()
+            };
+            (status, Finished::Failed)
+        };
+        let patch = json!({
+            "metadata": {"resourceVersion": current.resource_version()},
+            "status": status,
+        });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => return Ok(outcome),
+            Err(e) if crate::cluster::is_status(&e, 409) => {}
+            Err(e) if crate::cluster::is_status(&e, 404) => return Ok(Finished::Gone),
+            Err(e) => return Err(explain(e, "patch", "volumebackups/status", Some(&ns))),
+        }
+        current = match api.get_opt(&name).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(Finished::Gone),
+            Err(e) => return Err(explain(e, "get", "volumebackups.volbackup.io", Some(&ns))),
+        };
+    }
+    anyhow::bail!(
+        "VolumeBackup {ns}/{name} changed {FINISH_ATTEMPTS} times while it was being marked: is another program writing it? Run the command again"
     )
-    .await
-    .map_err(|e| explain(e, "patch", "volumebackups/status", Some(&ns)))?;
-    Ok(())
 }
 
 /// What an unfinished backup was doing when last heard from (its `BackedUp` message).
@@ -126,8 +217,9 @@ pub fn last_step(vb: &VolumeBackup) -> String {
         .unwrap_or_else(|| "starting".to_string())
 }
 
-/// Marks Failed every unfinished backup matching the label selector in a namespace, with a
-/// message made from the step it was at; gives their names.
+/// Finishes every unfinished backup matching the label selector in a namespace (Failed with
+/// a message made from the step it was at, or Completed when it recorded its snapshot); gives
+/// their names.
 pub async fn fail_unfinished(
     client: &Client,
     ns: &str,
@@ -146,7 +238,7 @@ pub async fn fail_unfinished(
         .iter()
         .filter(|b| !matches!(b.phase(), Some(Phase::Completed | Phase::Failed)))
     {
-        mark_failed(&api, vb, reason, message(&last_step(vb))).await?;
+        finish_unfinished(&api, vb, reason, &|b| message(&last_step(b)), false).await?;
         names.push(vb.name_any());
     }
     Ok(names)
@@ -195,24 +287,30 @@ impl Record {
             .await;
     }
 
-    /// Marks the backup Failed at the current step.
-    pub(crate) async fn failed(&self, err: &anyhow::Error) -> Result<()> {
+    /// Marks the backup Failed at the current step (Completed if its snapshot was recorded
+    /// before the failure).
+    pub(crate) async fn failed(&self, err: &anyhow::Error) -> Result<Finished> {
         let step = self.step();
         let current = self
             .api
             .get(&self.name)
             .await
             .map_err(|e| explain(e, "get", "volumebackups.volbackup.io", None))?;
-        mark_failed(
+        let message = format!("failed while {}: {}", step.what(), crate::one_line(err));
+        finish_unfinished(
             &self.api,
             &current,
             step.failed(),
-            format!("failed while {}: {}", step.what(), crate::one_line(err)),
+            &|_| message.clone(),
+            false,
         )
         .await
     }
 
-    /// Records the snapshot and marks the backup Completed.
+    /// Records the snapshot and marks the backup Completed. The spec write is the one that
+    /// counts: it names the snapshot and carries the status that follows (annotation
+    /// [`ANN_RESULT`]), so a `create` stopped before the status write still leaves a backup
+    /// that `cleanup` (or its own failure path) records as Completed, never Failed.
     pub(crate) async fn completed(
         &self,
         info: &VolumeInfo,
@@ -220,20 +318,7 @@ impl Record {
         started: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
         let ns = info.namespace.as_str();
-        self.api
-            .patch(
-                &self.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"snapshot": summary.snapshot_id}})),
-            )
-            .await
-            .map_err(|e| explain(e, "patch", "volumebackups.volbackup.io", Some(ns)))?;
-        let current = self
-            .api
-            .get(&self.name)
-            .await
-            .map_err(|e| explain(e, "get", "volumebackups.volbackup.io", Some(ns)))?;
-        let status = VolumeBackupStatus {
+        let result = VolumeBackupStatus {
             phase: Some(Phase::Completed),
             volume: Some(info.clone()),
             bytes_total: Some(summary.bytes_total),
@@ -241,8 +326,23 @@ impl Record {
             bytes_stored: Some(summary.bytes_stored),
             start_time: Some(started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             completion_time: Some(now_rfc3339()),
+            ..Default::default()
+        };
+        let written = self
+            .api
+            .patch(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({
+                    "metadata": {"annotations": {ANN_RESULT: serde_json::to_string(&result)?}},
+                    "spec": {"snapshot": summary.snapshot_id},
+                })),
+            )
+            .await
+            .map_err(|e| explain(e, "patch", "volumebackups.volbackup.io", Some(ns)))?;
+        let status = VolumeBackupStatus {
             conditions: with_backed_up(
-                Some(&current),
+                Some(&written),
                 "True",
                 "Completed",
                 format!(
@@ -252,7 +352,7 @@ impl Record {
                     super::human_bytes(summary.bytes_new)
                 ),
             ),
-            ..Default::default()
+            ..result
         };
         self.api
             .patch_status(
@@ -308,6 +408,7 @@ mod tests {
                 },
                 snapshot: None,
                 path: None,
+                privileged_files: None,
             },
         );
         b.status = Some(VolumeBackupStatus {

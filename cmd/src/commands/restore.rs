@@ -140,7 +140,10 @@ async fn run_async(args: &RestoreArgs, quiet: bool, timeout: Duration) -> Result
         );
     }
 
-    let source = resolve_source(args, client, ns).await?;
+    let mut source = resolve_source(args, client, ns).await?;
+    if args.privileged_files {
+        allow_privileged(client, &mut source.backup, quiet).await?;
+    }
     let image_bytes = source
         .backup
         .status
@@ -193,6 +196,38 @@ async fn run_async(args: &RestoreArgs, quiet: bool, timeout: Duration) -> Result
     Ok(())
 }
 
+/// The refusal of `--privileged-files` for a block image.
+fn block_has_no_privileged_files(what: &str) -> String {
+    format!(
+        "--privileged-files is for file trees, and {what} is a block image (restored byte for byte): leave the flag out"
+    )
+}
+
+/// `--privileged-files`: sets `spec.privilegedFiles` on the VolumeBackup the PVC names (the
+/// populator passes it on to the restore), unless it is set already.
+async fn allow_privileged(client: &Client, backup: &mut VolumeBackup, quiet: bool) -> Result<()> {
+    if backup.spec.privileged_files == Some(true) {
+        return Ok(());
+    }
+    let ns = backup.namespace().unwrap_or_default();
+    let name = backup.name_any();
+    let api: Api<VolumeBackup> = Api::namespaced(client.clone(), &ns);
+    *backup = api
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"privilegedFiles": true}})),
+        )
+        .await
+        .map_err(|e| explain(e, "patch", "volumebackups.volbackup.io", Some(&ns)))?;
+    if !quiet {
+        eprintln!(
+            "VolumeBackup {ns}/{name} now restores device nodes, set-user-id/set-group-id bits and file capabilities (spec.privilegedFiles), this restore and every later one"
+        );
+    }
+    Ok(())
+}
+
 /// Finds or makes the VolumeBackup in the target namespace.
 async fn resolve_source(args: &RestoreArgs, client: &Client, ns: &str) -> Result<Source> {
     let (from_ns, name) = match args.backup.split_once('/') {
@@ -236,6 +271,12 @@ async fn resolve_source(args: &RestoreArgs, client: &Client, ns: &str) -> Result
             "VolumeBackup {from_ns}/{name} is Completed but names no snapshot: it was not written by `kubectl volbackup create`"
         ),
     }
+    if args.privileged_files && backup.spec.path.is_some() {
+        bail!(
+            "{}",
+            block_has_no_privileged_files(&format!("VolumeBackup {from_ns}/{name}"))
+        );
+    }
     let info = status.volume.clone().ok_or_else(|| {
         anyhow!("VolumeBackup {from_ns}/{name} has no volume info in its status: it was not made by `kubectl volbackup create`")
     })?;
@@ -245,7 +286,11 @@ async fn resolve_source(args: &RestoreArgs, client: &Client, ns: &str) -> Result
     // Another namespace: the PVC can only name a VolumeBackup in its own, so copy it.
     let secret_name = backup.spec.repository.secret_ref.name.clone();
     copy_secret(client, &from_ns, ns, &secret_name, args.copy_secret).await?;
-    let copied = put_backup(client, ns, &name, backup.spec.clone(), status).await?;
+    let mut spec = backup.spec.clone();
+    if args.privileged_files {
+        spec.privileged_files = Some(true);
+    }
+    let copied = put_backup(client, ns, &name, spec, status).await?;
     Ok(Source {
         backup: copied,
         info,
@@ -314,8 +359,13 @@ async fn put_backup(
         .get_opt(name)
         .await
         .map_err(|e| explain(e, "get", "volumebackups.volbackup.io", Some(ns)))?;
+    // Whether restores recreate privileged files is settled after (see `allow_privileged`).
+    let comparable = |s: &VolumeBackupSpec| VolumeBackupSpec {
+        privileged_files: None,
+        ..s.clone()
+    };
     if let Some(e) = existing {
-        if e.spec != spec {
+        if comparable(&e.spec) != comparable(&spec) {
             bail!(
                 "VolumeBackup {ns}/{name} already exists and names another snapshot: delete it or restore into another namespace"
             );
@@ -378,6 +428,12 @@ async fn from_repository(args: &RestoreArgs, client: &Client, ns: &str) -> Resul
         }
         _ => (None, None),
     };
+    if args.privileged_files && path.is_some() {
+        bail!(
+            "{}",
+            block_has_no_privileged_files(&format!("snapshot {}", id.short()))
+        );
+    }
     if (info.volume_mode == "Block") != path.is_some() {
         bail!(
             "snapshot {} says its volume was {} but holds {}: it cannot be restored into a PVC",
@@ -403,6 +459,7 @@ async fn from_repository(args: &RestoreArgs, client: &Client, ns: &str) -> Resul
         },
         snapshot: Some(id.to_string()),
         path,
+        privileged_files: args.privileged_files.then_some(true),
     };
     let time = snap
         .time

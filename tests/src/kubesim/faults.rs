@@ -1,8 +1,11 @@
 //! Fault hooks for tests: fail the next N requests that match a verb and resource with a
-//! given status, or delay the responses that match.
+//! given status, delay the responses that match, or run a test's own step just before the next
+//! matching request is handled (a race made to happen every time).
 
 use std::sync::Mutex;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use super::api::ApiError;
 
@@ -21,11 +24,27 @@ struct Delay {
     by: Duration,
 }
 
+/// A step to run before a request is handled.
+pub type Hook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+struct Before {
+    verb: String,
+    resource: String,
+    hook: Hook,
+}
+
+impl std::fmt::Debug for Before {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Before({} {})", self.verb, self.resource)
+    }
+}
+
 /// The fault hooks of one cluster (shared by the API server across restarts).
 #[derive(Debug, Default)]
 pub struct Faults {
     failures: Mutex<Vec<Failure>>,
     delays: Mutex<Vec<Delay>>,
+    before: Mutex<Vec<Before>>,
 }
 
 fn matches(rule_verb: &str, rule_res: &str, verb: &str, resource: &str) -> bool {
@@ -94,8 +113,41 @@ impl Faults {
             });
     }
 
+    /// Runs `hook` once, just before the next request whose verb and resource match (as for
+    /// `fail_next`) is handled, and handles that request only when the hook is done: another
+    /// client's write lands between a program's read and its write, every time. The hook's own
+    /// requests do not run it again.
+    pub fn before_next(
+        &self,
+        verb: &str,
+        resource: &str,
+        hook: impl FnOnce() -> BoxFuture<'static, ()> + Send + 'static,
+    ) {
+        self.before
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Before {
+                verb: verb.into(),
+                resource: resource.into(),
+                hook: Box::new(hook),
+            });
+    }
+
+    /// For one request: the hook to run first, if one matches (taken: it runs once).
+    pub fn take_before(&self, verb: &str, resource: &str) -> Option<Hook> {
+        let mut hooks = self.before.lock().unwrap_or_else(|e| e.into_inner());
+        let i = hooks
+            .iter()
+            .position(|b| matches(&b.verb, &b.resource, verb, resource))?;
+        Some(hooks.remove(i).hook)
+    }
+
     /// Removes every fault.
     pub fn clear(&self) {
+        self.before
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -361,6 +361,9 @@ pub async fn handle(
         Some(s) => format!("{}/{s}", rr.rt.plural),
         None => rr.rt.plural.clone(),
     };
+    if let Some(hook) = state.faults.take_before(&rr.verb, &fault_resource) {
+        hook().await;
+    }
     let (fail, delay) = state.faults.check(&rr.verb, &fault_resource);
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
