@@ -650,10 +650,7 @@ async fn grant(env: &Env, user: &str, role: &str) {
 async fn the_shipped_user_roles_back_up_and_restore_and_a_restorer_cannot_touch_secrets_or_status()
 {
     let env = Env::start().await;
-    let out = env
-        .plugin(&["install", "--pod-security", "privileged"], &[])
-        .await;
-    assert_eq!(out.code, 0, "install failed: {}", out.stderr);
+    crate::restore::install(&env).await;
     env.pvc("vol", "Block", "2Mi", json!({})).await;
     env.run_pod(
         "fill",

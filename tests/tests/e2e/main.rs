@@ -11,6 +11,7 @@ mod common;
 mod create;
 mod doctor;
 mod install;
+mod populate;
 mod restore;
 mod security;
 
