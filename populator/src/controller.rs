@@ -457,6 +457,9 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Seen>, Er
             }
         }
     };
+    // Only a PV this restore binds is ever patched: the prime claim's, or the user's once we
+    // moved it there. A PV the user's claim merely names (`spec.volumeName`) is none of ours.
+    let pv = pv.filter(|pv| pv_is_ours(pv, own, &uid));
     let volume = pv.as_ref().map(|pv| {
         let spec = pv.spec.clone().unwrap_or_default();
         state::Volume {
@@ -500,6 +503,21 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Seen>, Er
         pod,
         observed,
     }))
+}
+
+/// Whether `pv` is the volume of the restore for the claim with this uid: claimed by its prime
+/// claim (`own/prime-<uid>`), or by the claim itself after our rebind (which wrote
+/// [`state::ANN_POPULATED_FROM`]). The populator patches no other PV.
+pub fn pv_is_ours(pv: &PersistentVolume, own: &str, uid: &str) -> bool {
+    let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+        return false;
+    };
+    let by_prime =
+        r.namespace.as_deref() == Some(own) && r.name.as_deref() == Some(prime_name(uid).as_str());
+    let by_claim = !uid.is_empty()
+        && r.uid.as_deref() == Some(uid)
+        && annotation(&pv.metadata, state::ANN_POPULATED_FROM).is_some();
+    by_prime || by_claim
 }
 
 fn labels_for(uid: &str) -> BTreeMap<String, String> {
@@ -605,13 +623,15 @@ pub fn populate_pod(
     if let Some(spec) = pod.spec.as_mut()
         && let Some(c) = spec.containers.first_mut()
     {
-        c.env.get_or_insert_with(Vec::new).extend(config.pod_env.iter().map(
-            |(name, value)| k8s_openapi::api::core::v1::EnvVar {
-                name: name.clone(),
-                value: Some(value.clone()),
-                value_from: None,
-            },
-        ));
+        c.env
+            .get_or_insert_with(Vec::new)
+            .extend(config.pod_env.iter().map(|(name, value)| {
+                k8s_openapi::api::core::v1::EnvVar {
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                    value_from: None,
+                }
+            }));
     }
     pod
 }
@@ -1694,7 +1714,49 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(pod_state(&unscheduled), PodState::Waiting);
-        assert!(pending_note(&unscheduled).unwrap().contains("untolerated taint"));
+        assert!(
+            pending_note(&unscheduled)
+                .unwrap()
+                .contains("untolerated taint")
+        );
+    }
+
+    #[test]
+    fn only_the_volume_of_this_restore_is_ours_to_patch() {
+        let pv = |claim: Value, annotations: Value| -> PersistentVolume {
+            serde_json::from_value(json!({
+                "metadata": {"name": "pv-1", "annotations": annotations},
+                "spec": {"claimRef": claim},
+            }))
+            .unwrap()
+        };
+        let prime = json!({"namespace": "volbackup-system", "name": "prime-u-1", "uid": "p-9"});
+        let user = json!({"namespace": "app", "name": "data", "uid": "u-1"});
+        let ours = json!({state::ANN_POPULATED_FROM: "app/b1"});
+        assert!(pv_is_ours(
+            &pv(prime.clone(), json!({})),
+            "volbackup-system",
+            "u-1"
+        ));
+        assert!(pv_is_ours(
+            &pv(user.clone(), ours.clone()),
+            "volbackup-system",
+            "u-1"
+        ));
+        // A PV the user's claim names but that we never populated: someone else's data.
+        assert!(!pv_is_ours(&pv(user, json!({})), "volbackup-system", "u-1"));
+        assert!(!pv_is_ours(
+            &pv(prime, json!({})),
+            "volbackup-system",
+            "u-2"
+        ));
+        let other = json!({"namespace": "db", "name": "main", "uid": "x-1"});
+        assert!(!pv_is_ours(&pv(other, ours), "volbackup-system", "u-1"));
+        assert!(!pv_is_ours(
+            &pv(Value::Null, json!({})),
+            "volbackup-system",
+            "u-1"
+        ));
     }
 
     #[test]

@@ -228,7 +228,9 @@ pub fn check_proxy(url: &str) -> Result<()> {
     match host {
         Some(h) if h.contains('@') => bail!(
             "--proxy {}: credentials do not belong in it (they would be readable in the populator's Deployment): use a proxy that admits the populate pods without them",
-            url.split_once("://").map(|(s, r)| format!("{s}://***@{}", r.rsplit_once('@').map_or(r, |x| x.1))).unwrap_or_default()
+            url.split_once("://")
+                .map(|(s, r)| format!("{s}://***@{}", r.rsplit_once('@').map_or(r, |x| x.1)))
+                .unwrap_or_default()
         ),
         Some(h) if !h.is_empty() && !url.chars().any(|c| c.is_whitespace() || c.is_control()) => {
             Ok(())
@@ -1063,6 +1065,7 @@ mod tests {
                 "ClusterRole",
                 "ClusterRole",
                 "ClusterRole",
+                "ClusterRole",
                 "Deployment",
                 "VolumePopulator"
             ]
@@ -1275,7 +1278,11 @@ mod tests {
         assert!(err.contains("credentials do not belong"), "{err}");
         assert!(!err.contains("pw"), "{err}");
         assert!(check_proxy("proxy.example:3128").is_err());
-        assert!(populator_args(&PopulatorSettings::default()).unwrap().is_empty());
+        assert!(
+            populator_args(&PopulatorSettings::default())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -1301,6 +1308,51 @@ mod tests {
             let err = populator_args(&settings).unwrap_err().to_string();
             assert!(err.starts_with("--allow-node-repository "), "{err}");
         }
+    }
+
+    fn role_named<'a>(objs: &'a [Object], name: &str) -> &'a Yaml {
+        &objs
+            .iter()
+            .find(|o| o.kind.kind == "ClusterRole" && o.name == name)
+            .unwrap_or_else(|| panic!("no ClusterRole {name}"))
+            .body
+    }
+
+    #[test]
+    fn the_backup_operator_deletes_no_claim_or_snapshot_and_lists_no_secret() {
+        let objs = defaults();
+        let user = grants(role_named(&objs, "volbackup-user"));
+        for (group, resource, verb) in [
+            ("", "persistentvolumeclaims", "delete"),
+            ("", "persistentvolumeclaims", "deletecollection"),
+            ("snapshot.storage.k8s.io", "volumesnapshots", "delete"),
+            ("", "secrets", "list"),
+            ("", "secrets", "watch"),
+            ("", "secrets", "delete"),
+            ("", "pods", "update"),
+            ("", "pods/exec", "create"),
+            ("", "serviceaccounts", "get"),
+        ] {
+            assert!(
+                !user.contains(&(group.into(), resource.into(), verb.into())),
+                "volbackup-user may {verb} {resource}"
+            );
+        }
+        assert!(
+            !user
+                .iter()
+                .any(|(g, r, v)| g == "*" || r == "*" || v == "*")
+        );
+        // What cleanup needs lives in its own role.
+        let cleanup = role_named(&objs, "volbackup-cleanup");
+        assert_grants(cleanup, "", "persistentvolumeclaims", &["list", "delete"]);
+        assert_grants(
+            cleanup,
+            "snapshot.storage.k8s.io",
+            "volumesnapshots",
+            &["list", "delete"],
+        );
+        assert!(!grants(cleanup).iter().any(|(_, r, _)| r == "secrets"));
     }
 
     #[test]
