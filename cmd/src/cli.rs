@@ -192,9 +192,36 @@ pub struct InstallArgs {
     /// or `privileged` for restores from a repository that is a node directory (hostPath).
     #[arg(long, default_value = "baseline", value_parser = ["baseline", "privileged"], value_name = "LEVEL")]
     pub pod_security: String,
+    #[command(flatten)]
+    pub populator: PopulatorSettings,
     /// Print the manifests instead of applying them.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// What the administrator decides for every restore (`install` passes them to the populator,
+/// which passes them to its populate pods); nothing a namespace writes can change them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PopulatorSettings {
+    /// HTTP(S) proxy of the populate pods (`http://HOST:PORT`; sets HTTPS_PROXY and
+    /// HTTP_PROXY). A repository Secret never sets one.
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
+    /// Hosts the populate pods reach without the proxy (NO_PROXY, comma-separated).
+    #[arg(long, value_name = "HOSTS", requires = "proxy")]
+    pub no_proxy: Option<String>,
+    /// A node directory (and what is below it) that restores may use as a repository (a
+    /// hostPath mount; the same path on every node, e.g. NFS); repeat for several. Without
+    /// it, a repository Secret naming a node directory is refused.
+    #[arg(long, value_name = "DIR")]
+    pub allow_node_repository: Vec<String>,
+    /// A populate pod that does not start, or makes no progress, for this long is stopped and
+    /// the attempt retried (a wait for a repository lock is progress) [default: 10m]
+    #[arg(long, value_name = "DURATION")]
+    pub stall_timeout: Option<String>,
+    /// The longest a populate pod may run (its activeDeadlineSeconds) [default: 24h]
+    #[arg(long, value_name = "DURATION")]
+    pub restore_deadline: Option<String>,
 }
 
 /// `uninstall`
@@ -239,6 +266,8 @@ pub struct PopulatorArgs {
     /// Name of the Lease used for leader election.
     #[arg(long, default_value = "volbackup-populator", value_name = "NAME")]
     pub lease: String,
+    #[command(flatten)]
+    pub settings: PopulatorSettings,
 }
 
 /// The kubectl-standard connection flags.

@@ -108,6 +108,46 @@ pub fn snapshots(client: &Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &volume_snapshot_resource())
 }
 
+/// Makes the mover pod the only owner of the run's temporary claim and snapshot (both named
+/// `name`): deleting the pod, the one deletion a backup operator may make, then removes them
+/// through the garbage collector, so the backup role needs no right to delete claims or
+/// snapshots. A claim or snapshot already gone is no error.
+pub async fn give_to_pod(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let owner = serde_json::json!({"metadata": {"ownerReferences": [{
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": pod.metadata.name,
+        "uid": pod.metadata.uid,
+    }]}});
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), ns);
+    let params = PatchParams::default();
+    match pvcs.patch(name, &params, &Patch::Merge(&owner)).await {
+        Ok(_) => {}
+        Err(e) if is_status(&e, 404) => {}
+        Err(e) => return Err(explain(e, "patch", "persistentvolumeclaims", Some(ns))),
+    }
+    match snapshots(client, ns)
+        .patch(name, &params, &Patch::Merge(&owner))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(explain(
+            e,
+            "patch",
+            "volumesnapshots.snapshot.storage.k8s.io",
+            Some(ns),
+        )),
+    }
+}
+
 /// Whether an API error is this HTTP status.
 pub fn is_status(err: &kube::Error, code: u16) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == code)

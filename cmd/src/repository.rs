@@ -235,6 +235,22 @@ pub fn open_from(data: &std::collections::BTreeMap<String, String>) -> Result<Re
     Ok(repo)
 }
 
+/// The warning for one repository shared by several namespaces (`create -A`, or a selector
+/// across namespaces): each of them gets a Secret with its password and credentials, and
+/// whoever may read Secrets in one of them may read, and forget, the snapshots of all (pure;
+/// `None` for one namespace).
+pub fn shared_repository_warning(location: &str, namespaces: &[&str]) -> Option<String> {
+    if namespaces.len() < 2 {
+        return None;
+    }
+    Some(format!(
+        "repository {} is shared by {} namespaces ({}): each gets its password and credentials, so anyone who can read Secrets in one can read and forget the snapshots of all; for tenants that must stay apart, back up each namespace to its own repository (or prefix)",
+        volbackup_store::backend::redact(location),
+        namespaces.len(),
+        namespaces.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +304,17 @@ mod tests {
         );
         let garbled = env_of(&[("VOLBACKUP_KEY_HINT", "ours"), ("VOLBACKUP_KEY_COPY", "%%")]);
         assert_eq!(key_hint_of(garbled), Some(KeyHint::named("ours")));
+    }
+
+    #[test]
+    fn a_repository_shared_by_namespaces_is_named_in_one_warning() {
+        assert_eq!(shared_repository_warning("s3:https://h/b/p", &["a"]), None);
+        let w = shared_repository_warning("s3:https://h/b/p", &["a", "b"]).unwrap();
+        assert!(!w.contains('\n'));
+        assert!(
+            w.starts_with("repository s3:https://h/b/p is shared by 2 namespaces (a, b)"),
+            "{w}"
+        );
+        assert!(w.contains("its own repository (or prefix)"), "{w}");
     }
 }

@@ -2,8 +2,8 @@
 //! every object involved, let [`state::next_step`] choose one step, take it, and come back.
 //!
 //! Objects it makes, all in the populator's namespace and named after the user PVC's uid:
-//! the Secret `populate-<uid>` (the repository settings, copied from the Secret the VolumeBackup
-//! names), PVC' `prime-<uid>` and the pod `populate-<uid>`, which runs
+//! the Secret `populate-<uid>` (the repository settings a mover reads, [`mover::SECRET_KEYS`],
+//! copied from the Secret the VolumeBackup names), PVC' `prime-<uid>` and the pod `populate-<uid>`, which runs
 //! `kubectl-volbackup mover restore --json` onto PVC'. Each carries the label
 //! [`state::LABEL_FOR_UID`] and the annotation [`state::ANN_FOR`], which is how watch events on
 //! them lead back to the user's PVC and how orphans are found.
@@ -50,6 +50,17 @@ pub struct Config {
     pub max_attempts: u32,
     /// Wait before the first retry (doubles each time).
     pub retry_backoff: Duration,
+    /// Environment every populate pod gets besides the repository settings: what the
+    /// administrator set at install (a proxy), never anything from a repository Secret.
+    pub pod_env: Vec<(String, String)>,
+    /// A populate pod that does not start, or shows no progress, for this long is given up
+    /// (the attempt counts as failed and is retried); zero for never.
+    pub stall_timeout: Duration,
+    /// The populate pod's `activeDeadlineSeconds`: the kubelet stops a copy running longer.
+    pub pod_deadline: Duration,
+    /// Node directories a repository may be (and below): a Secret naming any other path is
+    /// refused (see [`mover::node_repository_allowed`]).
+    pub node_repositories: Vec<String>,
     /// This replica's name (events, lease).
     pub identity: String,
     /// Fault injection for tests: exit (as a crash would) right after this many steps that
@@ -158,6 +169,19 @@ fn pod_state(pod: &Pod) -> PodState {
     let status = pod.status.as_ref();
     match status.and_then(|s| s.phase.as_deref()) {
         Some("Succeeded") => PodState::Succeeded,
+        Some("Failed") if status.and_then(|s| s.reason.as_deref()) == Some("DeadlineExceeded") => {
+            PodState::Failed(PodFailure {
+                reason: "DeadlineExceeded".into(),
+                message: format!(
+                    "the populate pod ran longer than its deadline of {}s (install --restore-deadline) and was stopped",
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.active_deadline_seconds)
+                        .unwrap_or(0)
+                ),
+                permanent: false,
+            })
+        }
         Some("Failed") => {
             let terminated = status
                 .and_then(|s| s.container_statuses.as_ref())
@@ -193,6 +217,32 @@ fn pod_state(pod: &Pod) -> PodState {
             }
         }
     }
+}
+
+/// Why a pod that has not started waits: the scheduler's message, else its container's
+/// waiting reason.
+fn pending_note(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let unscheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .and_then(|c| c.message.clone());
+    unscheduled.or_else(|| {
+        let w = status
+            .container_statuses
+            .as_ref()?
+            .first()?
+            .state
+            .as_ref()?
+            .waiting
+            .as_ref()?;
+        Some(match &w.message {
+            Some(m) => format!("{}: {m}", w.reason.as_deref().unwrap_or("waiting")),
+            None => w.reason.clone()?,
+        })
+    })
 }
 
 /// Everything read for one claim, with the objects the steps need.
@@ -349,6 +399,10 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Seen>, Er
                 == Some("true")
                 || s.labels().get(mover::LEGACY_MARK.0).map(String::as_str)
                     == Some(mover::LEGACY_MARK.1);
+            let node_dir = have
+                .as_deref()
+                .and_then(mover::local_repository)
+                .filter(|d| !mover::node_repository_allowed(d, &ctx.config.node_repositories));
             let refused = match (&b.spec.repository.location, &have) {
                 // The populator may read every Secret: carrying one the plugin did not write
                 // into a pod would let whoever may create a VolumeBackup, but not read Secrets,
@@ -370,6 +424,20 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Seen>, Er
                         redact_location(want)
                     ),
                 )),
+                // A pod that runs as root would mount this directory of the node.
+                _ if node_dir.is_some() => Some((
+                    "NodeRepositoryNotAllowed".to_string(),
+                    format!(
+                        "Secret {ns}/{} names the node directory {} as its repository, which the administrator has not allowed for restores{}: use an S3 repository, or ask them to run kubectl volbackup install --allow-node-repository DIR",
+                        b.spec.repository.secret_ref.name,
+                        node_dir.as_deref().unwrap_or_default(),
+                        if ctx.config.node_repositories.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (allowed: {})", ctx.config.node_repositories.join(", "))
+                        }
+                    ),
+                )),
                 _ => None,
             };
             let block = b.spec.path.is_some()
@@ -389,6 +457,9 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Seen>, Er
             }
         }
     };
+    // Only a PV this restore binds is ever patched: the prime claim's, or the user's once we
+    // moved it there. A PV the user's claim merely names (`spec.volumeName`) is none of ours.
+    let pv = pv.filter(|pv| pv_is_ours(pv, own, &uid));
     let volume = pv.as_ref().map(|pv| {
         let spec = pv.spec.clone().unwrap_or_default();
         state::Volume {
@@ -415,6 +486,13 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Seen>, Er
         pod: pod.as_ref().map(pod_state),
         secret: op_secret.is_some(),
         max_attempts: ctx.config.max_attempts,
+        pod_since: pod.as_ref().and_then(|p| {
+            let created = p.metadata.creation_timestamp.as_ref()?.0.as_second();
+            let progress = annotation(meta, state::ANN_PROGRESS_AT).and_then(|a| a.parse().ok());
+            Some(progress.map_or(created, |t: i64| t.max(created)))
+        }),
+        pod_note: pod.as_ref().and_then(pending_note),
+        stall_timeout: ctx.config.stall_timeout.as_secs() as i64,
     };
     Ok(Some(Seen {
         pvc,
@@ -425,6 +503,21 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Seen>, Er
         pod,
         observed,
     }))
+}
+
+/// Whether `pv` is the volume of the restore for the claim with this uid: claimed by its prime
+/// claim (`own/prime-<uid>`), or by the claim itself after our rebind (which wrote
+/// [`state::ANN_POPULATED_FROM`]). The populator patches no other PV.
+pub fn pv_is_ours(pv: &PersistentVolume, own: &str, uid: &str) -> bool {
+    let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+        return false;
+    };
+    let by_prime =
+        r.namespace.as_deref() == Some(own) && r.name.as_deref() == Some(prime_name(uid).as_str());
+    let by_claim = !uid.is_empty()
+        && r.uid.as_deref() == Some(uid)
+        && annotation(&pv.metadata, state::ANN_POPULATED_FROM).is_some();
+    by_prime || by_claim
 }
 
 fn labels_for(uid: &str) -> BTreeMap<String, String> {
@@ -505,7 +598,7 @@ pub fn populate_pod(
     if !block && backup.spec.privileged_files == Some(true) {
         args.push("--privileged-files".into());
     }
-    mover::pod(&mover::MoverPod {
+    let mut pod = mover::pod(&mover::MoverPod {
         name: populate_name(&uid),
         namespace: config.namespace.clone(),
         image: config.image.clone(),
@@ -524,7 +617,26 @@ pub fn populate_pod(
             .filter(|_| pin)
             .map(str::to_string),
         repository_dir: repository.and_then(mover::local_repository),
-    })
+    });
+    if let Some(spec) = pod.spec.as_mut()
+        && !config.pod_deadline.is_zero()
+    {
+        spec.active_deadline_seconds = Some(config.pod_deadline.as_secs() as i64);
+    }
+    if let Some(spec) = pod.spec.as_mut()
+        && let Some(c) = spec.containers.first_mut()
+    {
+        c.env
+            .get_or_insert_with(Vec::new)
+            .extend(config.pod_env.iter().map(|(name, value)| {
+                k8s_openapi::api::core::v1::EnvVar {
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                    value_from: None,
+                }
+            }));
+    }
+    pod
 }
 
 impl Context {
@@ -784,8 +896,22 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
                     }
                 }
                 .to_string();
-                if annotation(&pvc.metadata, state::ANN_PROGRESS) != Some(own.as_str()) {
-                    patch_claim_annotations(ctx, pvc, json!({ state::ANN_PROGRESS: own })).await?;
+                // Progress is bytes that moved, the first report, or a wait for a lock (not
+                // a stall: renewed now and then while it lasts).
+                let now = seen.observed.now;
+                let waiting = matches!(report, PodReport::Waiting(_));
+                let renew = annotation(&pvc.metadata, state::ANN_PROGRESS_AT)
+                    .and_then(|a| a.parse::<i64>().ok())
+                    .is_none_or(|t| now - t >= 30);
+                if annotation(&pvc.metadata, state::ANN_PROGRESS) != Some(own.as_str())
+                    || (waiting && renew)
+                {
+                    patch_claim_annotations(
+                        ctx,
+                        pvc,
+                        json!({ state::ANN_PROGRESS: own, state::ANN_PROGRESS_AT: now.to_string() }),
+                    )
+                    .await?;
                 }
                 let (reason, message, progress) = match report {
                     // A prune holds the repository: the mover waits (bounded by its
@@ -833,8 +959,9 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
                     annotations: Some(annotations_for(&ns, &name)),
                     ..Default::default()
                 },
-                data: source.data.clone(),
-                string_data: source.string_data.clone(),
+                // Only what a mover reads: the populate pod never sees the rest.
+                data: source.data.as_ref().map(mover::mover_settings),
+                string_data: source.string_data.as_ref().map(mover::mover_settings),
                 type_: Some("Opaque".into()),
                 ..Default::default()
             };
@@ -1043,6 +1170,7 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
                     state::ANN_ATTEMPTS: null,
                     state::ANN_RETRY_AT: null,
                     state::ANN_PROGRESS: null,
+                    state::ANN_PROGRESS_AT: null,
                 }),
             )
             .await?;
@@ -1436,6 +1564,10 @@ mod tests {
             image: "img:1".into(),
             max_attempts: 3,
             retry_backoff: Duration::from_secs(5),
+            pod_env: vec![("HTTPS_PROXY".into(), "http://proxy.example:3128".into())],
+            node_repositories: Vec::new(),
+            stall_timeout: Duration::from_secs(600),
+            pod_deadline: Duration::from_secs(86400),
             identity: "p-0".into(),
             crash_after_steps: None,
         }
@@ -1506,10 +1638,28 @@ mod tests {
         .unwrap();
         let c = &pod["spec"]["containers"][0];
         assert_eq!(pod["metadata"]["name"], "populate-u-1");
-        assert_eq!(pod["spec"]["nodeName"], "node-2");
+        // Pinned through the scheduler (taints and admission stay in force), not nodeName.
+        assert!(pod["spec"].get("nodeName").is_none(), "{}", pod["spec"]);
+        assert_eq!(
+            pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                ["nodeSelectorTerms"],
+            json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-2"]}]}])
+        );
         assert_eq!(pod["spec"]["restartPolicy"], "Never");
+        assert_eq!(pod["spec"]["activeDeadlineSeconds"], 86400);
+        assert_eq!(c["resources"]["limits"]["memory"], mover::MEMORY_LIMIT);
         assert_eq!(c["image"], "img:1");
-        assert_eq!(c["envFrom"][0]["secretRef"]["name"], "populate-u-1");
+        assert_eq!(
+            c["env"][0]["valueFrom"]["secretKeyRef"]["name"],
+            "populate-u-1"
+        );
+        // The administrator's proxy, as a plain value after the Secret's keys.
+        let env = c["env"].as_array().unwrap();
+        assert_eq!(
+            env.last().unwrap(),
+            &json!({"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"})
+        );
+        assert_eq!(env.len(), mover::SECRET_KEYS.len() + 1);
         assert_eq!(c["volumeDevices"][0]["devicePath"], BLOCK_TARGET);
         assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
         let args: Vec<&str> = c["args"]
@@ -1536,10 +1686,80 @@ mod tests {
         .unwrap();
         // The claim names node-2, but its class binds at once: the scheduler places the pod.
         assert!(pod["spec"].get("nodeName").is_none(), "{}", pod["spec"]);
+        assert!(pod["spec"].get("affinity").is_none(), "{}", pod["spec"]);
         let c = &pod["spec"]["containers"][0];
         assert_eq!(c["volumeMounts"][0]["mountPath"], MOUNT_TARGET);
         assert!(c.get("volumeDevices").is_none());
         assert!(!c["args"].as_array().unwrap().contains(&json!("--path")));
+    }
+
+    #[test]
+    fn a_pod_stopped_at_its_deadline_is_a_failed_attempt_that_says_so() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "populate-u-1"},
+            "spec": {"activeDeadlineSeconds": 86400, "containers": []},
+            "status": {"phase": "Failed", "reason": "DeadlineExceeded",
+                       "message": "Pod was active on the node longer than the specified deadline"},
+        }))
+        .unwrap();
+        match pod_state(&pod) {
+            PodState::Failed(f) => {
+                assert_eq!(f.reason, "DeadlineExceeded");
+                assert!(f.message.contains("86400s"), "{}", f.message);
+                assert!(!f.permanent);
+            }
+            s => panic!("{s:?}"),
+        }
+        let unscheduled: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "populate-u-1"},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "message": "0/1 nodes are available: 1 node(s) had untolerated taint {a: b}"}]},
+        }))
+        .unwrap();
+        assert_eq!(pod_state(&unscheduled), PodState::Waiting);
+        assert!(
+            pending_note(&unscheduled)
+                .unwrap()
+                .contains("untolerated taint")
+        );
+    }
+
+    #[test]
+    fn only_the_volume_of_this_restore_is_ours_to_patch() {
+        let pv = |claim: Value, annotations: Value| -> PersistentVolume {
+            serde_json::from_value(json!({
+                "metadata": {"name": "pv-1", "annotations": annotations},
+                "spec": {"claimRef": claim},
+            }))
+            .unwrap()
+        };
+        let prime = json!({"namespace": "volbackup-system", "name": "prime-u-1", "uid": "p-9"});
+        let user = json!({"namespace": "app", "name": "data", "uid": "u-1"});
+        let ours = json!({state::ANN_POPULATED_FROM: "app/b1"});
+        assert!(pv_is_ours(
+            &pv(prime.clone(), json!({})),
+            "volbackup-system",
+            "u-1"
+        ));
+        assert!(pv_is_ours(
+            &pv(user.clone(), ours.clone()),
+            "volbackup-system",
+            "u-1"
+        ));
+        // A PV the user's claim names but that we never populated: someone else's data.
+        assert!(!pv_is_ours(&pv(user, json!({})), "volbackup-system", "u-1"));
+        assert!(!pv_is_ours(
+            &pv(prime, json!({})),
+            "volbackup-system",
+            "u-2"
+        ));
+        let other = json!({"namespace": "db", "name": "main", "uid": "x-1"});
+        assert!(!pv_is_ours(&pv(other, ours), "volbackup-system", "u-1"));
+        assert!(!pv_is_ours(
+            &pv(Value::Null, json!({})),
+            "volbackup-system",
+            "u-1"
+        ));
     }
 
     #[test]

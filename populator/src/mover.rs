@@ -74,7 +74,8 @@ pub struct MoverPod {
     pub claim: String,
     /// Where the volume appears in the pod.
     pub paths: Paths,
-    /// The Secret whose keys become the mover's environment (repository settings).
+    /// The repository Secret: its keys in [`SECRET_KEYS`] (and no other) become the mover's
+    /// environment.
     pub secret: String,
     /// The mover's arguments (`mover backup ...`, `mover restore ...`).
     pub args: Vec<String>,
@@ -82,7 +83,9 @@ pub struct MoverPod {
     pub labels: BTreeMap<String, String>,
     /// Pod annotations.
     pub annotations: BTreeMap<String, String>,
-    /// Pin to a node (WaitForFirstConsumer volumes).
+    /// The node the pod must run on (WaitForFirstConsumer volumes): a required node affinity
+    /// to that node's name, so the scheduler still places the pod and its taints, resources
+    /// and admission stay in force (never `spec.nodeName`, which skips them all).
     pub node_name: Option<String>,
     /// A repository that is a directory of the node (see [`local_repository`]): mounted from
     /// the node at the same path.
@@ -95,6 +98,43 @@ pub struct MoverPod {
 /// object storage in namespaces that enforce it.
 pub fn local_repository(location: &str) -> Option<String> {
     location.starts_with('/').then(|| location.to_string())
+}
+
+/// Whether a repository that is a node directory may be mounted into a populate pod: only at
+/// or below a directory the administrator allowed (`install --allow-node-repository DIR`),
+/// compared component by component (`/srv/backups` allows `/srv/backups/a`, not
+/// `/srv/backups2`), and never through a `.` or `..` component. With nothing allowed, no node
+/// directory is: a repository Secret would otherwise mount any directory of the node (its
+/// root, the kubelet's) into a pod that runs as root.
+pub fn node_repository_allowed(dir: &str, allowed: &[String]) -> bool {
+    plain_path(dir)
+        && allowed
+            .iter()
+            .any(|a| check_node_directory(a).is_ok() && std::path::Path::new(dir).starts_with(a))
+}
+
+/// An absolute path whose every component is a name: no `.`, `..` or empty component (one
+/// trailing `/` is fine). Checked on the text, since `Path` drops `.` and doubled slashes.
+fn plain_path(dir: &str) -> bool {
+    let trimmed = dir.strip_suffix('/').unwrap_or(dir);
+    trimmed
+        .strip_prefix('/')
+        .is_some_and(|rest| rest.split('/').all(|c| !matches!(c, "" | "." | "..")))
+}
+
+/// Whether `dir` can be allowed as a node directory for repositories: absolute, without `.`
+/// or `..` components, and not `/` itself. Says what is wrong otherwise.
+pub fn check_node_directory(dir: &str) -> Result<(), String> {
+    if !dir.starts_with('/') {
+        return Err(format!("{dir:?} is not an absolute path"));
+    }
+    if dir == "/" {
+        return Err("\"/\" would allow every directory of the node".to_string());
+    }
+    if !plain_path(dir) {
+        return Err(format!("{dir:?} has a '.', '..' or empty component"));
+    }
+    Ok(())
 }
 
 /// The repository location named by a repository Secret's data.
@@ -130,6 +170,41 @@ pub const REPOSITORY_LABEL: &str = "volbackup.io/repository";
 /// that their backups restore.
 pub const LEGACY_MARK: (&str, &str) = ("app.kubernetes.io/managed-by", "volbackup");
 
+/// The keys of a repository Secret a mover reads, and the only ones that reach its
+/// environment: the repository and its password (ours and restic's names), the S3 credentials,
+/// region and endpoint, a private CA, and the key hint with its copy (see `cmd`'s
+/// `repository.rs`). Anything else a Secret holds (`LD_PRELOAD`, a proxy, a test knob such as
+/// `VOLBACKUP_LOCK_STALE_AFTER`, `RESTIC_PASSWORD_FILE` naming a file of the pod) stays out, so
+/// whoever writes a repository Secret cannot steer what a mover loads, where it connects or how
+/// it treats locks.
+pub const SECRET_KEYS: &[&str] = &[
+    "VOLBACKUP_REPOSITORY",
+    "RESTIC_REPOSITORY",
+    "VOLBACKUP_PASSWORD",
+    "RESTIC_PASSWORD",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "VOLBACKUP_CACERT",
+    "RESTIC_CACERT",
+    "VOLBACKUP_KEY_HINT",
+    "RESTIC_KEY_HINT",
+    "VOLBACKUP_KEY_COPY",
+];
+
+/// The part of a repository Secret's data a mover may see ([`SECRET_KEYS`]); the rest is
+/// dropped.
+pub fn mover_settings<V: Clone>(data: &BTreeMap<String, V>) -> BTreeMap<String, V> {
+    data.iter()
+        .filter(|(k, _)| SECRET_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// The capabilities a mover adds after dropping all of them.
 pub fn capabilities(direction: Direction, block: bool) -> &'static [&'static str] {
     match (direction, block) {
@@ -146,6 +221,12 @@ pub fn capabilities(direction: Direction, block: bool) -> &'static [&'static str
     }
 }
 
+/// The memory limit of every mover pod. A mover's memory is bounded by design, not by the
+/// data (a restore holds at most 48 MiB of blobs read ahead and 16 MiB of buffers, a backup
+/// two packs in flight; peaks measured at 100–200 MiB): a mover past this is broken, and the
+/// kubelet stops it before it takes the node's memory.
+pub const MEMORY_LIMIT: &str = "1Gi";
+
 /// The Pod Security level every mover pod meets (see the module docs).
 pub const MOVER_LEVEL: &str = "baseline";
 
@@ -155,8 +236,12 @@ pub fn pod(p: &MoverPod) -> Pod {
         "name": match p.direction { Direction::Backup => "mover", Direction::Restore => "populate" },
         "image": p.image,
         "args": p.args,
-        "envFrom": [{"secretRef": {"name": p.secret}}],
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        // Key by key, each optional, never `envFrom` the whole Secret (see [`SECRET_KEYS`]).
+        "env": SECRET_KEYS
+            .iter()
+            .map(|k| json!({"name": k, "valueFrom": {"secretKeyRef": {"name": p.secret, "key": k, "optional": true}}}))
+            .collect::<Vec<_>>(),
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": MEMORY_LIMIT}},
         "securityContext": {
             "runAsUser": 0,
             "runAsGroup": 0,
@@ -199,7 +284,7 @@ pub fn pod(p: &MoverPod) -> Pod {
         "volumes": volumes,
     });
     if let Some(node) = &p.node_name {
-        spec["nodeName"] = json!(node);
+        spec["affinity"] = node_affinity(node);
     }
     let mut meta = json!({"name": p.name, "namespace": p.namespace, "labels": p.labels});
     if !p.annotations.is_empty() {
@@ -209,6 +294,15 @@ pub fn pod(p: &MoverPod) -> Pod {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}),
     )
     .expect("a mover pod always deserializes")
+}
+
+/// A required node affinity to the node of this name (`metadata.name`, the field the
+/// `volume.kubernetes.io/selected-node` annotation holds; the hostname label may differ from
+/// it).
+pub fn node_affinity(node: &str) -> Value {
+    json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+    ]}}})
 }
 
 /// The container's security context of a pod built here (for tests and messages).
@@ -301,6 +395,85 @@ mod tests {
             "/srv/backups"
         );
         assert_eq!(local_repository("s3:https://h/b"), None);
+    }
+
+    #[test]
+    fn only_the_settings_a_mover_reads_reach_its_environment() {
+        let p = serde_json::to_value(pod(&mover(Direction::Restore, true))).unwrap();
+        let c = &p["spec"]["containers"][0];
+        assert!(c.get("envFrom").is_none(), "the whole Secret: {c}");
+        let env = c["env"].as_array().unwrap();
+        let names: Vec<&str> = env.iter().map(|e| e["name"].as_str().unwrap()).collect();
+        assert_eq!(names, SECRET_KEYS);
+        for e in env {
+            let r = &e["valueFrom"]["secretKeyRef"];
+            assert_eq!(r["name"], "s");
+            assert_eq!(r["key"], e["name"]);
+            assert_eq!(r["optional"], true);
+        }
+        for unwanted in [
+            "LD_PRELOAD",
+            "HTTPS_PROXY",
+            "VOLBACKUP_LOCK_STALE_AFTER",
+            "RESTIC_PASSWORD_FILE",
+        ] {
+            assert!(!names.contains(&unwanted), "{unwanted}");
+        }
+    }
+
+    #[test]
+    fn a_copy_of_a_repository_secret_keeps_only_the_movers_settings() {
+        let data: BTreeMap<String, String> = [
+            ("VOLBACKUP_REPOSITORY", "s3:https://h/b"),
+            ("VOLBACKUP_PASSWORD", "pw"),
+            ("AWS_ACCESS_KEY_ID", "ak"),
+            ("VOLBACKUP_KEY_COPY", "a2V5"),
+            ("LD_PRELOAD", "/data/evil.so"),
+            ("HTTPS_PROXY", "http://proxy.invalid:3128"),
+            ("VOLBACKUP_LOCK_STALE_AFTER", "6"),
+            ("RESTIC_PASSWORD_FILE", "/etc/passwd"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let kept: Vec<String> = mover_settings(&data).into_keys().collect();
+        assert_eq!(
+            kept,
+            [
+                "AWS_ACCESS_KEY_ID",
+                "VOLBACKUP_KEY_COPY",
+                "VOLBACKUP_PASSWORD",
+                "VOLBACKUP_REPOSITORY"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_node_directory_is_allowed_only_at_or_below_what_the_administrator_named() {
+        let allowed = vec!["/srv/backups".to_string(), "/mnt/nfs/".to_string()];
+        for ok in ["/srv/backups", "/srv/backups/cluster1", "/mnt/nfs/x"] {
+            assert!(node_repository_allowed(ok, &allowed), "{ok}");
+        }
+        for refused in [
+            "/srv/backups2",
+            "/srv",
+            "/",
+            "/var/lib/kubelet",
+            "/srv/backups/../../etc",
+            "/srv/backups/./x",
+            "/srv/backups//x",
+            "srv/backups",
+        ] {
+            assert!(!node_repository_allowed(refused, &allowed), "{refused}");
+        }
+        assert!(!node_repository_allowed("/srv/backups", &[]));
+        // An allowed "/" (which install refuses) would allow nothing here either.
+        assert!(!node_repository_allowed("/etc", &["/".to_string()]));
+        assert!(check_node_directory("/").is_err());
+        assert!(check_node_directory("relative").is_err());
+        assert!(check_node_directory("/a/../b").is_err());
+        assert!(check_node_directory("//").is_err());
+        check_node_directory("/srv/backups").unwrap();
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub const ANN_FAILED_INPUTS: &str = "volbackup.io/populate-failed-inputs";
 /// from one VolumeBackup at once each have their own (the VolumeBackup's `status.progress` and
 /// `Restored` condition tell only the latest).
 pub const ANN_PROGRESS: &str = "volbackup.io/populate-progress";
+/// On the user PVC: when its populate pod last showed progress (Unix seconds): bytes moved,
+/// its first report, or a wait for a repository lock. A pod quiet for longer than the stall
+/// timeout is given up as stalled.
+pub const ANN_PROGRESS_AT: &str = "volbackup.io/populate-progress-at";
 /// On the PV while its claim moves: the reclaim policy to put back afterwards.
 pub const ANN_SAVED_POLICY: &str = "volbackup.io/saved-reclaim-policy";
 /// On the PV: the VolumeBackup it was filled from.
@@ -59,6 +63,15 @@ pub struct Observed {
     pub secret: bool,
     /// Copies tried before giving up.
     pub max_attempts: u32,
+    /// When the populate pod last showed life (Unix seconds): its creation, or its latest
+    /// progress ([`ANN_PROGRESS_AT`]), whichever is later.
+    pub pod_since: Option<i64>,
+    /// Why a populate pod that has not started waits, as the cluster says (the scheduler's
+    /// message, a container's waiting reason), for the report.
+    pub pod_note: Option<String>,
+    /// Seconds a populate pod may go without progress (or without starting) before the
+    /// attempt is given up; 0 for never.
+    pub stall_timeout: i64,
 }
 
 /// The user's PVC.
@@ -319,7 +332,20 @@ pub fn next_step(o: &Observed) -> Step {
             Some(t) if t > o.now => Step::WaitForRetry(t),
             _ => Step::CreatePod,
         },
-        Some(PodState::Waiting | PodState::Running) => Step::WaitForPod,
+        Some(pod @ (PodState::Waiting | PodState::Running)) => {
+            let quiet = o.pod_since.map(|since| o.now - since);
+            match quiet {
+                Some(q) if o.stall_timeout > 0 && q >= o.stall_timeout => {
+                    let f = stalled(pod, o.stall_timeout, o.pod_note.as_deref());
+                    if o.claim.attempts + 1 >= o.max_attempts {
+                        Step::Fail(f)
+                    } else {
+                        Step::RetryPod(f)
+                    }
+                }
+                _ => Step::WaitForPod,
+            }
+        }
         Some(PodState::Deleting) => Step::Idle,
         Some(PodState::Failed(f)) => {
             if f.permanent || o.claim.attempts + 1 >= o.max_attempts {
@@ -329,6 +355,28 @@ pub fn next_step(o: &Observed) -> Step {
             }
         }
         Some(PodState::Succeeded) => unreachable!("handled above"),
+    }
+}
+
+/// The failure of a populate pod that did not start, or made no progress, for `timeout`
+/// seconds: worth another attempt (a node may come back, a repository answer again).
+fn stalled(pod: &PodState, timeout: i64, note: Option<&str>) -> PodFailure {
+    match pod {
+        PodState::Waiting => PodFailure {
+            reason: "PodNotStarted".into(),
+            message: format!(
+                "the populate pod did not start within {timeout}s{}: check the nodes' taints and resources (or raise install --stall-timeout)",
+                note.map(|n| format!(" ({n})")).unwrap_or_default()
+            ),
+            permanent: false,
+        },
+        _ => PodFailure {
+            reason: "Stalled".into(),
+            message: format!(
+                "the populate pod made no progress for {timeout}s: is the repository or the volume stuck? (raise install --stall-timeout if the storage is that slow)"
+            ),
+            permanent: false,
+        },
     }
 }
 
@@ -482,6 +530,40 @@ mod tests {
         assert_eq!(next_step(&o), Step::RetryPod(failure(false)));
         o.claim.attempts = 2;
         assert_eq!(next_step(&o), Step::Fail(failure(false)));
+    }
+
+    #[test]
+    fn a_pod_that_does_not_start_or_stops_moving_is_retried_then_given_up() {
+        let mut o = copying(PodState::Waiting);
+        o.stall_timeout = 600;
+        o.pod_since = Some(500);
+        o.pod_note = Some("0/1 nodes are available: 1 node(s) had untolerated taint".into());
+        o.now = 1099;
+        assert_eq!(next_step(&o), Step::WaitForPod, "within the timeout");
+        o.now = 1100;
+        match next_step(&o) {
+            Step::RetryPod(f) => {
+                assert_eq!(f.reason, "PodNotStarted");
+                assert!(!f.permanent);
+                assert!(f.message.contains("untolerated taint"), "{}", f.message);
+            }
+            s => panic!("{s:?}"),
+        }
+        o.claim.attempts = 2;
+        assert!(
+            matches!(next_step(&o), Step::Fail(f) if f.reason == "PodNotStarted"),
+            "the last attempt is reported"
+        );
+        let mut o = copying(PodState::Running);
+        o.stall_timeout = 600;
+        o.pod_since = Some(500);
+        o.now = 1100;
+        assert!(matches!(next_step(&o), Step::RetryPod(f) if f.reason == "Stalled"));
+        o.pod_since = Some(1000);
+        assert_eq!(next_step(&o), Step::WaitForPod, "progress 100 s ago");
+        o.stall_timeout = 0;
+        o.pod_since = Some(0);
+        assert_eq!(next_step(&o), Step::WaitForPod, "no timeout");
     }
 
     #[test]

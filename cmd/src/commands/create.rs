@@ -238,6 +238,10 @@ async fn run_async(
         admitted(&client, t, &image, &secret, &locations).await?;
     }
     if let Some(d) = &data {
+        let all: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+        if let Some(w) = repository::shared_repository_warning(&d["VOLBACKUP_REPOSITORY"], &all) {
+            tracing::warn!("{w}");
+        }
         for ns in &namespaces {
             cluster::write_repository_secret(&client, ns, d).await?;
         }
@@ -879,9 +883,11 @@ async fn backup_steps(
     let mut pod = mover_pod(run, t, &tmp, ns, mover_args);
     pod.metadata.owner_references = Some(serde_json::from_value(record.owner())?);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.create(&PostParams::default(), &pod)
+    let created = pods
+        .create(&PostParams::default(), &pod)
         .await
         .map_err(|e| explain(e, "create", "pods", Some(ns)))?;
+    cluster::give_to_pod(client, ns, &tmp, &created).await?;
     let deadline = Instant::now() + run.timeout;
     wait_started(&pods, &tmp, &run.image, deadline, run.timeout).await?;
 
@@ -1044,8 +1050,10 @@ async fn wait_finished(pods: &Api<Pod>, name: &str) -> Result<String> {
 }
 
 /// Deletes the pods, PVCs and (unless kept) VolumeSnapshots matching a label selector in a
-/// namespace and waits until they are gone. A kept snapshot loses the run label, so `cleanup`
-/// leaves it alone.
+/// namespace and waits until they are gone. A kept snapshot loses the run label and its owner
+/// first, so `cleanup` leaves it alone and the garbage collector does not take it. A claim or
+/// snapshot owned by a mover pod ([`cluster::give_to_pod`]) goes with its pod, through the
+/// garbage collector: only what a run left before its pod existed is deleted by name.
 pub async fn cleanup_selector(
     client: &Client,
     ns: &str,
@@ -1057,7 +1065,57 @@ pub async fn cleanup_selector(
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let snaps = cluster::snapshots(client, ns);
+    let by_pod = |meta: &kube::api::ObjectMeta| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "Pod" && o.api_version == "v1")
+    };
     let mut removed = 0;
+    match snaps.list(&lp).await {
+        Ok(list) => {
+            for s in list {
+                let name = s.name_any();
+                if keep_snapshot {
+                    // Kept: out of this run, and no longer owned by its VolumeBackup or pod
+                    // (deleting either would take the snapshot along).
+                    let patch = json!({"metadata": {"labels": {BACKUP_LABEL: null}, "ownerReferences": null}});
+                    snaps
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                        .map_err(|e| {
+                            explain(
+                                e,
+                                "patch",
+                                "volumesnapshots.snapshot.storage.k8s.io",
+                                Some(ns),
+                            )
+                        })?;
+                } else {
+                    if !by_pod(&s.metadata) {
+                        delete_ignoring_gone(snaps.delete(&name, &dp).await).map_err(|e| {
+                            explain(
+                                e,
+                                "delete",
+                                "volumesnapshots.snapshot.storage.k8s.io",
+                                Some(ns),
+                            )
+                        })?;
+                    }
+                    removed += 1;
+                }
+            }
+        }
+        Err(e) if cluster::is_status(&e, 404) => {}
+        Err(e) => {
+            return Err(explain(
+                e,
+                "list",
+                "volumesnapshots.snapshot.storage.k8s.io",
+                Some(ns),
+            ));
+        }
+    }
     for p in pods
         .list(&lp)
         .await
@@ -1072,51 +1130,11 @@ pub async fn cleanup_selector(
         .await
         .map_err(|e| explain(e, "list", "persistentvolumeclaims", Some(ns)))?
     {
-        delete_ignoring_gone(pvcs.delete(&p.name_any(), &dp).await)
-            .map_err(|e| explain(e, "delete", "persistentvolumeclaims", Some(ns)))?;
+        if !by_pod(&p.metadata) {
+            delete_ignoring_gone(pvcs.delete(&p.name_any(), &dp).await)
+                .map_err(|e| explain(e, "delete", "persistentvolumeclaims", Some(ns)))?;
+        }
         removed += 1;
-    }
-    match snaps.list(&lp).await {
-        Ok(list) => {
-            for s in list {
-                let name = s.name_any();
-                if keep_snapshot {
-                    // Kept: out of this run, and no longer owned by its VolumeBackup (deleting
-                    // that would take the snapshot along).
-                    let patch = json!({"metadata": {"labels": {BACKUP_LABEL: null}, "ownerReferences": null}});
-                    snaps
-                        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                        .await
-                        .map_err(|e| {
-                            explain(
-                                e,
-                                "patch",
-                                "volumesnapshots.snapshot.storage.k8s.io",
-                                Some(ns),
-                            )
-                        })?;
-                } else {
-                    delete_ignoring_gone(snaps.delete(&name, &dp).await).map_err(|e| {
-                        explain(
-                            e,
-                            "delete",
-                            "volumesnapshots.snapshot.storage.k8s.io",
-                            Some(ns),
-                        )
-                    })?;
-                    removed += 1;
-                }
-            }
-        }
-        Err(e) if cluster::is_status(&e, 404) => {}
-        Err(e) => {
-            return Err(explain(
-                e,
-                "list",
-                "volumesnapshots.snapshot.storage.k8s.io",
-                Some(ns),
-            ));
-        }
     }
     // Pods take their grace period; the PVCs follow once no pod uses them.
     let until = Instant::now() + Duration::from_secs(30);

@@ -369,7 +369,7 @@ async fn open_with(data: &BTreeMap<String, String>, location: &str) -> Opened {
             }
         } else if k == "RESTIC_PASSWORD_FILE" {
             continue;
-        } else if k.starts_with("VOLBACKUP_") || k.starts_with("RESTIC_") || k.starts_with("AWS_") {
+        } else if volbackup_populator::mover::SECRET_KEYS.contains(&k.as_str()) {
             cmd.env(k, v);
         }
     }

@@ -25,7 +25,7 @@ use kube::{Client, ResourceExt};
 use serde::Deserialize as _;
 use serde_yaml::Value as Yaml;
 
-use crate::cli::{InstallArgs, KubeOptions, UninstallArgs};
+use crate::cli::{InstallArgs, KubeOptions, PopulatorSettings, UninstallArgs};
 use crate::cluster::{self, explain, is_status};
 
 /// The field manager of our server-side applies.
@@ -218,11 +218,64 @@ fn str_at<'a>(v: &'a Yaml, path: &[&str]) -> Option<&'a str> {
 /// populate pods meet (`volbackup_populator::mover`).
 pub const DEFAULT_POD_SECURITY: &str = volbackup_populator::mover::MOVER_LEVEL;
 
+/// A proxy for the populate pods: `http[s]://HOST[:PORT]`, without credentials (they would
+/// stand in the Deployment's arguments for anyone who may read it).
+pub fn check_proxy(url: &str) -> Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let host = rest.map(|r| r.split('/').next().unwrap_or(""));
+    match host {
+        Some(h) if h.contains('@') => bail!(
+            "--proxy {}: credentials do not belong in it (they would be readable in the populator's Deployment): use a proxy that admits the populate pods without them",
+            url.split_once("://")
+                .map(|(s, r)| format!("{s}://***@{}", r.rsplit_once('@').map_or(r, |x| x.1)))
+                .unwrap_or_default()
+        ),
+        Some(h) if !h.is_empty() && !url.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            Ok(())
+        }
+        _ => bail!("--proxy {url:?} is not a proxy URL: use http://HOST:PORT"),
+    }
+}
+
+/// The populator's arguments for what the administrator chose (see [`PopulatorSettings`]);
+/// checked, so that a bad value fails `install` and not the populator.
+pub fn populator_args(s: &PopulatorSettings) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    if let Some(p) = &s.proxy {
+        check_proxy(p)?;
+        out.extend(["--proxy".to_string(), p.clone()]);
+    }
+    if let Some(n) = &s.no_proxy {
+        if n.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!("--no-proxy {n:?}: give host names separated by commas, without spaces");
+        }
+        out.extend(["--no-proxy".to_string(), n.clone()]);
+    }
+    for (flag, value) in [
+        ("--stall-timeout", &s.stall_timeout),
+        ("--restore-deadline", &s.restore_deadline),
+    ] {
+        if let Some(v) = value {
+            crate::cluster::parse_duration(v).with_context(|| flag.to_string())?;
+            out.extend([flag.to_string(), v.clone()]);
+        }
+    }
+    for dir in &s.allow_node_repository {
+        volbackup_populator::mover::check_node_directory(dir).map_err(|why| {
+            anyhow!("--allow-node-repository {why}: name the directory every node mounts the repositories from, like /srv/backups")
+        })?;
+        out.extend(["--allow-node-repository".to_string(), dir.clone()]);
+    }
+    Ok(out)
+}
+
 /// Sets the namespace, its Pod Security level and the image in one parsed manifest: the
 /// Namespace's name and `enforce` label, every `metadata.namespace`, ServiceAccount subjects of
 /// bindings, and the Deployment's container images and their `--namespace`/`--image`
-/// arguments.
-fn customize(doc: &mut Yaml, namespace: &str, image: &str, pod_security: &str) {
+/// arguments, with `extra` arguments for the populator appended.
+fn customize(doc: &mut Yaml, namespace: &str, image: &str, pod_security: &str, extra: &[String]) {
     let ns = Yaml::String(namespace.to_string());
     let kind = str_at(doc, &["kind"]).unwrap_or("").to_string();
     if kind == "Namespace" {
@@ -265,13 +318,19 @@ fn customize(doc: &mut Yaml, namespace: &str, image: &str, pod_security: &str) {
                         _ => {}
                     }
                 }
+                args.extend(extra.iter().cloned().map(Yaml::String));
             }
         }
     }
 }
 
 /// Every object of the manifests, for this namespace, level and image, in apply order.
-fn objects(namespace: &str, image: &str, pod_security: &str) -> Result<Vec<Object>> {
+fn objects(
+    namespace: &str,
+    image: &str,
+    pod_security: &str,
+    extra: &[String],
+) -> Result<Vec<Object>> {
     let mut out = Vec::new();
     for (file, text) in FILES {
         for de in serde_yaml::Deserializer::from_str(text) {
@@ -280,7 +339,7 @@ fn objects(namespace: &str, image: &str, pod_security: &str) -> Result<Vec<Objec
             if doc.is_null() {
                 continue;
             }
-            customize(&mut doc, namespace, image, pod_security);
+            customize(&mut doc, namespace, image, pod_security, extra);
             let api_version = str_at(&doc, &["apiVersion"]).unwrap_or("");
             let kind_name = str_at(&doc, &["kind"]).unwrap_or("");
             let kind = KINDS
@@ -373,7 +432,8 @@ pub fn install(args: &InstallArgs, quiet: bool) -> Result<()> {
         .clone()
         .unwrap_or_else(volbackup_populator::mover::default_image);
     check_image(&image)?;
-    let objs = objects(&args.namespace, &image, &args.pod_security)?;
+    let extra = populator_args(&args.populator)?;
+    let objs = objects(&args.namespace, &image, &args.pod_security, &extra)?;
     if args.dry_run {
         print!("{}", render(&objs)?);
         return Ok(());
@@ -695,6 +755,7 @@ pub fn uninstall(args: &UninstallArgs, quiet: bool) -> Result<()> {
         &args.namespace,
         &volbackup_populator::mover::default_image(),
         DEFAULT_POD_SECURITY,
+        &[],
     )?;
     runtime()?.block_on(async {
         let kube = cluster::connect(&kube_options(&args.kubeconfig, &args.context)).await?;
@@ -951,6 +1012,7 @@ mod tests {
             POPULATOR_NAMESPACE,
             &volbackup_populator::mover::default_image(),
             DEFAULT_POD_SECURITY,
+            &[],
         )
         .unwrap()
     }
@@ -975,6 +1037,7 @@ mod tests {
                     POPULATOR_NAMESPACE,
                     &volbackup_populator::mover::default_image(),
                     DEFAULT_POD_SECURITY,
+                    &[],
                 );
                 assert_eq!(
                     doc,
@@ -1002,6 +1065,7 @@ mod tests {
                 "ClusterRole",
                 "ClusterRole",
                 "ClusterRole",
+                "ClusterRole",
                 "Deployment",
                 "VolumePopulator"
             ]
@@ -1010,7 +1074,7 @@ mod tests {
 
     #[test]
     fn another_namespace_and_image_replace_every_default() {
-        let objs = objects("backup-ops", "registry.example/vb:dev", "privileged").unwrap();
+        let objs = objects("backup-ops", "registry.example/vb:dev", "privileged", &[]).unwrap();
         let text = render(&objs).unwrap();
         assert!(!text.contains("volbackup-system"), "{text}");
         assert!(!text.contains("ghcr.io/volbackup"), "{text}");
@@ -1184,6 +1248,111 @@ mod tests {
             "leases",
             &["get", "create", "update", "patch"],
         );
+    }
+
+    #[test]
+    fn the_administrators_proxy_reaches_the_populator_and_credentials_in_it_are_refused() {
+        let settings = PopulatorSettings {
+            proxy: Some("http://proxy.example:3128".into()),
+            no_proxy: Some("10.0.0.0/8,.svc".into()),
+            ..Default::default()
+        };
+        let extra = populator_args(&settings).unwrap();
+        let objs = objects(POPULATOR_NAMESPACE, "img:1", DEFAULT_POD_SECURITY, &extra).unwrap();
+        let c = &find(&objs, "Deployment").body["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<&str> = c["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(Yaml::as_str)
+            .collect();
+        assert!(args.ends_with(&[
+            "--proxy",
+            "http://proxy.example:3128",
+            "--no-proxy",
+            "10.0.0.0/8,.svc"
+        ]));
+        let err = check_proxy("http://user:pw@proxy.example:3128")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("credentials do not belong"), "{err}");
+        assert!(!err.contains("pw"), "{err}");
+        assert!(check_proxy("proxy.example:3128").is_err());
+        assert!(
+            populator_args(&PopulatorSettings::default())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn allowed_node_directories_reach_the_populator_and_bad_ones_are_refused() {
+        let settings = PopulatorSettings {
+            allow_node_repository: vec!["/srv/backups".into(), "/mnt/nfs".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            populator_args(&settings).unwrap(),
+            [
+                "--allow-node-repository",
+                "/srv/backups",
+                "--allow-node-repository",
+                "/mnt/nfs"
+            ]
+        );
+        for bad in ["/", "srv", "/srv/../etc"] {
+            let settings = PopulatorSettings {
+                allow_node_repository: vec![bad.into()],
+                ..Default::default()
+            };
+            let err = populator_args(&settings).unwrap_err().to_string();
+            assert!(err.starts_with("--allow-node-repository "), "{err}");
+        }
+    }
+
+    fn role_named<'a>(objs: &'a [Object], name: &str) -> &'a Yaml {
+        &objs
+            .iter()
+            .find(|o| o.kind.kind == "ClusterRole" && o.name == name)
+            .unwrap_or_else(|| panic!("no ClusterRole {name}"))
+            .body
+    }
+
+    #[test]
+    fn the_backup_operator_deletes_no_claim_or_snapshot_and_lists_no_secret() {
+        let objs = defaults();
+        let user = grants(role_named(&objs, "volbackup-user"));
+        for (group, resource, verb) in [
+            ("", "persistentvolumeclaims", "delete"),
+            ("", "persistentvolumeclaims", "deletecollection"),
+            ("snapshot.storage.k8s.io", "volumesnapshots", "delete"),
+            ("", "secrets", "list"),
+            ("", "secrets", "watch"),
+            ("", "secrets", "delete"),
+            ("", "pods", "update"),
+            ("", "pods/exec", "create"),
+            ("", "serviceaccounts", "get"),
+        ] {
+            assert!(
+                !user.contains(&(group.into(), resource.into(), verb.into())),
+                "volbackup-user may {verb} {resource}"
+            );
+        }
+        assert!(
+            !user
+                .iter()
+                .any(|(g, r, v)| g == "*" || r == "*" || v == "*")
+        );
+        // What cleanup needs lives in its own role.
+        let cleanup = role_named(&objs, "volbackup-cleanup");
+        assert_grants(cleanup, "", "persistentvolumeclaims", &["list", "delete"]);
+        assert_grants(
+            cleanup,
+            "snapshot.storage.k8s.io",
+            "volumesnapshots",
+            &["list", "delete"],
+        );
+        assert!(!grants(cleanup).iter().any(|(_, r, _)| r == "secrets"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use volbackup_populator::controller::{self, Config};
 use volbackup_populator::leader::Elector;
 use volbackup_populator::metrics::{self, Metrics};
 
-use crate::cli::{POPULATOR_NAMESPACE, PopulatorArgs};
+use crate::cli::{POPULATOR_NAMESPACE, PopulatorArgs, PopulatorSettings};
 use crate::cluster::parse_duration;
 
 /// The namespace: the flag, then POD_NAMESPACE, then the service account's, then the default.
@@ -53,6 +53,21 @@ async fn terminated() {
     }
 }
 
+/// The environment every populate pod gets from the administrator's settings (`install
+/// --proxy`, `--no-proxy`), in the names the S3 client reads.
+fn pod_env(settings: &PopulatorSettings) -> Result<Vec<(String, String)>> {
+    super::install::populator_args(settings)?;
+    let mut env = Vec::new();
+    if let Some(p) = &settings.proxy {
+        env.push(("HTTPS_PROXY".to_string(), p.clone()));
+        env.push(("HTTP_PROXY".to_string(), p.clone()));
+    }
+    if let Some(n) = &settings.no_proxy {
+        env.push(("NO_PROXY".to_string(), n.clone()));
+    }
+    Ok(env)
+}
+
 /// `populator`
 pub fn run(args: &PopulatorArgs) -> Result<()> {
     let _ = tracing_subscriber::fmt()
@@ -70,6 +85,12 @@ pub fn run(args: &PopulatorArgs) -> Result<()> {
             .unwrap_or_else(volbackup_populator::mover::default_image),
         max_attempts: args.max_attempts.max(1),
         retry_backoff: parse_duration(&args.retry_backoff)?,
+        pod_env: pod_env(&args.settings)?,
+        node_repositories: args.settings.allow_node_repository.clone(),
+        stall_timeout: parse_duration(args.settings.stall_timeout.as_deref().unwrap_or("10m"))
+            .context("--stall-timeout")?,
+        pod_deadline: parse_duration(args.settings.restore_deadline.as_deref().unwrap_or("24h"))
+            .context("--restore-deadline")?,
         identity: identity(),
         // Fault injection for the end-to-end tests (a crash after each step).
         crash_after_steps: std::env::var("VOLBACKUP_POPULATOR_CRASH_AFTER_STEPS")

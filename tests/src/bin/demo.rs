@@ -387,10 +387,17 @@ async fn run(demo: &Demo) -> Result<()> {
     demo.kubectl(&["repo", "init", "--repo", &repo]).await?;
 
     step("install the populator");
-    // A directory repository reaches the populate pods as a hostPath volume, which the
-    // `baseline` Pod Security level refuses; with S3 the default level is enough.
-    demo.kubectl(&["install", "--pod-security", "privileged"])
-        .await?;
+    // A directory repository reaches the populate pods as a hostPath volume: the
+    // administrator allows that directory, and the `baseline` Pod Security level refuses
+    // hostPath; with S3 neither is needed.
+    demo.kubectl(&[
+        "install",
+        "--pod-security",
+        "privileged",
+        "--allow-node-repository",
+        &repo,
+    ])
+    .await?;
     demo.kubectl(&["version"]).await?;
 
     step("back up both PVCs");

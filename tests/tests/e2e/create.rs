@@ -1906,11 +1906,23 @@ async fn a_killed_create_leaves_an_in_progress_record_owning_its_temporaries_for
         ["Pod", "PersistentVolumeClaim", "VolumeSnapshot"],
         "{temporaries:?}"
     );
+    // The pod belongs to the record; the claim and snapshot to the pod (deleting it takes
+    // them along, so the backup operator needs no right to delete claims or snapshots).
+    let pod = &temporaries[0];
     for o in &temporaries {
         let owner = &o["metadata"]["ownerReferences"][0];
+        let want = if o["kind"] == "Pod" {
+            (json!("VolumeBackup"), json!(name), json!(uid))
+        } else {
+            (
+                json!("Pod"),
+                pod["metadata"]["name"].clone(),
+                pod["metadata"]["uid"].clone(),
+            )
+        };
         assert_eq!(
             (&owner["kind"], &owner["name"], &owner["uid"]),
-            (&json!("VolumeBackup"), &json!(name), &json!(uid)),
+            (&want.0, &want.1, &want.2),
             "{o}"
         );
     }

@@ -650,10 +650,7 @@ async fn grant(env: &Env, user: &str, role: &str) {
 async fn the_shipped_user_roles_back_up_and_restore_and_a_restorer_cannot_touch_secrets_or_status()
 {
     let env = Env::start().await;
-    let out = env
-        .plugin(&["install", "--pod-security", "privileged"], &[])
-        .await;
-    assert_eq!(out.code, 0, "install failed: {}", out.stderr);
+    crate::restore::install(&env).await;
     env.pvc("vol", "Block", "2Mi", json!({})).await;
     env.run_pod(
         "fill",
@@ -692,6 +689,49 @@ async fn the_shipped_user_roles_back_up_and_restore_and_a_restorer_cannot_touch_
         .await;
     assert_eq!(backups.len(), 1, "{backups:?}");
     let name = backups[0]["metadata"]["name"].as_str().unwrap().to_string();
+    // Its temporary claim and snapshot went with its mover pod, though Bob may delete neither.
+    env.assert_nothing_temporary_left().await;
+
+    // What the backup operator may not do: delete a claim or a snapshot, list Secrets.
+    let bob_client = {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&bob).expect("kubeconfig"),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .expect("bob's config");
+        kube::Client::try_from(config).expect("bob's client")
+    };
+    let forbidden = |r: Result<(), kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("volbackup-user could {what}: {other:?}"),
+    };
+    let claims: Api<DynamicObject> = Api::namespaced_with(bob_client.clone(), NS, &pvcs_ar());
+    forbidden(
+        claims.delete("vol", &Default::default()).await.map(|_| ()),
+        "delete a PVC",
+    );
+    let snapshots: Api<DynamicObject> =
+        Api::namespaced_with(bob_client.clone(), NS, &snapshots_ar());
+    forbidden(
+        snapshots
+            .delete("any", &Default::default())
+            .await
+            .map(|_| ()),
+        "delete a VolumeSnapshot",
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(bob_client.clone(), NS);
+    forbidden(
+        secrets.list(&Default::default()).await.map(|_| ()),
+        "list every Secret",
+    );
+    assert!(
+        env.list(&pvcs_ar(), true, None)
+            .await
+            .iter()
+            .any(|p| p["metadata"]["name"] == "vol"),
+        "the PVC is gone"
+    );
 
     // Alice, with volbackup-restorer, restores it (no Secret read, no record written).
     let out = env

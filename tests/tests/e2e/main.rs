@@ -11,6 +11,7 @@ mod common;
 mod create;
 mod doctor;
 mod install;
+mod populate;
 mod records;
 mod restore;
 mod security;

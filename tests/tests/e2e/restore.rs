@@ -13,12 +13,12 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-const POP_NS: &str = "volbackup-system";
+pub(crate) const POP_NS: &str = "volbackup-system";
 
 fn pvs_ar() -> kube::api::ApiResource {
     ar("", "v1", "PersistentVolume", "persistentvolumes")
 }
-fn secrets_ar() -> kube::api::ApiResource {
+pub(crate) fn secrets_ar() -> kube::api::ApiResource {
     ar("", "v1", "Secret", "secrets")
 }
 fn events_ar() -> kube::api::ApiResource {
@@ -26,7 +26,11 @@ fn events_ar() -> kube::api::ApiResource {
 }
 
 /// An API for a kind in any namespace ("" for cluster-scoped kinds).
-fn api_in(env: &Env, r: &kube::api::ApiResource, ns: &str) -> Api<kube::api::DynamicObject> {
+pub(crate) fn api_in(
+    env: &Env,
+    r: &kube::api::ApiResource,
+    ns: &str,
+) -> Api<kube::api::DynamicObject> {
     if ns.is_empty() {
         Api::all_with(env.client.clone(), r)
     } else {
@@ -34,7 +38,12 @@ fn api_in(env: &Env, r: &kube::api::ApiResource, ns: &str) -> Api<kube::api::Dyn
     }
 }
 
-async fn get_in(env: &Env, r: &kube::api::ApiResource, ns: &str, name: &str) -> Option<Value> {
+pub(crate) async fn get_in(
+    env: &Env,
+    r: &kube::api::ApiResource,
+    ns: &str,
+    name: &str,
+) -> Option<Value> {
     api_in(env, r, ns)
         .get_opt(name)
         .await
@@ -42,7 +51,7 @@ async fn get_in(env: &Env, r: &kube::api::ApiResource, ns: &str, name: &str) -> 
         .map(|o| serde_json::to_value(o).unwrap())
 }
 
-async fn list_in(env: &Env, r: &kube::api::ApiResource, ns: &str) -> Vec<Value> {
+pub(crate) async fn list_in(env: &Env, r: &kube::api::ApiResource, ns: &str) -> Vec<Value> {
     api_in(env, r, ns)
         .list(&ListParams::default())
         .await
@@ -54,7 +63,7 @@ async fn list_in(env: &Env, r: &kube::api::ApiResource, ns: &str) -> Vec<Value> 
 }
 
 /// Polls `f` every 100 ms until it gives `Some`, for at most `secs` seconds.
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -71,16 +80,28 @@ where
 
 /// `kubectl volbackup install`, which waits for the populator Deployment to be available.
 /// These tests restore from a local-directory repository, which populate pods mount from the
-/// node (hostPath): their namespace must allow privileged pods.
+/// node (hostPath): their namespace must allow privileged pods, and the administrator must
+/// allow the directory.
 pub(crate) async fn install(env: &Env) {
-    let out = env
-        .plugin(&["install", "--pod-security", "privileged"], &[])
-        .await;
+    install_with(env, &[]).await;
+}
+
+/// [`install`] with more flags.
+pub(crate) async fn install_with(env: &Env, extra: &[&str]) {
+    let mut args = vec![
+        "install",
+        "--pod-security",
+        "privileged",
+        "--allow-node-repository",
+        env.repo.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = env.plugin(&args, &[]).await;
     assert_eq!(out.code, 0, "install failed: {}{}", out.stdout, out.stderr);
 }
 
 /// A Block and a Filesystem PVC with known content, backed up; returns the backups' names.
-async fn backed_up_volumes(env: &Env, block_bytes: usize) -> (String, String, Vec<u8>) {
+pub(crate) async fn backed_up_volumes(env: &Env, block_bytes: usize) -> (String, String, Vec<u8>) {
     let image = filled_volumes(env, block_bytes).await;
     let out = env.create_backup(&["blk", "files"]).await;
     assert_eq!(out.code, 0, "create failed: {}", out.stderr);
@@ -206,7 +227,7 @@ fn fnv(bytes: &[u8]) -> u64 {
 }
 
 /// Waits until the populator's namespace holds none of its temporary objects.
-async fn assert_no_populator_leftovers(env: &Env) {
+pub(crate) async fn assert_no_populator_leftovers(env: &Env) {
     let mut left = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -273,7 +294,7 @@ async fn assert_no_new_volume_left(env: &Env, before: &BTreeSet<String>) {
 
 /// Checks a restored claim is bound, unfinalized, and its PV has its policy back (the last
 /// steps follow the bind, so this waits a little for them).
-async fn assert_cleanly_bound(env: &Env, ns: &str, pvc: &str) {
+pub(crate) async fn assert_cleanly_bound(env: &Env, ns: &str, pvc: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let claim = get_in(env, &pvcs_ar(), ns, pvc).await.expect("pvc");
@@ -723,6 +744,8 @@ async fn populator_process(env: &Env, crash_after: Option<u32>, limit: Duration)
         "127.0.0.1:0",
         "--retry-backoff",
         "1s",
+        "--allow-node-repository",
+        env.repo.to_str().unwrap(),
     ])
     .env("KUBECONFIG", env.cluster.kubeconfig_path())
     .env("POD_NAME", "restarted-populator")
@@ -763,7 +786,7 @@ async fn namespace_with_repository_secret(env: &Env, ns: &str, settings: Value, 
 }
 
 /// No populate pod exists for the claim `ns/pvc`, and none was ever started (a refused source).
-async fn assert_no_populate_pod(env: &Env, ns: &str, pvc: &str) {
+pub(crate) async fn assert_no_populate_pod(env: &Env, ns: &str, pvc: &str) {
     let claim = get_in(env, &pvcs_ar(), ns, pvc).await.expect("claim");
     let pod = format!("populate-{}", claim["metadata"]["uid"].as_str().unwrap());
     assert!(
@@ -778,7 +801,14 @@ async fn assert_no_populate_pod(env: &Env, ns: &str, pvc: &str) {
 }
 
 /// A hand-written PVC naming a VolumeBackup (no plugin involved).
-async fn claim_from(env: &Env, ns: &str, name: &str, backup: &str, mode: &str, size: &str) {
+pub(crate) async fn claim_from(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    backup: &str,
+    mode: &str,
+    size: &str,
+) {
     let api = api_in(env, &pvcs_ar(), ns);
     let obj: kube::api::DynamicObject = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
@@ -1100,7 +1130,14 @@ pub(crate) async fn restored_condition(env: &Env, ns: &str, backup: &str) -> Opt
 
 /// Waits until the claim's restore was given up, then checks what a person would look at: the
 /// claim Pending and unbound, a Warning event and the VolumeBackup's condition naming `reason`.
-async fn assert_given_up(env: &Env, ns: &str, pvc: &str, backup: &str, reason: &str, secs: u64) {
+pub(crate) async fn assert_given_up(
+    env: &Env,
+    ns: &str,
+    pvc: &str,
+    backup: &str,
+    reason: &str,
+    secs: u64,
+) {
     let why = eventually(secs, &format!("{ns}/{pvc} to be given up"), || async {
         let c = get_in(env, &pvcs_ar(), ns, pvc).await?;
         c.pointer("/metadata/annotations/volbackup.io~1populate-failed")

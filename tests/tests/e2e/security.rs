@@ -212,8 +212,19 @@ async fn a_repository_behind_https_with_a_private_ca_works_from_inside_the_pods(
 async fn a_populate_pod_refused_by_pod_security_is_reported_on_the_claim_until_allowed() {
     let env = Env::start().await;
     // The test namespace allows anything, so the backup's mover may mount the local-directory
-    // repository from the node; the populator's namespace enforces baseline, which refuses it.
-    install_default(&env).await;
+    // repository from the node; the populator's namespace enforces baseline, which refuses it
+    // (the administrator allowed the directory itself).
+    let out = env
+        .plugin(
+            &[
+                "install",
+                "--allow-node-repository",
+                env.repo.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "install failed: {}", out.stderr);
     let image = filled_volumes(&env, 2 << 20).await;
     let out = env.create_backup(&["blk"]).await;
     assert_eq!(out.code, 0, "create failed: {}", out.stderr);
@@ -266,8 +277,18 @@ async fn a_populate_pod_refused_by_pod_security_is_reported_on_the_claim_until_a
     assert_eq!(cond["reason"], "PodRefused");
 
     // Allowed, the same restore carries on by itself.
+    let repo = env.repo.to_str().unwrap();
     let out = env
-        .plugin(&["install", "--pod-security", "privileged"], &[])
+        .plugin(
+            &[
+                "install",
+                "--pod-security",
+                "privileged",
+                "--allow-node-repository",
+                repo,
+            ],
+            &[],
+        )
         .await;
     assert_eq!(out.code, 0, "reinstall failed: {}", out.stderr);
     env.wait_for(&pvcs_ar(), "refused", "to bind", |p| {

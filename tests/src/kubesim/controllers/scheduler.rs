@@ -9,7 +9,15 @@
 //! - Unbound WaitForFirstConsumer PVCs get `volume.kubernetes.io/selected-node` for the node
 //!   chosen for the pod (the volume binder's "assume"), and the pod is bound only once they
 //!   are bound, as the PreBind step waits for the provisioner.
-//! - `nodeSelector` `kubernetes.io/hostname` is honoured; otherwise nodes are used round-robin.
+//! - `nodeSelector` (every label must match) and the required node affinity
+//!   (`requiredDuringSchedulingIgnoredDuringExecution`: terms ORed, each term's
+//!   `matchExpressions` on node labels with `In`, `NotIn`, `Exists`, `DoesNotExist`, and
+//!   `matchFields` on `metadata.name` with `In`/`NotIn`, ANDed) restrict the nodes.
+//! - A node's `NoSchedule` and `NoExecute` taints keep off every pod without a matching
+//!   toleration (`operator` `Equal` or `Exists`, an empty key with `Exists` tolerating all, an
+//!   empty effect every effect). A pod that names its node in `spec.nodeName` skips all this,
+//!   as in Kubernetes.
+//! - Among the nodes left, nodes are used round-robin.
 //! - Binding sets `spec.nodeName` and the `PodScheduled` condition and records `Scheduled`.
 
 use serde_json::{Value, json};
@@ -107,6 +115,91 @@ fn pv_nodes(pv: &Value, nodes: &[String]) -> Vec<String> {
     allowed
 }
 
+/// Whether a node meets the pod's `nodeSelector` and required node affinity.
+fn node_selected(pod: &Value, node: &Value) -> bool {
+    let labels = node.pointer("/metadata/labels");
+    let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    if let Some(sel) = pod.pointer("/spec/nodeSelector").and_then(Value::as_object)
+        && sel.iter().any(|(k, v)| label(k) != v.as_str())
+    {
+        return false;
+    }
+    let Some(terms) = pod
+        .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+        .and_then(Value::as_array)
+    else {
+        return true;
+    };
+    let name = s(node, "/metadata/name");
+    let requirement = |r: &Value, value: Option<&str>| {
+        let values: Vec<&str> = r
+            .get("values")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        match s(r, "/operator") {
+            Some("In") => value.is_some_and(|v| values.contains(&v)),
+            Some("NotIn") => value.is_none_or(|v| !values.contains(&v)),
+            Some("Exists") => value.is_some(),
+            Some("DoesNotExist") => value.is_none(),
+            _ => false,
+        }
+    };
+    // Terms are ORed; the requirements of one term are ANDed; an empty term matches nothing.
+    terms.iter().any(|term| {
+        let exprs = term.get("matchExpressions").and_then(Value::as_array);
+        let fields = term.get("matchFields").and_then(Value::as_array);
+        let count = exprs.map_or(0, Vec::len) + fields.map_or(0, Vec::len);
+        count > 0
+            && exprs
+                .into_iter()
+                .flatten()
+                .all(|e| requirement(e, label(s(e, "/key").unwrap_or(""))))
+            && fields
+                .into_iter()
+                .flatten()
+                .all(|f| s(f, "/key") == Some("metadata.name") && requirement(f, name))
+    })
+}
+
+/// The first `NoSchedule` or `NoExecute` taint of the node that the pod does not tolerate,
+/// as the scheduler names it (`{key: value}`).
+fn untolerated_taint(pod: &Value, node: &Value) -> Option<String> {
+    let tolerations = pod
+        .pointer("/spec/tolerations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let taints = node.pointer("/spec/taints").and_then(Value::as_array)?;
+    taints
+        .iter()
+        .filter(|t| matches!(s(t, "/effect"), Some("NoSchedule" | "NoExecute")))
+        .find(|t| {
+            let (key, value, effect) = (
+                s(t, "/key").unwrap_or(""),
+                s(t, "/value").unwrap_or(""),
+                s(t, "/effect").unwrap_or(""),
+            );
+            !tolerations.iter().any(|tol| {
+                let tkey = s(tol, "/key").unwrap_or("");
+                let teffect = s(tol, "/effect").unwrap_or("");
+                let effect_ok = teffect.is_empty() || teffect == effect;
+                let matches = match s(tol, "/operator").unwrap_or("Equal") {
+                    "Exists" => tkey.is_empty() || tkey == key,
+                    _ => tkey == key && s(tol, "/value").unwrap_or("") == value,
+                };
+                effect_ok && matches
+            })
+        })
+        .map(|t| {
+            format!(
+                "{{{}: {}}}",
+                s(t, "/key").unwrap_or(""),
+                s(t, "/value").unwrap_or("")
+            )
+        })
+}
+
 impl Scheduler {
     fn schedule(
         &mut self,
@@ -115,15 +208,31 @@ impl Scheduler {
         pod: &Value,
     ) -> Result<(), String> {
         let ns = namespace(pod);
-        let mut candidates = ctx.nodes.clone();
-        if let Some(host) = s(pod, "/spec/nodeSelector/kubernetes.io~1hostname") {
-            candidates.retain(|n| n == host);
-            if candidates.is_empty() {
-                return Err(format!(
-                    "{} node(s) didn't match Pod's node affinity/selector",
-                    ctx.nodes.len()
+        let mut candidates = Vec::new();
+        let (mut unmatched, mut tainted) = (0, Vec::new());
+        for n in &ctx.nodes {
+            let node = store
+                .get(&res::nodes(), None, n)
+                .unwrap_or_else(|| json!({"metadata": {"name": n}}));
+            if !node_selected(pod, &node) {
+                unmatched += 1;
+            } else if let Some(taint) = untolerated_taint(pod, &node) {
+                tainted.push(taint);
+            } else {
+                candidates.push(n.clone());
+            }
+        }
+        if candidates.is_empty() {
+            let mut why = Vec::new();
+            for t in &tainted {
+                why.push(format!("1 node(s) had untolerated taint {t}"));
+            }
+            if unmatched > 0 {
+                why.push(format!(
+                    "{unmatched} node(s) didn't match Pod's node affinity/selector"
                 ));
             }
+            return Err(why.join(", "));
         }
         let mut wait_for_consumer = Vec::new();
         let volumes = pod
@@ -211,5 +320,64 @@ impl Scheduler {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, taints: Value) -> Value {
+        json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "zone": "a"}},
+               "spec": {"taints": taints}})
+    }
+
+    fn pinned(to: &str) -> Value {
+        json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [to]}]}]}}}}})
+    }
+
+    #[test]
+    fn required_node_affinity_and_selectors_pick_the_nodes() {
+        let (n1, n2) = (node("node-1", json!([])), node("node-2", json!([])));
+        assert!(!node_selected(&pinned("node-2"), &n1));
+        assert!(node_selected(&pinned("node-2"), &n2));
+        let by_label = json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-9"]}]},
+                {"matchExpressions": [{"key": "zone", "operator": "Exists"},
+                                      {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["node-1"]}]}]}}}}});
+        assert!(!node_selected(&by_label, &n1));
+        assert!(node_selected(&by_label, &n2));
+        let selector = json!({"spec": {"nodeSelector": {"zone": "b"}}});
+        assert!(!node_selected(&selector, &n1));
+        assert!(node_selected(&json!({"spec": {}}), &n1));
+    }
+
+    #[test]
+    fn taints_keep_off_pods_without_a_matching_toleration() {
+        let tainted = node(
+            "node-1",
+            json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
+        );
+        assert_eq!(
+            untolerated_taint(&json!({"spec": {}}), &tainted).as_deref(),
+            Some("{dedicated: db}")
+        );
+        for tol in [
+            json!({"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}),
+            json!({"key": "dedicated", "operator": "Exists"}),
+            json!({"operator": "Exists"}),
+        ] {
+            let pod = json!({"spec": {"tolerations": [tol]}});
+            assert_eq!(untolerated_taint(&pod, &tainted), None, "{pod}");
+        }
+        let wrong = json!({"spec": {"tolerations": [{"key": "dedicated", "value": "web", "effect": "NoSchedule"}]}});
+        assert!(untolerated_taint(&wrong, &tainted).is_some());
+        let soft = node(
+            "node-1",
+            json!([{"key": "k", "value": "v", "effect": "PreferNoSchedule"}]),
+        );
+        assert_eq!(untolerated_taint(&json!({"spec": {}}), &soft), None);
     }
 }

@@ -1,0 +1,271 @@
+//! What a populate pod may do is the administrator's to decide, not the namespace's: the node
+//! a WaitForFirstConsumer restore must use is reached through the scheduler (taints stay in
+//! force), a repository that is a node directory is used only where `install` allowed it, and
+//! a populate pod that makes no progress is retried and then reported.
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::common::*;
+use crate::restore::*;
+
+/// Sets the taints of a node (an empty list removes them).
+async fn taint(env: &Env, node: &str, taints: Value) {
+    Api::<Node>::all(env.client.clone())
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": taints}})),
+        )
+        .await
+        .expect("patch the node's taints");
+}
+
+/// A pod that tolerates `dedicated=db:NoSchedule` and compares the Block claim `pvc` with the
+/// test's copy of the image.
+async fn tolerating_consumer(env: &Env, name: &str, pvc: &str) {
+    let own = env.dir.path().to_string_lossy().to_string();
+    env.create(
+        &pods_ar(),
+        json!({"metadata": {"name": name}, "spec": {
+            "restartPolicy": "Never",
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}],
+            "containers": [{"name": "main", "image": "busybox:1.36",
+                "command": ["sh", "-c", format!("cmp {own}/data/block.bin /dev/xvda")],
+                "volumeDevices": [{"name": "v", "devicePath": "/dev/xvda"}],
+                "volumeMounts": [{"name": "test", "mountPath": own}]}],
+            "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": pvc}},
+                        {"name": "test", "hostPath": {"path": own, "type": "Directory"}}]}}),
+    )
+    .await;
+}
+
+/// The populate pod of the claim `ns/pvc`, once it exists.
+async fn populate_pod_of(env: &Env, ns: &str, pvc: &str) -> Value {
+    let claim = get_in(env, &pvcs_ar(), ns, pvc).await.expect("claim");
+    let pod = format!("populate-{}", claim["metadata"]["uid"].as_str().unwrap());
+    eventually(30, &format!("the populate pod {pod}"), || async {
+        get_in(env, &pods_ar(), POP_NS, &pod).await
+    })
+    .await
+}
+
+/// A WaitForFirstConsumer claim whose consumer tolerates a taint of its node: the populate
+/// pod is pinned to that node through the scheduler, which keeps it off while the taint is
+/// there (with `spec.nodeName` it would have run on the tainted node anyway); once the taint
+/// is gone, the restore completes and the consumer reads the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_populate_pod_reaches_the_selected_node_through_the_scheduler_and_its_taints() {
+    let env = Env::start().await;
+    install(&env).await;
+    let (blk, _files, image) = backed_up_volumes(&env, 4 << 20).await;
+    env.create(
+        &ar("storage.k8s.io", "v1", "StorageClass", "storageclasses"),
+        json!({"metadata": {"name": "late"}, "provisioner": "hostpath.csi.kubesim.io", "reclaimPolicy": "Delete", "volumeBindingMode": "WaitForFirstConsumer"}),
+    )
+    .await;
+    taint(
+        &env,
+        "node-1",
+        json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
+    )
+    .await;
+    let out = env
+        .plugin(
+            &[
+                "restore",
+                &blk,
+                "--to",
+                "late-blk",
+                "-n",
+                NS,
+                "--storage-class",
+                "late",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    tolerating_consumer(&env, "consumer", "late-blk").await;
+
+    let pod = populate_pod_of(&env, NS, "late-blk").await;
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    let unscheduled = eventually(
+        30,
+        "the populate pod to be refused by the scheduler",
+        || {
+            let name = name.clone();
+            let env = &env;
+            async move {
+                let p = get_in(env, &pods_ar(), POP_NS, &name).await?;
+                let c = p["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "PodScheduled")?
+                    .clone();
+                (c["status"] == "False").then_some((p, c))
+            }
+        },
+    )
+    .await;
+    let (p, cond) = unscheduled;
+    assert!(
+        cond["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("untolerated taint {dedicated: db}"),
+        "{cond}"
+    );
+    assert!(
+        p["spec"]["nodeName"].as_str().unwrap_or("").is_empty(),
+        "the populate pod skipped the scheduler: {}",
+        p["spec"]
+    );
+    assert_eq!(
+        p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchFields"][0]["values"],
+        json!(["node-1"])
+    );
+    let claim = get_in(&env, &pvcs_ar(), NS, "late-blk").await.unwrap();
+    assert_eq!(claim["status"]["phase"], "Pending", "{claim}");
+
+    // The administrator lifts the taint: the scheduler places the pod and the restore ends.
+    taint(&env, "node-1", json!([])).await;
+    let done = eventually(60, "the consumer to finish", || async {
+        let c = get_in(&env, &pods_ar(), NS, "consumer").await?;
+        matches!(c["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(c)
+    })
+    .await;
+    assert_eq!(done["status"]["phase"], "Succeeded", "{}", done["status"]);
+    assert_cleanly_bound(&env, NS, "late-blk").await;
+    let restored = std::fs::read(volume_path(&env, NS, "late-blk").await).unwrap();
+    assert!(restored == image, "the restored block volume differs");
+    api_in(&env, &pods_ar(), NS)
+        .delete("consumer", &Default::default())
+        .await
+        .expect("delete the consumer");
+}
+
+/// A repository that is a node directory is mounted into a populate pod only where `install`
+/// allowed it: elsewhere the restore is refused before any pod exists, with the reason on the
+/// claim; an allowed directory that merely starts with the same letters allows nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_directory_repository_is_refused_unless_install_allowed_it() {
+    let env = Env::start().await;
+    // "<dir>/rep" is a prefix of "<dir>/repo" as text, not as a path.
+    let repo = env.repo.to_str().unwrap().to_string();
+    let lookalike = repo.trim_end_matches('o').to_string();
+    let out = env
+        .plugin(
+            &[
+                "install",
+                "--pod-security",
+                "privileged",
+                "--allow-node-repository",
+                &lookalike,
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "install failed: {}", out.stderr);
+    let (blk, _files, image) = backed_up_volumes(&env, 2 << 20).await;
+    let out = env
+        .plugin(&["restore", &blk, "--to", "refused", "-n", NS], &[])
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    assert_given_up(&env, NS, "refused", &blk, "NodeRepositoryNotAllowed", 30).await;
+    assert_no_populate_pod(&env, NS, "refused").await;
+    let events = events_of(&env, NS, "refused").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains(&format!("node directory {repo} "))
+                && e.contains("--allow-node-repository")),
+        "{events:?}"
+    );
+
+    // Allowed by the administrator, the next restore from it goes through.
+    install(&env).await;
+    let out = env
+        .plugin(
+            &["restore", &blk, "--to", "allowed", "-n", NS, "--wait"],
+            &[],
+        )
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    let restored = std::fs::read(volume_path(&env, NS, "allowed").await).unwrap();
+    assert!(restored == image, "the restored block volume differs");
+}
+
+/// Adds arguments to the populator Deployment and waits until a pod with them runs.
+async fn reconfigure(env: &Env, extra: &[&str]) {
+    let deploys = api_in(env, &ar("apps", "v1", "Deployment", "deployments"), POP_NS);
+    let d = deploys.get("volbackup-populator").await.unwrap();
+    let mut containers =
+        serde_json::to_value(&d).unwrap()["spec"]["template"]["spec"]["containers"].clone();
+    for a in extra {
+        containers[0]["args"].as_array_mut().unwrap().push(json!(a));
+    }
+    deploys
+        .patch(
+            "volbackup-populator",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": containers}}}})),
+        )
+        .await
+        .expect("patch the populator");
+    let want = containers[0]["args"].clone();
+    eventually(30, "the reconfigured populator to run", || async {
+        let pods = list_in(env, &pods_ar(), POP_NS).await;
+        let running: Vec<&Value> = pods
+            .iter()
+            .filter(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("volbackup-populator-")
+            })
+            .collect();
+        (running.len() == 1
+            && running[0]["status"]["phase"] == "Running"
+            && running[0]["spec"]["containers"][0]["args"] == want)
+            .then_some(())
+    })
+    .await;
+}
+
+/// A populate pod the scheduler cannot place (its only node is tainted) does not leave the
+/// claim Pending without a word: after the stall timeout the attempt fails, is retried, and
+/// the last one is reported on the claim and the VolumeBackup; nothing of it is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_populate_pod_that_never_starts_is_retried_then_reported() {
+    let env = Env::start().await;
+    install_with(&env, &["--stall-timeout", "3s"]).await;
+    reconfigure(&env, &["--max-attempts", "2", "--retry-backoff", "1s"]).await;
+    let (blk, _files, _image) = backed_up_volumes(&env, 2 << 20).await;
+    taint(
+        &env,
+        "node-1",
+        json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
+    )
+    .await;
+    let out = env
+        .plugin(&["restore", &blk, "--to", "stuck", "-n", NS], &[])
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    let retried = eventually(60, "the first attempt to be retried", || async {
+        events_of(&env, NS, "stuck")
+            .await
+            .into_iter()
+            .find(|e| e.contains("attempt 1 of 2 failed (PodNotStarted)"))
+    })
+    .await;
+    assert!(
+        retried.contains("untolerated taint {dedicated: db}"),
+        "{retried}"
+    );
+    assert_given_up(&env, NS, "stuck", &blk, "PodNotStarted", 60).await;
+    assert_no_populator_leftovers(&env).await;
+    taint(&env, "node-1", json!([])).await;
+}
