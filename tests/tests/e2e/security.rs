@@ -110,8 +110,9 @@ async fn a_restricted_namespace_refuses_the_mover_at_once_and_still_receives_res
             "{}",
             out.stderr
         );
+        // Refused before anything is waited on, not after the --timeout (60 s).
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
+            started.elapsed() < std::time::Duration::from_secs(60),
             "the refusal took {:?}",
             started.elapsed()
         );
