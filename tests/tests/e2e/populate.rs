@@ -269,3 +269,57 @@ async fn a_populate_pod_that_never_starts_is_retried_then_reported() {
     assert_no_populator_leftovers(&env).await;
     taint(&env, "node-1", json!([])).await;
 }
+
+/// One repository for several namespaces makes them one trust domain: `create -A` says so in
+/// one warning line naming them, and a backup of one namespace alone does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_shared_by_namespaces_is_named_in_one_warning() {
+    let env = Env::start().await;
+    env.create(
+        &ar("", "v1", "Namespace", "namespaces"),
+        json!({"metadata": {"name": "other"}}),
+    )
+    .await;
+    env.pvc("mine", "Block", "1Mi", json!({"app": "shared"}))
+        .await;
+    let theirs: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "theirs", "namespace": "other", "labels": {"app": "shared"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "volumeMode": "Block",
+                 "resources": {"requests": {"storage": "1Mi"}}},
+    }))
+    .unwrap();
+    api_in(&env, &pvcs_ar(), "other")
+        .create(&Default::default(), &theirs)
+        .await
+        .expect("create pvc");
+    eventually(30, "other/theirs to bind", || async {
+        get_in(&env, &pvcs_ar(), "other", "theirs")
+            .await
+            .filter(|p| p["status"]["phase"] == "Bound")
+    })
+    .await;
+    let repo = env.repo.to_str().unwrap();
+    let out = env
+        .plugin(&["create", "-A", "-l", "app=shared", "--repo", repo], &[])
+        .await;
+    assert_eq!(out.code, 0, "create -A failed: {}", out.stderr);
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", out.stderr);
+    assert!(
+        warnings[0].contains(&format!(
+            "repository {repo} is shared by 2 namespaces (other, t)"
+        )) && warnings[0].contains("its own repository (or prefix)"),
+        "{}",
+        warnings[0]
+    );
+    let out = env
+        .plugin(&["create", "mine", "-n", NS, "--repo", repo], &[])
+        .await;
+    assert_eq!(out.code, 0, "create failed: {}", out.stderr);
+    assert!(!out.stderr.contains("is shared by"), "{}", out.stderr);
+}
