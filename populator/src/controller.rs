@@ -3,10 +3,10 @@
 //!
 //! Objects it makes, all in the populator's namespace and named after the user PVC's uid:
 //! the Secret `populate-<uid>` (the repository settings a mover reads, [`mover::SECRET_KEYS`],
-//! copied from the Secret the VolumeBackup names), PVC' `prime-<uid>` and the pod `populate-<uid>`, which runs
-//! `kubectl-volbackup mover restore --json` onto PVC'. Each carries the label
-//! [`state::LABEL_FOR_UID`] and the annotation [`state::ANN_FOR`], which is how watch events on
-//! them lead back to the user's PVC and how orphans are found.
+//! copied from the Secret the VolumeBackup names), PVC' `prime-<uid>` and the pod
+//! `populate-<uid>`, which runs `kubectl-volbackup mover restore --json` onto PVC'. Each
+//! carries the label [`state::LABEL_FOR_UID`] and the annotation [`state::ANN_FOR`], which is
+//! how watch events on them lead back to the user's PVC and how orphans are found.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -240,7 +240,7 @@ async fn run_async(
     if let Some(d) = &data {
         let all: Vec<&str> = namespaces.iter().map(String::as_str).collect();
         if let Some(w) = repository::shared_repository_warning(&d["VOLBACKUP_REPOSITORY"], &all) {
-            tracing::warn!("{w}");
+            eprintln!("warning: {w}");
         }
         for ns in &namespaces {
             cluster::write_repository_secret(&client, ns, d).await?;

@@ -269,3 +269,134 @@ async fn a_populate_pod_that_never_starts_is_retried_then_reported() {
     assert_no_populator_leftovers(&env).await;
     taint(&env, "node-1", json!([])).await;
 }
+
+/// One repository for several namespaces makes them one trust domain: `create -A` says so in
+/// one warning line naming them, and a backup of one namespace alone does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_shared_by_namespaces_is_named_in_one_warning() {
+    let env = Env::start().await;
+    env.create(
+        &ar("", "v1", "Namespace", "namespaces"),
+        json!({"metadata": {"name": "other"}}),
+    )
+    .await;
+    env.pvc("mine", "Block", "1Mi", json!({"app": "shared"}))
+        .await;
+    let theirs: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "theirs", "namespace": "other", "labels": {"app": "shared"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "volumeMode": "Block",
+                 "resources": {"requests": {"storage": "1Mi"}}},
+    }))
+    .unwrap();
+    api_in(&env, &pvcs_ar(), "other")
+        .create(&Default::default(), &theirs)
+        .await
+        .expect("create pvc");
+    eventually(30, "other/theirs to bind", || async {
+        get_in(&env, &pvcs_ar(), "other", "theirs")
+            .await
+            .filter(|p| p["status"]["phase"] == "Bound")
+    })
+    .await;
+    let repo = env.repo.to_str().unwrap();
+    let out = env
+        .plugin(&["create", "-A", "-l", "app=shared", "--repo", repo], &[])
+        .await;
+    assert_eq!(out.code, 0, "create -A failed: {}", out.stderr);
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", out.stderr);
+    assert!(
+        warnings[0].contains(&format!(
+            "repository {repo} is shared by 2 namespaces (other, t)"
+        )) && warnings[0].contains("its own repository (or prefix)"),
+        "{}",
+        warnings[0]
+    );
+    let out = env
+        .plugin(&["create", "mine", "-n", NS, "--repo", repo], &[])
+        .await;
+    assert_eq!(out.code, 0, "create failed: {}", out.stderr);
+    assert!(!out.stderr.contains("is shared by"), "{}", out.stderr);
+}
+
+/// Whatever else a repository Secret holds stays out of the populator's namespace and its
+/// pods: the per-restore Secret has only the settings a mover reads, and the pod takes them
+/// key by key, never the whole Secret. (The node is tainted meanwhile, so the pod waits and
+/// can be looked at; once the taint is gone the restore completes with those settings.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_secret_passes_only_the_movers_settings_into_a_populate_pod() {
+    let env = Env::start().await;
+    install(&env).await;
+    let (blk, _files, image) = backed_up_volumes(&env, 2 << 20).await;
+    let extra = json!({"stringData": {
+        "LD_PRELOAD": "/data/not-a-library.so",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "VOLBACKUP_LOCK_STALE_AFTER": "6",
+        "RESTIC_PASSWORD_FILE": "/etc/passwd",
+    }});
+    api_in(&env, &secrets_ar(), NS)
+        .patch(
+            &repository_secret(&env),
+            &PatchParams::default(),
+            &Patch::Merge(extra),
+        )
+        .await
+        .expect("add to the repository Secret");
+    taint(
+        &env,
+        "node-1",
+        json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
+    )
+    .await;
+    let out = env
+        .plugin(&["restore", &blk, "--to", "steered", "-n", NS], &[])
+        .await;
+    assert_eq!(out.code, 0, "restore failed: {}", out.stderr);
+    let pod = populate_pod_of(&env, NS, "steered").await;
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    let copy = get_in(&env, &secrets_ar(), POP_NS, &name)
+        .await
+        .expect("the per-restore Secret");
+    let keys: Vec<&str> = copy["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for k in &keys {
+        assert!(
+            volbackup_populator::mover::SECRET_KEYS.contains(k),
+            "{k} was copied into {POP_NS}/{name}"
+        );
+    }
+    assert!(keys.contains(&"VOLBACKUP_PASSWORD"), "{keys:?}");
+    let c = &pod["spec"]["containers"][0];
+    assert!(c.get("envFrom").is_none(), "{c}");
+    let names: Vec<&str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for unwanted in [
+        "LD_PRELOAD",
+        "HTTPS_PROXY",
+        "VOLBACKUP_LOCK_STALE_AFTER",
+        "RESTIC_PASSWORD_FILE",
+    ] {
+        assert!(!names.contains(&unwanted), "{unwanted} in {names:?}");
+    }
+
+    taint(&env, "node-1", json!([])).await;
+    env.wait_for(&pvcs_ar(), "steered", "to bind", |p| {
+        p.pointer("/status/phase") == Some(&json!("Bound"))
+    })
+    .await;
+    let restored = std::fs::read(volume_path(&env, NS, "steered").await).unwrap();
+    assert!(restored == image, "the restored block volume differs");
+}
