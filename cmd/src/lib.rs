@@ -72,12 +72,14 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Prints the engine's warnings (an unreadable lock file passed over, a key file skipped) on
+/// Prints the engine's warnings (an unreadable lock file passed over, a key file skipped) and
+/// the plugin's own (credentials that will not reach a pod, a key copy that is not base64) on
 /// stderr, as `warning: ...` lines beside our `error: ...` ones; `RUST_LOG` can ask for more.
 /// The populator sets up its own logging.
 fn show_engine_warnings() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("volbackup_store=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("volbackup_store=warn,kubectl_volbackup=warn")
+    });
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .event_format(PlainLine)

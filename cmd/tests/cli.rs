@@ -643,6 +643,30 @@ fn a_garbage_lock_file_is_passed_over_with_a_warning_naming_the_real_unlock_comm
     );
 }
 
+/// The plugin's own warnings reach stderr as the engine's do: a key copy that is not base64 is
+/// named and passed over, and the repository still opens.
+#[test]
+fn the_plugins_own_warnings_are_printed_like_the_engines() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let out = ok(
+        bin()
+            .args(["snapshots", "--repo"])
+            .arg(&repo)
+            .env("VOLBACKUP_KEY_HINT", "00".repeat(32))
+            .env("VOLBACKUP_KEY_COPY", "%%% not base64 %%%")
+            .output()
+            .unwrap(),
+        "snapshots with a key copy that is not base64",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l == "warning: ignoring VOLBACKUP_KEY_COPY: not base64"),
+        "the warning was not printed: {err}"
+    );
+}
+
 #[test]
 fn repo_unlock_removes_a_stale_lock_and_keeps_a_fresh_one() {
     use volbackup_store::backend::FileType;
