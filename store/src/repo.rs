@@ -422,10 +422,35 @@ impl Repository {
         self.load_index_files(self.list_ids(FileType::Index)?)
     }
 
+    /// [`Repository::load_index`] passing over index files that cannot be used, for a
+    /// backup or a restore ([`Repository::load_usable_index_files`]).
+    pub fn load_usable_index(&self) -> Result<()> {
+        self.load_usable_index_files(self.list_ids(FileType::Index)?)
+    }
+
     /// Loads the index files `files` (as listed by [`Repository::list_ids`]) into memory,
     /// replacing the current index.
     pub fn load_index_files(&self, files: Vec<Id>) -> Result<()> {
         let loaded = load_parallel(&files, |id| self.load_index_file(id))?;
+        self.set_index(files, loaded);
+        Ok(())
+    }
+
+    /// [`Repository::load_index_files`] for a backup or a restore: an index file that cannot
+    /// be used (it does not verify, decrypt or parse, or is longer than an index file may be)
+    /// is passed over with a warning naming it, rather than stopping every backup and
+    /// restore. Its blobs are then unknown here: a backup lists the packs no usable index
+    /// file names in an index file of its own, from their headers
+    /// ([`crate::resume::index_unindexed_packs`]); a restore that needs one of them fails
+    /// naming the blob. `repo check` reports the file, and prune refuses to run
+    /// while it is there.
+    pub fn load_usable_index_files(&self, files: Vec<Id>) -> Result<()> {
+        let loaded = self.load_passing_over(&files, |id| self.load_index_file(id))?;
+        self.set_index(files, loaded);
+        Ok(())
+    }
+
+    fn set_index(&self, files: Vec<Id>, loaded: Vec<Option<IndexFile>>) {
         let mut index = Index::new();
         // A file removed by a concurrent prune between listing and reading was superseded
         // by another index file: skip it.
@@ -435,7 +460,41 @@ impl Repository {
             }
         }
         *self.inner.index.write().expect("index lock") = Arc::new(index);
-        Ok(())
+    }
+
+    /// [`load_parallel`] of files, passing over those that cannot be used
+    /// ([`Error::Corrupt`]) with a warning naming each, once per process.
+    fn load_passing_over<T: Send>(
+        &self,
+        ids: &[Id],
+        load: impl Fn(&Id) -> Result<T> + Sync,
+    ) -> Result<Vec<Option<T>>> {
+        static WARNED: std::sync::Mutex<std::collections::BTreeSet<(String, Id)>> =
+            std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let usable = |e: &Error| matches!(e, Error::NotFound { .. } | Error::Corrupt { .. });
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, loaded) in ids.iter().zip(load_each(ids, load, |e| !usable(e))) {
+            match loaded {
+                Some(Ok(v)) => out.push(Some(v)),
+                Some(Err(e @ Error::Corrupt { .. })) => {
+                    let first = WARNED
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert((self.location(), *id));
+                    if first {
+                        tracing::warn!(
+                            "{}: passing over {e}; `kubectl-volbackup repo check` reports it, \
+                             and prune refuses to run until it is removed",
+                            self.location()
+                        );
+                    }
+                    out.push(None);
+                }
+                Some(Err(Error::NotFound { .. })) | None => out.push(None),
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Loads one index file.
@@ -664,20 +723,26 @@ impl Repository {
 
     /// All snapshots, oldest first.
     pub fn list_snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        self.snapshots_of(self.list_ids(FileType::Snapshot)?)
+        self.snapshots_of(self.list_ids(FileType::Snapshot)?, false)
     }
 
     /// [`Repository::list_snapshots`] from the listing made while the repository was opened
     /// ([`Repository::early_list`]), for a guess that may miss a snapshot saved since, such
-    /// as a backup's parent. Never for anything that removes data.
+    /// as a backup's parent. Never for anything that removes data. A snapshot file that
+    /// cannot be used is passed over with a warning naming it.
     pub fn list_snapshots_early(&self) -> Result<Vec<(Id, Snapshot)>> {
-        self.snapshots_of(self.early_list(FileType::Snapshot)?)
+        self.snapshots_of(self.early_list(FileType::Snapshot)?, true)
     }
 
-    fn snapshots_of(&self, ids: Vec<Id>) -> Result<Vec<(Id, Snapshot)>> {
-        let loaded = load_parallel(&ids, |id| {
-            self.load_unpacked::<Snapshot>(FileType::Snapshot, id)
-        })?;
+    /// The snapshots `ids`, oldest first; with `pass_over`, those that cannot be used are
+    /// left out with a warning instead of failing the whole list.
+    fn snapshots_of(&self, ids: Vec<Id>, pass_over: bool) -> Result<Vec<(Id, Snapshot)>> {
+        let load = |id: &Id| self.load_unpacked::<Snapshot>(FileType::Snapshot, id);
+        let loaded = if pass_over {
+            self.load_passing_over(&ids, load)?
+        } else {
+            load_parallel(&ids, load)?
+        };
         let mut out: Vec<(Id, Snapshot)> = ids
             .into_iter()
             .zip(loaded)
@@ -689,26 +754,28 @@ impl Repository {
 
     /// Finds a snapshot by `latest`, a full id, or a unique id prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
-        self.find_snapshot_in(spec, || self.list_ids(FileType::Snapshot))
+        self.find_snapshot_in(spec, || self.list_ids(FileType::Snapshot), false)
     }
 
     /// [`Repository::find_snapshot`] in the listing made while the repository was opened
     /// ([`Repository::early_list`]): for the snapshot a restore or backup starts from.
+    /// `latest` passes over snapshot files that cannot be used, with a warning naming each.
     pub fn find_snapshot_early(&self, spec: &str) -> Result<(Id, Snapshot)> {
-        self.find_snapshot_in(spec, || self.early_list(FileType::Snapshot))
+        self.find_snapshot_in(spec, || self.early_list(FileType::Snapshot), true)
     }
 
     fn find_snapshot_in(
         &self,
         spec: &str,
         list: impl FnOnce() -> Result<Vec<Id>>,
+        pass_over: bool,
     ) -> Result<(Id, Snapshot)> {
         let not_found = || Error::SnapshotNotFound {
             spec: spec.to_string(),
             location: self.location(),
         };
         if spec == "latest" {
-            return self.snapshots_of(list()?)?.pop().ok_or_else(|| {
+            return self.snapshots_of(list()?, pass_over)?.pop().ok_or_else(|| {
                 Error::Invalid(format!(
                     "{} has no snapshots yet (create one with `kubectl-volbackup create`)",
                     self.location()
