@@ -52,6 +52,23 @@ pub fn max_unpacked_len(t: FileType) -> usize {
     }
 }
 
+/// The longest file of kind `t`, as stored (sealed), that is read: a longer one is refused
+/// from its size before its contents are read ([`Backend::read_at_most`]). Anyone who can
+/// write to the repository can plant files, in `locks/` even without a key, so these bound
+/// what one planted file costs. Lock, key and config files are a few hundred bytes; a
+/// snapshot file is a few KiB (16 MiB holds hundreds of thousands of paths or tags); an index
+/// file is started afresh at 50,000 blobs by restic and by us ([`crate::packer::INDEX_BLOBS_PER_FILE`]),
+/// under 8 MiB of JSON, so 64 MiB leaves room for writers that pack more into one file.
+pub fn max_file_len(t: FileType) -> u64 {
+    match t {
+        FileType::Config | FileType::Lock => 64 << 10,
+        FileType::Key => MAX_KEY_FILE_SIZE,
+        FileType::Snapshot => 16 << 20,
+        FileType::Index => 64 << 20,
+        FileType::Pack => u64::MAX,
+    }
+}
+
 /// Options for [`Repository::init`].
 #[derive(Debug, Clone, Default)]
 pub struct InitOptions {
@@ -152,13 +169,14 @@ impl Early {
 
 /// Lists the kinds `kinds` side by side, then reads the index files and (up to
 /// [`EARLY_SNAPSHOT_FILES`]) the snapshot files they list. Whatever fails is left out: it
-/// is asked for again when needed, and fails then with its proper error.
+/// is asked for again when needed, and fails then with its proper error; so is a file
+/// listed longer than its kind may be ([`max_file_len`]).
 fn warm_up(backend: &dyn Backend, kinds: &[FileType]) -> WarmedUp {
     let mut read = WarmedUp::default();
-    let listed: Vec<(FileType, Result<Vec<Id>>)> = std::thread::scope(|s| {
+    let listed: Vec<(FileType, Result<Vec<ListedFile>>)> = std::thread::scope(|s| {
         let listers: Vec<_> = kinds
             .iter()
-            .map(|&t| (t, s.spawn(move || list_ids_of(backend, t))))
+            .map(|&t| (t, s.spawn(move || list_sized_of(backend, t))))
             .collect();
         listers
             .into_iter()
@@ -166,21 +184,27 @@ fn warm_up(backend: &dyn Backend, kinds: &[FileType]) -> WarmedUp {
             .collect()
     });
     let mut to_read: Vec<(FileType, Id)> = Vec::new();
-    for (t, ids) in listed {
-        let Ok(ids) = ids else { continue };
+    for (t, files) in listed {
+        let Ok(files) = files else { continue };
+        let fits = |&&(_, size): &&ListedFile| size <= max_file_len(t);
         match t {
-            FileType::Index => to_read.extend(ids.iter().map(|id| (t, *id))),
-            FileType::Snapshot if ids.len() <= EARLY_SNAPSHOT_FILES => {
-                to_read.extend(ids.iter().map(|id| (t, *id)))
+            FileType::Index => to_read.extend(files.iter().filter(fits).map(|(id, _)| (t, *id))),
+            FileType::Snapshot if files.len() <= EARLY_SNAPSHOT_FILES => {
+                to_read.extend(files.iter().filter(fits).map(|(id, _)| (t, *id)))
             }
             _ => {}
         }
-        read.lists.insert(t, ids);
+        read.lists
+            .insert(t, files.into_iter().map(|(id, _)| id).collect());
     }
     let names: Vec<Id> = to_read.iter().map(|(_, id)| *id).collect();
     let kind_of: std::collections::HashMap<Id, FileType> =
         to_read.iter().map(|(t, id)| (*id, *t)).collect();
-    if let Ok(files) = load_parallel(&names, |id| backend.read(kind_of[id], &id.to_hex())) {
+    let read_one = |id: &Id| {
+        let t = kind_of[id];
+        backend.read_at_most(t, &id.to_hex(), max_file_len(t))
+    };
+    if let Ok(files) = load_parallel(&names, read_one) {
         for (id, file) in names.into_iter().zip(files) {
             if let Some(file) = file {
                 read.files.insert((kind_of[&id], id), file);
@@ -192,13 +216,24 @@ fn warm_up(backend: &dyn Backend, kinds: &[FileType]) -> WarmedUp {
 
 /// The ids of all files of one kind, sorted (names that are not ids are skipped).
 fn list_ids_of(backend: &dyn Backend, t: FileType) -> Result<Vec<Id>> {
-    let mut ids: Vec<Id> = backend
+    Ok(list_sized_of(backend, t)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// A file's id and its size as listed.
+type ListedFile = (Id, u64);
+
+/// [`list_ids_of`] with each file's listed size.
+fn list_sized_of(backend: &dyn Backend, t: FileType) -> Result<Vec<ListedFile>> {
+    let mut files: Vec<ListedFile> = backend
         .list(t)?
         .into_iter()
-        .filter_map(|f| Id::from_hex(&f.name).ok())
+        .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (id, f.size)))
         .collect();
-    ids.sort();
-    Ok(ids)
+    files.sort();
+    Ok(files)
 }
 
 /// Hears one-line messages about a wait for a lock.
@@ -306,7 +341,9 @@ impl Repository {
         // The config is read while the key files are listed and tried: behind an object
         // store, each of these requests costs a round trip.
         let (sealed_config, key) = std::thread::scope(|s| {
-            let config = s.spawn(|| backend.read(FileType::Config, "config"));
+            let config = s.spawn(|| {
+                backend.read_at_most(FileType::Config, "config", max_file_len(FileType::Config))
+            });
             let key = find_key(backend.as_ref(), password, key_hint);
             (config.join().expect("config reader"), key)
         });
@@ -679,7 +716,7 @@ impl Repository {
             .take(t, |read| read.files.remove(&(t, *id)))
         {
             Some(sealed) => sealed,
-            None => self.inner.backend.read(t, &name)?,
+            None => self.inner.backend.read_at_most(t, &name, max_file_len(t))?,
         };
         if Id::hash(&sealed) != *id {
             return Err(Error::Corrupt {

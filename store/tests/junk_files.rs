@@ -6,13 +6,55 @@
 
 mod common;
 
+#[path = "support_s3/mod.rs"]
+mod support_s3;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
 use common::{PASSWORD, TempRepo, mixed_image};
-use volbackup_store::backend::FileType;
+use volbackup_store::backend::{Backend, FileType};
 use volbackup_store::block::{BackupOptions, RestoreOptions, backup_block, restore_block};
 use volbackup_store::check::{CheckOptions, check};
+use volbackup_store::crypto::KdfParams;
 use volbackup_store::progress::NoProgress;
 use volbackup_store::prune::{PruneOptions, plan_prune};
-use volbackup_store::{Id, Repository};
+use volbackup_store::repo::{InitOptions, max_file_len};
+use volbackup_store::{Error, Id, Repository};
+
+/// A sparse file of `size` bytes at `path`: it takes no disk space, and reading it whole
+/// would need that much memory (a TiB cannot even be allocated).
+fn sparse(path: &Path, size: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+}
+
+fn mkfifo(path: &Path) {
+    let out = std::process::Command::new("mkfifo")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mkfifo {}: {out:?}", path.display());
+}
+
+/// Runs `f` on a thread of its own and returns what it returns; fails the test if it has not
+/// returned after a minute (what it does takes milliseconds: it has hung, reading a FIFO).
+fn without_hanging<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what} hung (a FIFO opened for reading waits for a writer)"))
+}
+
+fn corrupt_message(e: &Error) -> String {
+    assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+    let s = e.to_string();
+    assert!(!s.contains('\n'), "error spans lines: {s:?}");
+    s
+}
 
 /// A repository with one block backup; returns it, the image and the snapshot id.
 fn with_one_backup(t: &TempRepo) -> (Repository, Vec<u8>, Id) {
@@ -27,6 +69,190 @@ fn with_one_backup(t: &TempRepo) -> (Repository, Vec<u8>, Id) {
     )
     .unwrap();
     (repo, image, s.snapshot_id)
+}
+
+// Item 12: reads bounded by what a file of its kind can be.
+
+#[test]
+fn a_tebibyte_file_in_locks_index_or_snapshots_is_refused_from_its_size_and_never_read() {
+    let t = TempRepo::new();
+    let (repo, image, snapshot) = with_one_backup(&t);
+    let huge = 1u64 << 40;
+    let lock = Id::random();
+    let index = Id::random();
+    let snap = Id::random();
+    sparse(&t.path.join("locks").join(lock.to_hex()), huge);
+    sparse(&t.path.join("index").join(index.to_hex()), huge);
+    sparse(&t.path.join("snapshots").join(snap.to_hex()), huge);
+
+    for (kind, id, noun) in [
+        (FileType::Lock, lock, "a lock file"),
+        (FileType::Index, index, "an index file"),
+        (FileType::Snapshot, snap, "a snapshot file"),
+    ] {
+        let err = repo.load_unpacked_raw(kind, &id).unwrap_err();
+        let msg = corrupt_message(&err);
+        let path = format!("{}/{}", kind.dir(), id.to_hex());
+        assert!(
+            msg.starts_with(&format!(
+                "{path}: {huge} bytes long, more than {noun} may be"
+            )),
+            "{msg}"
+        );
+    }
+
+    // A backup and a restore pass over all three; check reports the index and snapshot
+    // files (the lock file is no finding: restic's check passes over locks too).
+    let repo = Repository::open_warm(
+        t.backend(),
+        PASSWORD,
+        &[FileType::Index, FileType::Snapshot],
+    )
+    .unwrap();
+    let second = mixed_image(31, 4);
+    let s = backup_block(
+        &repo,
+        &mut &second[..],
+        "junk.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    for (id, expected) in [(snapshot, &image), (s.snapshot_id, &second)] {
+        let target = t.scratch(&format!("{}.img", id.short()));
+        restore_block(
+            &repo,
+            &id,
+            None,
+            &target,
+            &RestoreOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+        assert!(
+            std::fs::read(&target).unwrap() == *expected,
+            "restored image differs"
+        );
+    }
+    let report = check(&repo, &CheckOptions::default(), &NoProgress).unwrap();
+    for subject in [
+        format!("index/{}", index.to_hex()),
+        format!("snapshots/{}", snap.to_hex()),
+    ] {
+        assert!(
+            report
+                .errors()
+                .any(|p| p.subject == subject && p.message.contains("bytes long, more than")),
+            "check does not report {subject}: {report}"
+        );
+    }
+}
+
+#[test]
+fn a_fifo_named_as_a_snapshot_is_refused_without_blocking() {
+    let t = TempRepo::new();
+    let (repo, _, _) = with_one_backup(&t);
+    let id = Id::random();
+    mkfifo(&t.path.join("snapshots").join(id.to_hex()));
+    let err = without_hanging("reading a snapshot by its id", move || {
+        repo.find_snapshot(&id.to_hex()).unwrap_err()
+    });
+    let msg = corrupt_message(&err);
+    assert!(
+        msg.starts_with(&format!(
+            "snapshots/{}: is a FIFO, where a plain file belongs",
+            id.to_hex()
+        )),
+        "{msg}"
+    );
+}
+
+#[test]
+fn files_just_over_their_kinds_limit_are_refused_and_files_at_it_are_read() {
+    let t = TempRepo::new();
+    t.init_ours();
+    let backend = t.backend();
+    for kind in [
+        FileType::Lock,
+        FileType::Snapshot,
+        FileType::Key,
+        FileType::Index,
+    ] {
+        let max = max_file_len(kind);
+        let at = Id::random().to_hex();
+        let over = Id::random().to_hex();
+        sparse(&backend.path_of(kind, &at), max);
+        sparse(&backend.path_of(kind, &over), max + 1);
+        assert_eq!(
+            backend.read_at_most(kind, &at, max).unwrap().len() as u64,
+            max
+        );
+        let err = backend.read_at_most(kind, &over, max).unwrap_err();
+        assert!(
+            corrupt_message(&err).contains(&format!("{} bytes long", max + 1)),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn oversized_lock_and_index_files_on_s3_are_refused_from_the_announced_length() {
+    use support_s3::Garage;
+    use volbackup_store::backend::s3::S3Backend;
+    let g = Garage::shared();
+    let bucket = g.new_bucket("junk-sizes");
+    let backend: Arc<dyn Backend> =
+        Arc::new(S3Backend::open(g.repo_config(&g.endpoint(), &bucket, "repo")).unwrap());
+    let opts = InitOptions {
+        kdf: KdfParams::insecure_fast(),
+        ..Default::default()
+    };
+    let repo = Repository::init(backend.clone(), PASSWORD, &opts).unwrap();
+    let lock = Id::random();
+    let index = Id::random();
+    let lock_len = max_file_len(FileType::Lock) + 1;
+    let index_len = max_file_len(FileType::Index) + 1;
+    backend
+        .write(
+            FileType::Lock,
+            &lock.to_hex(),
+            &vec![b'{'; lock_len as usize],
+        )
+        .unwrap();
+    backend
+        .write(
+            FileType::Index,
+            &index.to_hex(),
+            &vec![b'['; index_len as usize],
+        )
+        .unwrap();
+    for (kind, id, len) in [
+        (FileType::Lock, lock, lock_len),
+        (FileType::Index, index, index_len),
+    ] {
+        let err = repo.load_unpacked_raw(kind, &id).unwrap_err();
+        let msg = corrupt_message(&err);
+        assert!(
+            msg.starts_with(&format!(
+                "{}/{}: {len} bytes long, more than",
+                kind.dir(),
+                id.to_hex()
+            )),
+            "{msg}"
+        );
+    }
+    // A backup passes over both.
+    let repo =
+        Repository::open_warm(backend, PASSWORD, &[FileType::Index, FileType::Snapshot]).unwrap();
+    let image = mixed_image(32, 4);
+    backup_block(
+        &repo,
+        &mut &image[..],
+        "s3.img",
+        &BackupOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
 }
 
 // Item 13: one undecodable snapshot or index file stops no backup or restore.
