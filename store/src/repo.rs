@@ -19,6 +19,12 @@ use crate::{Error, Result};
 /// before scrypt runs (unreadable, too large, refused parameters) do not count.
 pub const MAX_KEYS_TRIED: usize = 20;
 
+/// The most scrypt work ([`KdfParams::work`]) one open spends trying key files: twice what
+/// one key may ask for ([`crypto::MAX_SCRYPT_WORK`]), 128 times restic's default key, some
+/// seconds of one core. A key file that would take an open past it is not tried (a warning
+/// names it), so planted keys cost each open a bounded time, however many there are.
+pub const MAX_SCRYPT_WORK_PER_OPEN: u64 = 2 * crypto::MAX_SCRYPT_WORK;
+
 /// Key files larger than this are skipped unread: restic's are about 450 bytes, and the
 /// files are not authenticated, so their size is whatever someone planted.
 pub const MAX_KEY_FILE_SIZE: u64 = 64 * 1024;
@@ -1197,6 +1203,8 @@ fn find_key(
 ) -> Result<(Key, Id, Vec<u8>)> {
     let location = backend.location();
     let mut tried = 0;
+    let mut work_left = MAX_SCRYPT_WORK_PER_OPEN;
+    let mut untried = Vec::new();
     let mut passed_over = None;
     let hinted = hint.and_then(|h| match Id::from_hex(&h.id) {
         Ok(id) => Some((id, h.copy.as_deref())),
@@ -1218,21 +1226,20 @@ fn find_key(
             }
             fits
         });
-        // Read whole: without a listing the size is not known, and both backends refuse a
-        // range past the end. The file was named by the one who wrote it. The copy's key is
-        // derived meanwhile; it counts only if the repository still holds the same file.
+        // Read whole, up to the size a key file may have: without a listing the size is not
+        // known, and both backends refuse a range past the end. The copy's key is derived
+        // meanwhile; it counts only if the repository still holds the same file.
         let (stored, from_copy) = std::thread::scope(|s| {
-            let stored = s.spawn(|| backend.read(FileType::Key, &id.to_hex()));
-            let from_copy = copy.map(|c| try_key_file(c, password));
+            let stored =
+                s.spawn(|| backend.read_at_most(FileType::Key, &id.to_hex(), MAX_KEY_FILE_SIZE));
+            let from_copy = copy.map(|c| try_key_file(c, password, &mut work_left));
             (stored.join().expect("key reader"), from_copy)
         });
         match stored {
-            // Too long to be tried: the listing below reports it.
-            Ok(raw) if raw.len() as u64 > MAX_KEY_FILE_SIZE => {}
             Ok(raw) => {
                 let outcome = match from_copy {
                     Some(outcome) if copy == Some(raw.as_slice()) => outcome,
-                    _ => try_key_file(&raw, password),
+                    _ => try_key_file(&raw, password, &mut work_left),
                 };
                 match outcome {
                     KeyTry::Opened(key) => return Ok((key, id, raw)),
@@ -1241,13 +1248,18 @@ fn find_key(
                         passed_over = Some(id.to_hex());
                     }
                     // Tried again below, where what is wrong with it is reported.
-                    KeyTry::Unusable(_) => {}
+                    KeyTry::Unusable(_) | KeyTry::OverBudget(_) => {}
                 }
             }
             Err(Error::NotFound { .. }) => {
                 tracing::debug!("{location}: the hinted key file keys/{id} does not exist")
             }
-            Err(e) => return Err(e),
+            // Whatever is wrong with the hinted file (too long, a folder, a FIFO, unreadable),
+            // the other key files may still open the repository.
+            Err(e) => tracing::warn!(
+                "{location}: passing over the key file the key hint names ({e}); listing the \
+                 key files instead"
+            ),
         }
     }
     let mut keys = backend.list(FileType::Key)?;
@@ -1274,9 +1286,12 @@ fn find_key(
             match backend.read_range(FileType::Key, &k.name, 0, k.size) {
                 Ok(read) => {
                     raw = read;
-                    try_key_file(&raw, password)
+                    try_key_file(&raw, password, &mut work_left)
                 }
                 Err(Error::NotFound { .. }) => continue,
+                // One unreadable file (permissions, a folder in its place) is passed over
+                // like a damaged one; the backend failing is not.
+                Err(e) if !e.is_retryable() => KeyTry::Unusable(format!("cannot be read: {e}")),
                 Err(e) => return Err(e),
             }
         };
@@ -1289,7 +1304,22 @@ fn find_key(
                 tracing::warn!("{location}: skipping key file keys/{}: {why}", k.name);
                 unusable.push(format!("keys/{}: {why}", k.name));
             }
+            KeyTry::OverBudget(why) => {
+                tracing::warn!("{location}: not trying key file keys/{}: {why}", k.name);
+                untried.push(format!("keys/{}: {why}", k.name));
+            }
         }
+    }
+    if let Some(first) = untried.first() {
+        return Err(Error::Corrupt {
+            what: format!("{location}/keys"),
+            message: format!(
+                "the password opens none of the {tried} key files tried, and {} more were not \
+                 tried ({first}): remove the key files nobody uses, or name yours with \
+                 VOLBACKUP_KEY_HINT, which is tried first",
+                untried.len()
+            ),
+        });
     }
     if tried == 0
         && let Some(first) = unusable.first()
@@ -1314,10 +1344,14 @@ enum KeyTry {
     NotThisPassword,
     /// Not a key file this program will use, and why.
     Unusable(String),
+    /// A key file whose scrypt work would take the open past [`MAX_SCRYPT_WORK_PER_OPEN`],
+    /// left untried, and why.
+    OverBudget(String),
 }
 
-/// Tries one key file; the scrypt parameters are checked before scrypt runs.
-fn try_key_file(raw: &[u8], password: &str) -> KeyTry {
+/// Tries one key file; the scrypt parameters are checked before scrypt runs, and the work it
+/// takes is taken from `work_left` (a key file that asks for more than is left is not tried).
+fn try_key_file(raw: &[u8], password: &str, work_left: &mut u64) -> KeyTry {
     let kf = match serde_json::from_slice::<KeyFile>(raw) {
         Ok(kf) => kf,
         Err(e) => return KeyTry::Unusable(format!("not a key file: {e}")),
@@ -1333,6 +1367,18 @@ fn try_key_file(raw: &[u8], password: &str) -> KeyTry {
     if let Err(why) = params.check_limits() {
         return KeyTry::Unusable(why);
     }
+    if params.work() > *work_left {
+        return KeyTry::OverBudget(format!(
+            "its scrypt parameters (N={}, r={}, p={}, {} times restic's default key) would take \
+             this open past the {} times the default it may spend on key files",
+            params.n,
+            params.r,
+            params.p,
+            params.times_default(),
+            MAX_SCRYPT_WORK_PER_OPEN / KdfParams::default().work()
+        ));
+    }
+    *work_left -= params.work();
     let user = match crypto::derive_key(password, &kf.salt, params) {
         Ok(user) => user,
         Err(e) => return KeyTry::Unusable(e.to_string()),

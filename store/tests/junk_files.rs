@@ -20,7 +20,7 @@ use volbackup_store::check::{CheckOptions, check};
 use volbackup_store::crypto::KdfParams;
 use volbackup_store::progress::NoProgress;
 use volbackup_store::prune::{PruneOptions, plan_prune};
-use volbackup_store::repo::{InitOptions, max_file_len};
+use volbackup_store::repo::{InitOptions, KeyHint, max_file_len};
 use volbackup_store::{Error, Id, Repository};
 
 /// A sparse file of `size` bytes at `path`: it takes no disk space, and reading it whole
@@ -362,4 +362,108 @@ fn backups_and_restores_pass_over_a_damaged_index_or_snapshot_file_check_reports
         before,
         "a refused prune changed the repository"
     );
+}
+
+// Item 14: key files that cannot be read, and planted scrypt costs.
+
+/// The repository's one key file and its id.
+fn only_key(t: &TempRepo) -> (String, Vec<u8>) {
+    let keys: Vec<_> = std::fs::read_dir(t.path.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(keys.len(), 1);
+    (
+        keys[0].file_name().unwrap().to_str().unwrap().to_string(),
+        std::fs::read(&keys[0]).unwrap(),
+    )
+}
+
+#[test]
+fn a_hinted_key_file_that_cannot_be_read_falls_back_to_the_listed_keys() {
+    let t = TempRepo::new();
+    t.init_ours();
+    let (real, _) = only_key(&t);
+    let keys = t.path.join("keys");
+    let folder = Id::random().to_hex();
+    std::fs::create_dir(keys.join(&folder)).unwrap();
+    let fifo = Id::random().to_hex();
+    mkfifo(&keys.join(&fifo));
+    let huge = Id::random().to_hex();
+    sparse(&keys.join(&huge), 1 << 40);
+    for (what, hinted) in [("a folder", folder), ("a FIFO", fifo), ("a TiB file", huge)] {
+        let backend = t.backend();
+        let repo = without_hanging(&format!("opening with a hint naming {what}"), move || {
+            Repository::open_hinted(backend, PASSWORD, &[], Some(&KeyHint::named(hinted)))
+        })
+        .unwrap_or_else(|e| panic!("a hint naming {what}: {e}"));
+        assert_eq!(repo.key_id().to_hex(), real, "a hint naming {what}");
+    }
+}
+
+/// A key file like `real` with these scrypt parameters, which no password opens (its data is
+/// random).
+fn planted_key(t: &TempRepo, real: &[u8], name: &str, n: u64, r: u32, p: u32) {
+    let mut json: serde_json::Value = serde_json::from_slice(real).unwrap();
+    json["N"] = n.into();
+    json["r"] = r.into();
+    json["p"] = p.into();
+    json["data"] = base64_of(&common::random_bytes(u64::from(p), 160)).into();
+    std::fs::write(
+        t.path.join("keys").join(name),
+        serde_json::to_vec(&json).unwrap(),
+    )
+    .unwrap();
+}
+
+fn base64_of(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+#[test]
+fn a_planted_key_costing_more_than_a_key_may_is_skipped_underived() {
+    let t = TempRepo::new();
+    t.init_ours();
+    let (real, file) = only_key(&t);
+    // 128 times restic's default (N=2^15, r=8, p=1), 256 MiB: allowed until now, and about a
+    // minute of scrypt on a loaded core. It sorts first, so it is tried first.
+    let bomb = "0".repeat(64);
+    planted_key(&t, &file, &bomb, 1 << 18, 8, 16);
+    let repo = Repository::open(t.backend(), PASSWORD).unwrap();
+    assert_eq!(repo.key_id().to_hex(), real);
+
+    std::fs::remove_file(t.path.join("keys").join(&real)).unwrap();
+    let err = Repository::open(t.backend(), PASSWORD).unwrap_err();
+    let msg = corrupt_message(&err);
+    assert!(
+        msg.contains("no key file can be used")
+            && msg.contains(&format!("keys/{bomb}"))
+            && msg.contains("costs 128 times restic's default key, above the limit of 64 times"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn planted_keys_cost_an_open_no_more_scrypt_than_its_budget() {
+    let t = TempRepo::new();
+    t.init_ours();
+    // Each at the limit for one key (64 times restic's default); an open may spend twice
+    // that, and the real key (tried too: the password is wrong) has spent a little of it.
+    // The hint has the real key tried first, wherever its name sorts.
+    let (real, file) = only_key(&t);
+    let (first, second) = ("1".repeat(64), "2".repeat(64));
+    planted_key(&t, &file, &first, 1 << 17, 8, 16);
+    planted_key(&t, &file, &second, 1 << 17, 8, 16);
+    let hint = KeyHint::named(real);
+    let err =
+        Repository::open_hinted(t.backend(), "not the password", &[], Some(&hint)).unwrap_err();
+    let msg = corrupt_message(&err);
+    assert!(
+        msg.contains("the password opens none of the 2 key files tried, and 1 more were not tried")
+            && msg.contains(&format!("keys/{second}"))
+            && msg.contains("VOLBACKUP_KEY_HINT"),
+        "{msg}"
+    );
+    assert!(!msg.contains(&format!("keys/{first}")), "{msg}");
 }
