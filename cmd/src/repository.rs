@@ -222,7 +222,8 @@ pub fn credential_warnings(location: &str, env: &dyn Fn(&str) -> Option<String>)
     out
 }
 
-/// Opens the repository the settings of [`secret_data`] name (password checked, index loaded).
+/// Opens the repository the settings of [`secret_data`] name (password checked, index loaded,
+/// passing over index files that cannot be used: it is for restores).
 pub fn open_from(data: &std::collections::BTreeMap<String, String>) -> Result<Repository> {
     let backend = open_backend(&data["VOLBACKUP_REPOSITORY"])?;
     let repo = Repository::open_hinted(
@@ -231,7 +232,7 @@ pub fn open_from(data: &std::collections::BTreeMap<String, String>) -> Result<Re
         &[],
         key_hint_of(|var| data.get(var).cloned()).as_ref(),
     )?;
-    repo.load_index()?;
+    repo.load_usable_index()?;
     Ok(repo)
 }
 

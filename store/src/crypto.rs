@@ -211,7 +211,24 @@ pub const MAX_SCRYPT_P: u32 = 16;
 /// not both at once.
 pub const MAX_SCRYPT_MEMORY: u64 = 1 << 30;
 
+/// The most scrypt work (N·r·p, which its time grows with) a key may ask for: 2^24, 64 times
+/// restic's default (N=2^15, r=8, p=1), a few seconds of one core. restic calibrates new keys
+/// to about half a second on the machine that makes them, well below.
+pub const MAX_SCRYPT_WORK: u64 = 1 << 24;
+
 impl KdfParams {
+    /// The work scrypt does with these parameters, N·r·p: what its time grows with.
+    pub fn work(&self) -> u64 {
+        self.n
+            .saturating_mul(u64::from(self.r))
+            .saturating_mul(u64::from(self.p))
+    }
+
+    /// How many times restic's default key ([`KdfParams::default`]) these parameters cost.
+    pub fn times_default(&self) -> u64 {
+        self.work() / KdfParams::default().work()
+    }
+
     /// Why these parameters are refused, if they are. Key files are not authenticated, so
     /// anyone who can write to `keys/` chooses them; without limits a planted key makes every
     /// open allocate without bound (N = 2^40) or spin for hours. restic's own keys stay far
@@ -236,6 +253,14 @@ impl KdfParams {
                 "scrypt N={n}, r={r} needs {} of memory, above the limit {}",
                 crate::format::human_bytes(memory),
                 crate::format::human_bytes(MAX_SCRYPT_MEMORY)
+            ));
+        }
+        if self.work() > MAX_SCRYPT_WORK {
+            return Err(format!(
+                "scrypt N={n}, r={r}, p={p} costs {} times restic's default key, above the \
+                 limit of {} times",
+                self.times_default(),
+                MAX_SCRYPT_WORK / KdfParams::default().work()
             ));
         }
         Ok(())
@@ -272,8 +297,14 @@ mod tests {
     fn scrypt_parameters_beyond_the_limits_are_refused_without_deriving() {
         let ok = |n, r, p| KdfParams { n, r, p }.check_limits().is_ok();
         assert!(ok(1 << 15, 8, 1), "restic's default");
-        assert!(ok(1 << 20, 8, 16));
+        assert!(ok(1 << 20, 8, 2));
         assert!(ok(1 << 18, 32, 1));
+        assert!(
+            ok(1 << 15, 8, 16),
+            "restic's default calibrated for a fast machine"
+        );
+        assert!(!ok(1 << 20, 8, 16), "512 times the default, about a minute");
+        assert!(!ok(1 << 18, 8, 16), "128 times the default");
         assert!(!ok(1 << 40, 8, 1));
         assert!(!ok(1 << 21, 1, 1));
         assert!(!ok(1 << 20, 32, 1), "4 GiB of memory");

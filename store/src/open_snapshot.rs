@@ -133,7 +133,7 @@ impl Opening {
         let (index, found, root) = std::thread::scope(|s| {
             let found = s.spawn(|| repo.find_snapshot_early(spec));
             let index = repo.early_list(FileType::Index).and_then(|listed| {
-                repo.load_index_files(listed.clone())?;
+                repo.load_usable_index_files(listed.clone())?;
                 Ok(listed)
             });
             let found = found.join().expect("snapshot lookup");
@@ -184,7 +184,7 @@ impl Opening {
         let changed = relisted != listed;
         let root = if changed {
             tracing::debug!("the index files changed before the lock was taken: loading again");
-            repo.load_index_files(relisted)?;
+            repo.load_usable_index_files(relisted)?;
             read_tree(&repo, &snapshot.tree)?
         } else {
             root?

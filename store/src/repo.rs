@@ -19,6 +19,12 @@ use crate::{Error, Result};
 /// before scrypt runs (unreadable, too large, refused parameters) do not count.
 pub const MAX_KEYS_TRIED: usize = 20;
 
+/// The most scrypt work ([`KdfParams::work`]) one open spends trying key files: twice what
+/// one key may ask for ([`crypto::MAX_SCRYPT_WORK`]), 128 times restic's default key, some
+/// seconds of one core. A key file that would take an open past it is not tried (a warning
+/// names it), so planted keys cost each open a bounded time, however many there are.
+pub const MAX_SCRYPT_WORK_PER_OPEN: u64 = 2 * crypto::MAX_SCRYPT_WORK;
+
 /// Key files larger than this are skipped unread: restic's are about 450 bytes, and the
 /// files are not authenticated, so their size is whatever someone planted.
 pub const MAX_KEY_FILE_SIZE: u64 = 64 * 1024;
@@ -49,6 +55,23 @@ pub fn max_unpacked_len(t: FileType) -> usize {
         FileType::Index => 512 << 20,
         FileType::Lock => 1 << 20,
         _ => 64 << 20,
+    }
+}
+
+/// The longest file of kind `t`, as stored (sealed), that is read: a longer one is refused
+/// from its size before its contents are read ([`Backend::read_at_most`]). Anyone who can
+/// write to the repository can plant files, in `locks/` even without a key, so these bound
+/// what one planted file costs. Lock, key and config files are a few hundred bytes; a
+/// snapshot file is a few KiB (16 MiB holds hundreds of thousands of paths or tags); an index
+/// file is started afresh at 50,000 blobs by restic and by us ([`crate::packer::INDEX_BLOBS_PER_FILE`]),
+/// under 8 MiB of JSON, so 64 MiB leaves room for writers that pack more into one file.
+pub fn max_file_len(t: FileType) -> u64 {
+    match t {
+        FileType::Config | FileType::Lock => 64 << 10,
+        FileType::Key => MAX_KEY_FILE_SIZE,
+        FileType::Snapshot => 16 << 20,
+        FileType::Index => 64 << 20,
+        FileType::Pack => u64::MAX,
     }
 }
 
@@ -152,13 +175,14 @@ impl Early {
 
 /// Lists the kinds `kinds` side by side, then reads the index files and (up to
 /// [`EARLY_SNAPSHOT_FILES`]) the snapshot files they list. Whatever fails is left out: it
-/// is asked for again when needed, and fails then with its proper error.
+/// is asked for again when needed, and fails then with its proper error; so is a file
+/// listed longer than its kind may be ([`max_file_len`]).
 fn warm_up(backend: &dyn Backend, kinds: &[FileType]) -> WarmedUp {
     let mut read = WarmedUp::default();
-    let listed: Vec<(FileType, Result<Vec<Id>>)> = std::thread::scope(|s| {
+    let listed: Vec<(FileType, Result<Vec<ListedFile>>)> = std::thread::scope(|s| {
         let listers: Vec<_> = kinds
             .iter()
-            .map(|&t| (t, s.spawn(move || list_ids_of(backend, t))))
+            .map(|&t| (t, s.spawn(move || list_sized_of(backend, t))))
             .collect();
         listers
             .into_iter()
@@ -166,21 +190,27 @@ fn warm_up(backend: &dyn Backend, kinds: &[FileType]) -> WarmedUp {
             .collect()
     });
     let mut to_read: Vec<(FileType, Id)> = Vec::new();
-    for (t, ids) in listed {
-        let Ok(ids) = ids else { continue };
+    for (t, files) in listed {
+        let Ok(files) = files else { continue };
+        let fits = |&&(_, size): &&ListedFile| size <= max_file_len(t);
         match t {
-            FileType::Index => to_read.extend(ids.iter().map(|id| (t, *id))),
-            FileType::Snapshot if ids.len() <= EARLY_SNAPSHOT_FILES => {
-                to_read.extend(ids.iter().map(|id| (t, *id)))
+            FileType::Index => to_read.extend(files.iter().filter(fits).map(|(id, _)| (t, *id))),
+            FileType::Snapshot if files.len() <= EARLY_SNAPSHOT_FILES => {
+                to_read.extend(files.iter().filter(fits).map(|(id, _)| (t, *id)))
             }
             _ => {}
         }
-        read.lists.insert(t, ids);
+        read.lists
+            .insert(t, files.into_iter().map(|(id, _)| id).collect());
     }
     let names: Vec<Id> = to_read.iter().map(|(_, id)| *id).collect();
     let kind_of: std::collections::HashMap<Id, FileType> =
         to_read.iter().map(|(t, id)| (*id, *t)).collect();
-    if let Ok(files) = load_parallel(&names, |id| backend.read(kind_of[id], &id.to_hex())) {
+    let read_one = |id: &Id| {
+        let t = kind_of[id];
+        backend.read_at_most(t, &id.to_hex(), max_file_len(t))
+    };
+    if let Ok(files) = load_parallel(&names, read_one) {
         for (id, file) in names.into_iter().zip(files) {
             if let Some(file) = file {
                 read.files.insert((kind_of[&id], id), file);
@@ -192,13 +222,24 @@ fn warm_up(backend: &dyn Backend, kinds: &[FileType]) -> WarmedUp {
 
 /// The ids of all files of one kind, sorted (names that are not ids are skipped).
 fn list_ids_of(backend: &dyn Backend, t: FileType) -> Result<Vec<Id>> {
-    let mut ids: Vec<Id> = backend
+    Ok(list_sized_of(backend, t)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// A file's id and its size as listed.
+type ListedFile = (Id, u64);
+
+/// [`list_ids_of`] with each file's listed size.
+fn list_sized_of(backend: &dyn Backend, t: FileType) -> Result<Vec<ListedFile>> {
+    let mut files: Vec<ListedFile> = backend
         .list(t)?
         .into_iter()
-        .filter_map(|f| Id::from_hex(&f.name).ok())
+        .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (id, f.size)))
         .collect();
-    ids.sort();
-    Ok(ids)
+    files.sort();
+    Ok(files)
 }
 
 /// Hears one-line messages about a wait for a lock.
@@ -306,7 +347,9 @@ impl Repository {
         // The config is read while the key files are listed and tried: behind an object
         // store, each of these requests costs a round trip.
         let (sealed_config, key) = std::thread::scope(|s| {
-            let config = s.spawn(|| backend.read(FileType::Config, "config"));
+            let config = s.spawn(|| {
+                backend.read_at_most(FileType::Config, "config", max_file_len(FileType::Config))
+            });
             let key = find_key(backend.as_ref(), password, key_hint);
             (config.join().expect("config reader"), key)
         });
@@ -422,10 +465,35 @@ impl Repository {
         self.load_index_files(self.list_ids(FileType::Index)?)
     }
 
+    /// [`Repository::load_index`] passing over index files that cannot be used, for a
+    /// backup or a restore ([`Repository::load_usable_index_files`]).
+    pub fn load_usable_index(&self) -> Result<()> {
+        self.load_usable_index_files(self.list_ids(FileType::Index)?)
+    }
+
     /// Loads the index files `files` (as listed by [`Repository::list_ids`]) into memory,
     /// replacing the current index.
     pub fn load_index_files(&self, files: Vec<Id>) -> Result<()> {
         let loaded = load_parallel(&files, |id| self.load_index_file(id))?;
+        self.set_index(files, loaded);
+        Ok(())
+    }
+
+    /// [`Repository::load_index_files`] for a backup or a restore: an index file that cannot
+    /// be used (it does not verify, decrypt or parse, or is longer than an index file may be)
+    /// is passed over with a warning naming it, rather than stopping every backup and
+    /// restore. Its blobs are then unknown here: a backup lists the packs no usable index
+    /// file names in an index file of its own, from their headers
+    /// ([`crate::resume::index_unindexed_packs`]); a restore that needs one of them fails
+    /// naming the blob. `repo check` reports the file, and prune refuses to run
+    /// while it is there.
+    pub fn load_usable_index_files(&self, files: Vec<Id>) -> Result<()> {
+        let loaded = self.load_passing_over(&files, |id| self.load_index_file(id))?;
+        self.set_index(files, loaded);
+        Ok(())
+    }
+
+    fn set_index(&self, files: Vec<Id>, loaded: Vec<Option<IndexFile>>) {
         let mut index = Index::new();
         // A file removed by a concurrent prune between listing and reading was superseded
         // by another index file: skip it.
@@ -435,7 +503,41 @@ impl Repository {
             }
         }
         *self.inner.index.write().expect("index lock") = Arc::new(index);
-        Ok(())
+    }
+
+    /// [`load_parallel`] of files, passing over those that cannot be used
+    /// ([`Error::Corrupt`]) with a warning naming each, once per process.
+    fn load_passing_over<T: Send>(
+        &self,
+        ids: &[Id],
+        load: impl Fn(&Id) -> Result<T> + Sync,
+    ) -> Result<Vec<Option<T>>> {
+        static WARNED: std::sync::Mutex<std::collections::BTreeSet<(String, Id)>> =
+            std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let usable = |e: &Error| matches!(e, Error::NotFound { .. } | Error::Corrupt { .. });
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, loaded) in ids.iter().zip(load_each(ids, load, |e| !usable(e))) {
+            match loaded {
+                Some(Ok(v)) => out.push(Some(v)),
+                Some(Err(e @ Error::Corrupt { .. })) => {
+                    let first = WARNED
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert((self.location(), *id));
+                    if first {
+                        tracing::warn!(
+                            "{}: passing over {e}; `kubectl-volbackup repo check` reports it, \
+                             and prune refuses to run until it is removed",
+                            self.location()
+                        );
+                    }
+                    out.push(None);
+                }
+                Some(Err(Error::NotFound { .. })) | None => out.push(None),
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Loads one index file.
@@ -620,7 +722,7 @@ impl Repository {
             .take(t, |read| read.files.remove(&(t, *id)))
         {
             Some(sealed) => sealed,
-            None => self.inner.backend.read(t, &name)?,
+            None => self.inner.backend.read_at_most(t, &name, max_file_len(t))?,
         };
         if Id::hash(&sealed) != *id {
             return Err(Error::Corrupt {
@@ -664,20 +766,26 @@ impl Repository {
 
     /// All snapshots, oldest first.
     pub fn list_snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        self.snapshots_of(self.list_ids(FileType::Snapshot)?)
+        self.snapshots_of(self.list_ids(FileType::Snapshot)?, false)
     }
 
     /// [`Repository::list_snapshots`] from the listing made while the repository was opened
     /// ([`Repository::early_list`]), for a guess that may miss a snapshot saved since, such
-    /// as a backup's parent. Never for anything that removes data.
+    /// as a backup's parent. Never for anything that removes data. A snapshot file that
+    /// cannot be used is passed over with a warning naming it.
     pub fn list_snapshots_early(&self) -> Result<Vec<(Id, Snapshot)>> {
-        self.snapshots_of(self.early_list(FileType::Snapshot)?)
+        self.snapshots_of(self.early_list(FileType::Snapshot)?, true)
     }
 
-    fn snapshots_of(&self, ids: Vec<Id>) -> Result<Vec<(Id, Snapshot)>> {
-        let loaded = load_parallel(&ids, |id| {
-            self.load_unpacked::<Snapshot>(FileType::Snapshot, id)
-        })?;
+    /// The snapshots `ids`, oldest first; with `pass_over`, those that cannot be used are
+    /// left out with a warning instead of failing the whole list.
+    fn snapshots_of(&self, ids: Vec<Id>, pass_over: bool) -> Result<Vec<(Id, Snapshot)>> {
+        let load = |id: &Id| self.load_unpacked::<Snapshot>(FileType::Snapshot, id);
+        let loaded = if pass_over {
+            self.load_passing_over(&ids, load)?
+        } else {
+            load_parallel(&ids, load)?
+        };
         let mut out: Vec<(Id, Snapshot)> = ids
             .into_iter()
             .zip(loaded)
@@ -689,26 +797,28 @@ impl Repository {
 
     /// Finds a snapshot by `latest`, a full id, or a unique id prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
-        self.find_snapshot_in(spec, || self.list_ids(FileType::Snapshot))
+        self.find_snapshot_in(spec, || self.list_ids(FileType::Snapshot), false)
     }
 
     /// [`Repository::find_snapshot`] in the listing made while the repository was opened
     /// ([`Repository::early_list`]): for the snapshot a restore or backup starts from.
+    /// `latest` passes over snapshot files that cannot be used, with a warning naming each.
     pub fn find_snapshot_early(&self, spec: &str) -> Result<(Id, Snapshot)> {
-        self.find_snapshot_in(spec, || self.early_list(FileType::Snapshot))
+        self.find_snapshot_in(spec, || self.early_list(FileType::Snapshot), true)
     }
 
     fn find_snapshot_in(
         &self,
         spec: &str,
         list: impl FnOnce() -> Result<Vec<Id>>,
+        pass_over: bool,
     ) -> Result<(Id, Snapshot)> {
         let not_found = || Error::SnapshotNotFound {
             spec: spec.to_string(),
             location: self.location(),
         };
         if spec == "latest" {
-            return self.snapshots_of(list()?)?.pop().ok_or_else(|| {
+            return self.snapshots_of(list()?, pass_over)?.pop().ok_or_else(|| {
                 Error::Invalid(format!(
                     "{} has no snapshots yet (create one with `kubectl-volbackup create`)",
                     self.location()
@@ -1093,6 +1203,8 @@ fn find_key(
 ) -> Result<(Key, Id, Vec<u8>)> {
     let location = backend.location();
     let mut tried = 0;
+    let mut work_left = MAX_SCRYPT_WORK_PER_OPEN;
+    let mut untried = Vec::new();
     let mut passed_over = None;
     let hinted = hint.and_then(|h| match Id::from_hex(&h.id) {
         Ok(id) => Some((id, h.copy.as_deref())),
@@ -1114,21 +1226,20 @@ fn find_key(
             }
             fits
         });
-        // Read whole: without a listing the size is not known, and both backends refuse a
-        // range past the end. The file was named by the one who wrote it. The copy's key is
-        // derived meanwhile; it counts only if the repository still holds the same file.
+        // Read whole, up to the size a key file may have: without a listing the size is not
+        // known, and both backends refuse a range past the end. The copy's key is derived
+        // meanwhile; it counts only if the repository still holds the same file.
         let (stored, from_copy) = std::thread::scope(|s| {
-            let stored = s.spawn(|| backend.read(FileType::Key, &id.to_hex()));
-            let from_copy = copy.map(|c| try_key_file(c, password));
+            let stored =
+                s.spawn(|| backend.read_at_most(FileType::Key, &id.to_hex(), MAX_KEY_FILE_SIZE));
+            let from_copy = copy.map(|c| try_key_file(c, password, &mut work_left));
             (stored.join().expect("key reader"), from_copy)
         });
         match stored {
-            // Too long to be tried: the listing below reports it.
-            Ok(raw) if raw.len() as u64 > MAX_KEY_FILE_SIZE => {}
             Ok(raw) => {
                 let outcome = match from_copy {
                     Some(outcome) if copy == Some(raw.as_slice()) => outcome,
-                    _ => try_key_file(&raw, password),
+                    _ => try_key_file(&raw, password, &mut work_left),
                 };
                 match outcome {
                     KeyTry::Opened(key) => return Ok((key, id, raw)),
@@ -1137,13 +1248,18 @@ fn find_key(
                         passed_over = Some(id.to_hex());
                     }
                     // Tried again below, where what is wrong with it is reported.
-                    KeyTry::Unusable(_) => {}
+                    KeyTry::Unusable(_) | KeyTry::OverBudget(_) => {}
                 }
             }
             Err(Error::NotFound { .. }) => {
                 tracing::debug!("{location}: the hinted key file keys/{id} does not exist")
             }
-            Err(e) => return Err(e),
+            // Whatever is wrong with the hinted file (too long, a folder, a FIFO, unreadable),
+            // the other key files may still open the repository.
+            Err(e) => tracing::warn!(
+                "{location}: passing over the key file the key hint names ({e}); listing the \
+                 key files instead"
+            ),
         }
     }
     let mut keys = backend.list(FileType::Key)?;
@@ -1170,9 +1286,12 @@ fn find_key(
             match backend.read_range(FileType::Key, &k.name, 0, k.size) {
                 Ok(read) => {
                     raw = read;
-                    try_key_file(&raw, password)
+                    try_key_file(&raw, password, &mut work_left)
                 }
                 Err(Error::NotFound { .. }) => continue,
+                // One unreadable file (permissions, a folder in its place) is passed over
+                // like a damaged one; the backend failing is not.
+                Err(e) if !e.is_retryable() => KeyTry::Unusable(format!("cannot be read: {e}")),
                 Err(e) => return Err(e),
             }
         };
@@ -1185,7 +1304,22 @@ fn find_key(
                 tracing::warn!("{location}: skipping key file keys/{}: {why}", k.name);
                 unusable.push(format!("keys/{}: {why}", k.name));
             }
+            KeyTry::OverBudget(why) => {
+                tracing::warn!("{location}: not trying key file keys/{}: {why}", k.name);
+                untried.push(format!("keys/{}: {why}", k.name));
+            }
         }
+    }
+    if let Some(first) = untried.first() {
+        return Err(Error::Corrupt {
+            what: format!("{location}/keys"),
+            message: format!(
+                "the password opens none of the {tried} key files tried, and {} more were not \
+                 tried ({first}): remove the key files nobody uses, or name yours with \
+                 VOLBACKUP_KEY_HINT, which is tried first",
+                untried.len()
+            ),
+        });
     }
     if tried == 0
         && let Some(first) = unusable.first()
@@ -1210,10 +1344,14 @@ enum KeyTry {
     NotThisPassword,
     /// Not a key file this program will use, and why.
     Unusable(String),
+    /// A key file whose scrypt work would take the open past [`MAX_SCRYPT_WORK_PER_OPEN`],
+    /// left untried, and why.
+    OverBudget(String),
 }
 
-/// Tries one key file; the scrypt parameters are checked before scrypt runs.
-fn try_key_file(raw: &[u8], password: &str) -> KeyTry {
+/// Tries one key file; the scrypt parameters are checked before scrypt runs, and the work it
+/// takes is taken from `work_left` (a key file that asks for more than is left is not tried).
+fn try_key_file(raw: &[u8], password: &str, work_left: &mut u64) -> KeyTry {
     let kf = match serde_json::from_slice::<KeyFile>(raw) {
         Ok(kf) => kf,
         Err(e) => return KeyTry::Unusable(format!("not a key file: {e}")),
@@ -1229,6 +1367,18 @@ fn try_key_file(raw: &[u8], password: &str) -> KeyTry {
     if let Err(why) = params.check_limits() {
         return KeyTry::Unusable(why);
     }
+    if params.work() > *work_left {
+        return KeyTry::OverBudget(format!(
+            "its scrypt parameters (N={}, r={}, p={}, {} times restic's default key) would take \
+             this open past the {} times the default it may spend on key files",
+            params.n,
+            params.r,
+            params.p,
+            params.times_default(),
+            MAX_SCRYPT_WORK_PER_OPEN / KdfParams::default().work()
+        ));
+    }
+    *work_left -= params.work();
     let user = match crypto::derive_key(password, &kf.salt, params) {
         Ok(user) => user,
         Err(e) => return KeyTry::Unusable(e.to_string()),

@@ -153,7 +153,7 @@ pub fn restore_tree(
         return restore_open(repo, &open, target, opts, progress);
     }
     if repo.index().is_empty() {
-        repo.load_index()?;
+        repo.load_usable_index()?;
     }
     let snap: Snapshot = repo.load_unpacked(RepoFile::Snapshot, snapshot)?;
     let root = load_tree(repo, &snap.tree)?;

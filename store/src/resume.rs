@@ -32,7 +32,7 @@ pub fn lock_for_backup(repo: &Repository) -> Result<LockGuard> {
             Ok((index_files?, packs?))
         })
     })?;
-    repo.load_index_files(index_files)?;
+    repo.load_usable_index_files(index_files)?;
     repo.end_read_ahead();
     index_unindexed_packs(repo, packs)?;
     Ok(lock)

@@ -54,6 +54,39 @@ impl LocalBackend {
         }
     }
 
+    /// Opens a repository file for reading, with its size. Only a plain file is opened: the
+    /// open does not wait (`O_NONBLOCK`, so a FIFO planted in the repository cannot block it)
+    /// and whatever else the name leads to (a FIFO, a device, a folder) is refused as damaged.
+    fn open_file(&self, t: FileType, name: &str) -> Result<(fs::File, u64)> {
+        let path = self.path_of(t, name);
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| self.err(&path, e))?;
+        let md = f.metadata().map_err(|e| self.err(&path, e))?;
+        if !md.is_file() {
+            use std::os::unix::fs::FileTypeExt;
+            let ft = md.file_type();
+            let kind = if ft.is_dir() {
+                "a folder"
+            } else if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_block_device() || ft.is_char_device() {
+                "a device"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "not a plain file"
+            };
+            return Err(Error::Corrupt {
+                what: relative_path(t, name),
+                message: format!("is {kind}, where a plain file belongs"),
+            });
+        }
+        Ok((f, md.len()))
+    }
+
     fn write_file(&self, path: &Path, data: &[u8]) -> std::io::Result<()> {
         let dir = path.parent().expect("repository files live in a folder");
         let name = path.file_name().expect("file name").to_string_lossy();
@@ -134,8 +167,24 @@ impl Backend for LocalBackend {
     }
 
     fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>> {
-        let path = self.path_of(t, name);
-        fs::read(&path).map_err(|e| self.err(&path, e))
+        self.read_at_most(t, name, u64::MAX)
+    }
+
+    fn read_at_most(&self, t: FileType, name: &str, max: u64) -> Result<Vec<u8>> {
+        use std::io::Read;
+        let (f, size) = self.open_file(t, name)?;
+        if size > max {
+            return Err(super::too_large(t, name, size, max));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        // A file that grows meanwhile is read no further than one byte past the limit.
+        f.take(max.saturating_add(1))
+            .read_to_end(&mut data)
+            .map_err(|e| self.err(&self.path_of(t, name), e))?;
+        if data.len() as u64 > max {
+            return Err(super::too_large(t, name, data.len() as u64, max));
+        }
+        Ok(data)
     }
 
     fn read_range(&self, t: FileType, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
@@ -154,7 +203,7 @@ impl Backend for LocalBackend {
     ) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let path = self.path_of(t, name);
-        let f = fs::File::open(&path).map_err(|e| self.err(&path, e))?;
+        let (f, _) = self.open_file(t, name)?;
         // Every byte is read over, so only a grown tail needs zeros first.
         buf.truncate(length as usize);
         buf.resize(length as usize, 0);

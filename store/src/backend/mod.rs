@@ -38,6 +38,18 @@ impl FileType {
         FileType::Pack,
     ];
 
+    /// What a file of this kind is called in messages: `a lock file`, `an index file`.
+    pub fn described(self) -> &'static str {
+        match self {
+            FileType::Config => "a config file",
+            FileType::Key => "a key file",
+            FileType::Snapshot => "a snapshot file",
+            FileType::Index => "an index file",
+            FileType::Lock => "a lock file",
+            FileType::Pack => "a pack file",
+        }
+    }
+
     /// The folder of this kind inside the repository (`""` for the config file).
     pub fn dir(self) -> &'static str {
         match self {
@@ -112,6 +124,20 @@ pub fn redact(location: &str) -> String {
     }
 }
 
+/// The error for a file of kind `t` that is `size` bytes long (at least: a file that grew
+/// while it was read) where no file of its kind may be longer than `max`: the file is
+/// damaged or planted, and nothing more of it is read.
+pub fn too_large(t: FileType, name: &str, size: u64, max: u64) -> crate::Error {
+    crate::Error::Corrupt {
+        what: relative_path(t, name),
+        message: format!(
+            "{size} bytes long, more than {} may be ({}), so it was not read",
+            t.described(),
+            crate::format::human_bytes(max)
+        ),
+    }
+}
+
 /// A file in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileInfo {
@@ -147,6 +173,19 @@ pub trait Backend: Send + Sync {
 
     /// Reads a whole file.
     fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>>;
+
+    /// Reads a whole file that may be at most `max` bytes long. A longer file is refused
+    /// ([`too_large`]), and so is anything but a plain file; backends find that out from the
+    /// file's size before they read its contents, so a planted file of any size costs neither
+    /// the time nor the memory to read it, and a local FIFO never blocks the read. This
+    /// default, for wrappers, reads first and checks after.
+    fn read_at_most(&self, t: FileType, name: &str, max: u64) -> Result<Vec<u8>> {
+        let data = self.read(t, name)?;
+        if data.len() as u64 > max {
+            return Err(too_large(t, name, data.len() as u64, max));
+        }
+        Ok(data)
+    }
 
     /// Reads `length` bytes at `offset`. Reading past the end is an error.
     fn read_range(&self, t: FileType, name: &str, offset: u64, length: u64) -> Result<Vec<u8>>;

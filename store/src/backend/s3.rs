@@ -591,18 +591,23 @@ impl S3Backend {
     /// GET (of a range), retrying when the body breaks off after the headers arrived.
     async fn get(&self, rel: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>> {
         let mut data = Vec::new();
-        self.get_into(rel, range, &mut data).await?;
+        self.get_into(rel, range, &mut data, None).await?;
         Ok(data)
     }
 
     /// [`S3Backend::get`] into `data` (replacing its contents). The body is copied into
     /// `data` as it arrives: collected first, a read was held in the client's pieces, then
     /// joined, then copied again, three times its size at its peak.
+    ///
+    /// With `limit` (a whole file of kind `t`, no range), an answer whose announced length is
+    /// larger is refused before its body is read, and a body that turns out longer is not
+    /// read past the limit.
     async fn get_into(
         &self,
         rel: &str,
         range: Option<(u64, u64)>,
         data: &mut Vec<u8>,
+        limit: Option<(FileType, &str, u64)>,
     ) -> Result<()> {
         let key = self.key_of(rel);
         let what = match range {
@@ -627,6 +632,12 @@ impl S3Backend {
                 self.map_failure(f, Some(rel), &what)
             })?;
             let expected = out.content_length().map(|l| l.max(0) as u64);
+            if let (Some((t, name, max)), Some(len)) = (limit, expected)
+                && len > max
+            {
+                // Dropping the answer closes its connection: the body is never read.
+                return Err(super::too_large(t, name, len, max));
+            }
             let want = range.map(|(_, len)| len).or(expected);
             data.clear();
             // What the server announced, within reason: a lying header must not allocate.
@@ -634,7 +645,15 @@ impl S3Backend {
             let mut body = out.body;
             let body_err = loop {
                 match body.next().await {
-                    Some(Ok(piece)) => data.extend_from_slice(&piece),
+                    Some(Ok(piece)) => {
+                        if let Some((t, name, max)) = limit
+                            && (data.len() + piece.len()) as u64 > max
+                        {
+                            let at_least = (data.len() + piece.len()) as u64;
+                            return Err(super::too_large(t, name, at_least, max));
+                        }
+                        data.extend_from_slice(&piece)
+                    }
                     Some(Err(e)) => break root_cause(&e),
                     None => match want {
                         Some(w) if data.len() as u64 != w => {
@@ -916,6 +935,13 @@ impl Backend for S3Backend {
         self.run(self.get(&rel, None))
     }
 
+    fn read_at_most(&self, t: FileType, name: &str, max: u64) -> Result<Vec<u8>> {
+        let rel = relative_path(t, name);
+        let mut data = Vec::new();
+        self.run(self.get_into(&rel, None, &mut data, Some((t, name, max))))?;
+        Ok(data)
+    }
+
     fn read_range(&self, t: FileType, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
         let rel = relative_path(t, name);
         if length == 0 {
@@ -946,7 +972,7 @@ impl Backend for S3Backend {
             return Ok(());
         }
         let rel = relative_path(t, name);
-        self.run(self.get_into(&rel, Some((offset, length)), buf))
+        self.run(self.get_into(&rel, Some((offset, length)), buf, None))
     }
 
     fn stat(&self, t: FileType, name: &str) -> Result<u64> {
