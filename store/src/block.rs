@@ -240,10 +240,9 @@ pub fn backup_block(
     let tree_id = writer.add(BlobType::Tree, tree.to_blob())?.id;
     progress.message("writing index");
     // The index and the snapshot refer to every pack written so far: a lost lock means a
-    // prune may have removed some of them.
+    // prune may have removed some of them. `finish` looks before each index file it writes.
     lock.check()?;
-    let stats = writer.finish()?;
-    lock.check()?;
+    let stats = writer.finish(&lock)?;
 
     let mut snap = Snapshot::new(tree_id, vec![format!("/{name}")]);
     snap.time = started;
@@ -253,6 +252,7 @@ pub fn backup_block(
     snap.tags = opts.tags.clone();
     snap.parent = opts.parent;
     snap.volbackup = opts.description.clone();
+    lock.check()?;
     let snapshot_id = repo.save_snapshot(&snap)?;
     Ok(BackupSummary {
         snapshot_id,
