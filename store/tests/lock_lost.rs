@@ -38,7 +38,10 @@ fn a_holder_judges_its_lock_by_the_wall_clock_so_a_suspended_machine_has_lost_it
     let timing = timing();
     // The machine sleeps past the point where a holder gives up: its wall clock moves on, its
     // monotonic clock does not.
-    advance_clocks(timing.give_up_after() + Duration::from_secs(60), Duration::ZERO);
+    advance_clocks(
+        timing.give_up_after() + Duration::from_secs(60),
+        Duration::ZERO,
+    );
     let err = lock.check().unwrap_err();
     assert!(matches!(err, Error::LockLost(_)), "not a lost lock: {err}");
     assert!(err.to_string().contains("lost the lock"), "{err}");
@@ -161,7 +164,11 @@ fn last_upload_outlives_the_lock(case: &str, wall: Duration, monotonic: Duration
 
 /// The packs in the repository.
 fn packs(t: &TempRepo) -> std::collections::BTreeSet<Id> {
-    t.open().list_ids(FileType::Pack).unwrap().into_iter().collect()
+    t.open()
+        .list_ids(FileType::Pack)
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 /// Packs smaller than this are the tree's (a data chunk is at least 512 KiB).

@@ -78,8 +78,7 @@ impl Backend for Ordered {
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {
         if t == FileType::Lock {
             // Written after the index was listed: the listing misses the newer file.
-            self.steps
-                .wait_for("the index listing", |s| s.index_listed);
+            self.steps.wait_for("the index listing", |s| s.index_listed);
         }
         let r = self.inner.write(t, name, data);
         if t == FileType::Lock {
