@@ -190,10 +190,9 @@ pub fn backup_tree_with(
     drop(w);
     progress.message("writing index");
     // The index and the snapshot refer to every pack written so far: a lost lock means a
-    // prune may have removed some of them.
+    // prune may have removed some of them. `finish` looks before each index file it writes.
     lock.check()?;
-    let stats = writer.finish()?;
-    lock.check()?;
+    let stats = writer.finish(&lock)?;
     summary.blobs_new = stats.blobs_new;
     summary.bytes_new = stats.bytes_new;
     summary.bytes_stored = stats.bytes_stored;
@@ -213,6 +212,7 @@ pub fn backup_tree_with(
         ROOT_NODE_FIELD.to_string(),
         serde_json::to_value(&root_node).map_err(|e| Error::Invalid(format!("root node: {e}")))?,
     );
+    lock.check()?;
     summary.snapshot_id = repo.save_snapshot(&snap)?;
     summary.tree = tree_id;
     summary.seconds = started.elapsed().as_secs_f64();

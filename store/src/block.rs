@@ -240,10 +240,9 @@ pub fn backup_block(
     let tree_id = writer.add(BlobType::Tree, tree.to_blob())?.id;
     progress.message("writing index");
     // The index and the snapshot refer to every pack written so far: a lost lock means a
-    // prune may have removed some of them.
+    // prune may have removed some of them. `finish` looks before each index file it writes.
     lock.check()?;
-    let stats = writer.finish()?;
-    lock.check()?;
+    let stats = writer.finish(&lock)?;
 
     let mut snap = Snapshot::new(tree_id, vec![format!("/{name}")]);
     snap.time = started;
@@ -253,6 +252,7 @@ pub fn backup_block(
     snap.tags = opts.tags.clone();
     snap.parent = opts.parent;
     snap.volbackup = opts.description.clone();
+    lock.check()?;
     let snapshot_id = repo.save_snapshot(&snap)?;
     Ok(BackupSummary {
         snapshot_id,
@@ -365,8 +365,9 @@ pub fn restore_image(
 /// at once, a round trip earlier than [`restore_image`] would; the target is opened and
 /// written only once [`Opening::confirm`] says the lock is held and the index unchanged. Had
 /// the index changed (a prune ended just before the lock was written), the reads made are
-/// dropped and the restore is planned again under the lock. A lock that cannot be taken fails
-/// the restore before anything is written.
+/// dropped and the restore is planned again under the lock, which stays until the last read
+/// of the new plan has arrived (an early read that arrives late does not release it). A lock
+/// that cannot be taken fails the restore before anything is written.
 pub fn restore_opening(
     repo: &Repository,
     opening: Opening,
@@ -386,22 +387,25 @@ pub fn restore_opening(
         return restore_image(repo, &open, path, target, opts, progress);
     };
     let plan = crate::restore_plan::plan(&content, &opts.plan);
-    let confirmed = std::sync::OnceLock::<OpenSnapshot>::new();
+    // The opening confirmed, and whether the index changed before its lock was taken.
+    let confirmed = std::sync::OnceLock::<(OpenSnapshot, bool)>::new();
+    // The lock goes with this plan's last read only if this plan is the one written: one
+    // planned again reads on under the same lock after these reads end, late ones included.
     let all_read = || {
-        if let Some(open) = confirmed.get() {
+        if let Some((open, false)) = confirmed.get() {
             open.lock().release();
         }
     };
     let written = read_plan_then(repo, &plan, &reader_options(repo, opts), &all_read, |d| {
         let (open, changed) = opening.confirm()?;
-        let _ = confirmed.set(open);
+        let _ = confirmed.set((open, changed));
         if changed {
             return Ok(None);
         }
         progress.set_total(Some(size));
         write_image(target, size, &plan, d, opts, progress).map(Some)
     })?;
-    let open = confirmed
+    let (open, _) = confirmed
         .into_inner()
         .expect("confirmed before anything is written");
     let bytes_written = match written {

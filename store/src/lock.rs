@@ -6,9 +6,13 @@
 //! [`STALE_AFTER`], or when it was taken on this host by a process that no longer exists.
 //! A holder that could not refresh its lock in time, or whose lock file vanished, has lost
 //! it: [`LockGuard::check`] then fails and writing operations stop (as restic ≥ 0.16 does).
+//! Others judge a lock's age by the wall-clock time written in its file, so its holder does
+//! too: a machine that was suspended finds its monotonic clock stood still meanwhile, and a
+//! lock judged by that clock alone would seem fresh to it while others already pass over it.
 //! Files in `locks/` that do not verify or decrypt are passed over with a warning; only
 //! `repo unlock --remove-all` ([`remove_all_locks`]) removes them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,8 +32,15 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 /// Shortens [`STALE_AFTER`] to this many seconds (at least 6; refreshes come every sixth of
 /// it). For tests of frozen and lost locks, which cannot wait half an hour; every process that
-/// shares the repository must see the same value.
+/// shares the repository must see the same value. Only test builds honour it
+/// ([`STALE_AFTER_ENV_HONOURED`]): a value left in the environment of a real process would
+/// let a prune pass over the locks of running backups and remove their packs.
 pub const STALE_AFTER_ENV: &str = "VOLBACKUP_LOCK_STALE_AFTER";
+
+/// Whether this build honours [`STALE_AFTER_ENV`]: only with the `test-knobs` feature, which
+/// nothing but the workspace's dev-dependencies turns on (so `cargo test` builds have it, and
+/// `cargo build`, release or not, does not). Other builds ignore the variable with a warning.
+pub const STALE_AFTER_ENV_HONOURED: bool = cfg!(feature = "test-knobs");
 
 /// Lock timing in effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,25 +59,82 @@ impl Timing {
     }
 }
 
-/// The lock timing: [`REFRESH_INTERVAL`] and [`STALE_AFTER`] unless [`STALE_AFTER_ENV`] is set.
+/// The lock timing: [`REFRESH_INTERVAL`] and [`STALE_AFTER`], unless this is a test build
+/// and [`STALE_AFTER_ENV`] is set.
 pub fn timing() -> Timing {
     static TIMING: std::sync::OnceLock<Timing> = std::sync::OnceLock::new();
     *TIMING.get_or_init(|| {
-        let stale = std::env::var(STALE_AFTER_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|&s| s >= 6);
-        match stale {
-            Some(s) => Timing {
+        let value = std::env::var(STALE_AFTER_ENV).ok();
+        let (timing, warning) = timing_from(value.as_deref(), STALE_AFTER_ENV_HONOURED);
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
+        }
+        timing
+    })
+}
+
+/// The lock timing for a value of [`STALE_AFTER_ENV`], in a build that honours it or not,
+/// and a warning when the value is not used.
+fn timing_from(value: Option<&str>, honoured: bool) -> (Timing, Option<String>) {
+    let normal = Timing {
+        refresh: REFRESH_INTERVAL,
+        stale: STALE_AFTER,
+    };
+    let Some(value) = value else {
+        return (normal, None);
+    };
+    if !honoured {
+        return (
+            normal,
+            Some(format!(
+                "ignoring {STALE_AFTER_ENV}={value}: only test builds shorten the age at which \
+                 a lock turns stale ({}s here); unset it",
+                STALE_AFTER.as_secs()
+            )),
+        );
+    }
+    match value.trim().parse::<u64>().ok().filter(|&s| s >= 6) {
+        Some(s) => (
+            Timing {
                 refresh: Duration::from_secs(s) / 6,
                 stale: Duration::from_secs(s),
             },
-            None => Timing {
-                refresh: REFRESH_INTERVAL,
-                stale: STALE_AFTER,
-            },
-        }
-    })
+            None,
+        ),
+        None => (
+            normal,
+            Some(format!(
+                "ignoring {STALE_AFTER_ENV}={value}: not a number of seconds of at least 6"
+            )),
+        ),
+    }
+}
+
+/// How far [`advance_clocks`] has moved this process's wall clock for locks, in milliseconds.
+static WALL_SHIFT_MS: AtomicU64 = AtomicU64::new(0);
+/// How far [`advance_clocks`] has moved this process's monotonic clock for locks.
+static MONOTONIC_SHIFT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// The wall-clock time lock files are written with and judged by.
+fn wall_now() -> DateTime<FixedOffset> {
+    let shift = WALL_SHIFT_MS.load(Ordering::Relaxed);
+    format::now() + chrono::Duration::milliseconds(i64::try_from(shift).unwrap_or(i64::MAX))
+}
+
+/// The monotonic clock a holder measures its own lock with, beside the wall clock.
+fn monotonic_now() -> Instant {
+    Instant::now() + Duration::from_millis(MONOTONIC_SHIFT_MS.load(Ordering::Relaxed))
+}
+
+/// Moves the clocks this process judges locks by forward: the wall clock by `wall`, the
+/// monotonic clock by `monotonic`. A suspend of the machine moves only the wall clock; a
+/// process that stalls (an upload that hangs) sees both move. For tests of lost locks, which
+/// cannot wait half an hour; every lock of the process sees the new time.
+#[cfg(feature = "test-knobs")]
+pub fn advance_clocks(wall: Duration, monotonic: Duration) {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    WALL_SHIFT_MS.fetch_add(ms(wall), Ordering::Relaxed);
+    MONOTONIC_SHIFT_MS.fetch_add(ms(monotonic), Ordering::Relaxed);
 }
 
 /// Takes repository locks.
@@ -111,10 +179,21 @@ static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 struct Held {
     /// The current lock file.
     id: Id,
-    /// When the current lock file was written.
+    /// The time written into the current lock file: what others judge its age by.
+    written: DateTime<FixedOffset>,
+    /// When the current lock file was written, by the monotonic clock.
     refreshed: Instant,
     /// Why the lock is lost, once it is.
     lost: Option<String>,
+}
+
+impl Held {
+    /// The age of the current lock file: by the wall clock, as others judge it, or by the
+    /// monotonic clock when that says more (the wall clock was set back).
+    fn age(&self) -> Duration {
+        let wall = (wall_now() - self.written).to_std().unwrap_or_default();
+        wall.max(monotonic_now().saturating_duration_since(self.refreshed))
+    }
 }
 
 fn held(state: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
@@ -170,7 +249,7 @@ impl LockGuard {
         let started = Instant::now();
         let mut next_report = started;
         let mut pause = Duration::from_millis(500);
-        let (id, got) = loop {
+        let (id, written, got) = loop {
             match try_take(repo, exclusive, then) {
                 Ok(taken) => break taken,
                 Err(Error::Locked(message)) if started.elapsed() < wait.max => {
@@ -207,7 +286,8 @@ impl LockGuard {
         };
         let state = Arc::new(Mutex::new(Held {
             id,
-            refreshed: Instant::now(),
+            written,
+            refreshed: monotonic_now(),
             lost: None,
         }));
         let (stop, stop_rx) = bounded::<()>(1);
@@ -265,13 +345,15 @@ impl LockGuard {
 
     /// Fails with [`Error::LockLost`] once the lock is lost, or when its last refresh is so old
     /// that others may soon call it stale (the refresh thread may not have run yet: the
-    /// process was stopped). Cheap: call it before every write that refers to earlier data.
+    /// process was stopped, or the machine suspended). The age is the one others see: the
+    /// wall-clock time since the time written in the lock file. Cheap: call it before every
+    /// write that refers to earlier data.
     pub fn check(&self) -> Result<()> {
         let mut state = held(&self.state);
         if state.lost.is_none() {
-            let since = state.refreshed.elapsed();
-            if since >= timing().give_up_after() {
-                state.lost = Some(too_old(&self.repo, since));
+            let age = state.age();
+            if age >= timing().give_up_after() {
+                state.lost = Some(too_old(&self.repo, age));
             }
         }
         match &state.lost {
@@ -309,7 +391,7 @@ fn refresh_loop(
             if s.lost.is_some() {
                 return;
             }
-            (s.id, s.refreshed.elapsed())
+            (s.id, s.age())
         };
         if since >= t.give_up_after() {
             held(state).lost = Some(too_old(repo, since));
@@ -325,12 +407,14 @@ fn refresh_loop(
             ));
             return;
         }
-        let attempt = Instant::now();
-        match repo.save_unpacked(FileType::Lock, &new_lock_file(exclusive)) {
+        let attempt = monotonic_now();
+        let file = new_lock_file(exclusive);
+        match repo.save_unpacked(FileType::Lock, &file) {
             Ok(new_id) => {
                 let _ = repo.backend().remove(FileType::Lock, &old.to_hex());
                 let mut s = held(state);
                 s.id = new_id;
+                s.written = file.time;
                 s.refreshed = attempt;
                 pause = t.refresh;
             }
@@ -358,22 +442,24 @@ fn refresh_loop(
 /// (restic, without `--retry-lock`, for good).
 ///
 /// `then` runs on a thread of its own beside the look for conflicts, once the file is written.
+/// Returns the lock file's id and the time written in it.
 fn try_take<T: Send>(
     repo: &Repository,
     exclusive: bool,
     then: &(dyn Fn() -> Result<T> + Sync),
-) -> Result<(Id, T)> {
+) -> Result<(Id, DateTime<FixedOffset>, T)> {
     if exclusive {
         check_conflicts(repo, exclusive, None)?;
     }
-    let id = repo.save_unpacked(FileType::Lock, &new_lock_file(exclusive))?;
+    let file = new_lock_file(exclusive);
+    let id = repo.save_unpacked(FileType::Lock, &file)?;
     let (conflicts, got) = std::thread::scope(|s| {
         let got = s.spawn(then);
         let conflicts = check_conflicts(repo, exclusive, Some(&id));
         (conflicts, got.join().expect("work under a new lock"))
     });
     match conflicts.and(got) {
-        Ok(got) => Ok((id, got)),
+        Ok(got) => Ok((id, file.time, got)),
         Err(e) => {
             let _ = repo.backend().remove(FileType::Lock, &id.to_hex());
             Err(e)
@@ -398,7 +484,7 @@ fn jitter(max: Duration) -> Duration {
 
 fn new_lock_file(exclusive: bool) -> LockFile {
     LockFile {
-        time: format::now(),
+        time: wall_now(),
         exclusive,
         hostname: format::hostname(),
         username: format::username(),
@@ -461,7 +547,7 @@ pub struct Unlocked {
 /// this host by a process that is gone. Locks in use and unreadable files stay.
 pub fn remove_stale_locks(repo: &Repository) -> Result<Unlocked> {
     let host = format::hostname();
-    let now = format::now();
+    let now = wall_now();
     let mut done = Unlocked {
         removed: 0,
         kept: 0,
@@ -535,7 +621,7 @@ pub fn conflicts(want_exclusive: bool, other: &LockFile) -> bool {
 
 fn check_conflicts(repo: &Repository, exclusive: bool, own: Option<&Id>) -> Result<()> {
     let host = format::hostname();
-    let now = format::now();
+    let now = wall_now();
     for (id, l) in list_locks_except(repo, own)? {
         if !conflicts(exclusive, &l) || is_stale(&l, now, &host, pid_alive) {
             continue;
@@ -592,6 +678,36 @@ mod tests {
             !is_stale(&lock("h", 1, -600, false), now, "h", alive),
             "future lock"
         );
+    }
+
+    #[test]
+    fn only_a_test_build_shortens_the_stale_age_and_other_builds_say_they_ignore_it() {
+        let normal = Timing {
+            refresh: REFRESH_INTERVAL,
+            stale: STALE_AFTER,
+        };
+        for honoured in [false, true] {
+            assert_eq!(timing_from(None, honoured), (normal, None));
+        }
+        // A release build: the value is ignored, with a line that says so and what to do.
+        let (timing, warning) = timing_from(Some("6"), false);
+        assert_eq!(timing, normal);
+        let warning = warning.expect("a warning");
+        assert!(
+            warning.contains(STALE_AFTER_ENV) && warning.contains("unset it"),
+            "{warning}"
+        );
+        // A test build.
+        let short = Timing {
+            refresh: Duration::from_secs(1),
+            stale: Duration::from_secs(6),
+        };
+        assert_eq!(timing_from(Some(" 6 "), true), (short, None));
+        for bad in ["5", "soon", "-60"] {
+            let (timing, warning) = timing_from(Some(bad), true);
+            assert_eq!(timing, normal, "{bad}");
+            assert!(warning.is_some_and(|w| w.contains(bad)), "{bad}");
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! a small pool of upload threads. Data packs are built in a fixed set of `upload_threads + 1`
 //! buffers; starting a new pack waits for a free one, so memory stays bounded.
 //! [`BlobWriter::finish`] flushes the open packs, waits for every upload and only then writes
-//! the index file(s).
+//! the index file(s), each only while the writer's lock is still held: an upload may stall
+//! past the age at which others call the lock stale, and a prune may have removed the packs
+//! the index would name.
 //!
 //! Two ways in: [`BlobWriter::add`] does the work on the calling thread;
 //! [`BlobWriter::submit`] queues it for the writer's worker threads and returns at once
@@ -25,6 +27,7 @@ use crate::backend::FileType;
 use crate::format::{self, BlobType, IndexFile, IndexPack, PackedBlob};
 use crate::id::Id;
 use crate::index::Index;
+use crate::lock::LockGuard;
 use crate::repo::Repository;
 use crate::{Error, Result};
 
@@ -326,8 +329,9 @@ impl BlobWriter {
 
     /// Writes the open packs, waits for all uploads, then writes the index file(s) and adds
     /// them to the repository's in-memory index. Call it before saving a snapshot that
-    /// refers to the blobs.
-    pub fn finish(mut self) -> Result<WriteStats> {
+    /// refers to the blobs. Each index file is written only if `lock` is not lost
+    /// ([`LockGuard::check`]), else [`Error::LockLost`].
+    pub fn finish(mut self, lock: &LockGuard) -> Result<WriteStats> {
         self.stop_workers();
         for t in [BlobType::Data, BlobType::Tree] {
             let pack = std::mem::take(&mut *self.shared.open[slot(t)].lock().expect("pack"));
@@ -354,6 +358,8 @@ impl BlobWriter {
             files.push(file);
         }
         for f in files {
+            // The uploads may have taken long enough for the lock to be lost meanwhile.
+            lock.check()?;
             let id = self.shared.repo.save_unpacked(FileType::Index, &f)?;
             self.shared.repo.add_to_index(&f);
             stats.index_files.push(id);
@@ -672,6 +678,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo =
             Repository::init(Arc::new(LocalBackend::new(dir.path())), "pw", &fast()).unwrap();
+        let lock = crate::lock::Lock::shared(&repo).unwrap();
         let w = BlobWriter::new(&repo, WriterOptions::default()).unwrap();
         let data = blob(1, 100_000);
         let results: Vec<AddResult> = std::thread::scope(|s| {
@@ -687,7 +694,7 @@ mod tests {
         assert!(pending.into_iter().all(|p| !p.wait().unwrap().new));
         // The same bytes as a tree blob are a different blob.
         assert!(w.add(BlobType::Tree, data.clone()).unwrap().new);
-        let stats = w.finish().unwrap();
+        let stats = w.finish(&lock).unwrap();
         assert_eq!(stats.blobs_new, 2);
         assert_eq!(stats.packs, 2, "data and tree blobs go to separate packs");
         repo.load_index().unwrap();
@@ -698,7 +705,7 @@ mod tests {
         // A later writer dedups against the index.
         let w = BlobWriter::new(&repo, WriterOptions::default()).unwrap();
         assert!(!w.add(BlobType::Data, data).unwrap().new);
-        assert_eq!(w.finish().unwrap().packs, 0);
+        assert_eq!(w.finish(&lock).unwrap().packs, 0);
     }
 
     #[test]
@@ -712,6 +719,7 @@ mod tests {
             upload_threads: 1,
             ..Default::default()
         };
+        let lock = crate::lock::Lock::shared(&repo).unwrap();
         let w = BlobWriter::new(&repo, opts).unwrap();
         let mut ids = Vec::new();
         for i in 0..20u8 {
@@ -724,7 +732,7 @@ mod tests {
             ids.push((Id::hash(&data), data.clone()));
             w.submit(BlobType::Data, data).unwrap();
         }
-        let stats = w.finish().unwrap();
+        let stats = w.finish(&lock).unwrap();
         assert!(stats.packs >= 2, "{stats:?}");
         assert_eq!(stats.index_files.len(), 1);
         repo.load_index().unwrap();
@@ -804,6 +812,7 @@ mod tests {
             pack_size: 64 << 10,
             ..Default::default()
         };
+        let lock = crate::lock::Lock::shared(&repo).unwrap();
         let w = BlobWriter::new(&repo, opts).unwrap();
         let mut first_err = None;
         for i in 0..40u8 {
@@ -814,7 +823,7 @@ mod tests {
         }
         let err = match first_err {
             Some(e) => e,
-            None => w.finish().unwrap_err(),
+            None => w.finish(&lock).unwrap_err(),
         };
         assert!(err.to_string().contains("no space left on device"), "{err}");
         assert!(repo.list_ids(FileType::Index).unwrap().is_empty());

@@ -759,16 +759,17 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
             supersedes: plan.index_files.clone(),
             packs: Vec::new(),
         };
-        lock.check()?;
         for pack in new_packs {
             if !file.packs.is_empty() && file.blob_count() + pack.blobs.len() > INDEX_BLOBS_PER_FILE
             {
+                lock.check()?;
                 written.push(repo.save_unpacked(FileType::Index, &file)?);
                 file.packs.clear();
             }
             file.packs.push(pack);
         }
         if !file.packs.is_empty() || written.is_empty() {
+            lock.check()?;
             written.push(repo.save_unpacked(FileType::Index, &file)?);
         }
         stats.index_files_written = written.len() as u64;

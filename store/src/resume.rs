@@ -34,7 +34,7 @@ pub fn lock_for_backup(repo: &Repository) -> Result<LockGuard> {
     })?;
     repo.load_usable_index_files(index_files)?;
     repo.end_read_ahead();
-    index_unindexed_packs(repo, packs)?;
+    index_unindexed_packs(repo, &lock, packs)?;
     Ok(lock)
 }
 
@@ -50,10 +50,14 @@ pub struct Adopted {
     pub skipped: Vec<Id>,
 }
 
-/// Of the packs `listed` (all of them, listed under the lock), reads back those that no loaded
-/// index names and writes one index file for those whose header reads back whole. Call it
-/// with the index loaded and a lock held.
-pub fn index_unindexed_packs(repo: &Repository, listed: Vec<FileInfo>) -> Result<Adopted> {
+/// Of the packs `listed` (all of them, listed under `lock`), reads back those that no loaded
+/// index names and writes one index file for those whose header reads back whole, unless the
+/// lock was lost meanwhile. Call it with the index loaded.
+pub fn index_unindexed_packs(
+    repo: &Repository,
+    lock: &LockGuard,
+    listed: Vec<FileInfo>,
+) -> Result<Adopted> {
     let indexed = repo.index().packs();
     let mut adopted = Adopted::default();
     let mut file = IndexFile::default();
@@ -77,6 +81,7 @@ pub fn index_unindexed_packs(repo: &Repository, listed: Vec<FileInfo>) -> Result
         }
     }
     if !file.packs.is_empty() {
+        lock.check()?;
         repo.save_unpacked(FileType::Index, &file)?;
         repo.add_to_index(&file);
     }

@@ -444,7 +444,8 @@ fn prune_removes_duplicate_copies_of_a_blob_and_keeps_one() {
         let fresh = open(&repo);
         let w = BlobWriter::new(&fresh, WriterOptions::default()).unwrap();
         w.add(BlobType::Data, content.clone()).unwrap();
-        w.finish().unwrap();
+        w.finish(&volbackup_store::lock::Lock::shared(&fresh).unwrap())
+            .unwrap();
     }
     let blob = Id::hash(&content);
     let mut node = Node::new("f", NodeType::File);
@@ -453,7 +454,8 @@ fn prune_removes_duplicate_copies_of_a_blob_and_keeps_one() {
     let tree = Tree::from_nodes(vec![node]).unwrap();
     let w = BlobWriter::new(&r, WriterOptions::default()).unwrap();
     let tree_id = w.add(BlobType::Tree, tree.to_blob()).unwrap().id;
-    w.finish().unwrap();
+    w.finish(&volbackup_store::lock::Lock::shared(&r).unwrap())
+        .unwrap();
     let snap = r
         .save_snapshot(&Snapshot::new(tree_id, vec!["/f".into()]))
         .unwrap();
