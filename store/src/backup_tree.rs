@@ -110,6 +110,8 @@ struct Walker<'a> {
     /// (st_dev, st_ino) of hard-linked files read in this backup -> content.
     inodes: HashMap<(u64, u64), Vec<Id>>,
     buf: Vec<u8>,
+    /// The largest tree blob written ([`crate::repo::MAX_TREE_BLOB`]: what a reader accepts).
+    tree_limit: u64,
 }
 
 /// A file node whose content ids are still being computed by the writer.
@@ -136,6 +138,19 @@ pub fn backup_tree_with(
     opts: &BackupOptions,
     tree_opts: &TreeOptions,
     progress: &dyn Progress,
+) -> Result<BackupSummary> {
+    let limit = u64::from(crate::repo::MAX_TREE_BLOB);
+    backup_tree_within(repo, root, opts, tree_opts, progress, limit)
+}
+
+/// [`backup_tree_with`] refusing a directory whose tree would be larger than `tree_limit`.
+fn backup_tree_within(
+    repo: &Repository,
+    root: &Path,
+    opts: &BackupOptions,
+    tree_opts: &TreeOptions,
+    progress: &dyn Progress,
+    tree_limit: u64,
 ) -> Result<BackupSummary> {
     let started = Instant::now();
     // The index is loaded under the lock: one loaded before it may list packs a prune has
@@ -183,6 +198,7 @@ pub fn backup_tree_with(
         summary: BackupSummary::default(),
         inodes: HashMap::new(),
         buf: Vec::new(),
+        tree_limit,
     };
     progress.message("reading files");
     let tree_id = w.dir(&root, parent_tree.as_ref())?;
@@ -334,7 +350,20 @@ impl Walker<'_> {
             done.push(node);
         }
         let tree = Tree::from_nodes(done)?;
-        Ok(self.writer.add(BlobType::Tree, tree.to_blob())?.id)
+        let entries = tree.nodes.len();
+        let blob = tree.to_blob();
+        drop(tree);
+        if blob.len() as u64 > self.tree_limit {
+            // Refused here, so that no snapshot names a tree no reader accepts.
+            return Err(Error::Invalid(format!(
+                "{}: a directory of {entries} entries makes a tree of {}, more than the {} \
+                 a tree may hold (restic keeps a directory in one tree); no snapshot was written",
+                dir.display(),
+                crate::format::human_bytes(blob.len() as u64),
+                crate::format::human_bytes(self.tree_limit)
+            )));
+        }
+        Ok(self.writer.add(BlobType::Tree, blob)?.id)
     }
 
     fn unchanged(&self, md: &std::fs::Metadata, old: &Node) -> bool {
@@ -485,5 +514,61 @@ impl Read for CountingReader {
         let n = self.inner.read(buf)?;
         self.n += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::FileType;
+    use crate::backend::local::LocalBackend;
+    use crate::progress::NoProgress;
+    use crate::repo::InitOptions;
+
+    #[test]
+    fn a_directory_whose_tree_is_too_large_is_refused_before_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            kdf: crate::crypto::KdfParams::insecure_fast(),
+            polynomial: None,
+        };
+        let repo = Repository::init(
+            std::sync::Arc::new(LocalBackend::new(dir.path().join("r"))),
+            "pw",
+            &opts,
+        )
+        .unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("many")).unwrap();
+        for i in 0..40 {
+            std::fs::write(src.join("many").join(format!("f{i:02}")), b"x").unwrap();
+        }
+        std::fs::write(src.join("one"), b"y").unwrap();
+        let backup = |limit| {
+            backup_tree_within(
+                &repo,
+                &src,
+                &BackupOptions::default(),
+                &TreeOptions::default(),
+                &NoProgress,
+                limit,
+            )
+        };
+        // Forty file nodes take about 12 KiB of JSON; the root's two nodes well under 2 KiB.
+        let e = backup(4 << 10).unwrap_err().to_string();
+        let many = src.join("many");
+        assert!(
+            e.starts_with(&format!(
+                "{}: a directory of 40 entries makes a tree of",
+                many.display()
+            )),
+            "{e}"
+        );
+        assert!(e.ends_with("more than the 4.0 KiB a tree may hold (restic keeps a directory in one tree); no snapshot was written"), "{e}");
+        assert!(repo.list_ids(FileType::Snapshot).unwrap().is_empty());
+        assert!(repo.list_ids(FileType::Lock).unwrap().is_empty());
+        let sum = backup(64 << 10).unwrap();
+        assert_eq!(sum.files_new, 41);
+        assert_eq!(repo.list_ids(FileType::Snapshot).unwrap().len(), 1);
     }
 }

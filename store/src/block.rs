@@ -14,8 +14,20 @@
 //! 8 MiB windows are written with one `O_DIRECT` write each, and a window of zeros is zeroed
 //! by the device itself where it can, else written only where the device does not read as
 //! zeros already.
+//!
+//! Size: the file node lists every chunk id, 67 bytes of JSON each, and its tree may hold at
+//! most [`crate::repo::MAX_TREE_BLOB`] (2 GiB, about 32 million chunks). The chunker cuts a run
+//! of zeros every 512 KiB, so a backup lists consecutive zero chunks as one blob of up to
+//! [`ZERO_RUN_BLOB`] (8 MiB, the chunker's largest chunk): the format lets a file's chunks be
+//! cut anywhere, an empty stretch costs 16 times fewer entries, and the chunks of data around
+//! it are cut exactly where restic cuts them. An image whose tree would be larger is refused
+//! before its snapshot is written: before it is read when even 8 MiB chunks would be too many
+//! for its size (when the size is known), else as soon as its chunks are. That makes about 30 TiB of data at the chunker's 1 MiB
+//! average, never less than 15 TiB (every chunk at the 512 KiB minimum); a 64 TiB volume fits
+//! with up to about 25 TiB of data in it.
 
-use std::collections::VecDeque;
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -26,18 +38,21 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::chunker::{Chunker, Pol};
-use crate::format::{BlobType, Snapshot};
+use crate::format::{self, BlobType, Snapshot};
 use crate::id::Id;
 use crate::image_writer::{DeviceTarget, FileTarget, REORDER_WINDOW, write_in_order};
 use crate::index::IndexEntry;
 use crate::open_snapshot::{OpenSnapshot, Opening, read_tree};
 use crate::pack_reader::{Deliveries, ReaderOptions, read_plan_then};
-use crate::packer::{BlobWriter, Pending, WriterOptions};
+use crate::packer::{AddResult, BlobWriter, Pending, WriterOptions, is_zero};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::restore_plan::PlanOptions;
 use crate::tree::{Node, NodeType, Tree};
 use crate::{Error, Result};
+
+/// The longest run of zero chunks a backup lists as one blob: the chunker's largest chunk.
+pub const ZERO_RUN_BLOB: usize = crate::chunker::MAX_SIZE;
 
 /// Options of [`backup_block`].
 #[derive(Debug, Clone, Default)]
@@ -67,7 +82,7 @@ pub struct BackupSummary {
     pub bytes_new: u64,
     /// Bytes added to packs (new data and the tree, compressed and sealed).
     pub bytes_stored: u64,
-    /// Chunks in the image.
+    /// Chunks the image lists (a run of zero chunks is one, see [`ZERO_RUN_BLOB`]).
     pub chunks: u64,
     /// Chunks that were new.
     pub chunks_new: u64,
@@ -174,6 +189,19 @@ pub fn backup_block(
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupSummary> {
+    let limit = u64::from(crate::repo::MAX_TREE_BLOB);
+    backup_block_within(repo, source, name, opts, progress, limit)
+}
+
+/// [`backup_block`] refusing an image whose tree would be larger than `tree_limit` bytes.
+fn backup_block_within(
+    repo: &Repository,
+    source: &mut dyn Read,
+    name: &str,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+    tree_limit: u64,
+) -> Result<BackupSummary> {
     let start = Instant::now();
     if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
         return Err(Error::Invalid(format!(
@@ -185,6 +213,17 @@ pub fn backup_block(
         what: format!("{}/config", repo.location()),
         message: format!("chunker polynomial {pol}: {e}"),
     })?;
+    // A source too large even in chunks of the largest size is refused before it is read.
+    if let Some(size) = opts.total_size {
+        let fewest = size.div_ceil(ZERO_RUN_BLOB as u64);
+        if !chunks_may_fit(fewest, tree_limit) {
+            return Err(image_too_large(
+                name,
+                &format!("is {}: too large", format::human_bytes(size)),
+                tree_limit,
+            ));
+        }
+    }
     // The index is loaded under the lock: one loaded before it may list packs a prune has
     // since removed, and a blob found there would not be written again.
     let lock = crate::resume::lock_for_backup(repo)?;
@@ -194,7 +233,10 @@ pub fn backup_block(
     let writer = BlobWriter::new(repo, opts.writer)?;
     let mut chunker = Chunker::new(source, pol);
     let mut content = Vec::new();
-    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut pending: VecDeque<Slot> = VecDeque::new();
+    let mut zeros = ZeroRun::default();
+    // A buffer whose chunk was all zeros, for the next chunk (bytes in it need no zeroing).
+    let mut spare: Option<Vec<u8>> = None;
     let mut total = 0u64;
     let mut chunks_new = 0u64;
     let mut bytes_new = 0u64;
@@ -207,7 +249,9 @@ pub fn backup_block(
         content.push(p.id);
     };
     loop {
-        let mut buf = writer.take_buffer(crate::chunker::MAX_SIZE);
+        let mut buf = spare
+            .take()
+            .unwrap_or_else(|| writer.take_buffer(crate::chunker::MAX_SIZE));
         let more = chunker
             .next_chunk_into(&mut buf)
             .map_err(|e| Error::Invalid(format!("reading the source of {name}: {e}")))?;
@@ -216,17 +260,42 @@ pub fn backup_block(
         }
         total += buf.len() as u64;
         lock.check()?;
-        pending.push_back(writer.submit(BlobType::Data, buf)?);
-        while let Some(r) = pending.front().and_then(Pending::try_take) {
+        if is_zero(&buf) {
+            if zeros.len + buf.len() > ZERO_RUN_BLOB {
+                zeros.flush(&writer, &mut pending)?;
+            }
+            zeros.len += buf.len();
+            spare = Some(buf);
+        } else {
+            zeros.flush(&writer, &mut pending)?;
+            pending.push_back(Slot::Pending(writer.submit(BlobType::Data, buf)?));
+        }
+        while let Some(r) = pending.front().and_then(Slot::try_take) {
             pending.pop_front();
             resolve(r?, &mut content);
         }
+        // Every entry adds 67 bytes to the tree: give up as soon as it cannot fit, instead of
+        // reading the rest of the volume for nothing.
+        let entries = content.len() + pending.len() + usize::from(zeros.len > 0);
+        if !chunks_may_fit(entries as u64, tree_limit) {
+            return Err(image_too_large(
+                name,
+                &format!(
+                    "has at least {entries} chunks in its first {}: too many",
+                    format::human_bytes(total)
+                ),
+                tree_limit,
+            ));
+        }
     }
+    zeros.flush(&writer, &mut pending)?;
+    drop(spare);
     for p in pending {
         resolve(p.wait()?, &mut content);
     }
 
     let now = crate::format::now();
+    let chunks = content.len() as u64;
     let mut node = Node::new(name, NodeType::File);
     node.mode = 0o644;
     node.mtime = now;
@@ -236,8 +305,15 @@ pub fn backup_block(
     node.gid = rustix::process::getgid().as_raw();
     node.size = total;
     node.content = content;
-    let tree = Tree::from_nodes(vec![node])?;
-    let tree_id = writer.add(BlobType::Tree, tree.to_blob())?.id;
+    let blob = Tree::from_nodes(vec![node])?.to_blob();
+    if blob.len() as u64 > tree_limit {
+        return Err(image_too_large(
+            name,
+            &format!("has {chunks} chunks: too many"),
+            tree_limit,
+        ));
+    }
+    let tree_id = writer.add(BlobType::Tree, blob)?.id;
     progress.message("writing index");
     // The index and the snapshot refer to every pack written so far: a lost lock means a
     // prune may have removed some of them. `finish` looks before each index file it writes.
@@ -259,28 +335,108 @@ pub fn backup_block(
         bytes_total: total,
         bytes_new,
         bytes_stored: stats.bytes_stored,
-        chunks: snap_chunks(&tree),
+        chunks,
         chunks_new,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
 
-fn snap_chunks(tree: &Tree) -> u64 {
-    tree.nodes
-        .first()
-        .map(|n| n.content.len() as u64)
-        .unwrap_or(0)
+/// A content entry of an image still being stored, or one known already.
+enum Slot {
+    Pending(Pending),
+    Known(AddResult),
+}
+
+impl Slot {
+    fn try_take(&self) -> Option<Result<AddResult>> {
+        match self {
+            Slot::Pending(p) => p.try_take(),
+            Slot::Known(r) => Some(Ok(*r)),
+        }
+    }
+
+    fn wait(self) -> Result<AddResult> {
+        match self {
+            Slot::Pending(p) => p.wait(),
+            Slot::Known(r) => Ok(r),
+        }
+    }
+}
+
+/// Zero chunks read and not yet listed, and the ids of the zero blobs this backup stored.
+#[derive(Default)]
+struct ZeroRun {
+    len: usize,
+    ids: HashMap<usize, Id>,
+}
+
+impl ZeroRun {
+    /// Lists the zeros read so far as one blob: stored the first time a run of its length
+    /// occurs, known from then on.
+    fn flush(&mut self, writer: &BlobWriter, pending: &mut VecDeque<Slot>) -> Result<()> {
+        let n = std::mem::take(&mut self.len);
+        if n == 0 {
+            return Ok(());
+        }
+        let slot = match self.ids.get(&n) {
+            Some(&id) => Slot::Known(AddResult {
+                id,
+                len: n as u64,
+                new: false,
+                stored_len: 0,
+            }),
+            None => {
+                let mut z = writer.take_buffer(n);
+                z.clear();
+                z.resize(n, 0);
+                self.ids.insert(n, Id::hash(&z));
+                Slot::Pending(writer.submit(BlobType::Data, z)?)
+            }
+        };
+        pending.push_back(slot);
+        Ok(())
+    }
+}
+
+/// Whether a file node listing `chunks` content ids may fit a tree of `limit` bytes: each id
+/// takes 67 bytes of JSON (64 hex digits, two quotes, a comma; the last has no comma).
+fn chunks_may_fit(chunks: u64, limit: u64) -> bool {
+    chunks.saturating_mul(67).saturating_sub(1) <= limit
+}
+
+/// The most content ids a file node may list within a tree of `limit` bytes (the other
+/// fields of the node take a few hundred bytes).
+fn max_image_chunks(limit: u64) -> u64 {
+    (limit + 1) / 67
+}
+
+/// The error of an image whose tree would be larger than `limit`: `what` says why.
+fn image_too_large(name: &str, what: &str, limit: u64) -> Error {
+    Error::Invalid(format!(
+        "{name} {what} for one image, whose tree lists every chunk and may hold \
+         {} (at most {} chunks, about {} of data; zeros take 8 MiB a chunk); no snapshot was \
+         written",
+        format::human_bytes(limit),
+        max_image_chunks(limit),
+        format::human_bytes(max_image_chunks(limit) << 20),
+    ))
 }
 
 /// The file node of a block snapshot: `path` (`/NAME`, or nested), or, when `None`, the
 /// snapshot's only file.
 pub fn find_image_node(repo: &Repository, snap: &Snapshot, path: Option<&str>) -> Result<Node> {
     let root = read_tree(repo, &snap.tree)?;
-    image_node(repo, &root, snap, path)
+    image_node(repo, &root, snap, path).map(Cow::into_owned)
 }
 
-/// [`find_image_node`] with the snapshot's root tree already read.
-fn image_node(repo: &Repository, root: &Tree, snap: &Snapshot, path: Option<&str>) -> Result<Node> {
+/// [`find_image_node`] with the snapshot's root tree already read. A node of the root is
+/// borrowed, not copied: an image's node holds its whole chunk list.
+fn image_node<'a>(
+    repo: &Repository,
+    root: &'a Tree,
+    snap: &Snapshot,
+    path: Option<&str>,
+) -> Result<Cow<'a, Node>> {
     let Some(path) = path else {
         let files: Vec<&Node> = root
             .nodes
@@ -288,30 +444,38 @@ fn image_node(repo: &Repository, root: &Tree, snap: &Snapshot, path: Option<&str
             .filter(|n| n.node_type == NodeType::File)
             .collect();
         return match files.as_slice() {
-            [n] if root.nodes.len() == 1 => Ok((*n).clone()),
+            [n] if root.nodes.len() == 1 => Ok(Cow::Borrowed(*n)),
             _ => Err(Error::Invalid(format!(
                 "snapshot of {} is not a single block image: name the file to restore",
                 snap.paths.join(", ")
             ))),
         };
     };
-    let mut tree = std::borrow::Cow::Borrowed(root);
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let not_found = || Error::Invalid(format!("{path} is not in the snapshot"));
-    for (i, part) in parts.iter().enumerate() {
-        let node = tree.find(OsStr::new(part)).ok_or_else(not_found)?.clone();
-        if i + 1 == parts.len() {
-            if node.node_type != NodeType::File {
-                return Err(Error::Invalid(format!(
-                    "{path} in the snapshot is not a file"
-                )));
-            }
-            return Ok(node);
-        }
-        let sub = node.subtree.ok_or_else(not_found)?;
-        tree = std::borrow::Cow::Owned(read_tree(repo, &sub)?);
+    let (last, dirs) = parts.split_last().ok_or_else(not_found)?;
+    let mut sub: Option<Tree> = None;
+    for part in dirs {
+        let tree = sub.as_ref().unwrap_or(root);
+        let node = tree.find(OsStr::new(part)).ok_or_else(not_found)?;
+        let id = node.subtree.ok_or_else(not_found)?;
+        sub = Some(read_tree(repo, &id)?);
     }
-    Err(not_found())
+    let node = match sub {
+        None => Cow::Borrowed(root.find(OsStr::new(last)).ok_or_else(not_found)?),
+        Some(tree) => Cow::Owned(
+            tree.nodes
+                .into_iter()
+                .find(|n| n.name_bytes() == last.as_bytes())
+                .ok_or_else(not_found)?,
+        ),
+    };
+    if node.node_type != NodeType::File {
+        return Err(Error::Invalid(format!(
+            "{path} in the snapshot is not a file"
+        )));
+    }
+    Ok(node)
 }
 
 /// Restores a block image from `snapshot` onto `target` (a block device, or a regular file
@@ -344,9 +508,8 @@ pub fn restore_image(
     progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
     let start = Instant::now();
-    let (content, size) = image_chunks(repo, &open.root, &open.snapshot, &open.id, path)?;
+    let (plan, size) = image_plan(repo, &open.root, &open.snapshot, &open.id, path, &opts.plan)?;
     progress.set_total(Some(size));
-    let plan = crate::restore_plan::plan(&content, &opts.plan);
     // Once every pack read has arrived the repository is done with: the lock goes while the
     // last blobs are decoded and written.
     let all_read = || open.lock().release();
@@ -377,16 +540,15 @@ pub fn restore_opening(
     progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
     let start = Instant::now();
-    let early = opening
-        .root()
-        .and_then(|root| image_chunks(repo, root, &opening.snapshot, &opening.id, path).ok());
+    let early = opening.root().and_then(|root| {
+        image_plan(repo, root, &opening.snapshot, &opening.id, path, &opts.plan).ok()
+    });
     // Without an early plan (the early index did not name the tree, or the image is not
     // there: the error is reported from under the lock), the restore starts once it is held.
-    let Some((content, size)) = early else {
+    let Some((plan, size)) = early else {
         let (open, _) = opening.confirm()?;
         return restore_image(repo, &open, path, target, opts, progress);
     };
-    let plan = crate::restore_plan::plan(&content, &opts.plan);
     // The opening confirmed, and whether the index changed before its lock was taken.
     let confirmed = std::sync::OnceLock::<(OpenSnapshot, bool)>::new();
     // The lock goes with this plan's last read only if this plan is the one written: one
@@ -408,6 +570,8 @@ pub fn restore_opening(
     let (open, _) = confirmed
         .into_inner()
         .expect("confirmed before anything is written");
+    // A plan made again is not made beside this one: it can be large for a large image.
+    drop(plan);
     let bytes_written = match written {
         Some(written) => written,
         None => restore_image(repo, &open, path, target, opts, progress)?.bytes_written,
@@ -451,6 +615,20 @@ fn write_image(
         let mut file = FileTarget::new(&file, target);
         write_in_order(&mut file, plan, deliveries, opts.reorder_window, progress)
     }
+}
+
+/// The restore plan of the image `path` (`None`: the only file) in snapshot `snapshot` (`id`)
+/// with root tree `root`, and the image's size.
+fn image_plan(
+    repo: &Repository,
+    root: &Tree,
+    snap: &Snapshot,
+    snapshot: &Id,
+    path: Option<&str>,
+    opts: &PlanOptions,
+) -> Result<(crate::restore_plan::Plan, u64)> {
+    let (content, size) = image_chunks(repo, root, snap, snapshot, path)?;
+    Ok((crate::restore_plan::plan(&content, opts), size))
 }
 
 /// The chunks of the image `path` (`None`: the only file) in snapshot `snapshot` (`id`) with
@@ -511,8 +689,7 @@ pub fn plan_image_restore(
     path: Option<&str>,
     opts: &PlanOptions,
 ) -> Result<crate::restore_plan::Plan> {
-    let (content, _) = image_chunks(repo, &open.root, &open.snapshot, &open.id, path)?;
-    Ok(crate::restore_plan::plan(&content, opts))
+    Ok(image_plan(repo, &open.root, &open.snapshot, &open.id, path, opts)?.0)
 }
 
 /// Opens (creates or truncates) a regular file as the restore target, `size` bytes long and
@@ -534,5 +711,215 @@ fn open_target(target: &Path, size: u64) -> Result<File> {
             f.set_len(size).map_err(|e| Error::io(target, e))?;
             Ok(f)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::FileType;
+    use crate::backend::local::LocalBackend;
+    use crate::progress::NoProgress;
+    use crate::repo::InitOptions;
+
+    fn repo(dir: &Path) -> Repository {
+        let opts = InitOptions {
+            kdf: crate::crypto::KdfParams::insecure_fast(),
+            polynomial: None,
+        };
+        Repository::init(std::sync::Arc::new(LocalBackend::new(dir)), "pw", &opts).unwrap()
+    }
+
+    /// `len` pseudo-random bytes, counting how many were read.
+    struct Noise {
+        x: u64,
+        left: u64,
+        read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Noise {
+        fn new(len: u64) -> (Noise, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+            let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let n = Noise {
+                x: 0x9E37_79B9_7F4A_7C15,
+                left: len,
+                read: read.clone(),
+            };
+            (n, read)
+        }
+    }
+
+    impl Read for Noise {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.left as usize);
+            for c in buf[..n].chunks_mut(8) {
+                self.x ^= self.x << 13;
+                self.x ^= self.x >> 7;
+                self.x ^= self.x << 17;
+                c.copy_from_slice(&self.x.to_le_bytes()[..c.len()]);
+            }
+            self.left -= n as u64;
+            self.read
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    fn snapshots(repo: &Repository) -> usize {
+        repo.list_ids(FileType::Snapshot).unwrap().len()
+    }
+
+    #[test]
+    fn zero_chunks_are_listed_as_blobs_of_up_to_8_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path());
+        let mut image = vec![0u8; 3 * ZERO_RUN_BLOB + (5 << 19)];
+        image.extend((0..3 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+        image.extend(vec![0u8; 1 << 20]);
+        let sum = backup_block(
+            &repo,
+            &mut &image[..],
+            "disk.img",
+            &BackupOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+        let snap: Snapshot = repo
+            .load_unpacked(FileType::Snapshot, &sum.snapshot_id)
+            .unwrap();
+        let node = find_image_node(&repo, &snap, None).unwrap();
+        let lens: Vec<u32> = node
+            .content
+            .iter()
+            .map(|id| repo.blob_entry(BlobType::Data, id).unwrap().plaintext_len())
+            .collect();
+        let z = ZERO_RUN_BLOB as u32;
+        assert_eq!(lens[..4], [z, z, z, 5 << 19], "{lens:?}");
+        assert_eq!(node.content[0], node.content[1]);
+        assert_eq!(node.content[1], node.content[2]);
+        assert_eq!(sum.chunks, lens.len() as u64);
+        assert!(lens.len() < 12, "{lens:?}");
+        let restored = dir.path().join("out.img");
+        restore_block(
+            &repo,
+            &sum.snapshot_id,
+            None,
+            &restored,
+            &RestoreOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+        assert!(std::fs::read(&restored).unwrap() == image);
+        // Once more: every entry, zero runs too, is found.
+        let again = backup_block(
+            &repo,
+            &mut &image[..],
+            "disk.img",
+            &BackupOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+        assert_eq!((again.chunks_new, again.chunks), (0, sum.chunks));
+    }
+
+    #[test]
+    fn an_image_too_large_for_its_tree_is_refused_before_the_rest_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path());
+        let total = 256u64 << 20;
+        let (mut source, read) = Noise::new(total);
+        // Room for ten chunk ids.
+        let limit = 10 * 67 + 200;
+        let e = backup_block_within(
+            &repo,
+            &mut source,
+            "disk.img",
+            &BackupOptions::default(),
+            &NoProgress,
+            limit,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("disk.img has at least 14 chunks in its first"),
+            "{e}"
+        );
+        assert!(e.contains("no snapshot was written"), "{e}");
+        let read = read.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(read < total / 4, "read {read} of {total} bytes");
+        assert_eq!(snapshots(&repo), 0);
+        assert!(repo.list_ids(FileType::Lock).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_source_too_large_even_in_8_mib_chunks_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path());
+        let (mut source, read) = Noise::new(1 << 30);
+        let opts = BackupOptions {
+            total_size: Some(101 * ZERO_RUN_BLOB as u64),
+            ..Default::default()
+        };
+        let e = backup_block_within(&repo, &mut source, "d.img", &opts, &NoProgress, 100 * 67)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("d.img is 808.0 MiB: too large for one image"),
+            "{e}"
+        );
+        assert_eq!(read.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(snapshots(&repo), 0);
+    }
+
+    #[test]
+    fn the_whole_tree_is_measured_against_the_limit_not_only_its_chunk_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path());
+        let image = vec![0u8; 3 * ZERO_RUN_BLOB];
+        let sum = backup_block(
+            &repo,
+            &mut &image[..],
+            "z.img",
+            &BackupOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+        assert_eq!(sum.chunks, 3);
+        let snap: Snapshot = repo
+            .load_unpacked(FileType::Snapshot, &sum.snapshot_id)
+            .unwrap();
+        let len = u64::from(
+            repo.blob_entry(BlobType::Tree, &snap.tree)
+                .unwrap()
+                .plaintext_len(),
+        );
+        // Three ids pass the count (3 * 67 - 1 bytes), the node around them does not. (The
+        // times of another backup may be up to 30 bytes shorter or longer.)
+        assert!(len > 3 * 67 + 100, "{len}");
+        let e = backup_block_within(
+            &repo,
+            &mut &image[..],
+            "z.img",
+            &BackupOptions::default(),
+            &NoProgress,
+            len - 40,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("z.img has 3 chunks: too many for one image"),
+            "{e}"
+        );
+        assert_eq!(snapshots(&repo), 1);
+        backup_block_within(
+            &repo,
+            &mut &image[..],
+            "z.img",
+            &BackupOptions::default(),
+            &NoProgress,
+            len + 40,
+        )
+        .unwrap();
+        assert_eq!(snapshots(&repo), 2);
     }
 }

@@ -757,7 +757,10 @@ pub(crate) fn walk_trees(repo: &Repository, index: &Index, roots: &[(Id, Id)]) -
             ));
             continue;
         };
-        let tree: RefTree = match serde_json::from_slice(&raw) {
+        let parsed = serde_json::from_slice::<RefTree>(&raw);
+        // A large tree's JSON is not held beside what was parsed from it while it is walked.
+        drop(raw);
+        let tree = match parsed {
             Ok(t) => t,
             Err(e) => {
                 walk.errors

@@ -184,6 +184,8 @@ impl Opening {
         let changed = relisted != listed;
         let root = if changed {
             tracing::debug!("the index files changed before the lock was taken: loading again");
+            // Not held beside the tree read again (a large image's tree is large).
+            drop(root);
             repo.load_usable_index_files(relisted)?;
             read_tree(&repo, &snapshot.tree)?
         } else {

@@ -487,6 +487,16 @@ impl Shared {
     }
 
     fn process(&self, t: BlobType, data: &[u8], s: &mut Scratch) -> Result<AddResult> {
+        // What a reader would refuse is not written (callers refuse with a better message
+        // first; this keeps any other writer from storing a blob nobody can read back).
+        let max = crate::repo::max_blob_len(t);
+        if data.len() as u64 > u64::from(max) {
+            return Err(Error::Invalid(format!(
+                "a {t} blob of {} bytes is larger than the {} any {t} blob may be; not written",
+                data.len(),
+                format::human_bytes(u64::from(max))
+            )));
+        }
         // Volumes are full of zeros: an all-zero chunk of a length seen before has a known id.
         // Checking is memory-speed and stops at the first non-zero page.
         let id = if is_zero(data) {
@@ -565,6 +575,10 @@ impl Shared {
             };
             (full, stored_len)
         };
+        if s.compressed.capacity() > 64 << 20 {
+            // A large tree's room is not kept for the blobs of a few MiB that follow.
+            s.compressed = Vec::new();
+        }
         self.blobs_new.fetch_add(1, Ordering::Relaxed);
         self.bytes_new
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -671,6 +685,28 @@ mod tests {
                 x as u8
             })
             .collect()
+    }
+
+    #[test]
+    fn a_blob_larger_than_a_reader_accepts_is_refused_and_nothing_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo =
+            Repository::init(Arc::new(LocalBackend::new(dir.path())), "pw", &fast()).unwrap();
+        let lock = crate::lock::Lock::shared(&repo).unwrap();
+        let w = BlobWriter::new(&repo, WriterOptions::default()).unwrap();
+        // Zeroed memory that is never touched: the length alone is refused.
+        let limit = crate::repo::MAX_TREE_BLOB as usize;
+        let e = w.add(BlobType::Tree, vec![0u8; limit + 1]).unwrap_err();
+        assert!(e.to_string().contains("larger than the 2.0 GiB"), "{e}");
+        let data_limit = crate::repo::MAX_DATA_BLOB as usize;
+        let e = w
+            .submit(BlobType::Data, vec![0u8; data_limit + 1])
+            .unwrap()
+            .wait();
+        assert!(e.is_err());
+        let stats = w.finish(&lock).unwrap();
+        assert_eq!((stats.blobs_new, stats.packs), (0, 0));
+        assert!(stats.index_files.is_empty());
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! Blobs are copied as stored (sealed), after being decrypted, decompressed and hashed to make
 //! sure a damaged blob is never carried over; uncompressed tree blobs are compressed on the way.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
@@ -816,19 +817,20 @@ fn delete_packs(
 
 /// The sealed bytes of a blob to copy, verified (decrypt, decompress, hash). Tries the copy in
 /// `pack_bytes` (the first source) and then the other copies. Uncompressed trees come back
-/// compressed and resealed.
-fn fetch_verified(
+/// compressed and resealed. A copy in `pack_bytes` is borrowed from there, not copied once
+/// more beside the copy its check decrypts (a tree blob can be large).
+fn fetch_verified<'a>(
     repo: &Repository,
     (t, id): (BlobType, Id),
     sources: &[IndexEntry],
-    pack_bytes: &[u8],
-) -> Result<(Vec<u8>, Option<u32>)> {
+    pack_bytes: &'a [u8],
+) -> Result<(Cow<'a, [u8]>, Option<u32>)> {
     let mut last_err = None;
     for (i, src) in sources.iter().enumerate() {
         let sealed = if i == 0 {
             let start = src.offset as usize;
             match pack_bytes.get(start..start + src.length as usize) {
-                Some(s) => s.to_vec(),
+                Some(s) => Cow::Borrowed(s),
                 None => {
                     last_err = Some(Error::Corrupt {
                         what: pack_path(&src.pack),
@@ -846,14 +848,14 @@ fn fetch_verified(
                     u64::from(src.length),
                 )
             }) {
-                Ok(s) => s,
+                Ok(s) => Cow::Owned(s),
                 Err(e) => {
                     last_err = Some(e);
                     continue;
                 }
             }
         };
-        match repo.decode_blob(t, &id, src, sealed.clone()) {
+        match repo.decode_blob(t, &id, src, sealed.to_vec()) {
             Ok(plain) => {
                 let v2 = repo.config().version >= 2;
                 if v2
@@ -867,7 +869,7 @@ fn fetch_verified(
                         what: format!("tree blob {id}"),
                         message: "larger than 4 GiB".into(),
                     })?;
-                    return Ok((repo.key().seal(&compressed), Some(len)));
+                    return Ok((Cow::Owned(repo.key().seal(&compressed)), Some(len)));
                 }
                 return Ok((sealed, src.uncompressed_length));
             }

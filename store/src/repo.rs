@@ -32,8 +32,16 @@ pub const MAX_KEY_FILE_SIZE: u64 = 64 * 1024;
 /// Largest plaintext accepted for a data blob: the chunker's maximum, with room for other
 /// writers whose chunker cuts a little larger.
 pub const MAX_DATA_BLOB: u32 = crate::chunker::MAX_SIZE as u32 + (4 << 20);
-/// Largest plaintext accepted for a tree blob (a directory of a few hundred thousand entries).
-pub const MAX_TREE_BLOB: u32 = 64 << 20;
+/// Largest plaintext accepted for a tree blob, read or written: 2 GiB. restic's index and pack
+/// header hold a blob's lengths (stored and decompressed) in 32 bits, and 2 GiB is the largest
+/// power of two whose sealed form always fits there (4 GiB does not: sealing adds 32 bytes and
+/// a blob that does not compress is stored as it is). A block image is one file node listing
+/// every chunk id in 67 bytes of JSON, so this is about 32 million chunks: some 30 TiB of data
+/// at the chunker's 1 MiB average, at least 15 TiB whatever the data (see [`crate::block`]); a
+/// directory of about 7 million entries. Backups refuse, before their snapshot is written, a
+/// tree that would be larger; a reader holds at most about 1.6 times the tree's size while it
+/// reads one (the sealed blob, then the JSON and what is parsed from it).
+pub const MAX_TREE_BLOB: u32 = 1 << 31;
 /// Largest sealed pack header accepted (restic's own limit): about 400,000 blobs.
 pub const MAX_PACK_HEADER: u64 = 16 << 20;
 

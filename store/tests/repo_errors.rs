@@ -460,7 +460,7 @@ fn a_blob_claiming_more_than_any_blob_may_hold_is_refused_naming_blob_and_pack()
     use volbackup_store::format::{IndexBlob, IndexFile, IndexPack};
     let t = TempRepo::new();
     let repo = t.init_ours();
-    let id = volbackup_store::Id::hash(b"claims a gibibyte");
+    let id = volbackup_store::Id::hash(b"claims four gibibytes");
     let pack = volbackup_store::Id::hash(b"some pack");
     repo.add_to_index(&IndexFile {
         packs: vec![IndexPack {
@@ -470,7 +470,7 @@ fn a_blob_claiming_more_than_any_blob_may_hold_is_refused_naming_blob_and_pack()
                 blob_type: BlobType::Tree,
                 offset: 0,
                 length: 200,
-                uncompressed_length: Some(1 << 30),
+                uncompressed_length: Some(u32::MAX),
             }],
         }],
         ..Default::default()
@@ -480,7 +480,7 @@ fn a_blob_claiming_more_than_any_blob_may_hold_is_refused_naming_blob_and_pack()
     assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
     assert!(
         msg.starts_with(&format!("tree blob {} in pack data/{pack}: ", id.short()))
-            && msg.contains("more than a tree blob may be (64.0 MiB)"),
+            && msg.contains("more than a tree blob may be (2.0 GiB)"),
         "{msg}"
     );
 }
