@@ -617,6 +617,13 @@ pub fn populate_pod(
             .filter(|_| pin)
             .map(str::to_string),
         repository_dir: repository.and_then(mover::local_repository),
+        volume_bytes: pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .and_then(|q| crate::quantity::parse_bytes(&q.0)),
     });
     if let Some(spec) = pod.spec.as_mut()
         && !config.pod_deadline.is_zero()
@@ -1647,7 +1654,8 @@ mod tests {
         );
         assert_eq!(pod["spec"]["restartPolicy"], "Never");
         assert_eq!(pod["spec"]["activeDeadlineSeconds"], 86400);
-        assert_eq!(c["resources"]["limits"]["memory"], mover::MEMORY_LIMIT);
+        // The limit grows with the claim: 1 GiB, and 256 MiB for its (first and only) TiB.
+        assert_eq!(c["resources"]["limits"]["memory"], "1280Mi");
         assert_eq!(c["image"], "img:1");
         assert_eq!(
             c["env"][0]["valueFrom"]["secretKeyRef"]["name"],

@@ -90,6 +90,8 @@ pub struct MoverPod {
     /// A repository that is a directory of the node (see [`local_repository`]): mounted from
     /// the node at the same path.
     pub repository_dir: Option<String>,
+    /// The volume's size, which the memory limit grows with ([`memory_limit`]).
+    pub volume_bytes: Option<u64>,
 }
 
 /// The directory of a repository location that is a local path (`/srv/backups`), or `None`
@@ -221,11 +223,29 @@ pub fn capabilities(direction: Direction, block: bool) -> &'static [&'static str
     }
 }
 
-/// The memory limit of every mover pod. A mover's memory is bounded by design, not by the
-/// data (a restore holds at most 48 MiB of blobs read ahead and 16 MiB of buffers, a backup
-/// two packs in flight; peaks measured at 100–200 MiB): a mover past this is broken, and the
-/// kubelet stops it before it takes the node's memory.
-pub const MEMORY_LIMIT: &str = "1Gi";
+/// The memory limit of a mover pod whose volume's size is unknown, and the part of every
+/// limit that does not grow with the volume. A mover's buffers are bounded by design, not by
+/// the data (a restore holds at most 48 MiB of blobs read ahead and 16 MiB of buffers, a backup
+/// two packs in flight; peaks measured at 100–200 MiB): a mover past its limit is broken, and
+/// the kubelet stops it before it takes the node's memory.
+pub const MEMORY_BASE_MIB: u64 = 1024;
+
+/// What the limit grows by per TiB of the volume (or part of one): an image restore plans about
+/// 180 bytes per chunk (about 180 MiB per TiB of 1 MiB chunks), a backup keeps about 100 per
+/// chunk while it writes its tree, and a tree read holds about 1.5 times the tree's size.
+pub const MEMORY_MIB_PER_TIB: u64 = 256;
+
+/// The memory limit of a mover pod for a volume of `volume_bytes` (a Kubernetes quantity in
+/// MiB): [`MEMORY_BASE_MIB`] plus [`MEMORY_MIB_PER_TIB`] for every started TiB, so that the
+/// largest volume a backup may hold (see the README's size limits) can be restored within it.
+pub fn memory_limit(volume_bytes: Option<u64>) -> String {
+    const TIB: u64 = 1 << 40;
+    let tib = volume_bytes.map_or(0, |b| b.div_ceil(TIB));
+    format!(
+        "{}Mi",
+        MEMORY_BASE_MIB.saturating_add(tib.saturating_mul(MEMORY_MIB_PER_TIB))
+    )
+}
 
 /// The Pod Security level every mover pod meets (see the module docs).
 pub const MOVER_LEVEL: &str = "baseline";
@@ -241,7 +261,7 @@ pub fn pod(p: &MoverPod) -> Pod {
             .iter()
             .map(|k| json!({"name": k, "valueFrom": {"secretKeyRef": {"name": p.secret, "key": k, "optional": true}}}))
             .collect::<Vec<_>>(),
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": MEMORY_LIMIT}},
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": memory_limit(p.volume_bytes)}},
         "securityContext": {
             "runAsUser": 0,
             "runAsGroup": 0,
@@ -335,7 +355,19 @@ mod tests {
             annotations: BTreeMap::new(),
             node_name: None,
             repository_dir: None,
+            volume_bytes: None,
         }
+    }
+
+    #[test]
+    fn the_memory_limit_grows_with_the_volume_so_the_largest_backup_restores() {
+        assert_eq!(memory_limit(None), "1024Mi");
+        assert_eq!(memory_limit(Some(10 << 30)), "1280Mi");
+        assert_eq!(memory_limit(Some(1 << 40)), "1280Mi");
+        assert_eq!(memory_limit(Some((1 << 40) + 1)), "1536Mi");
+        // 64 TiB: 17 GiB, above the ~6 GiB an image restore at the tree limit plans with.
+        assert_eq!(memory_limit(Some(64 << 40)), "17408Mi");
+        assert_eq!(memory_limit(Some(u64::MAX)), "4294968320Mi");
     }
 
     #[test]

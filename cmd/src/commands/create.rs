@@ -51,6 +51,7 @@ fn mover_pod(run: &Run, t: &Target, tmp: &str, ns: &str, args: Vec<String>) -> P
         annotations: BTreeMap::new(),
         node_name: None,
         repository_dir: repository_dir(&run.locations, ns),
+        volume_bytes: volbackup_populator::quantity::parse_bytes(&t.info.capacity),
     })
 }
 
@@ -589,6 +590,7 @@ async fn admitted(
         annotations: BTreeMap::new(),
         node_name: None,
         repository_dir: repository_dir(locations, ns),
+        volume_bytes: volbackup_populator::quantity::parse_bytes(&t.info.capacity),
     });
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     match pods
