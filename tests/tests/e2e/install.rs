@@ -129,7 +129,7 @@ async fn install_starts_the_populator_a_second_install_changes_nothing_and_unins
     let out = env.plugin(&["install"], &[]).await;
     assert_eq!(out.code, 0, "install failed: {}{}", out.stdout, out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 12, "{}", out.stdout);
+    assert_eq!(lines.len(), 13, "{}", out.stdout);
     assert_eq!(
         lines[0],
         "customresourcedefinition.apiextensions.k8s.io/volumebackups.volbackup.io unchanged",
@@ -144,6 +144,7 @@ async fn install_starts_the_populator_a_second_install_changes_nothing_and_unins
         "rolebinding.rbac.authorization.k8s.io/volbackup-populator created",
         "clusterrole.rbac.authorization.k8s.io/volbackup-restorer created",
         "clusterrole.rbac.authorization.k8s.io/volbackup-user created",
+        "clusterrole.rbac.authorization.k8s.io/volbackup-cleanup created",
         "clusterrole.rbac.authorization.k8s.io/volbackup-cluster-reader created",
         "deployment.apps/volbackup-populator created",
         "volumepopulator.populator.storage.k8s.io/volbackup-volumebackup created",
@@ -211,7 +212,7 @@ async fn install_starts_the_populator_a_second_install_changes_nothing_and_unins
     let again = env.plugin(&["install"], &[]).await;
     assert_eq!(again.code, 0, "second install failed: {}", again.stderr);
     let lines: Vec<&str> = again.stdout.lines().collect();
-    assert_eq!(lines.len(), 12, "{}", again.stdout);
+    assert_eq!(lines.len(), 13, "{}", again.stdout);
     for l in &lines {
         assert!(l.ends_with(" unchanged"), "second install changed {l:?}");
     }
@@ -292,6 +293,7 @@ async fn install_dry_run_prints_the_manifests_of_kubectl_apply_k_and_creates_not
             "ClusterRoleBinding",
             "Role",
             "RoleBinding",
+            "ClusterRole",
             "ClusterRole",
             "ClusterRole",
             "ClusterRole",

@@ -641,8 +641,9 @@ async fn a_second_cluster_restores_from_the_repository_alone() {
         .to_string();
 
     let second = Env::start().await;
-    install(&second).await;
     let repo = first.repo.to_str().unwrap();
+    // The second cluster's administrator allows the first cluster's repository directory.
+    install_with(&second, &["--allow-node-repository", repo]).await;
     let out = second
         .plugin(
             &[
@@ -1413,13 +1414,14 @@ async fn sources_that_cannot_be_restored_keep_the_pvc_pending_with_the_reason() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_to_two_repositories_with_two_passwords_each_restore_from_their_own() {
     let env = Env::start().await;
-    install(&env).await;
+    // The second repository, with another password; the volume changes in between. Both are
+    // node directories the administrator allows.
+    let second = env.dir.path().join("second-repo");
+    install_with(&env, &["--allow-node-repository", second.to_str().unwrap()]).await;
     let image = filled_volumes(&env, 2 << 20).await;
     let out = env.create_backup(&["blk"]).await;
     assert_eq!(out.code, 0, "first create failed: {}", out.stderr);
 
-    // The second repository, with another password; the volume changes in between.
-    let second = env.dir.path().join("second-repo");
     let second_pw = "second-repository-pw-41c2";
     let out = env
         .plugin(
