@@ -329,24 +329,26 @@ fn server_errors_throttling_resets_and_stalls_are_retried_until_requests_pass() 
         data[100..1100]
     );
 
-    // A response held back longer than the attempt timeout counts as a failed attempt.
-    proxy.delay_next("GET", 1, Duration::from_secs(6));
+    // A response held back longer than the attempt timeout counts as a failed attempt. The
+    // stall is long (20 s against 1.5 s) so that a loaded machine's slow retry is never
+    // mistaken for a stall waited out.
+    proxy.delay_next("GET", 1, Duration::from_secs(20));
     let t = Instant::now();
     assert_eq!(b.read(FileType::Pack, &hex_name(4)).unwrap(), data);
     let took = t.elapsed();
     assert_eq!(proxy.injected().delays, 1);
     assert!(
-        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(20),
         "took {took:?}"
     );
 
     // The same for an upload: the first attempt's answer never comes in time, the second does.
-    proxy.delay_next("PUT", 1, Duration::from_secs(6));
+    proxy.delay_next("PUT", 1, Duration::from_secs(20));
     let t = Instant::now();
     b.write(FileType::Index, &hex_name(5), b"small index")
         .unwrap();
     assert!(
-        t.elapsed() < Duration::from_secs(6),
+        t.elapsed() < Duration::from_secs(20),
         "the stalled PUT was waited out: {:?}",
         t.elapsed()
     );
@@ -355,14 +357,14 @@ fn server_errors_throttling_resets_and_stalls_are_retried_until_requests_pass() 
         b"small index"
     );
 
-    proxy.delay_next("HEAD", 1, Duration::from_secs(6));
+    proxy.delay_next("HEAD", 1, Duration::from_secs(20));
     let t = Instant::now();
     assert_eq!(
         b.stat(FileType::Pack, &hex_name(4)).unwrap(),
         data.len() as u64
     );
     assert!(
-        t.elapsed() < Duration::from_secs(6),
+        t.elapsed() < Duration::from_secs(20),
         "the stalled HEAD was waited out: {:?}",
         t.elapsed()
     );

@@ -780,13 +780,13 @@ async fn pods_report_logs_termination_kills_restarts_and_unknown_images() {
     );
     assert!(sim.logs("looper").await.starts_with("run\nrun\n"));
 
-    // An unknown image fails fast with ErrImagePull and the kubelet's event.
-    let started = Instant::now();
+    // An unknown image fails with ErrImagePull and the kubelet's event, instead of staying
+    // in ContainerCreating (bounded by the wait, generous for a loaded machine).
     let nope = sim
         .create(PODS, json!({"metadata": {"name": "nope"}, "spec": {"containers": [{"name": "c", "image": "ghcr.io/nobody/nothing:1"}]}}))
         .await;
     let p = sim
-        .wait_for(PODS, "nope", "to fail pulling", 10, |p| {
+        .wait_for(PODS, "nope", "to fail pulling", 60, |p| {
             matches!(
                 p.pointer("/status/containerStatuses/0/state/waiting/reason")
                     .and_then(Value::as_str),
@@ -795,8 +795,7 @@ async fn pods_report_logs_termination_kills_restarts_and_unknown_images() {
         })
         .await;
     assert_eq!(phase(&p), "Pending");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    let ev = sim.wait_event(&uid(&nope), "Failed", 5).await;
+    let ev = sim.wait_event(&uid(&nope), "Failed", 30).await;
     assert!(
         ev["message"]
             .as_str()

@@ -518,16 +518,21 @@ async fn block_and_filesystem_volumes_come_back_identical_and_into_a_larger_pvc(
 }
 
 async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
+    try_http_get(addr, path)
         .await
-        .expect("connect to metrics");
+        .expect("GET from the metrics port")
+}
+
+/// [`http_get`], or `None` while nothing answers there yet.
+async fn try_http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
         .await
-        .unwrap();
+        .ok()?;
     let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
+    s.read_to_string(&mut body).await.ok()?;
+    Some(body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1038,16 +1043,24 @@ async fn two_populator_replicas_elect_one_leader() {
         (running.len() == 2).then_some(running)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut leaders = Vec::new();
-    for p in &pods {
-        let ip = p["status"]["podIP"].as_str().unwrap();
-        let m = http_get(&format!("{ip}:8080"), "/metrics").await;
-        if m.contains("volbackup_populator_leader 1") {
-            leaders.push(p["metadata"]["name"].as_str().unwrap().to_string());
-        }
-    }
-    assert_eq!(leaders.len(), 1, "leaders: {leaders:?}");
+    // Both replicas answer, and exactly one says it leads: polled, since a replica that has
+    // just started may not serve its metrics yet on a loaded machine.
+    let leaders = eventually(
+        60,
+        "both replicas answering and exactly one leading",
+        || async {
+            let mut leaders = Vec::new();
+            for p in &pods {
+                let ip = p["status"]["podIP"].as_str().unwrap();
+                let m = try_http_get(&format!("{ip}:8080"), "/metrics").await?;
+                if m.contains("volbackup_populator_leader 1") {
+                    leaders.push(p["metadata"]["name"].as_str().unwrap().to_string());
+                }
+            }
+            (leaders.len() == 1).then_some(leaders)
+        },
+    )
+    .await;
     let lease = get_in(
         &env,
         &ar("coordination.k8s.io", "v1", "Lease", "leases"),
