@@ -187,6 +187,8 @@ fn an_image_node_of_1100000_chunks_restores_checks_and_prunes() {
     let snap = repo
         .save_snapshot(&Snapshot::new(tree_id, vec!["/big.img".into()]))
         .unwrap();
+    // Written: the lock goes, so that restic's exclusive lock (check, prune) can be taken.
+    drop(lock);
 
     let ours = t.scratch("ours.img");
     let sum = restore_block(
