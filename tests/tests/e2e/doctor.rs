@@ -120,7 +120,8 @@ fn stable(env: &Env, name: &str, text: &str, table: bool) -> String {
         (r"\b[0-9a-f]{8}\b", "[SHORT]"),
         (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "[TIME]"),
         (r#"("?resourceVersion"?: )["']?\d+["']?"#, "${1}[RV]"),
-        (r#"("?bytesStored"?: )\d+"#, "${1}[BYTES]"),
+        // Also inside the result annotation, where the record is JSON in a string.
+        (r#"(bytesStored\\?"?:\s*)\d+"#, "${1}[BYTES]"),
         (r"\b\d+[smhd]\b", "[AGE]"),
         (r"snap(shot)?-?[0-9a-z-]*[0-9][0-9a-z-]*", "[HANDLE]"),
     ] {
