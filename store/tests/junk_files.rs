@@ -56,6 +56,26 @@ fn corrupt_message(e: &Error) -> String {
     s
 }
 
+/// Restores each snapshot into a scratch file and compares it with the image it was made from.
+fn restore_each(t: &TempRepo, repo: &Repository, cases: [(Id, &Vec<u8>); 2]) {
+    for (id, expected) in cases {
+        let target = t.scratch(&format!("{}.img", id.short()));
+        restore_block(
+            repo,
+            &id,
+            None,
+            &target,
+            &RestoreOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+        assert!(
+            std::fs::read(&target).unwrap() == *expected,
+            "restored image differs"
+        );
+    }
+}
+
 /// A repository with one block backup; returns it, the image and the snapshot id.
 fn with_one_backup(t: &TempRepo) -> (Repository, Vec<u8>, Id) {
     let repo = t.init_ours();
@@ -118,22 +138,7 @@ fn a_tebibyte_file_in_locks_index_or_snapshots_is_refused_from_its_size_and_neve
         &NoProgress,
     )
     .unwrap();
-    for (id, expected) in [(snapshot, &image), (s.snapshot_id, &second)] {
-        let target = t.scratch(&format!("{}.img", id.short()));
-        restore_block(
-            &repo,
-            &id,
-            None,
-            &target,
-            &RestoreOptions::default(),
-            &NoProgress,
-        )
-        .unwrap();
-        assert!(
-            std::fs::read(&target).unwrap() == *expected,
-            "restored image differs"
-        );
-    }
+    restore_each(&t, &repo, [(snapshot, &image), (s.snapshot_id, &second)]);
     let report = check(&repo, &CheckOptions::default(), &NoProgress).unwrap();
     for subject in [
         format!("index/{}", index.to_hex()),
@@ -308,22 +313,7 @@ fn backups_and_restores_pass_over_a_damaged_index_or_snapshot_file_check_reports
     .unwrap();
     let (latest, _) = repo.find_snapshot_early("latest").unwrap();
     assert_eq!(latest, s.snapshot_id);
-    for (id, expected) in [(first, &image), (s.snapshot_id, &second)] {
-        let target = t.scratch(&format!("{}.img", id.short()));
-        restore_block(
-            &repo,
-            &id,
-            None,
-            &target,
-            &RestoreOptions::default(),
-            &NoProgress,
-        )
-        .unwrap();
-        assert!(
-            std::fs::read(&target).unwrap() == *expected,
-            "restored image differs"
-        );
-    }
+    restore_each(&t, &repo, [(first, &image), (s.snapshot_id, &second)]);
 
     let report = check(&repo, &CheckOptions::default(), &NoProgress).unwrap();
     for subject in [
