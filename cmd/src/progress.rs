@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use volbackup_populator::contract::{MoverLine, ProgressLine};
 use volbackup_store::progress::Progress;
 
 const UNKNOWN: u64 = u64::MAX;
@@ -143,13 +144,13 @@ fn json_loop(c: &Counters, stop: &AtomicBool, what: &str) {
         } else {
             wait(stop, Duration::from_millis(900), || false)
         };
-        let line = serde_json::json!({
-            "type": "progress",
-            "operation": what,
-            "bytes_done": c.done.load(Ordering::Relaxed),
-            "bytes_total": total_of(c),
-            "seconds": (start.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-        });
+        let line = MoverLine::Progress(ProgressLine {
+            operation: what.to_string(),
+            bytes_done: c.done.load(Ordering::Relaxed),
+            bytes_total: total_of(c),
+            seconds: (start.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        })
+        .to_line();
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();

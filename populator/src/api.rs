@@ -205,6 +205,42 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+/// The conditions of `backup` (none without one) with the condition `type_` set to this
+/// status, reason and message, the others kept: replaced in place, its transition time kept
+/// while the status stays the same, else `now` (RFC 3339). Both condition writers, `create`
+/// (`BackedUp`) and the populator (`Restored`), go through here.
+pub fn upsert_condition(
+    backup: Option<&VolumeBackup>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: String,
+) -> Vec<Condition> {
+    let mut conditions = backup
+        .and_then(|b| b.status.as_ref())
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let previous = conditions.iter().position(|c| c.type_ == type_);
+    let transition = match previous {
+        Some(i) if conditions[i].status == status => conditions[i].last_transition_time.clone(),
+        _ => now,
+    };
+    let cond = Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: transition,
+        observed_generation: backup.and_then(|b| b.metadata.generation),
+    };
+    match previous {
+        Some(i) => conditions[i] = cond,
+        None => conditions.push(cond),
+    }
+    conditions
+}
+
 /// Bytes moved so far.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -23,7 +23,8 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::api::{self, Condition, Phase, Progress, VolumeBackup};
+use crate::api::{self, Phase, Progress, VolumeBackup};
+use crate::contract::{ClaimProgress, MoverArgs, MoverLine, RepositorySettings, RestoreArgs};
 use crate::events::{Events, Kind as EventType};
 use crate::metrics::Metrics;
 use crate::mover;
@@ -128,21 +129,11 @@ fn rfc3339_now() -> String {
 /// copies the end of the log there, `FallbackToLogsOnError`).
 pub fn pod_failure(message: &str, exit_code: Option<i32>) -> PodFailure {
     for line in message.lines().rev() {
-        if let Ok(v) = serde_json::from_str::<Value>(line.trim())
-            && v.get("type").and_then(Value::as_str) == Some("error")
-        {
+        if let Some(MoverLine::Error(e)) = MoverLine::parse(line) {
             return PodFailure {
-                reason: v
-                    .get("reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("RestoreFailed")
-                    .to_string(),
-                message: v
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                permanent: !v.get("retryable").and_then(Value::as_bool).unwrap_or(true),
+                reason: e.reason.to_string(),
+                message: e.message,
+                permanent: !e.retryable,
             };
         }
     }
@@ -391,7 +382,7 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Seen>, Er
             // The record names the repository it was written to: a Secret pointing elsewhere
             // (edited, or replaced by a backup to another repository) would make the restore
             // look for the snapshot in the wrong place and fail as if it were gone.
-            let have = mover::secret_location(
+            let have = RepositorySettings::location_of(
                 s.data.as_ref().unwrap_or(&Default::default()),
                 s.string_data.as_ref().unwrap_or(&Default::default()),
             );
@@ -580,29 +571,17 @@ pub fn populate_pod(
 ) -> Pod {
     let uid = pvc.uid().unwrap_or_default();
     let block = pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block");
-    let mut args = vec![
-        "mover".to_string(),
-        "restore".into(),
-        "--json".into(),
-        "--snapshot".into(),
-        backup.spec.snapshot.clone().unwrap_or_default(),
-        "--target".into(),
-        if block { BLOCK_TARGET } else { MOUNT_TARGET }.into(),
-        "--retry-lock".into(),
-        mover::LOCK_WAIT.into(),
-    ];
-    if let Some(path) = &backup.spec.path {
-        args.push("--path".into());
-        args.push(path.clone());
-    }
-    if !block && backup.spec.privileged_files == Some(true) {
-        args.push("--privileged-files".into());
-    }
+    let args = MoverArgs::Restore(RestoreArgs {
+        snapshot: backup.spec.snapshot.clone().unwrap_or_default(),
+        target: if block { BLOCK_TARGET } else { MOUNT_TARGET }.into(),
+        retry_lock: mover::LOCK_WAIT.into(),
+        path: backup.spec.path.clone(),
+        privileged_files: !block && backup.spec.privileged_files == Some(true),
+    });
     let mut pod = mover::pod(&mover::MoverPod {
         name: populate_name(&uid),
         namespace: config.namespace.clone(),
         image: config.image.clone(),
-        direction: mover::Direction::Restore,
         block,
         claim: prime_name(&uid),
         paths: mover::Paths {
@@ -673,29 +652,14 @@ impl Context {
         progress: Option<Progress>,
     ) {
         let ns = backup.namespace().unwrap_or_default();
-        let mut conditions = backup
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        let previous = conditions.iter().position(|c| c.type_ == CONDITION);
-        let changed_status = previous.is_none_or(|i| conditions[i].status != status);
-        let transition = match previous {
-            Some(i) if !changed_status => conditions[i].last_transition_time.clone(),
-            _ => rfc3339_now(),
-        };
-        let cond = Condition {
-            type_: CONDITION.into(),
-            status: status.into(),
-            reason: reason.into(),
+        let conditions = api::upsert_condition(
+            Some(backup),
+            CONDITION,
+            status,
+            reason,
             message,
-            last_transition_time: transition,
-            observed_generation: backup.metadata.generation,
-        };
-        match previous {
-            Some(i) => conditions[i] = cond,
-            None => conditions.push(cond),
-        }
+            rfc3339_now(),
+        );
         let mut patch = json!({"status": {"conditions": conditions}});
         if let Some(p) = progress {
             patch["status"]["progress"] = json!(p);
@@ -760,38 +724,26 @@ pub enum PodReport {
 pub fn parse_pod_report(log: &str) -> Option<PodReport> {
     let mut none_yet = None;
     for line in log.lines().rev() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        match v.get("type").and_then(Value::as_str) {
-            Some("progress") => {
-                let done = v.get("bytes_done").and_then(Value::as_u64).unwrap_or(0);
+        match MoverLine::parse(line) {
+            Some(MoverLine::Progress(p)) => {
                 let report = PodReport::Bytes {
-                    done,
-                    total: v.get("bytes_total").and_then(Value::as_u64),
+                    done: p.bytes_done,
+                    total: p.bytes_total,
                     finished: false,
                 };
-                if done > 0 {
+                if p.bytes_done > 0 {
                     return Some(report);
                 }
                 none_yet.get_or_insert(report);
             }
-            Some("summary") => {
-                let total = v.get("bytes_total").and_then(Value::as_u64).unwrap_or(0);
-                let written = v
-                    .get("bytes_written")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(total);
+            Some(MoverLine::Summary(s)) => {
                 return Some(PodReport::Bytes {
-                    done: written,
-                    total: Some(total),
+                    done: s.bytes_written.unwrap_or(s.bytes_total),
+                    total: Some(s.bytes_total),
                     finished: true,
                 });
             }
-            Some("waiting") => {
-                let message = v.get("message").and_then(Value::as_str).unwrap_or("");
-                return Some(PodReport::Waiting(message.to_string()));
-            }
+            Some(MoverLine::Waiting { message }) => return Some(PodReport::Waiting(message)),
             _ => {}
         }
     }
@@ -897,12 +849,16 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
             {
                 // The claim's own progress, for `restore --wait` of this claim.
                 let own = match &report {
-                    PodReport::Waiting(message) => json!({"bytesDone": 0, "waiting": message}),
-                    PodReport::Bytes { done, total, .. } => {
-                        json!({"bytesDone": done, "bytesTotal": total})
-                    }
+                    PodReport::Waiting(message) => ClaimProgress::Waiting {
+                        bytes_done: 0,
+                        waiting: message.clone(),
+                    },
+                    PodReport::Bytes { done, total, .. } => ClaimProgress::Bytes {
+                        bytes_done: *done,
+                        bytes_total: *total,
+                    },
                 }
-                .to_string();
+                .to_annotation();
                 // Progress is bytes that moved, the first report, or a wait for a lock (not
                 // a stall: renewed now and then while it lasts).
                 let now = seen.observed.now;
@@ -1011,7 +967,7 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
                 .as_ref()
                 .ok_or_else(|| Error::Invalid("the VolumeBackup vanished".into()))?;
             let location = seen.secret.as_ref().and_then(|s| {
-                mover::secret_location(
+                RepositorySettings::location_of(
                     s.data.as_ref().unwrap_or(&BTreeMap::new()),
                     s.string_data.as_ref().unwrap_or(&BTreeMap::new()),
                 )
@@ -1229,11 +1185,14 @@ async fn act(ctx: &Context, seen: &Seen, step: Step) -> Result<Action, Error> {
                 && let Some((written, total, true)) = ctx.pod_progress(&pod.name_any()).await
             {
                 ctx.metrics.bytes.fetch_add(written, Ordering::Relaxed);
-                let own = json!({"bytesDone": total.unwrap_or(written), "bytesTotal": total});
+                let own = ClaimProgress::Bytes {
+                    bytes_done: total.unwrap_or(written),
+                    bytes_total: total,
+                };
                 if let Err(e) = patch_claim_annotations(
                     ctx,
                     pvc,
-                    json!({ state::ANN_PROGRESS: own.to_string() }),
+                    json!({ state::ANN_PROGRESS: own.to_annotation() }),
                 )
                 .await
                 {

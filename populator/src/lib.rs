@@ -2,6 +2,7 @@
 //! controller that fills PVCs whose `dataSourceRef` names a `VolumeBackup`.
 
 pub mod api;
+pub mod contract;
 pub mod controller;
 pub mod events;
 pub mod leader;

@@ -23,6 +23,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
+use crate::contract::MoverArgs;
+
 /// The image repository of the project's one image.
 pub const IMAGE_REPOSITORY: &str = "ghcr.io/volbackup/volbackup";
 
@@ -66,8 +68,6 @@ pub struct MoverPod {
     pub namespace: String,
     /// Container image.
     pub image: String,
-    /// Backup or restore.
-    pub direction: Direction,
     /// The volume is a Block volume.
     pub block: bool,
     /// The claim to read or write.
@@ -77,8 +77,9 @@ pub struct MoverPod {
     /// The repository Secret: its keys in [`SECRET_KEYS`] (and no other) become the mover's
     /// environment.
     pub secret: String,
-    /// The mover's arguments (`mover backup ...`, `mover restore ...`).
-    pub args: Vec<String>,
+    /// What the mover runs (`mover backup ...`, `mover restore ...`), which also says which way
+    /// the data goes.
+    pub args: MoverArgs,
     /// Pod labels.
     pub labels: BTreeMap<String, String>,
     /// Pod annotations.
@@ -137,21 +138,6 @@ pub fn check_node_directory(dir: &str) -> Result<(), String> {
         return Err(format!("{dir:?} has a '.', '..' or empty component"));
     }
     Ok(())
-}
-
-/// The repository location named by a repository Secret's data.
-pub fn secret_location(
-    data: &BTreeMap<String, k8s_openapi::ByteString>,
-    string_data: &BTreeMap<String, String>,
-) -> Option<String> {
-    ["VOLBACKUP_REPOSITORY", "RESTIC_REPOSITORY"]
-        .iter()
-        .find_map(|k| {
-            string_data.get(*k).cloned().or_else(|| {
-                data.get(*k)
-                    .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-            })
-        })
 }
 
 /// The name of the repository Secret for a repository location: one Secret per repository
@@ -252,10 +238,11 @@ pub const MOVER_LEVEL: &str = "baseline";
 
 /// The pod.
 pub fn pod(p: &MoverPod) -> Pod {
+    let direction = p.args.direction();
     let mut container = json!({
-        "name": match p.direction { Direction::Backup => "mover", Direction::Restore => "populate" },
+        "name": match direction { Direction::Backup => "mover", Direction::Restore => "populate" },
         "image": p.image,
-        "args": p.args,
+        "args": p.args.to_args(),
         // Key by key, each optional, never `envFrom` the whole Secret (see [`SECRET_KEYS`]).
         "env": SECRET_KEYS
             .iter()
@@ -268,11 +255,11 @@ pub fn pod(p: &MoverPod) -> Pod {
             "runAsNonRoot": false,
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"], "add": capabilities(p.direction, p.block)},
+            "capabilities": {"drop": ["ALL"], "add": capabilities(direction, p.block)},
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     });
-    let read_only = p.direction == Direction::Backup;
+    let read_only = direction == Direction::Backup;
     if p.block {
         container["volumeDevices"] = json!([{"name": "volume", "devicePath": p.paths.device}]);
     } else {
@@ -336,13 +323,13 @@ pub fn container_security(pod: &Pod) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::{BackupArgs, RestoreArgs};
 
     fn mover(direction: Direction, block: bool) -> MoverPod {
         MoverPod {
             name: "m".into(),
             namespace: "ns".into(),
             image: "img:1".into(),
-            direction,
             block,
             claim: "c".into(),
             paths: Paths {
@@ -350,7 +337,23 @@ mod tests {
                 mount: "/data",
             },
             secret: "s".into(),
-            args: vec!["mover".into()],
+            args: match direction {
+                Direction::Backup => MoverArgs::Backup(BackupArgs {
+                    source: "/data".into(),
+                    name: "c.img".into(),
+                    host: "ns/c".into(),
+                    tags: Vec::new(),
+                    description: "{}".into(),
+                    retry_lock: LOCK_WAIT.into(),
+                }),
+                Direction::Restore => MoverArgs::Restore(RestoreArgs {
+                    snapshot: "ab".into(),
+                    target: "/data".into(),
+                    retry_lock: LOCK_WAIT.into(),
+                    path: None,
+                    privileged_files: false,
+                }),
+            },
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             node_name: None,

@@ -14,11 +14,13 @@ use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PostParams,
 };
 use kube::{Client, ResourceExt};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use volbackup_populator::api::{
     ANN_HEARTBEAT, Phase, RepositoryRef, SecretRef, VolumeBackup, VolumeBackupSpec,
     VolumeBackupStatus, VolumeInfo,
+};
+use volbackup_populator::contract::{
+    BackupArgs, BackupSummary, MoverArgs, MoverLine, RepositorySettings, Summary,
 };
 use volbackup_populator::mover;
 
@@ -32,13 +34,35 @@ use crate::repository;
 pub const BLOCK_PATH: &str = "/dev/volbackup-source";
 /// Where a Filesystem volume is mounted in the mover pod.
 pub const MOUNT_PATH: &str = "/data";
+/// What the mover of one target runs: the volume described by `info` (the record's), tagged
+/// with its namespace and claim, then the user's tags.
+fn backup_args(
+    t: &Target,
+    info: &VolumeInfo,
+    tags: &[String],
+    retry_lock: &str,
+) -> Result<MoverArgs> {
+    let mut all = vec![
+        format!("namespace={}", info.namespace),
+        format!("pvc={}", info.pvc),
+    ];
+    all.extend(tags.iter().cloned());
+    Ok(MoverArgs::Backup(BackupArgs {
+        source: if t.is_block() { BLOCK_PATH } else { MOUNT_PATH }.to_string(),
+        name: format!("{}.img", info.pvc),
+        host: format!("{}/{}", info.namespace, info.pvc),
+        tags: all,
+        description: serde_json::to_string(info)?,
+        retry_lock: retry_lock.to_string(),
+    }))
+}
+
 /// The mover pod of one target (the template the populate pod shares).
-fn mover_pod(run: &Run, t: &Target, tmp: &str, ns: &str, args: Vec<String>) -> Pod {
+fn mover_pod(run: &Run, t: &Target, tmp: &str, ns: &str, args: MoverArgs) -> Pod {
     mover::pod(&mover::MoverPod {
         name: tmp.to_string(),
         namespace: ns.to_string(),
         image: run.image.clone(),
-        direction: mover::Direction::Backup,
         block: t.is_block(),
         claim: tmp.to_string(),
         paths: mover::Paths {
@@ -99,46 +123,18 @@ struct Run {
     show: bool,
 }
 
-/// The last line of `mover backup --json`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct MoverSummary {
-    pub(crate) snapshot_id: String,
-    pub(crate) bytes_total: u64,
-    pub(crate) bytes_new: u64,
-    pub(crate) bytes_stored: u64,
-}
-
-/// One line of the mover's output, as far as `create` cares.
+/// One line of the mover's log, as far as `create` cares: a line of the contract, or text.
 #[derive(Debug, PartialEq)]
-enum MoverLine {
-    Progress {
-        done: u64,
-        total: Option<u64>,
-    },
-    /// The mover waits for a lock another process holds (a prune): alive, not stalled.
-    Waiting(String),
-    Summary(String),
-    Other(String),
+enum LogLine {
+    Mover(MoverLine),
+    Text(String),
 }
 
 /// Classifies a line of the mover pod's log (pure; unit-tested).
-fn parse_mover_line(line: &str) -> MoverLine {
-    let Ok(v) = serde_json::from_str::<Value>(line) else {
-        return MoverLine::Other(line.trim().to_string());
-    };
-    match v.get("type").and_then(Value::as_str) {
-        Some("progress") => MoverLine::Progress {
-            done: v.get("bytes_done").and_then(Value::as_u64).unwrap_or(0),
-            total: v.get("bytes_total").and_then(Value::as_u64),
-        },
-        Some("summary") => MoverLine::Summary(line.to_string()),
-        Some("waiting") => MoverLine::Waiting(
-            v.get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("waiting for a repository lock")
-                .to_string(),
-        ),
-        _ => MoverLine::Other(line.trim().to_string()),
+fn parse_log_line(line: &str) -> LogLine {
+    match MoverLine::parse(line) {
+        Some(l) => LogLine::Mover(l),
+        None => LogLine::Text(line.trim().to_string()),
     }
 }
 
@@ -185,19 +181,20 @@ pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
     let data = match &args.repo_secret {
         Some(_) => None,
         None => {
-            let mut data = repository::secret_data(&args.repo)?;
-            let backend = repository::open_backend(&data["VOLBACKUP_REPOSITORY"])?;
+            let mut settings = RepositorySettings::from_map(&repository::secret_data(&args.repo)?)
+                .context("the repository settings name no location or password")?;
+            let backend = repository::open_backend(&settings.location)?;
             let hint = repository::key_hint();
             let repo = volbackup_store::Repository::open_hinted(
                 backend,
-                &data["VOLBACKUP_PASSWORD"],
+                &settings.password,
                 &[],
                 hint.as_ref(),
             )
             .context("cannot open the repository")?;
             // The movers read this key by name (see `repository::key_hint`).
-            repository::add_key_hint(&mut data, &repo);
-            Some(data)
+            repository::add_key_hint(&mut settings.other, &repo);
+            Some(settings)
         }
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -208,7 +205,7 @@ async fn run_async(
     args: &CreateArgs,
     quiet: bool,
     limits: (Duration, Duration, String),
-    data: Option<BTreeMap<String, String>>,
+    data: Option<RepositorySettings>,
 ) -> Result<()> {
     let kube = cluster::connect(&args.kube).await?;
     let client = kube.client.clone();
@@ -221,7 +218,7 @@ async fn run_async(
     // that older VolumeBackups name.
     let secret = match (&args.repo_secret, &data) {
         (Some(name), _) => name.clone(),
-        (None, Some(d)) => mover::repository_secret_name(&d["VOLBACKUP_REPOSITORY"]),
+        (None, Some(d)) => mover::repository_secret_name(&d.location),
         (None, None) => bail!("no repository: give --repo or --repo-secret"),
     };
     // Pod Security: a namespace that would refuse the mover pod fails here, before anything is
@@ -230,7 +227,7 @@ async fn run_async(
     let mut locations = BTreeMap::new();
     for ns in &namespaces {
         let location = match &data {
-            Some(d) => d.get("VOLBACKUP_REPOSITORY").cloned(),
+            Some(d) => Some(d.location.clone()),
             None => check_secret(&client, ns, &secret).await?,
         };
         locations.insert(ns.clone(), location);
@@ -240,11 +237,11 @@ async fn run_async(
     }
     if let Some(d) = &data {
         let all: Vec<&str> = namespaces.iter().map(String::as_str).collect();
-        if let Some(w) = repository::shared_repository_warning(&d["VOLBACKUP_REPOSITORY"], &all) {
+        if let Some(w) = repository::shared_repository_warning(&d.location, &all) {
             eprintln!("warning: {w}");
         }
         for ns in &namespaces {
-            cluster::write_repository_secret(&client, ns, d).await?;
+            cluster::write_repository_secret(&client, ns, &d.to_map()).await?;
         }
     }
     let show = !quiet && std::io::stderr().is_terminal();
@@ -556,7 +553,7 @@ async fn check_secret(client: &Client, ns: &str, name: &str) -> Result<Option<St
             mover::REPOSITORY_LABEL
         );
     }
-    Ok(mover::secret_location(
+    Ok(RepositorySettings::location_of(
         secret.data.as_ref().unwrap_or(&BTreeMap::new()),
         secret.string_data.as_ref().unwrap_or(&BTreeMap::new()),
     ))
@@ -577,7 +574,6 @@ async fn admitted(
         name: temp_name(&t.info.pvc, "admission"),
         namespace: ns.to_string(),
         image: image.to_string(),
-        direction: mover::Direction::Backup,
         block: t.is_block(),
         claim: t.info.pvc.clone(),
         paths: mover::Paths {
@@ -585,7 +581,7 @@ async fn admitted(
             mount: MOUNT_PATH,
         },
         secret: secret.to_string(),
-        args: vec!["mover".into(), "backup".into()],
+        args: backup_args(t, &t.info, &[], mover::LOCK_WAIT)?,
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
         node_name: None,
@@ -709,7 +705,7 @@ async fn start_record(
 
 /// Backs up one PVC and always removes its temporary objects; a failed backup's record says
 /// at which step and why.
-async fn backup_one(run: &Run, t: &Target) -> Result<(String, MoverSummary)> {
+async fn backup_one(run: &Run, t: &Target) -> Result<(String, BackupSummary)> {
     let failed = || format!("backup of PVC {} failed", t.label());
     let started = chrono::Utc::now();
     let record = start_record(run, t, started).await.with_context(failed)?;
@@ -745,7 +741,7 @@ async fn backup_steps(
     bar: &ProgressBar,
     record: &Record,
     started: chrono::DateTime<chrono::Utc>,
-) -> Result<(String, MoverSummary)> {
+) -> Result<(String, BackupSummary)> {
     // --timeout bounds each wait on the cluster, not the copy: a large volume takes as long as
     // it takes, and only a copy that stops making progress (--stall-timeout) is given up.
     let deadline = Instant::now() + run.timeout;
@@ -854,34 +850,7 @@ async fn backup_steps(
     // 3. The mover pod.
     record.at(Step::Mover).await;
     bar.set_message("starting the mover");
-    let description = serde_json::to_string(&info)?;
-    let mut mover_args = vec![
-        "mover".to_string(),
-        "backup".into(),
-        "--json".into(),
-        "--source".into(),
-        if t.is_block() {
-            BLOCK_PATH.into()
-        } else {
-            MOUNT_PATH.into()
-        },
-        "--name".into(),
-        format!("{}.img", info.pvc),
-        "--host".into(),
-        format!("{}/{}", info.namespace, info.pvc),
-        "--tag".into(),
-        format!("namespace={}", info.namespace),
-        "--tag".into(),
-        format!("pvc={}", info.pvc),
-    ];
-    for tag in &run.args_tags {
-        mover_args.push("--tag".into());
-        mover_args.push(tag.clone());
-    }
-    mover_args.push("--description".into());
-    mover_args.push(description);
-    mover_args.push("--retry-lock".into());
-    mover_args.push(run.retry_lock.clone());
+    let mover_args = backup_args(t, &info, &run.args_tags, &run.retry_lock)?;
     let mut pod = mover_pod(run, t, &tmp, ns, mover_args);
     pod.metadata.owner_references = Some(serde_json::from_value(record.owner())?);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -909,7 +878,8 @@ async fn backup_steps(
             );
         }
     };
-    let summary: MoverSummary = serde_json::from_str(&summary)
+    let summary = summary
+        .of_backup()
         .context("the mover's result line is not what this version expects")?;
 
     // 5. The record.
@@ -966,14 +936,14 @@ async fn wait_started(
     }
 }
 
-/// Follows the mover's log: returns its result line and its last other line (an error).
+/// Follows the mover's log: returns its summary and its last other line (an error).
 async fn follow_log(
     pods: &Api<Pod>,
     name: &str,
     bar: &ProgressBar,
     show: bool,
     stall: Duration,
-) -> Result<(Option<String>, Option<String>)> {
+) -> Result<(Option<Summary>, Option<String>)> {
     let lp = LogParams {
         follow: true,
         container: Some("mover".into()),
@@ -997,17 +967,17 @@ async fn follow_log(
             Err(_) => return Err(stalled(name, stall, last_done)),
         };
         let Some(line) = next else { break };
-        match parse_mover_line(&line) {
-            MoverLine::Progress { done, total } => {
-                if last_done != Some(done) {
-                    last_done = Some(done);
+        match parse_log_line(&line) {
+            LogLine::Mover(MoverLine::Progress(p)) => {
+                if last_done != Some(p.bytes_done) {
+                    last_done = Some(p.bytes_done);
                     advanced = Instant::now();
                 } else if advanced.elapsed() >= stall {
                     return Err(stalled(name, stall, last_done));
                 }
-                progress::show_bytes(bar, done, total);
+                progress::show_bytes(bar, p.bytes_done, p.bytes_total);
             }
-            MoverLine::Waiting(message) => {
+            LogLine::Mover(MoverLine::Waiting { message }) => {
                 advanced = Instant::now();
                 bar.set_message("waiting for the repository lock");
                 if show {
@@ -1015,14 +985,17 @@ async fn follow_log(
                 }
                 other = Some(message);
             }
-            MoverLine::Summary(s) => summary = Some(s),
-            MoverLine::Other(text) if !text.is_empty() => {
+            LogLine::Mover(MoverLine::Summary(s)) => summary = Some(s),
+            // The same error follows as text on stderr, which is shown.
+            LogLine::Mover(MoverLine::Error(e)) => other = Some(e.message),
+            LogLine::Mover(MoverLine::Read(_)) => {}
+            LogLine::Text(text) if !text.is_empty() => {
                 if show {
                     bar.println(&text);
                 }
                 other = Some(text);
             }
-            MoverLine::Other(_) => {}
+            LogLine::Text(_) => {}
         }
     }
     Ok((summary, other))
@@ -1166,19 +1139,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mover_lines_are_told_apart() {
-        assert_eq!(
-            parse_mover_line(r#"{"type":"progress","bytes_done":5,"bytes_total":10}"#),
-            MoverLine::Progress {
-                done: 5,
-                total: Some(10)
-            }
-        );
+    fn mover_lines_are_told_apart_from_text() {
+        assert!(matches!(
+            parse_log_line(r#"{"type":"progress","bytes_done":5,"bytes_total":10}"#),
+            LogLine::Mover(MoverLine::Progress(p)) if p.bytes_done == 5 && p.bytes_total == Some(10)
+        ));
         let s = r#"{"type":"summary","snapshot_id":"ab","bytes_total":1,"bytes_new":1,"bytes_stored":1,"seconds":0.1}"#;
-        assert_eq!(parse_mover_line(s), MoverLine::Summary(s.to_string()));
+        match parse_log_line(s) {
+            LogLine::Mover(MoverLine::Summary(s)) => assert_eq!(
+                s.of_backup(),
+                Some(BackupSummary {
+                    snapshot_id: "ab".into(),
+                    bytes_total: 1,
+                    bytes_new: 1,
+                    bytes_stored: 1
+                })
+            ),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
-            parse_mover_line("error: wrong password\n"),
-            MoverLine::Other("error: wrong password".into())
+            parse_log_line("error: wrong password\n"),
+            LogLine::Text("error: wrong password".into())
         );
     }
 

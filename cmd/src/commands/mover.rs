@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use volbackup_populator::contract::{ErrorLine, FailureReason, MoverLine, PlannedRead, Summary};
 use volbackup_store::Repository;
 use volbackup_store::backend::FileType;
 use volbackup_store::block::{self, BackupOptions};
@@ -18,30 +18,6 @@ use volbackup_store::{backup_tree, restore_tree};
 use crate::cli::{MoverBackupArgs, MoverRestoreArgs};
 use crate::progress::{Mode, Reporter};
 use crate::repository;
-
-/// The final line of `mover backup --json`.
-#[derive(Debug, Serialize)]
-struct BackupResult<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    snapshot_id: String,
-    bytes_total: u64,
-    bytes_new: u64,
-    bytes_stored: u64,
-    seconds: f64,
-    source: &'a str,
-}
-
-/// The final line of `mover restore --json`.
-#[derive(Debug, Serialize)]
-struct RestoreResult {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    snapshot_id: String,
-    bytes_total: u64,
-    bytes_written: u64,
-    seconds: f64,
-}
 
 fn is_directory(path: &Path) -> Result<bool> {
     if path.as_os_str() == "-" {
@@ -146,17 +122,17 @@ pub fn backup(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
     reporter.finish();
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
-        let line = BackupResult {
-            kind: "summary",
+        let line = MoverLine::Summary(Summary {
             snapshot_id: summary.snapshot_id.to_string(),
             bytes_total: summary.bytes_total,
-            bytes_new: summary.bytes_new,
-            bytes_stored: summary.bytes_stored,
+            bytes_new: Some(summary.bytes_new),
+            bytes_stored: Some(summary.bytes_stored),
+            bytes_written: None,
             seconds: (seconds * 1000.0).round() / 1000.0,
-            source: &args.source.to_string_lossy(),
-        };
+            source: Some(args.source.to_string_lossy().into_owned()),
+        });
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        writeln!(out, "{}", line.to_line())?;
     } else if !quiet {
         eprintln!(
             "snapshot {} saved: {} read, {} new, {} stored, in {:.1} s",
@@ -183,106 +159,90 @@ fn report_lock_waits(repo: &volbackup_store::Repository, json: bool) {
     // Often enough that whoever reads the last lines of the log sees the wait.
     wait.report_every = std::time::Duration::from_secs(5);
     wait.on_wait = Some(std::sync::Arc::new(|message: &str| {
-        let line = serde_json::json!({"type": "waiting", "message": message});
+        let line = MoverLine::Waiting {
+            message: message.to_string(),
+        };
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
+        let _ = writeln!(out, "{}", line.to_line());
         let _ = out.flush();
     }));
     repo.set_lock_wait(wait);
 }
 
-/// The last line of a failed `mover restore --json`: what the populator reads from the pod's
-/// termination message to decide whether a retry can help.
-#[derive(Debug, Serialize)]
-struct ErrorLine {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    reason: &'static str,
-    retryable: bool,
-    message: String,
-}
-
-/// Names a restore failure and says whether trying again can help.
-pub fn classify(err: &anyhow::Error) -> (&'static str, bool) {
+/// Names a mover's failure (`otherwise` when no cause is known), which says whether trying
+/// again can help.
+pub fn classify(err: &anyhow::Error, otherwise: FailureReason) -> FailureReason {
+    use FailureReason as R;
     use volbackup_store::Error as E;
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<E>() {
             return match e {
-                E::WrongPassword { .. } => ("WrongPassword", false),
-                E::NoRepository { .. } => ("RepositoryNotFound", false),
+                E::WrongPassword { .. } => R::WrongPassword,
+                E::NoRepository { .. } => R::RepositoryNotFound,
                 E::Backend {
                     retryable: true, ..
-                } => ("RepositoryUnreachable", true),
-                E::Backend { .. } => ("RepositoryError", false),
-                E::NotFound { .. } | E::Corrupt { .. } => ("RepositoryDamaged", false),
-                E::Locked(_) => ("RepositoryLocked", true),
-                E::LockLost(_) => ("RepositoryLockLost", true),
-                E::SnapshotNotFound { .. } => ("SnapshotNotFound", false),
-                E::AmbiguousSnapshot { .. } => ("SnapshotAmbiguous", false),
-                E::Invalid(m) if m.contains("has no snapshots") => ("SnapshotNotFound", false),
-                E::Invalid(m) if m.contains("use a larger volume") => ("VolumeTooSmall", false),
+                } => R::RepositoryUnreachable,
+                E::Backend { .. } => R::RepositoryError,
+                E::NotFound { .. } | E::Corrupt { .. } => R::RepositoryDamaged,
+                E::Locked(_) => R::RepositoryLocked,
+                E::LockLost(_) => R::RepositoryLockLost,
+                E::SnapshotNotFound { .. } => R::SnapshotNotFound,
+                E::AmbiguousSnapshot { .. } => R::SnapshotAmbiguous,
+                // The engine words these two as `Invalid`; until it names them, the text does.
+                E::Invalid(m) if m.contains("has no snapshots") => R::SnapshotNotFound,
+                E::Invalid(m) if m.contains("use a larger volume") => R::VolumeTooSmall,
                 E::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
-                    ("VolumeTooSmall", false)
+                    R::VolumeTooSmall
                 }
-                _ => ("RestoreFailed", true),
+                _ => otherwise,
             };
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>()
             && io.raw_os_error() == Some(libc::ENOSPC)
         {
-            return ("VolumeTooSmall", false);
+            return R::VolumeTooSmall;
         }
     }
-    ("RestoreFailed", true)
+    otherwise
 }
 
 /// `mover restore`
 pub fn restore(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
     let result = restore_inner(args, quiet);
-    if let Err(e) = &result
-        && args.json
-    {
-        let (reason, retryable) = classify(e);
-        let line = serde_json::to_string(&ErrorLine {
-            kind: "error",
-            reason,
-            retryable,
-            message: crate::one_line(e),
-        })?;
-        println!("{line}");
-        write_termination_message(&line);
-    }
+    report_failure(&result, args.json, FailureReason::RestoreFailed);
     result
+}
+
+/// With `--json`, a failure's last line on stdout is its error line, written to the
+/// termination message too: what `create` and the populator read to say what failed and
+/// whether a retry can help (`otherwise` when no cause is known).
+fn report_failure(result: &Result<()>, json: bool, otherwise: FailureReason) {
+    if let Err(e) = result
+        && json
+    {
+        let line =
+            MoverLine::Error(ErrorLine::new(classify(e, otherwise), crate::one_line(e))).to_line();
+        println!("{line}");
+        write_termination_message(Path::new(TERMINATION_LOG), &line);
+    }
 }
 
 /// In a container, the kubelet mounts a file at the pod's `terminationMessagePath` and copies
 /// its content into the container's terminated state: the error line written there reaches the
 /// populator whatever else the log holds (the log's tail is only a fallback, cut at 2 KiB or 80
 /// lines). Outside a container the file does not exist and nothing is written.
-fn write_termination_message(line: &str) {
+fn write_termination_message(path: &Path, line: &str) {
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
-        .open(TERMINATION_LOG)
+        .open(path)
     {
-        use std::io::Write;
         let _ = writeln!(f, "{line}");
     }
 }
 
 /// The default `terminationMessagePath` of a container.
 const TERMINATION_LOG: &str = "/dev/termination-log";
-
-/// One pack read of `mover restore --dry-run --json`.
-#[derive(Debug, Serialize)]
-struct PlannedRead {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    pack: String,
-    offset: u64,
-    length: u64,
-    blobs: usize,
-}
 
 /// How an image restore merges and splits its pack reads: the defaults, or `--max-read-mib`.
 fn plan_options(args: &MoverRestoreArgs) -> volbackup_store::restore_plan::PlanOptions {
@@ -310,14 +270,13 @@ fn print_plan(
     let mut out = std::io::stdout().lock();
     if args.json {
         for r in &plan.reads {
-            let line = PlannedRead {
-                kind: "read",
+            let line = MoverLine::Read(PlannedRead {
                 pack: r.pack.to_string(),
                 offset: r.offset,
                 length: r.length,
                 blobs: r.blobs.len(),
-            };
-            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+            });
+            writeln!(out, "{}", line.to_line())?;
         }
     } else {
         let packs: std::collections::HashSet<Id> = plan.reads.iter().map(|r| r.pack).collect();
@@ -451,14 +410,16 @@ fn print_restored(
 ) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
-        let line = RestoreResult {
-            kind: "summary",
+        let line = MoverLine::Summary(Summary {
             snapshot_id: id.to_string(),
             bytes_total,
-            bytes_written,
+            bytes_new: None,
+            bytes_stored: None,
+            bytes_written: Some(bytes_written),
             seconds: (seconds * 1000.0).round() / 1000.0,
-        };
-        println!("{}", serde_json::to_string(&line)?);
+            source: None,
+        });
+        println!("{}", line.to_line());
     } else if !quiet {
         eprintln!(
             "restored snapshot {} to {}: {} in {:.1} s",
@@ -473,66 +434,88 @@ fn print_restored(
 
 #[cfg(test)]
 mod tests {
-    use super::classify;
+    use super::{classify, write_termination_message};
+    use volbackup_populator::contract::FailureReason as R;
     use volbackup_store::Error;
 
-    fn of(e: Error) -> (&'static str, bool) {
-        classify(&anyhow::Error::new(e).context("restoring"))
+    fn of(e: Error) -> R {
+        classify(
+            &anyhow::Error::new(e).context("restoring"),
+            R::RestoreFailed,
+        )
     }
 
     #[test]
     fn failures_that_cannot_heal_are_not_retried() {
         let loc = || "s3:https://h/b".to_string();
-        assert_eq!(
-            of(Error::WrongPassword { location: loc() }),
-            ("WrongPassword", false)
-        );
-        assert_eq!(
-            of(Error::NoRepository { location: loc() }),
-            ("RepositoryNotFound", false)
-        );
-        assert_eq!(
-            of(Error::SnapshotNotFound {
-                spec: "abcd".into(),
-                location: loc()
-            }),
-            ("SnapshotNotFound", false)
-        );
-        assert_eq!(
-            of(Error::AmbiguousSnapshot {
-                spec: "a".into(),
-                candidates: vec!["a1234567".into(), "a7654321".into()]
-            }),
-            ("SnapshotAmbiguous", false)
-        );
-        assert_eq!(
-            of(Error::Invalid(
-                "/dev/x: target is 1 bytes, the image needs 2 (use a larger volume)".into()
-            )),
-            ("VolumeTooSmall", false)
-        );
-        assert_eq!(
-            of(Error::Io {
-                path: "/data/f".into(),
-                source: std::io::Error::from_raw_os_error(libc::ENOSPC)
-            }),
-            ("VolumeTooSmall", false)
-        );
+        let cases = [
+            (Error::WrongPassword { location: loc() }, R::WrongPassword),
+            (
+                Error::NoRepository { location: loc() },
+                R::RepositoryNotFound,
+            ),
+            (
+                Error::SnapshotNotFound {
+                    spec: "abcd".into(),
+                    location: loc(),
+                },
+                R::SnapshotNotFound,
+            ),
+            (
+                Error::AmbiguousSnapshot {
+                    spec: "a".into(),
+                    candidates: vec!["a1234567".into(), "a7654321".into()],
+                },
+                R::SnapshotAmbiguous,
+            ),
+            (
+                Error::Invalid(
+                    "/dev/x: target is 1 bytes, the image needs 2 (use a larger volume)".into(),
+                ),
+                R::VolumeTooSmall,
+            ),
+            (
+                Error::Io {
+                    path: "/data/f".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                },
+                R::VolumeTooSmall,
+            ),
+        ];
+        for (e, want) in cases {
+            let got = of(e);
+            assert_eq!(got, want);
+            assert!(!got.retryable(), "{got}");
+        }
     }
 
     #[test]
     fn network_trouble_is_retried() {
+        let got = of(Error::Backend {
+            location: "s3:https://h/b".into(),
+            message: "connection refused".into(),
+            retryable: true,
+        });
+        assert_eq!(got, R::RepositoryUnreachable);
+        assert!(got.retryable());
+        let other = classify(&anyhow::anyhow!("something else"), R::BackupFailed);
+        assert_eq!(other, R::BackupFailed);
+        assert!(other.retryable());
+    }
+
+    #[test]
+    fn the_error_line_replaces_a_termination_message_and_creates_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("termination-log");
+        std::fs::write(&log, "an older, longer message\n").unwrap();
+        write_termination_message(&log, r#"{"type":"error"}"#);
         assert_eq!(
-            of(Error::Backend {
-                location: "s3:https://h/b".into(),
-                message: "connection refused".into(),
-                retryable: true
-            }),
-            ("RepositoryUnreachable", true)
+            std::fs::read_to_string(&log).unwrap(),
+            "{\"type\":\"error\"}\n"
         );
-        assert_eq!(
-            classify(&anyhow::anyhow!("something else")),
-            ("RestoreFailed", true)
-        );
+        // Outside a container there is no such file, and none is made.
+        let absent = dir.path().join("absent");
+        write_termination_message(&absent, "x");
+        assert!(!absent.exists());
     }
 }

@@ -2,6 +2,7 @@
 //! the step it is at in the `BackedUp` condition and a heartbeat, then `Completed` or `Failed`
 //! with the failing step. `cleanup`, `delete` and an interrupted `create` mark unfinished ones.
 
+use crate::cluster::explain;
 use anyhow::Result;
 use kube::Client;
 use kube::ResourceExt;
@@ -9,11 +10,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use volbackup_populator::api::{
     ANN_HEARTBEAT, BACKED_UP, Condition, HEARTBEAT_EVERY, Phase, VolumeBackup, VolumeBackupStatus,
-    VolumeInfo,
+    VolumeInfo, upsert_condition,
 };
-
-use super::create::MoverSummary;
-use crate::cluster::explain;
+use volbackup_populator::contract::BackupSummary;
 
 /// The steps of one backup, as the `BackedUp` condition names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,28 +70,7 @@ pub(crate) fn with_backed_up(
     reason: &str,
     message: String,
 ) -> Vec<Condition> {
-    let mut conditions = vb
-        .and_then(|b| b.status.as_ref())
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let previous = conditions.iter().position(|c| c.type_ == BACKED_UP);
-    let transition = match previous {
-        Some(i) if conditions[i].status == status => conditions[i].last_transition_time.clone(),
-        _ => now_rfc3339(),
-    };
-    let cond = Condition {
-        type_: BACKED_UP.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message,
-        last_transition_time: transition,
-        observed_generation: vb.and_then(|b| b.metadata.generation),
-    };
-    match previous {
-        Some(i) => conditions[i] = cond,
-        None => conditions.push(cond),
-    }
-    conditions
+    upsert_condition(vb, BACKED_UP, status, reason, message, now_rfc3339())
 }
 
 /// Annotation `completed` writes with the snapshot id, in the same write: the status it is
@@ -314,7 +292,7 @@ impl Record {
     pub(crate) async fn completed(
         &self,
         info: &VolumeInfo,
-        summary: &MoverSummary,
+        summary: &BackupSummary,
         started: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
         let ns = info.namespace.as_str();

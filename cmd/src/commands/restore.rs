@@ -22,6 +22,7 @@ use serde_json::json;
 use volbackup_populator::api::{
     Phase, RepositoryRef, SecretRef, VolumeBackup, VolumeBackupSpec, VolumeBackupStatus, VolumeInfo,
 };
+use volbackup_populator::contract::{ClaimProgress, RepositorySettings};
 use volbackup_populator::{quantity, state};
 use volbackup_store::format::BlobType;
 use volbackup_store::tree::{NodeType, Tree};
@@ -400,11 +401,13 @@ async fn put_backup(
 
 /// The VolumeBackup for a repository snapshot, from the description stored with it.
 async fn from_repository(args: &RestoreArgs, client: &Client, ns: &str) -> Result<Source> {
-    let mut data = repository::secret_data(&args.repo).context(
+    let data = repository::secret_data(&args.repo).context(
         "restoring a snapshot id needs the repository: pass --repo and the password (VOLBACKUP_PASSWORD or --password-file)",
     )?;
-    let repo = repository::open_from(&data)?;
-    repository::add_key_hint(&mut data, &repo);
+    let mut settings = RepositorySettings::from_map(&data)
+        .context("the repository settings name no location or password")?;
+    let repo = repository::open_from(&settings.to_map())?;
+    repository::add_key_hint(&mut settings.other, &repo);
     let (id, snap) = repo.find_snapshot(&args.backup)?;
     let info: VolumeInfo = snap
         .volbackup
@@ -446,7 +449,7 @@ async fn from_repository(args: &RestoreArgs, client: &Client, ns: &str) -> Resul
             }
         );
     }
-    let secret = cluster::write_repository_secret(client, ns, &data).await?;
+    let secret = cluster::write_repository_secret(client, ns, &settings.to_map()).await?;
     let name = format!(
         "{}-{}",
         info.pvc.chars().take(240).collect::<String>(),
@@ -455,7 +458,7 @@ async fn from_repository(args: &RestoreArgs, client: &Client, ns: &str) -> Resul
     let spec = VolumeBackupSpec {
         repository: RepositoryRef {
             secret_ref: SecretRef { name: secret },
-            location: Some(data["VOLBACKUP_REPOSITORY"].clone()),
+            location: Some(settings.location.clone()),
         },
         snapshot: Some(id.to_string()),
         path,
@@ -577,20 +580,21 @@ async fn wait(
             return Ok(());
         }
         // This claim's own progress (another restore from the same VolumeBackup has its own).
-        if let Some(p) = annotations
+        match annotations
             .get(state::ANN_PROGRESS)
-            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .and_then(|p| ClaimProgress::parse(p))
         {
-            if p.get("waiting").is_some() {
+            Some(ClaimProgress::Waiting { .. }) => {
                 bar.set_message("waiting for the repository lock");
-            } else {
-                bar.set_message("copying");
-                progress::show_bytes(
-                    &bar,
-                    p["bytesDone"].as_u64().unwrap_or(0),
-                    p["bytesTotal"].as_u64(),
-                );
             }
+            Some(ClaimProgress::Bytes {
+                bytes_done,
+                bytes_total,
+            }) => {
+                bar.set_message("copying");
+                progress::show_bytes(&bar, bytes_done, bytes_total);
+            }
+            None => {}
         }
         // The newest warning about this PVC tells why it waits (a retry, a missing source).
         let lp = ListParams::default().fields(&format!(
