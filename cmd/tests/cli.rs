@@ -1161,3 +1161,25 @@ fn repo_check_reads_every_pack_with_the_reads_asked_for_and_names_a_damaged_one(
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn a_failed_json_backup_ends_with_an_error_line_saying_what_failed_and_whether_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("a.img");
+    std::fs::write(&src, mixed_data(1)).unwrap();
+    let out = mover_backup(&dir.path().join("nothing-here"), &src)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(line.contains("no repository"), "{line}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "error", "{stdout}");
+    assert_eq!(last["reason"], "RepositoryNotFound", "{stdout}");
+    assert_eq!(last["retryable"], false, "{stdout}");
+    assert!(
+        last["message"].as_str().unwrap().contains("no repository"),
+        "{stdout}"
+    );
+}

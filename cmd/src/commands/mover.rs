@@ -52,6 +52,12 @@ fn default_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Opt
 
 /// `mover backup`
 pub fn backup(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
+    let result = backup_inner(args, quiet);
+    report_failure(&result, args.json, FailureReason::BackupFailed);
+    result
+}
+
+fn backup_inner(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
     let description = match &args.description {
         Some(text) => Some(
             serde_json::from_str::<serde_json::Value>(text)
