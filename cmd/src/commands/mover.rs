@@ -524,4 +524,58 @@ mod tests {
         write_termination_message(&absent, "x");
         assert!(!absent.exists());
     }
+
+    #[test]
+    fn the_arguments_the_pods_get_are_the_movers_own_flags() {
+        use clap::Parser;
+        use volbackup_populator::contract::{BackupArgs, MoverArgs, RestoreArgs};
+
+        use crate::cli::{Cli, Command, MoverCommand};
+
+        let backup = MoverArgs::Backup(BackupArgs {
+            source: "/dev/volbackup-source".into(),
+            name: "db.img".into(),
+            host: "app/db".into(),
+            tags: vec!["namespace=app".into(), "pvc=db".into(), "daily".into()],
+            description: r#"{"pvc":"db"}"#.into(),
+            retry_lock: "30m".into(),
+        });
+        let cli = Cli::try_parse_from(
+            std::iter::once("kubectl-volbackup".to_string()).chain(backup.to_args()),
+        )
+        .unwrap();
+        match cli.command {
+            Command::Mover(MoverCommand::Backup(a)) => {
+                assert!(a.json);
+                assert_eq!(a.source, std::path::Path::new("/dev/volbackup-source"));
+                assert_eq!(a.name.as_deref(), Some("db.img"));
+                assert_eq!(a.host.as_deref(), Some("app/db"));
+                assert_eq!(a.tags, ["namespace=app", "pvc=db", "daily"]);
+                assert_eq!(a.description.as_deref(), Some(r#"{"pvc":"db"}"#));
+                assert_eq!(a.repo.retry_lock.as_deref(), Some("30m"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let restore = MoverArgs::Restore(RestoreArgs {
+            snapshot: "ab".repeat(32),
+            target: "/data".into(),
+            retry_lock: "30m".into(),
+            path: Some("/db.img".into()),
+            privileged_files: true,
+        });
+        let cli = Cli::try_parse_from(
+            std::iter::once("kubectl-volbackup".to_string()).chain(restore.to_args()),
+        )
+        .unwrap();
+        match cli.command {
+            Command::Mover(MoverCommand::Restore(a)) => {
+                assert!(a.json && a.privileged_files);
+                assert_eq!(a.snapshot, "ab".repeat(32));
+                assert_eq!(a.target, std::path::Path::new("/data"));
+                assert_eq!(a.path.as_deref(), Some("/db.img"));
+                assert_eq!(a.repo.retry_lock.as_deref(), Some("30m"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
