@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kubesim::{Cluster, ClusterOptions};
 use serde_json::{Value, json};
-use volbackup_e2e::kubesim::{Cluster, ClusterOptions};
 
 const NS: &str = "demo";
 /// The demo repository's password (a local directory deleted at the end).

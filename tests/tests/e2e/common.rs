@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use kubesim::cluster::{Cluster, ClusterOptions};
 use serde_json::{Value, json};
-use volbackup_e2e::kubesim::cluster::{Cluster, ClusterOptions};
 
 pub(crate) const NS: &str = "t";
 pub(crate) const PASSWORD: &str = "e2e-secret-pw-7f3a";
