@@ -343,7 +343,7 @@ impl PodWorker {
 
         let status = tokio::select! {
             st = child.wait() => st.ok(),
-            _ = wait_stop(self.stop.clone()) => {
+            _ = self.until_stopped() => {
                 // Graceful stop: SIGTERM, then SIGKILL after the grace period (capped at 3 s).
                 let r = running.clone();
                 let _ = tokio::task::spawn_blocking(move || r.signal("TERM")).await;

@@ -1,7 +1,12 @@
 //! A pod worker's lifecycle: its phase and status, init containers then containers, restarts
-//! with back-off, and the stop on deletion.
+//! with back-off, and the stop on deletion or at the active deadline.
 
 use super::*;
+
+/// The pod status reason and message of a pod stopped at its active deadline (the kubelet's
+/// `pkg/kubelet/active_deadline.go`).
+const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+const DEADLINE_MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
 
 impl PodWorker {
     pub(super) fn new(
@@ -29,6 +34,10 @@ impl PodWorker {
         };
         let init = statuses("initContainers");
         let main = statuses("containers");
+        let deadline = pod
+            .pointer("/spec/activeDeadlineSeconds")
+            .and_then(Value::as_u64)
+            .map(|secs| tokio::time::Instant::now() + Duration::from_secs(secs));
         Self {
             dir: pod_dir(&ctx, &pod),
             ns: namespace(&pod).to_string(),
@@ -39,6 +48,7 @@ impl PodWorker {
                 init,
                 main,
                 failed_init: false,
+                deadline_exceeded: false,
                 start_time: now(),
                 last_published: Value::Null,
             }),
@@ -46,6 +56,7 @@ impl PodWorker {
             ctx,
             pod,
             stop,
+            deadline,
             procs,
             loops,
         }
@@ -55,8 +66,27 @@ impl PodWorker {
         s(&self.pod, "/spec/restartPolicy").unwrap_or("Always")
     }
 
+    /// Whether the pod is to stop: it is being deleted, the kubelet shuts down, or its active
+    /// deadline ran out.
     pub(super) fn stopped(&self) -> bool {
-        *self.stop.borrow()
+        *self.stop.borrow() || self.past_deadline()
+    }
+
+    pub(super) fn past_deadline(&self) -> bool {
+        self.deadline
+            .is_some_and(|d| tokio::time::Instant::now() >= d)
+    }
+
+    /// Resolves when the pod is to stop (see [`Self::stopped`]).
+    pub(super) async fn until_stopped(&self) {
+        let stop = wait_stop(self.stop.clone());
+        match self.deadline {
+            Some(d) => tokio::select! {
+                _ = stop => {}
+                _ = tokio::time::sleep_until(d) => {}
+            },
+            None => stop.await,
+        }
     }
 
     /// Sleeps, returning true early when the pod is being stopped.
@@ -66,7 +96,7 @@ impl PodWorker {
         }
         tokio::select! {
             _ = tokio::time::sleep(d) => self.stopped(),
-            _ = wait_stop(self.stop.clone()) => true,
+            _ = self.until_stopped() => true,
         }
     }
 
@@ -75,7 +105,7 @@ impl PodWorker {
     }
 
     pub(super) fn phase(&self, st: &PodState) -> &'static str {
-        if st.failed_init {
+        if st.failed_init || st.deadline_exceeded {
             return "Failed";
         }
         if !st.init_done {
@@ -150,6 +180,10 @@ impl PodWorker {
             "qosClass": "BestEffort",
             "containerStatuses": st.main.iter().map(ContainerStatus::to_json).collect::<Vec<_>>(),
         });
+        if st.deadline_exceeded {
+            status["reason"] = json!(DEADLINE_EXCEEDED);
+            status["message"] = json!(DEADLINE_MESSAGE);
+        }
         if !st.init.is_empty() {
             status["initContainerStatuses"] = json!(
                 st.init
@@ -205,7 +239,7 @@ impl PodWorker {
                 Err(e) => tracing::error!("kubesim kubelet: preparing volumes panicked: {e}"),
             }
             if self.sleep_or_stop(Duration::from_millis(300)).await {
-                return self.stopped_by_delete();
+                return self.end_stopped();
             }
         };
         let prepared = Arc::new(prepared);
@@ -215,7 +249,7 @@ impl PodWorker {
             let mut backoff = Duration::from_millis(500);
             loop {
                 match self.clone().run_once(true, i, &prepared).await {
-                    RunOutcome::Stopped => return self.stopped_by_delete(),
+                    RunOutcome::Stopped => return self.end_stopped(),
                     RunOutcome::Exited(0) => break,
                     RunOutcome::Exited(_) if self.restart_policy() == "Never" => {
                         self.state.lock().expect("state lock").failed_init = true;
@@ -231,7 +265,7 @@ impl PodWorker {
                     RunOutcome::PullFailed | RunOutcome::ConfigError => {}
                 }
                 if self.sleep_or_stop(backoff).await {
-                    return self.stopped_by_delete();
+                    return self.end_stopped();
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(8));
             }
@@ -245,9 +279,24 @@ impl PodWorker {
         let runs = (0..main_count).map(|i| self.clone().run_main(i, prepared.clone()));
         let results = futures::future::join_all(runs).await;
         if results.iter().any(|stopped| *stopped) || self.stopped() {
-            return self.stopped_by_delete();
+            return self.end_stopped();
         }
         self.publish();
+        false
+    }
+
+    /// Ends a stopped run: true when the pod is gone or being deleted. Otherwise the kubelet
+    /// is shutting down, or the pod's active deadline ran out: then the pod fails with
+    /// `DeadlineExceeded`, as the kubelet reports it.
+    pub(super) fn end_stopped(&self) -> bool {
+        if self.stopped_by_delete() {
+            return true;
+        }
+        if self.past_deadline() && !*self.stop.borrow() {
+            self.state.lock().expect("state lock").deadline_exceeded = true;
+            self.event(EventType::Normal, DEADLINE_EXCEEDED, DEADLINE_MESSAGE);
+            self.publish();
+        }
         false
     }
 

@@ -43,7 +43,10 @@
 //! Deleting a pod (deletionTimestamp, or the object vanishing) sends SIGTERM to each
 //! container (`runc kill`; the program is PID 1 of its namespace, so it dies only if it
 //! handles the signal), SIGKILL after min(grace period, 3 s), detaches the loop devices and
-//! then removes the pod object (the kubelet's final delete).
+//! then removes the pod object (the kubelet's final delete). A pod still running when its
+//! `spec.activeDeadlineSeconds` (counted from `status.startTime`) runs out is stopped the same
+//! way and fails: phase `Failed`, reason `DeadlineExceeded`, with the kubelet's event; as the
+//! kubelet's `activeDeadlineHandler` does, but with the deadline read when the pod starts.
 //!
 //! Simplified or ignored: probes (a running container is ready), resources, seccomp, image
 //! pull secrets, network (pods share the host's; each pod's IP is its own address in
@@ -392,6 +395,8 @@ struct PodState {
     main: Vec<ContainerStatus>,
     init_done: bool,
     failed_init: bool,
+    /// The pod ran past `spec.activeDeadlineSeconds` and was stopped for it.
+    deadline_exceeded: bool,
     start_time: String,
     last_published: Value,
 }
@@ -433,6 +438,9 @@ struct PodWorker {
     uid: String,
     dir: PathBuf,
     stop: watch::Receiver<bool>,
+    /// When `spec.activeDeadlineSeconds` runs out, counted from the worker's start (the pod's
+    /// `status.startTime`).
+    deadline: Option<tokio::time::Instant>,
     procs: Arc<Mutex<HashMap<String, Running>>>,
     loops: Arc<Mutex<Vec<String>>>,
     state: Mutex<PodState>,

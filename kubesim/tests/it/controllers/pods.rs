@@ -1,5 +1,6 @@
 //! Pods: logs, termination, kills, restarts and unknown images, a Deployment's pod reaching the
-//! API with its ServiceAccount, init containers, Secret and ConfigMap volumes, env, users.
+//! API with its ServiceAccount, init containers, Secret and ConfigMap volumes, env, users, the
+//! active deadline.
 
 use super::*;
 
@@ -261,5 +262,62 @@ async fn pod_gets_init_containers_secrets_configmaps_env_read_only_mounts_and_it
         sim.run("reader", Some(("clone", "Filesystem")), "cat /data/f")
             .await,
         "pvc\n"
+    );
+}
+
+/// `spec.activeDeadlineSeconds`, as the kubelet enforces it: a pod still running when its
+/// deadline runs out has its containers killed and fails with `DeadlineExceeded` (even with
+/// restartPolicy Always), with the kubelet's event; a pod that ends in time is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_running_past_its_active_deadline_is_killed_and_fails_with_deadline_exceeded() {
+    let sim = Sim::start().await;
+    // Stopped like a deleted pod: SIGTERM to every process of the container, SIGKILL after
+    // the grace period.
+    let overdue = sim
+        .create(PODS, json!({"metadata": {"name": "overdue"}, "spec": {
+            "activeDeadlineSeconds": 8,
+            "terminationGracePeriodSeconds": 1,
+            "restartPolicy": "Always",
+            "containers": [{"name": "main", "image": "busybox:1.36", "command": ["sh", "-c", "echo started; sleep 600"]}]}}))
+        .await;
+    let in_time = sim
+        .create(PODS, json!({"metadata": {"name": "in-time"}, "spec": {
+            "activeDeadlineSeconds": 600,
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "busybox:1.36", "command": ["sh", "-c", "echo done"]}]}}))
+        .await;
+
+    let p = sim.wait_phase(PODS, "overdue", "Failed", 60).await;
+    assert_eq!(p["status"]["reason"], "DeadlineExceeded", "{p:#}");
+    assert_eq!(
+        p["status"]["message"],
+        "Pod was active on the node longer than the specified deadline"
+    );
+    let c = &p["status"]["containerStatuses"][0];
+    let t = &c["state"]["terminated"];
+    assert!(
+        (t["signal"] == 15 && t["exitCode"] == 143) || (t["signal"] == 9 && t["exitCode"] == 137),
+        "the container was not killed: {c:#}"
+    );
+    assert_eq!(c["restartCount"], 0);
+    // The container had started (its shell may add "Terminated" for its killed child).
+    let log = sim.logs("overdue").await;
+    assert!(log.starts_with("started\n"), "{log:?}");
+    let ev = sim.wait_event(&uid(&overdue), "DeadlineExceeded", 10).await;
+    assert_eq!(ev["type"], "Normal");
+    sim.wait_event(&uid(&overdue), "Killing", 10).await;
+    // Nothing of the pod runs any more.
+    assert!(!sim.cluster.kill_pod(NS, "overdue"));
+
+    let p = sim.wait_phase(PODS, "in-time", "Succeeded", 30).await;
+    assert!(p["status"].get("reason").is_none(), "{p:#}");
+    assert_eq!(sim.logs("in-time").await, "done\n");
+    assert!(
+        sim.list(EVENTS)
+            .await
+            .iter()
+            .all(|e| !(e["involvedObject"]["uid"] == uid(&in_time).as_str()
+                && e["reason"] == "DeadlineExceeded")),
+        "a pod that ended in time got a DeadlineExceeded event"
     );
 }
