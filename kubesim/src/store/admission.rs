@@ -327,6 +327,13 @@ impl Store {
                     }
                 }
             }
+            ("batch", "jobs") if old.is_none() => {
+                let uid = meta_str(obj, "uid").unwrap_or("").to_string();
+                crate::batch::admit_job(obj, &gk, &name, &uid)?;
+            }
+            ("batch", "cronjobs") if old.is_none() => {
+                crate::batch::admit_cronjob(obj, &gk, &name)?;
+            }
             ("apps", "deployments") if old.is_none() => {
                 if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
                     spec.entry("replicas").or_insert_with(|| json!(1));

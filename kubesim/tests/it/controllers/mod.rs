@@ -359,6 +359,7 @@ fn ready(v: &Value) -> bool {
     v.pointer("/status/readyToUse") == Some(&json!(true))
 }
 
+mod batch;
 mod isolation;
 mod pods;
 mod volumes;
