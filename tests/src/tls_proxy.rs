@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::kubesim::pki::Pki;
+use kubesim::pki::Pki;
 
 /// A running proxy; dropping it stops accepting.
 pub struct TlsProxy {

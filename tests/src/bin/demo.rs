@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kubesim::{Cluster, ClusterOptions};
 use serde_json::{Value, json};
-use volbackup_e2e::kubesim::{Cluster, ClusterOptions};
 
 const NS: &str = "demo";
 /// The demo repository's password (a local directory deleted at the end).
@@ -69,24 +69,6 @@ fn check_host() -> Result<()> {
         "/dev/loop-control is missing: modprobe loop"
     );
     Ok(())
-}
-
-/// Builds the plugin (cargo's own build of this workspace) and gives its path.
-fn build_plugin() -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = std::process::Command::new(&cargo)
-        .args(["build", "-q", "-p", "kubectl-volbackup"])
-        .current_dir(&root)
-        .status()
-        .context("cannot run cargo to build the plugin")?;
-    ensure!(status.success(), "building kubectl-volbackup failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug/kubectl-volbackup");
-    ensure!(bin.is_file(), "{} was not built", bin.display());
-    Ok(bin.canonicalize()?)
 }
 
 fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
@@ -294,7 +276,7 @@ fn created_backups(stdout: &str) -> Vec<String> {
 async fn demo() -> Result<()> {
     check_host()?;
     step("building the plugin and its image");
-    let bin = build_plugin()?;
+    let bin = volbackup_e2e::plugin::binary()?;
     let image = {
         let b = bin.clone();
         tokio::task::spawn_blocking(move || volbackup_e2e::image::test_image(&b).reference.clone())

@@ -1,16 +1,16 @@
 //! What the end-to-end tests share: a kubesim cluster with a storage class, a snapshot class,
 //! the VolumeBackup CRD and a local repository, and the real plugin binary to run against it.
 //!
-//! Needs root, util-linux (`losetup`, `unshare`), loop devices, `/usr/bin/restic` and a built
-//! `target/debug/kubectl-volbackup` (`cargo test --workspace` builds it first); each missing
-//! piece fails the test with a message saying so.
+//! Needs root, util-linux (`losetup`, `unshare`), loop devices and `/usr/bin/restic`; each
+//! missing piece fails the test with a message saying so. The plugin is the one Cargo builds
+//! from the current sources (`volbackup_e2e::plugin`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use kubesim::cluster::{Cluster, ClusterOptions};
 use serde_json::{Value, json};
-use volbackup_e2e::kubesim::cluster::{Cluster, ClusterOptions};
 
 pub(crate) const NS: &str = "t";
 pub(crate) const PASSWORD: &str = "e2e-secret-pw-7f3a";
@@ -41,63 +41,9 @@ pub(crate) fn require_host() {
     );
 }
 
-/// The plugin binary built by cargo for this workspace.
+/// The plugin binary Cargo builds from this workspace's sources (once per test process).
 pub(crate) fn plugin_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let bin = target.join("debug/kubectl-volbackup");
-    assert!(
-        bin.is_file(),
-        "{} is not built: run `cargo build -p kubectl-volbackup` (cargo test --workspace builds it)",
-        bin.display()
-    );
-    // `cargo test -p volbackup-e2e` alone does not rebuild the plugin: a binary older than its
-    // sources would test yesterday's code and could pass for it.
-    let built = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .expect("the binary's mtime");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    if let Some((newer, _)) = ["cmd", "populator", "store", "manifests"]
-        .iter()
-        .flat_map(|d| newest_files(&root.join(d)))
-        .filter(|(_, t)| *t > built)
-        .max_by_key(|(_, t)| *t)
-    {
-        panic!(
-            "{} is older than {}: run `cargo build -p kubectl-volbackup` (cargo test --workspace builds it)",
-            bin.display(),
-            newer.display()
-        );
-    }
-    bin.canonicalize().expect("canonical binary path")
-}
-
-/// Every file below `dir` (sources, manifests, Cargo.toml) with its modification time.
-fn newest_files(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            let Ok(md) = e.metadata() else { continue };
-            if md.is_dir() {
-                // Only the code that goes into the binary: not its tests or examples.
-                if !matches!(
-                    path.file_name().and_then(|n| n.to_str()),
-                    Some("tests" | "examples" | "benches")
-                ) {
-                    todo.push(path);
-                }
-            } else if let Ok(t) = md.modified() {
-                out.push((path, t));
-            }
-        }
-    }
-    out
+    volbackup_e2e::plugin::binary().unwrap_or_else(|e| panic!("the plugin under test: {e:#}"))
 }
 
 pub(crate) fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {

@@ -2,10 +2,10 @@
 //! the real `restic` as the oracle.
 //!
 //! Needs root, util-linux (`losetup`), loop devices, `runc`, `buildah`, `skopeo`, `umoci`,
-//! `docker-registry`, `/usr/bin/restic` and a built `target/debug/kubectl-volbackup`
-//! (`cargo test --workspace` builds it first); each missing piece fails the test with a message
-//! saying so. The project's pods run from this build's image, built and pushed to a registry on
-//! loopback once per run (`volbackup_e2e::image`).
+//! `docker-registry` and `/usr/bin/restic`; each missing piece fails the test with a message
+//! saying so. The plugin under test is built by Cargo from the current sources once per run
+//! (`volbackup_e2e::plugin`). The project's pods run from this build's image, built and pushed
+//! to a registry on loopback once per run (`volbackup_e2e::image`).
 
 mod common;
 mod create;

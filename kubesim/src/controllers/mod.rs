@@ -17,11 +17,15 @@
 //! | [`kubelet`] | the kubelet |
 //! | [`runtime`], [`images`] | containerd with runc: OCI bundles from pod specs, image pulls |
 //! | [`deployment`] | kube-controller-manager `pkg/controller/deployment` (no ReplicaSet layer) |
+//! | [`job`] | kube-controller-manager `pkg/controller/job` and `ttlafterfinished` |
+//! | [`cronjob`] | kube-controller-manager `pkg/controller/cronjob` |
 //! | [`validator`] | kubernetes-csi/volume-data-source-validator |
 
+pub mod cronjob;
 pub mod deployment;
 pub mod events;
 pub mod images;
+pub mod job;
 pub mod kubelet;
 pub mod provisioner;
 pub mod pv_controller;
@@ -62,6 +66,7 @@ pub struct Controllers {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     kubelet: Arc<kubelet::KubeletShared>,
+    cron_clock: Arc<cronjob::Clock>,
 }
 
 /// Starts all simulated controllers as tokio tasks on the current runtime.
@@ -91,6 +96,12 @@ pub fn spawn_controllers(store: Arc<dyn ObjectStore>, mut ctx: ControllerContext
         Box::new(deployment::DeploymentController),
     );
     spawn("data-source-validator", Box::new(validator::Validator));
+    spawn("job-controller", Box::<job::JobController>::default());
+    let cron_clock = Arc::new(cronjob::Clock::default());
+    spawn(
+        "cronjob-controller",
+        Box::new(cronjob::CronJobController::new(cron_clock.clone())),
+    );
     spawn(
         "kubelet",
         Box::new(kubelet::Kubelet::new(kubelet_shared.clone(), store.clone())),
@@ -99,6 +110,7 @@ pub fn spawn_controllers(store: Arc<dyn ObjectStore>, mut ctx: ControllerContext
         stop,
         tasks,
         kubelet: kubelet_shared,
+        cron_clock,
     }
 }
 
@@ -109,6 +121,11 @@ impl Controllers {
     /// is running.
     pub fn kill_pod(&self, namespace: &str, name: &str) -> bool {
         self.kubelet.kill_pod(namespace, name)
+    }
+
+    /// Moves the CronJob controller's clock forward (see [`cronjob::Clock`]).
+    pub fn advance_cron_clock(&self, by: Duration) {
+        self.cron_clock.advance(by);
     }
 
     /// Stops all controllers, kills all pod processes and detaches their loop devices.

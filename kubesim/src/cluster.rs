@@ -353,6 +353,19 @@ impl Cluster {
             .is_some_and(|c| c.kill_pod(namespace, name))
     }
 
+    /// Moves the CronJob controller's clock forward, so that a schedule's next time comes
+    /// without waiting for it (Jobs, pods and the API server keep the real time).
+    pub fn advance_cron_clock(&self, by: std::time::Duration) {
+        if let Some(c) = self
+            .controllers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            c.advance_cron_clock(by);
+        }
+    }
+
     /// Stops serving (open connections and watches are cut) and serves again on the same
     /// port with the same objects, like a restarted kube-apiserver in front of the same etcd.
     pub async fn restart_api_server(&self) -> anyhow::Result<()> {

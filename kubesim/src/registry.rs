@@ -304,6 +304,26 @@ const BUILTINS: &[B] = &[
         extra: &["scale"],
     },
     B {
+        group: "batch",
+        version: "v1",
+        kind: "Job",
+        plural: "jobs",
+        namespaced: true,
+        short: &[],
+        status: true,
+        extra: &[],
+    },
+    B {
+        group: "batch",
+        version: "v1",
+        kind: "CronJob",
+        plural: "cronjobs",
+        namespaced: true,
+        short: &["cj"],
+        status: true,
+        extra: &[],
+    },
+    B {
         group: "coordination.k8s.io",
         version: "v1",
         kind: "Lease",
@@ -329,7 +349,7 @@ pub fn builtins() -> Vec<ResourceType> {
             short_names: b.short.iter().map(|s| s.to_string()).collect(),
             categories: if matches!(
                 b.plural,
-                "pods" | "services" | "deployments" | "replicasets"
+                "pods" | "services" | "deployments" | "replicasets" | "jobs" | "cronjobs"
             ) {
                 vec!["all".into()]
             } else {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use volbackup_e2e::kubesim::{Cluster, ClusterOptions};
+use kubesim::{Cluster, ClusterOptions};
 
 /// A simulated Kubernetes cluster for end-to-end tests.
 #[derive(Parser)]

@@ -25,6 +25,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod cluster;
 pub mod controllers;
 pub mod convert;
