@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod commands;
 pub mod progress;
 pub mod repository;
+pub mod schedule;
 
 use clap::Parser;
 
