@@ -11,6 +11,13 @@ use crate::cli::KubeOptions;
 
 /// Label on everything a `create` run makes temporarily; the value is the run's id.
 pub const BACKUP_LABEL: &str = "volbackup.io/backup";
+/// `app.kubernetes.io/managed-by` and its one value, on every object the plugin writes: the
+/// repository Secrets, a run's temporary objects, the populator's namespace. The populator
+/// accepts Secrets carrying it (`volbackup_populator::mover::LEGACY_MARK`, the same pair).
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "volbackup");
+/// The value `install` gave its namespace before it used [`MANAGED_BY`]'s: such a namespace
+/// is still ours, to apply over and to uninstall.
+pub const EARLIER_MANAGED_BY: &str = "kubectl-volbackup";
 /// Label naming the source PVC of a temporary object.
 pub const PVC_LABEL: &str = "volbackup.io/pvc";
 
@@ -173,40 +180,6 @@ pub fn explain(err: kube::Error, verb: &str, what: &str, ns: Option<&str>) -> an
     }
 }
 
-/// Parses `90s`, `10m`, `1h30m`, `2h`, or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
-    let bad =
-        || anyhow!("invalid duration {text:?}: use a number with a unit, like 90s, 10m or 1h30m");
-    let t = text.trim();
-    if t.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(secs));
-    }
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => return Err(bad()),
-        };
-        total = total.saturating_add(n.saturating_mul(unit));
-    }
-    if !num.is_empty() {
-        return Err(bad());
-    }
-    Ok(std::time::Duration::from_secs(total))
-}
-
 /// Creates or replaces the repository's Secret in `ns` from `data` (one Secret per repository
 /// location, marked with the repository label); returns its name.
 pub async fn write_repository_secret(
@@ -223,7 +196,7 @@ pub async fn write_repository_secret(
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": name, "namespace": ns,
-                     "labels": {"app.kubernetes.io/managed-by": "volbackup",
+                     "labels": {MANAGED_BY.0: MANAGED_BY.1,
                                 volbackup_populator::mover::REPOSITORY_LABEL: "true"}},
         "type": "Opaque",
     }))?;
@@ -265,8 +238,12 @@ pub async fn write_repository_secret(
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_duration, pvc_label_value};
-    use std::time::Duration;
+    use super::pvc_label_value;
+
+    #[test]
+    fn repository_secrets_carry_the_mark_the_populator_accepts() {
+        assert_eq!(super::MANAGED_BY, volbackup_populator::mover::LEGACY_MARK);
+    }
 
     #[test]
     fn long_pvc_names_become_valid_distinct_label_values() {
@@ -283,20 +260,5 @@ mod tests {
             !l.contains("--") && l.ends_with(|c: char| c.is_ascii_alphanumeric()),
             "{l}"
         );
-    }
-
-    #[test]
-    fn durations_accept_units_and_plain_seconds() {
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("42").unwrap(), Duration::from_secs(42));
-    }
-
-    #[test]
-    fn durations_without_a_known_unit_are_refused() {
-        for bad in ["", "10x", "m", "5m3"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
-        }
     }
 }

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod flag_values;
 pub mod progress;
 pub mod repository;
 
@@ -15,7 +16,16 @@ use cli::{Cli, Command, MoverCommand, RepoCommand};
 
 /// Runs the command line and returns the process exit code.
 pub fn run() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => match flag_values::refused_value(&err) {
+            Some(line) => {
+                eprintln!("error: {line}");
+                return 1;
+            }
+            None => err.exit(),
+        },
+    };
     match dispatch(&cli) {
         Ok(()) => 0,
         Err(err) => {

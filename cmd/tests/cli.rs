@@ -1161,3 +1161,39 @@ fn repo_check_reads_every_pack_with_the_reads_asked_for_and_names_a_damaged_one(
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn a_refused_flag_value_is_one_error_line_naming_the_flag_before_anything_runs() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["restore", "b", "--to", "x", "--size", "lots"],
+            "error: --size \"lots\" is not a Kubernetes quantity: use a size like 10Gi or 500Mi",
+        ),
+        (
+            &["restore", "b", "--to", "x", "--access-mode", "RWX"],
+            "error: --access-mode \"RWX\" is not an access mode: use one of ReadWriteOnce, ReadOnlyMany, ReadWriteMany, ReadWriteOncePod",
+        ),
+        (
+            &["create", "data", "--timeout", "10x"],
+            "error: --timeout \"10x\" is not a duration: use a number with a unit, like 90s, 10m or 1h30m",
+        ),
+        (
+            &["snapshots", "--retry-lock", "soon"],
+            "error: --retry-lock \"soon\" is not a duration: use a number with a unit, like 90s, 10m or 1h30m",
+        ),
+    ];
+    for (args, expected) in cases {
+        // No kubeconfig and no repository: a value parser must refuse first.
+        let out = bin()
+            .args(args)
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("{expected}\n"),
+            "{args:?}"
+        );
+    }
+}

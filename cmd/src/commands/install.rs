@@ -36,8 +36,6 @@ pub const POPULATOR_NAME: &str = "volbackup-populator";
 pub const VOLUME_POPULATOR_NAME: &str = "volbackup-volumebackup";
 /// Name of the VolumeBackup CRD.
 pub const CRD_NAME: &str = "volumebackups.volbackup.io";
-/// The label our own namespace carries (a namespace without it is the user's).
-const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kubectl-volbackup");
 /// Selects the populator's pods.
 const POD_SELECTOR: &str = "app.kubernetes.io/name=volbackup,app.kubernetes.io/component=populator";
 /// How long `install` waits for the CRD and the Deployment, and `uninstall` for deletions.
@@ -258,8 +256,7 @@ pub fn populator_args(s: &PopulatorSettings) -> Result<Vec<String>> {
         ("--restore-deadline", &s.restore_deadline),
     ] {
         if let Some(v) = value {
-            crate::cluster::parse_duration(v).with_context(|| flag.to_string())?;
-            out.extend([flag.to_string(), v.clone()]);
+            out.extend([flag.to_string(), crate::flag_values::format_duration(*v)]);
         }
     }
     for dir in &s.allow_node_repository {
@@ -433,7 +430,7 @@ pub fn install(args: &InstallArgs, quiet: bool) -> Result<()> {
         .unwrap_or_else(volbackup_populator::mover::default_image);
     check_image(&image)?;
     let extra = populator_args(&args.populator)?;
-    let objs = objects(&args.namespace, &image, &args.pod_security, &extra)?;
+    let objs = objects(&args.namespace, &image, args.pod_security.label(), &extra)?;
     if args.dry_run {
         print!("{}", render(&objs)?);
         return Ok(());
@@ -555,11 +552,14 @@ fn bound_namespace(binding: &DynamicObject) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Whether a namespace is ours: it carries our `managed-by` label, with today's value or the
+/// one earlier versions gave it (a namespace without it is the user's).
 fn ours(meta: &kube::api::ObjectMeta) -> bool {
+    let (key, value) = cluster::MANAGED_BY;
     meta.labels
         .as_ref()
-        .and_then(|l| l.get(MANAGED_BY.0))
-        .is_some_and(|v| v == MANAGED_BY.1)
+        .and_then(|l| l.get(key))
+        .is_some_and(|v| v == value || v == cluster::EARLIER_MANAGED_BY)
 }
 
 async fn wait_established(client: &Client, name: &str) -> Result<()> {

@@ -27,16 +27,9 @@ use volbackup_store::format::BlobType;
 use volbackup_store::tree::{NodeType, Tree};
 
 use crate::cli::RestoreArgs;
-use crate::cluster::{self, explain, parse_duration};
+use crate::cluster::{self, explain};
 use crate::progress;
 use crate::repository;
-
-const ACCESS_MODES: &[&str] = &[
-    "ReadWriteOnce",
-    "ReadOnlyMany",
-    "ReadWriteMany",
-    "ReadWriteOncePod",
-];
 
 /// Whether `name` is a valid PVC name (a DNS-1123 subdomain).
 fn valid_name(name: &str) -> bool {
@@ -97,20 +90,8 @@ pub fn run(args: &RestoreArgs, quiet: bool) -> Result<()> {
             args.to
         );
     }
-    for m in &args.access_modes {
-        if !ACCESS_MODES.contains(&m.as_str()) {
-            bail!(
-                "--access-mode {m:?} is not an access mode: use one of {}",
-                ACCESS_MODES.join(", ")
-            );
-        }
-    }
-    if let Some(s) = &args.size
-        && quantity::parse_bytes(s).is_none()
-    {
-        bail!("--size {s:?} is not a Kubernetes quantity: use a size like 10Gi or 500Mi");
-    }
-    let timeout = parse_duration(&args.timeout)?;
+    // --access-mode, --size and --timeout are checked by their parsers (`flag_values`).
+    let timeout = args.timeout;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(run_async(args, quiet, timeout))
 }
