@@ -132,13 +132,20 @@ pub async fn give_to_pod(
         "name": pod.metadata.name,
         "uid": pod.metadata.uid,
     }]}});
-    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(client.clone(), ns);
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let params = PatchParams::default();
     match pvcs.patch(name, &params, &Patch::Merge(&owner)).await {
         Ok(_) => {}
         Err(e) if is_status(&e, 404) => {}
-        Err(e) => return Err(explain(e, "patch", "persistentvolumeclaims", Some(ns))),
+        Err(e) => {
+            return Err(explain_for::<PersistentVolumeClaim>(
+                e,
+                "patch",
+                &(),
+                Some(ns),
+            ));
+        }
     }
     match snapshots(client, ns)
         .patch(name, &params, &Patch::Merge(&owner))
@@ -146,10 +153,10 @@ pub async fn give_to_pod(
     {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 404) => Ok(()),
-        Err(e) => Err(explain(
+        Err(e) => Err(explain_for::<DynamicObject>(
             e,
             "patch",
-            "volumesnapshots.snapshot.storage.k8s.io",
+            &volume_snapshot_resource(),
             Some(ns),
         )),
     }
@@ -178,6 +185,51 @@ pub fn explain(err: kube::Error, verb: &str, what: &str, ns: Option<&str>) -> an
         kube::Error::Api(s) => anyhow!("cannot {verb} {what}{place}: {}", s.message),
         _ => anyhow!("cannot {verb} {what}{place}: {err}"),
     }
+}
+
+/// How RBAC names the resource of a kind: `pods`, `deployments.apps`,
+/// `volumesnapshots.snapshot.storage.k8s.io`.
+pub fn resource_name<K: kube::Resource>(dt: &K::DynamicType) -> String {
+    let (plural, group) = (K::plural(dt), K::group(dt));
+    if group.is_empty() {
+        plural.into_owned()
+    } else {
+        format!("{plural}.{group}")
+    }
+}
+
+/// [`explain`] for a request on kind `K`, the resource named from the type (`dt`: `&()` for
+/// the kinds k8s-openapi has, the `ApiResource` of a dynamic one).
+pub fn explain_for<K: kube::Resource>(
+    err: kube::Error,
+    verb: &str,
+    dt: &K::DynamicType,
+    ns: Option<&str>,
+) -> anyhow::Error {
+    explain(err, verb, &resource_name::<K>(dt), ns)
+}
+
+/// What a 404 from the VolumeBackup API means: the API server does not serve the kind.
+pub const VOLUMEBACKUP_CRD_MISSING: &str = "the VolumeBackup CRD (volbackup.io/v1alpha1) is not installed: run `kubectl volbackup install`";
+
+/// [`explain`] for a request on VolumeBackups, where a 404 means the CRD is missing (a
+/// request for one object by name that may be absent uses `get_opt`, which returns `None`).
+pub fn explain_volumebackups(err: kube::Error, verb: &str, ns: Option<&str>) -> anyhow::Error {
+    if is_status(&err, 404) {
+        anyhow!(VOLUMEBACKUP_CRD_MISSING)
+    } else {
+        explain_for::<volbackup_populator::api::VolumeBackup>(err, verb, &(), ns)
+    }
+}
+
+/// The repository a repository Secret names. One rule, the populator's
+/// (`volbackup_populator::mover::secret_location`), for every reader: `VOLBACKUP_REPOSITORY`,
+/// else `RESTIC_REPOSITORY`, the way a mover reads the two from its environment.
+pub fn secret_repository(secret: &k8s_openapi::api::core::v1::Secret) -> Option<String> {
+    volbackup_populator::mover::secret_location(
+        secret.data.as_ref().unwrap_or(&Default::default()),
+        secret.string_data.as_ref().unwrap_or(&Default::default()),
+    )
 }
 
 /// Creates or replaces the repository's Secret in `ns` from `data` (one Secret per repository
@@ -223,14 +275,14 @@ pub async fn write_repository_secret(
                     .await
                     .map_err(|e| (e, "update"))
             }
-            Err(e) => return Err(explain(e, "get", "secrets", Some(ns))),
+            Err(e) => return Err(explain_for::<Secret>(e, "get", &(), Some(ns))),
         };
         match written {
             Ok(_) => break,
             Err((e, _)) if is_status(&e, 409) && attempts < 10 => {
                 secret.metadata.resource_version = None;
             }
-            Err((e, verb)) => return Err(explain(e, verb, "secrets", Some(ns))),
+            Err((e, verb)) => return Err(explain_for::<Secret>(e, verb, &(), Some(ns))),
         }
     }
     Ok(name.clone())
@@ -239,6 +291,44 @@ pub async fn write_repository_secret(
 #[cfg(test)]
 mod tests {
     use super::pvc_label_value;
+
+    #[test]
+    fn resources_are_named_as_rbac_names_them() {
+        use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+        assert_eq!(super::resource_name::<Pod>(&()), "pods");
+        assert_eq!(super::resource_name::<Deployment>(&()), "deployments.apps");
+        assert_eq!(
+            super::resource_name::<kube::api::DynamicObject>(&super::volume_snapshot_resource()),
+            "volumesnapshots.snapshot.storage.k8s.io"
+        );
+        assert_eq!(
+            super::resource_name::<volbackup_populator::api::VolumeBackup>(&()),
+            "volumebackups.volbackup.io"
+        );
+    }
+
+    #[test]
+    fn a_secret_names_its_repository_by_one_rule() {
+        use k8s_openapi::ByteString;
+        use k8s_openapi::api::core::v1::Secret;
+        let secret = |pairs: &[(&str, &str)]| Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let both = secret(&[("RESTIC_REPOSITORY", "/r"), ("VOLBACKUP_REPOSITORY", "/v")]);
+        assert_eq!(super::secret_repository(&both).as_deref(), Some("/v"));
+        let restic = secret(&[("RESTIC_REPOSITORY", "/r")]);
+        assert_eq!(super::secret_repository(&restic).as_deref(), Some("/r"));
+        // An empty value is passed over, as a mover passes over an empty variable.
+        let empty = secret(&[("VOLBACKUP_REPOSITORY", ""), ("RESTIC_REPOSITORY", "/r")]);
+        assert_eq!(super::secret_repository(&empty).as_deref(), Some("/r"));
+        assert_eq!(super::secret_repository(&secret(&[])), None);
+    }
 
     #[test]
     fn repository_secrets_carry_the_mark_the_populator_accepts() {

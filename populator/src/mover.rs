@@ -139,7 +139,10 @@ pub fn check_node_directory(dir: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The repository location named by a repository Secret's data.
+/// The repository location named by a repository Secret's data: the one rule every reader
+/// uses. `VOLBACKUP_REPOSITORY`, else `RESTIC_REPOSITORY`, an empty value skipped, as a mover
+/// reads the two from its environment; for one key, `stringData` before `data`, as the API
+/// server merges them.
 pub fn secret_location(
     data: &BTreeMap<String, k8s_openapi::ByteString>,
     string_data: &BTreeMap<String, String>,
@@ -147,10 +150,14 @@ pub fn secret_location(
     ["VOLBACKUP_REPOSITORY", "RESTIC_REPOSITORY"]
         .iter()
         .find_map(|k| {
-            string_data.get(*k).cloned().or_else(|| {
-                data.get(*k)
-                    .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-            })
+            string_data
+                .get(*k)
+                .cloned()
+                .or_else(|| {
+                    data.get(*k)
+                        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                })
+                .filter(|v| !v.is_empty())
         })
 }
 

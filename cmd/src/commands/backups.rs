@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::io::IsTerminal;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde::Serialize;
@@ -20,36 +20,22 @@ use super::record::Finished;
 use crate::cli::{
     CleanupArgs, DeleteArgs, DescribeArgs, ListArgs, ListFormat, OutputFormat, RepoOptions,
 };
-use crate::cluster::{self, BACKUP_LABEL, PVC_LABEL, explain};
+use crate::cluster::{self, BACKUP_LABEL, PVC_LABEL};
 use crate::progress::{Mode, Reporter};
 use crate::repository;
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Runtime::new().context("cannot start the async runtime")
-}
-
-fn missing_crd(e: kube::Error, verb: &str, ns: Option<&str>) -> anyhow::Error {
-    if cluster::is_status(&e, 404) {
-        anyhow::anyhow!(
-            "the VolumeBackup CRD (volbackup.io/v1alpha1) is not installed: run `kubectl volbackup install`"
-        )
-    } else {
-        explain(e, verb, "volumebackups.volbackup.io", ns)
-    }
-}
 
 /// `cleanup`: removes what runs of `create` left and marks their unfinished VolumeBackups
 /// Failed (Completed, when the snapshot was recorded before the `create` stopped). A backup
 /// still being taken (its `create` heard from within the last minute) is left alone unless
 /// named with `--backup`.
-pub fn cleanup(args: &CleanupArgs, quiet: bool) -> Result<()> {
-    runtime()?.block_on(async {
+pub fn cleanup(args: &CleanupArgs, quiet: bool, rt: &tokio::runtime::Runtime) -> Result<()> {
+    rt.block_on(async {
         let kube = cluster::connect(&args.kube).await?;
         let namespaces = if args.all_namespaces {
             let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(kube.client.clone());
             api.list(&ListParams::default())
                 .await
-                .map_err(|e| explain(e, "list", "namespaces", None))?
+                .map_err(|e| cluster::explain_for::<Namespace>(e, "list", &(), None))?
                 .items
                 .iter()
                 .map(|n| n.name_any())
@@ -66,7 +52,7 @@ pub fn cleanup(args: &CleanupArgs, quiet: bool) -> Result<()> {
             let records = match api.list(&ListParams::default().labels(BACKUP_LABEL)).await {
                 Ok(l) => l.items,
                 Err(e) if cluster::is_status(&e, 404) => Vec::new(),
-                Err(e) => return Err(missing_crd(e, "list", Some(ns))),
+                Err(e) => return Err(cluster::explain_volumebackups(e, "list", Some(ns))),
             };
             // `--backup` takes a run id or the name of a VolumeBackup of that run.
             let run = args.backup.as_ref().map(|given| {
@@ -329,13 +315,13 @@ fn repo_row(r: &RepositoryOnly) -> RepoRow {
 /// VolumeBackup names. In one namespace those are the snapshots of that namespace (by the
 /// stored description or the `namespace=` tag) and the ones that name no namespace; with `-A`,
 /// all of them.
-pub fn list(args: &ListArgs) -> Result<()> {
+pub fn list(args: &ListArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     // The repository is read first and outside the async runtime (its client is blocking).
     let repo = match &args.repo.repo {
         Some(_) => Some(repository_snapshots(&args.repo)?),
         None => None,
     };
-    let (items, namespace) = runtime()?.block_on(async {
+    let (items, namespace) = rt.block_on(async {
         let kube = cluster::connect(&args.kube).await?;
         let api: Api<VolumeBackup> = if args.all_namespaces {
             Api::all(kube.client.clone())
@@ -346,7 +332,7 @@ pub fn list(args: &ListArgs) -> Result<()> {
         let mut items = api
             .list(&ListParams::default())
             .await
-            .map_err(|e| missing_crd(e, "list", ns))?
+            .map_err(|e| cluster::explain_volumebackups(e, "list", ns))?
             .items;
         items.sort_by_key(|b| (b.namespace(), b.name_any()));
         anyhow::Ok((items, kube.namespace.clone()))
@@ -444,12 +430,12 @@ pub fn list(args: &ListArgs) -> Result<()> {
 }
 
 /// `describe`
-pub fn describe(args: &DescribeArgs) -> Result<()> {
-    runtime()?.block_on(async {
+pub fn describe(args: &DescribeArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
+    rt.block_on(async {
         let kube = cluster::connect(&args.kube).await?;
         let ns = kube.namespace.clone();
         let api: Api<VolumeBackup> = Api::namespaced(kube.client.clone(), &ns);
-        let Some(b) = api.get_opt(&args.backup).await.map_err(|e| missing_crd(e, "get", Some(&ns)))? else {
+        let Some(b) = api.get_opt(&args.backup).await.map_err(|e| cluster::explain_volumebackups(e, "get", Some(&ns)))? else {
             bail!("VolumeBackup {:?} not found in namespace {ns:?}: list them with kubectl volbackup list -n {ns}", args.backup);
         };
         let st = b.status.clone().unwrap_or_default();
@@ -502,19 +488,6 @@ fn normalized_location(location: &str) -> String {
         loc = abs.to_string_lossy().into_owned();
     }
     loc.trim_end_matches('/').to_string()
-}
-
-/// The repository location a Secret names (`VOLBACKUP_REPOSITORY`, else `RESTIC_REPOSITORY`).
-fn secret_location(secret: &Secret) -> Option<String> {
-    for key in ["VOLBACKUP_REPOSITORY", "RESTIC_REPOSITORY"] {
-        if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
-            return Some(String::from_utf8_lossy(&v.0).into_owned());
-        }
-        if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
-            return Some(v.clone());
-        }
-    }
-    None
 }
 
 /// What `delete --prune` removes from the repository, checked before anything is removed.
@@ -602,7 +575,7 @@ async fn refuse_shared_snapshots(
             "refusing to prune: cannot check whether VolumeBackups in other namespaces name these snapshots ({}): run delete --prune with the right to list volumebackups in all namespaces, or delete without --prune",
             e.message
         ),
-        Err(e) => return Err(missing_crd(e, "list", None)),
+        Err(e) => return Err(cluster::explain_volumebackups(e, "list", None)),
     };
     for o in &others {
         let theirs = o.namespace().unwrap_or_default();
@@ -669,7 +642,7 @@ fn forget_and_prune(plan: &RepositoryRemoval, names: &str, quiet: bool) -> Resul
 /// their snapshots must be in the local repository (`--repo` or the environment, as for
 /// `forget`), which must be the one their Secret names when that is readable; the snapshots are
 /// forgotten and the repository pruned before the objects go, and a failed prune keeps them.
-pub fn delete(args: &DeleteArgs, quiet: bool) -> Result<()> {
+pub fn delete(args: &DeleteArgs, quiet: bool, rt: &tokio::runtime::Runtime) -> Result<()> {
     let terminal = std::io::stdin().is_terminal();
     if !args.yes && !terminal {
         if args.prune {
@@ -679,7 +652,6 @@ pub fn delete(args: &DeleteArgs, quiet: bool) -> Result<()> {
         }
         bail!("refusing to delete without confirmation: pass --yes");
     }
-    let rt = runtime()?;
     let (kube, backups) = rt.block_on(async {
         let kube = cluster::connect(&args.kube).await?;
         let ns = kube.namespace.clone();
@@ -690,7 +662,7 @@ pub fn delete(args: &DeleteArgs, quiet: bool) -> Result<()> {
             let Some(b) = api
                 .get_opt(name)
                 .await
-                .map_err(|e| missing_crd(e, "get", Some(&ns)))?
+                .map_err(|e| cluster::explain_volumebackups(e, "get", Some(&ns)))?
             else {
                 bail!(
                     "VolumeBackup {name:?} not found in namespace {ns:?} (nothing was deleted): list them with kubectl volbackup list -n {ns}"
@@ -706,7 +678,7 @@ pub fn delete(args: &DeleteArgs, quiet: bool) -> Result<()> {
             // Where the Secret says the backup went, when this user may read it.
             let theirs = if args.prune {
                 match secrets.get_opt(&b.spec.repository.secret_ref.name).await {
-                    Ok(Some(s)) => secret_location(&s),
+                    Ok(Some(s)) => cluster::secret_repository(&s),
                     _ => None,
                 }
             } else {
@@ -781,7 +753,7 @@ pub fn delete(args: &DeleteArgs, quiet: bool) -> Result<()> {
                         println!("volumebackup.volbackup.io/{name} deleted");
                     }
                 }
-                Err(e) => return Err(missing_crd(e, "delete", Some(&ns))),
+                Err(e) => return Err(cluster::explain_volumebackups(e, "delete", Some(&ns))),
             }
         }
         Ok(())

@@ -163,7 +163,7 @@ fn backup_name(pvc: &str, at: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 /// `create`
-pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
+pub fn run(args: &CreateArgs, quiet: bool, rt: &tokio::runtime::Runtime) -> Result<()> {
     if args.pvcs.is_empty() && args.selector.is_none() && !args.all_namespaces {
         bail!("no PVC given: name PVCs, select them with -l SELECTOR, or use -A for all");
     }
@@ -197,7 +197,6 @@ pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
             Some(data)
         }
     };
-    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(run_async(args, quiet, (timeout, stall, retry_lock), data))
 }
 
@@ -334,12 +333,7 @@ async fn preflight(client: &Client, args: &CreateArgs, ns: &str) -> Result<Vec<T
     // The VolumeBackup kind must exist, or the backup would have no record.
     let vb: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
     if let Err(e) = vb.list(&ListParams::default().limit(1)).await {
-        if cluster::is_status(&e, 404) {
-            bail!(
-                "the VolumeBackup CRD (volbackup.io/v1alpha1) is not installed: run `kubectl volbackup install` or kubectl apply -f manifests/crds/"
-            );
-        }
-        return Err(explain(e, "list", "volumebackups.volbackup.io", Some(ns)));
+        return Err(cluster::explain_volumebackups(e, "list", Some(ns)));
     }
     let mut pvcs = Vec::new();
     if !args.pvcs.is_empty() {

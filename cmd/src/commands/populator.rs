@@ -73,7 +73,7 @@ fn pod_env(settings: &PopulatorSettings) -> Result<Vec<(String, String)>> {
 }
 
 /// `populator`
-pub fn run(args: &PopulatorArgs) -> Result<()> {
+pub fn run(args: &PopulatorArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -102,8 +102,7 @@ pub fn run(args: &PopulatorArgs) -> Result<()> {
             .ok()
             .and_then(|v| v.parse().ok()),
     };
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    rt.block_on(async move {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = kube::Client::try_default().await.context(
             "cannot reach the Kubernetes API (no in-cluster configuration and no kubeconfig)",

@@ -83,7 +83,7 @@ fn choose_size(
 }
 
 /// `restore`
-pub fn run(args: &RestoreArgs, quiet: bool) -> Result<()> {
+pub fn run(args: &RestoreArgs, quiet: bool, rt: &tokio::runtime::Runtime) -> Result<()> {
     if !valid_name(&args.to) {
         bail!(
             "--to {:?} is not a valid PVC name: use lower-case letters, digits and '-'",
@@ -92,8 +92,7 @@ pub fn run(args: &RestoreArgs, quiet: bool) -> Result<()> {
     }
     // --access-mode, --size and --timeout are checked by their parsers (`flag_values`).
     let timeout = args.timeout;
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(run_async(args, quiet, timeout))
+    rt.block_on(run_async(args, quiet, timeout))
 }
 
 /// A VolumeBackup ready to be named by a PVC in the target namespace.
@@ -216,15 +215,10 @@ async fn resolve_source(args: &RestoreArgs, client: &Client, ns: &str) -> Result
         None => (ns.to_string(), args.backup.clone()),
     };
     let api: Api<VolumeBackup> = Api::namespaced(client.clone(), &from_ns);
-    let found = api.get_opt(&name).await.map_err(|e| {
-        if cluster::is_status(&e, 404) {
-            anyhow!(
-                "the VolumeBackup CRD (volbackup.io/v1alpha1) is not installed: run `kubectl volbackup install`"
-            )
-        } else {
-            explain(e, "get", "volumebackups.volbackup.io", Some(&from_ns))
-        }
-    })?;
+    let found = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| cluster::explain_volumebackups(e, "get", Some(&from_ns)))?;
     let backup = match found {
         Some(b) => b,
         None if !args.backup.contains('/') && looks_like_snapshot_id(&args.backup) => {
