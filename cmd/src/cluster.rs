@@ -209,6 +209,21 @@ pub fn explain_for<K: kube::Resource>(
     explain(err, verb, &resource_name::<K>(dt), ns)
 }
 
+/// [`explain_for`] for a watch that failed (`watcher`, `await_condition`): the API error inside
+/// it, under the verb the watcher was using (`list`, then `watch`).
+pub fn explain_watch<K: kube::Resource>(
+    err: kube::runtime::watcher::Error,
+    dt: &K::DynamicType,
+    ns: Option<&str>,
+) -> anyhow::Error {
+    use kube::runtime::watcher::Error;
+    match err {
+        Error::InitialListFailed(e) => explain_for::<K>(e, "list", dt, ns),
+        Error::WatchStartFailed(e) | Error::WatchFailed(e) => explain_for::<K>(e, "watch", dt, ns),
+        other => anyhow!("cannot watch {}: {other}", resource_name::<K>(dt)),
+    }
+}
+
 /// What a 404 from the VolumeBackup API means: the API server does not serve the kind.
 pub const VOLUMEBACKUP_CRD_MISSING: &str = "the VolumeBackup CRD (volbackup.io/v1alpha1) is not installed: run `kubectl volbackup install`";
 

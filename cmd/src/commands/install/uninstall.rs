@@ -1,14 +1,15 @@
 //! `uninstall`: deletes what `install` made, in reverse order, after a confirmation.
 
 use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use kube::Client;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams};
+use kube::runtime::wait::{self, await_condition};
 
 use crate::cli::UninstallArgs;
-use crate::cluster::{self, explain, is_status};
+use crate::cluster::{self, explain, explain_watch, is_status};
 
 use super::WAIT;
 use super::{apply::*, objects::*, settings::*};
@@ -131,30 +132,27 @@ pub(super) async fn uninstall_async(
     }
     let deadline = Instant::now() + WAIT;
     for o in slow {
-        loop {
-            match o.api(client).get_opt(&o.name).await {
-                Ok(None) => break,
-                Err(e) if is_status(&e, 404) => break,
-                Ok(Some(_)) => {}
-                Err(e) => {
-                    return Err(explain(
-                        e,
-                        "get",
-                        &o.kind.qualified_plural(),
-                        o.namespace.as_deref(),
-                    ));
-                }
+        // A watch on the object: done when it is gone.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let gone = await_condition(o.api(client), &o.name, |found: Option<&DynamicObject>| {
+            found.is_none()
+        });
+        match tokio::time::timeout(left, gone).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(wait::Error::ProbeFailed(e))) => {
+                return Err(explain_watch::<DynamicObject>(
+                    e,
+                    &o.kind.resource(),
+                    o.namespace.as_deref(),
+                ));
             }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} is still being deleted after {} s: check its finalizers (`kubectl get {} {} -o yaml`)",
-                    o.display(),
-                    WAIT.as_secs(),
-                    o.kind.qualified_plural(),
-                    o.name
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            Err(_) => bail!(
+                "{} is still being deleted after {} s: check its finalizers (`kubectl get {} {} -o yaml`)",
+                o.display(),
+                WAIT.as_secs(),
+                o.kind.qualified_plural(),
+                o.name
+            ),
         }
     }
     Ok(())

@@ -1,52 +1,60 @@
 //! What `install` waits for: the CRD Established, the populator Deployment available (or a
 //! pod that will not start, said at once).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use futures::{StreamExt as _, TryStreamExt as _};
 
 use anyhow::{Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, LogParams};
+use kube::runtime::wait::{self, await_condition, conditions};
+use kube::runtime::watcher::{self, watcher};
 use kube::{Client, ResourceExt};
 
-use crate::cluster::explain_for;
+use crate::cluster::{explain_for, explain_watch};
 
 use super::{POD_SELECTOR, POPULATOR_NAME, WAIT};
 
+/// Waits (a watch on the CRD) until the API server reports it Established.
 pub(super) async fn wait_established(client: &Client, name: &str) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let crd = api
-            .get(name)
-            .await
-            .map_err(|e| explain_for::<CustomResourceDefinition>(e, "get", &(), None))?;
-        let conditions = crd
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .cloned()
-            .unwrap_or_default();
-        if conditions
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-        {
-            return Ok(());
+    let established = await_condition(api.clone(), name, conditions::is_crd_established());
+    match tokio::time::timeout(WAIT, established).await {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(wait::Error::ProbeFailed(e))) => {
+            return Err(explain_watch::<CustomResourceDefinition>(e, &(), None));
         }
-        if Instant::now() >= deadline {
-            let why = conditions
-                .iter()
-                .find(|c| c.status != "True" && c.message.is_some())
-                .and_then(|c| c.message.clone())
-                .unwrap_or_else(|| "no Established condition".into());
-            bail!(
-                "the CRD {name} was not established within {} s: {why}",
-                WAIT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Err(_) => {}
     }
+    // Not in time: the CRD's conditions say why.
+    let crd = api
+        .get(name)
+        .await
+        .map_err(|e| explain_for::<CustomResourceDefinition>(e, "get", &(), None))?;
+    let conditions = crd
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    if conditions
+        .iter()
+        .any(|c| c.type_ == "Established" && c.status == "True")
+    {
+        return Ok(());
+    }
+    let why = conditions
+        .iter()
+        .find(|c| c.status != "True" && c.message.is_some())
+        .and_then(|c| c.message.clone())
+        .unwrap_or_else(|| "no Established condition".into());
+    bail!(
+        "the CRD {name} was not established within {} s: {why}",
+        WAIT.as_secs()
+    );
 }
 
 /// Container waiting reasons that will not resolve by waiting.
@@ -120,6 +128,24 @@ pub(super) async fn wait_available(client: &Client, ns: &str) -> Result<()> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let deadline = Instant::now() + WAIT;
+    // Watches on the Deployment and its pods: each change wakes the loop, which reads both
+    // again (a pod stuck pulling its image is said at once, not at the deadline).
+    let by_name = format!("metadata.name={POPULATOR_NAME}");
+    let mut changes = futures::stream::select(
+        watcher(
+            deployments.clone(),
+            watcher::Config::default().fields(&by_name),
+        )
+        .map_ok(drop)
+        .map_err(|e| explain_watch::<Deployment>(e, &(), Some(ns))),
+        watcher(
+            pods.clone(),
+            watcher::Config::default().labels(POD_SELECTOR),
+        )
+        .map_ok(drop)
+        .map_err(|e| explain_watch::<Pod>(e, &(), Some(ns))),
+    )
+    .boxed();
     loop {
         let d = deployments
             .get(POPULATOR_NAME)
@@ -173,7 +199,10 @@ pub(super) async fn wait_available(client: &Client, ns: &str) -> Result<()> {
                 }
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(Some(Err(e))) = tokio::time::timeout(left, changes.next()).await {
+            return Err(e);
+        }
     }
 }
 
