@@ -131,11 +131,7 @@ impl Kind {
 
     /// `plural.group`, as RBAC and errors name the resource.
     pub(super) fn qualified_plural(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.to_string()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
+        cluster::resource_name::<DynamicObject>(&self.resource())
     }
 
     /// `kind.group/name`, as kubectl prints an object it changed.

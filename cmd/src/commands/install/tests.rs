@@ -462,3 +462,17 @@ fn a_pod_that_cannot_pull_its_image_is_stuck() {
     assert!(stuck(&creating).is_none());
     assert_eq!(pod_state(&creating), "Pending (ContainerCreating)");
 }
+
+#[test]
+fn kinds_are_named_as_rbac_names_them() {
+    let named = |kind: &str| kind_named(kind).qualified_plural();
+    assert_eq!(named("Namespace"), "namespaces");
+    assert_eq!(
+        named("ClusterRoleBinding"),
+        "clusterrolebindings.rbac.authorization.k8s.io"
+    );
+    assert_eq!(
+        named("VolumePopulator"),
+        "volumepopulators.populator.storage.k8s.io"
+    );
+}

@@ -160,13 +160,7 @@ pub(super) async fn uninstall_async(
 
 /// How many VolumeBackup objects exist in the cluster (None when they cannot be listed).
 pub(super) async fn count_backups(client: &Client) -> Option<usize> {
-    let resource = ApiResource {
-        group: "volbackup.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "volbackup.io/v1alpha1".into(),
-        kind: "VolumeBackup".into(),
-        plural: "volumebackups".into(),
-    };
+    let resource = ApiResource::erase::<volbackup_populator::api::VolumeBackup>(&());
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     match api.list_metadata(&ListParams::default()).await {
         Ok(list) => Some(list.items.len()),
