@@ -2,8 +2,11 @@
 //! parsed options.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::flag_values::{PodSecurity, parse_access_mode, parse_duration, parse_size};
 
 /// Back up Kubernetes volumes to restic-format repositories and restore them.
 #[derive(Debug, Parser)]
@@ -149,10 +152,10 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "CLASS")]
     pub storage_class: Option<String>,
     /// Size of the new PVC (default: the backed-up volume's capacity; never smaller).
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub size: Option<String>,
     /// Access mode of the new PVC (repeatable; default: the backed-up volume's).
-    #[arg(long = "access-mode", value_name = "MODE")]
+    #[arg(long = "access-mode", value_name = "MODE", value_parser = parse_access_mode)]
     pub access_modes: Vec<String>,
     /// Copy the repository Secret along with the VolumeBackup into the target namespace.
     #[arg(long)]
@@ -166,8 +169,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub wait: bool,
     /// Give up waiting after this long (`90s`, `10m`, `1h`).
-    #[arg(long, default_value = "30m", value_name = "DURATION")]
-    pub timeout: String,
+    #[arg(long, default_value = "30m", value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Duration,
     /// Namespace of the populator (to check that it is installed).
     #[arg(long, default_value = POPULATOR_NAMESPACE, value_name = "NAMESPACE")]
     pub populator_namespace: String,
@@ -190,8 +193,8 @@ pub struct InstallArgs {
     pub image: Option<String>,
     /// Pod Security level enforced on the namespace: `baseline` (what the populate pods need),
     /// or `privileged` for restores from a repository that is a node directory (hostPath).
-    #[arg(long, default_value = "baseline", value_parser = ["baseline", "privileged"], value_name = "LEVEL")]
-    pub pod_security: String,
+    #[arg(long, value_enum, default_value = "baseline", value_name = "LEVEL")]
+    pub pod_security: PodSecurity,
     #[command(flatten)]
     pub populator: PopulatorSettings,
     /// Print the manifests instead of applying them.
@@ -217,11 +220,11 @@ pub struct PopulatorSettings {
     pub allow_node_repository: Vec<String>,
     /// A populate pod that does not start, or makes no progress, for this long is stopped and
     /// the attempt retried (a wait for a repository lock is progress) [default: 10m]
-    #[arg(long, value_name = "DURATION")]
-    pub stall_timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub stall_timeout: Option<Duration>,
     /// The longest a populate pod may run (its activeDeadlineSeconds) [default: 24h]
-    #[arg(long, value_name = "DURATION")]
-    pub restore_deadline: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub restore_deadline: Option<Duration>,
 }
 
 /// `uninstall`
@@ -261,8 +264,8 @@ pub struct PopulatorArgs {
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub max_attempts: u32,
     /// Wait before the first retry; doubles with each attempt (`5s`, `1m`).
-    #[arg(long, default_value = "5s", value_name = "DURATION")]
-    pub retry_backoff: String,
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
     /// Name of the Lease used for leader election.
     #[arg(long, default_value = "volbackup-populator", value_name = "NAME")]
     pub lease: String,
@@ -314,13 +317,13 @@ pub struct CreateArgs {
     pub parallel: usize,
     /// Give up when the snapshot is not ready, or the mover pod has not started, after this
     /// long (`90s`, `10m`, `1h`; each wait). The copy itself may take as long as it needs.
-    #[arg(long, default_value = "30m", value_name = "DURATION")]
-    pub timeout: String,
+    #[arg(long, default_value = "30m", value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Duration,
     /// Give up when the copy makes no progress for this long (a stuck volume or repository).
     /// Waiting for another process's repository lock (a prune) counts as progress; that wait
     /// is bounded by --retry-lock (default 30m).
-    #[arg(long, default_value = "10m", value_name = "DURATION")]
-    pub stall_timeout: String,
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
     /// Mover image (default: ghcr.io/volbackup/volbackup:<this version>).
     #[arg(long, env = "VOLBACKUP_IMAGE", value_name = "IMAGE")]
     pub image: Option<String>,
@@ -435,8 +438,8 @@ pub struct RepoOptions {
 
     /// Wait up to this long (`30s`, `10m`, `1h`) for a lock another process holds, such as a
     /// prune's, instead of failing at once (as restic's --retry-lock).
-    #[arg(long, global = true, value_name = "DURATION")]
-    pub retry_lock: Option<String>,
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub retry_lock: Option<Duration>,
 }
 
 /// `repo init`

@@ -11,6 +11,13 @@ use crate::cli::KubeOptions;
 
 /// Label on everything a `create` run makes temporarily; the value is the run's id.
 pub const BACKUP_LABEL: &str = "volbackup.io/backup";
+/// `app.kubernetes.io/managed-by` and its one value, on every object the plugin writes: the
+/// repository Secrets, a run's temporary objects, the populator's namespace. The populator
+/// accepts Secrets carrying it (`volbackup_populator::mover::LEGACY_MARK`, the same pair).
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "volbackup");
+/// The value `install` gave its namespace before it used [`MANAGED_BY`]'s: such a namespace
+/// is still ours, to apply over and to uninstall.
+pub const EARLIER_MANAGED_BY: &str = "kubectl-volbackup";
 /// Label naming the source PVC of a temporary object.
 pub const PVC_LABEL: &str = "volbackup.io/pvc";
 
@@ -125,13 +132,20 @@ pub async fn give_to_pod(
         "name": pod.metadata.name,
         "uid": pod.metadata.uid,
     }]}});
-    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(client.clone(), ns);
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let params = PatchParams::default();
     match pvcs.patch(name, &params, &Patch::Merge(&owner)).await {
         Ok(_) => {}
         Err(e) if is_status(&e, 404) => {}
-        Err(e) => return Err(explain(e, "patch", "persistentvolumeclaims", Some(ns))),
+        Err(e) => {
+            return Err(explain_for::<PersistentVolumeClaim>(
+                e,
+                "patch",
+                &(),
+                Some(ns),
+            ));
+        }
     }
     match snapshots(client, ns)
         .patch(name, &params, &Patch::Merge(&owner))
@@ -139,10 +153,10 @@ pub async fn give_to_pod(
     {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 404) => Ok(()),
-        Err(e) => Err(explain(
+        Err(e) => Err(explain_for::<DynamicObject>(
             e,
             "patch",
-            "volumesnapshots.snapshot.storage.k8s.io",
+            &volume_snapshot_resource(),
             Some(ns),
         )),
     }
@@ -173,38 +187,64 @@ pub fn explain(err: kube::Error, verb: &str, what: &str, ns: Option<&str>) -> an
     }
 }
 
-/// Parses `90s`, `10m`, `1h30m`, `2h`, or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
-    let bad =
-        || anyhow!("invalid duration {text:?}: use a number with a unit, like 90s, 10m or 1h30m");
-    let t = text.trim();
-    if t.is_empty() {
-        return Err(bad());
+/// How RBAC names the resource of a kind: `pods`, `deployments.apps`,
+/// `volumesnapshots.snapshot.storage.k8s.io`.
+pub fn resource_name<K: kube::Resource>(dt: &K::DynamicType) -> String {
+    let (plural, group) = (K::plural(dt), K::group(dt));
+    if group.is_empty() {
+        plural.into_owned()
+    } else {
+        format!("{plural}.{group}")
     }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(secs));
+}
+
+/// [`explain`] for a request on kind `K`, the resource named from the type (`dt`: `&()` for
+/// the kinds k8s-openapi has, the `ApiResource` of a dynamic one).
+pub fn explain_for<K: kube::Resource>(
+    err: kube::Error,
+    verb: &str,
+    dt: &K::DynamicType,
+    ns: Option<&str>,
+) -> anyhow::Error {
+    explain(err, verb, &resource_name::<K>(dt), ns)
+}
+
+/// [`explain_for`] for a watch that failed (`watcher`, `await_condition`): the API error inside
+/// it, under the verb the watcher was using (`list`, then `watch`).
+pub fn explain_watch<K: kube::Resource>(
+    err: kube::runtime::watcher::Error,
+    dt: &K::DynamicType,
+    ns: Option<&str>,
+) -> anyhow::Error {
+    use kube::runtime::watcher::Error;
+    match err {
+        Error::InitialListFailed(e) => explain_for::<K>(e, "list", dt, ns),
+        Error::WatchStartFailed(e) | Error::WatchFailed(e) => explain_for::<K>(e, "watch", dt, ns),
+        other => anyhow!("cannot watch {}: {other}", resource_name::<K>(dt)),
     }
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => return Err(bad()),
-        };
-        total = total.saturating_add(n.saturating_mul(unit));
+}
+
+/// What a 404 from the VolumeBackup API means: the API server does not serve the kind.
+pub const VOLUMEBACKUP_CRD_MISSING: &str = "the VolumeBackup CRD (volbackup.io/v1alpha1) is not installed: run `kubectl volbackup install`";
+
+/// [`explain`] for a request on VolumeBackups, where a 404 means the CRD is missing (a
+/// request for one object by name that may be absent uses `get_opt`, which returns `None`).
+pub fn explain_volumebackups(err: kube::Error, verb: &str, ns: Option<&str>) -> anyhow::Error {
+    if is_status(&err, 404) {
+        anyhow!(VOLUMEBACKUP_CRD_MISSING)
+    } else {
+        explain_for::<volbackup_populator::api::VolumeBackup>(err, verb, &(), ns)
     }
-    if !num.is_empty() {
-        return Err(bad());
-    }
-    Ok(std::time::Duration::from_secs(total))
+}
+
+/// The repository a repository Secret names. One rule, the populator's
+/// (`volbackup_populator::contract::RepositorySettings::location_of`), for every reader: `VOLBACKUP_REPOSITORY`,
+/// else `RESTIC_REPOSITORY`, the way a mover reads the two from its environment.
+pub fn secret_repository(secret: &k8s_openapi::api::core::v1::Secret) -> Option<String> {
+    volbackup_populator::contract::RepositorySettings::location_of(
+        secret.data.as_ref().unwrap_or(&Default::default()),
+        secret.string_data.as_ref().unwrap_or(&Default::default()),
+    )
 }
 
 /// Creates or replaces the repository's Secret in `ns` from `data` (one Secret per repository
@@ -223,7 +263,7 @@ pub async fn write_repository_secret(
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": name, "namespace": ns,
-                     "labels": {"app.kubernetes.io/managed-by": "volbackup",
+                     "labels": {MANAGED_BY.0: MANAGED_BY.1,
                                 volbackup_populator::mover::REPOSITORY_LABEL: "true"}},
         "type": "Opaque",
     }))?;
@@ -250,14 +290,14 @@ pub async fn write_repository_secret(
                     .await
                     .map_err(|e| (e, "update"))
             }
-            Err(e) => return Err(explain(e, "get", "secrets", Some(ns))),
+            Err(e) => return Err(explain_for::<Secret>(e, "get", &(), Some(ns))),
         };
         match written {
             Ok(_) => break,
             Err((e, _)) if is_status(&e, 409) && attempts < 10 => {
                 secret.metadata.resource_version = None;
             }
-            Err((e, verb)) => return Err(explain(e, verb, "secrets", Some(ns))),
+            Err((e, verb)) => return Err(explain_for::<Secret>(e, verb, &(), Some(ns))),
         }
     }
     Ok(name.clone())
@@ -265,8 +305,50 @@ pub async fn write_repository_secret(
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_duration, pvc_label_value};
-    use std::time::Duration;
+    use super::pvc_label_value;
+
+    #[test]
+    fn resources_are_named_as_rbac_names_them() {
+        use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+        assert_eq!(super::resource_name::<Pod>(&()), "pods");
+        assert_eq!(super::resource_name::<Deployment>(&()), "deployments.apps");
+        assert_eq!(
+            super::resource_name::<kube::api::DynamicObject>(&super::volume_snapshot_resource()),
+            "volumesnapshots.snapshot.storage.k8s.io"
+        );
+        assert_eq!(
+            super::resource_name::<volbackup_populator::api::VolumeBackup>(&()),
+            "volumebackups.volbackup.io"
+        );
+    }
+
+    #[test]
+    fn a_secret_names_its_repository_by_one_rule() {
+        use k8s_openapi::ByteString;
+        use k8s_openapi::api::core::v1::Secret;
+        let secret = |pairs: &[(&str, &str)]| Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let both = secret(&[("RESTIC_REPOSITORY", "/r"), ("VOLBACKUP_REPOSITORY", "/v")]);
+        assert_eq!(super::secret_repository(&both).as_deref(), Some("/v"));
+        let restic = secret(&[("RESTIC_REPOSITORY", "/r")]);
+        assert_eq!(super::secret_repository(&restic).as_deref(), Some("/r"));
+        // An empty value is passed over, as a mover passes over an empty variable.
+        let empty = secret(&[("VOLBACKUP_REPOSITORY", ""), ("RESTIC_REPOSITORY", "/r")]);
+        assert_eq!(super::secret_repository(&empty).as_deref(), Some("/r"));
+        assert_eq!(super::secret_repository(&secret(&[])), None);
+    }
+
+    #[test]
+    fn repository_secrets_carry_the_mark_the_populator_accepts() {
+        assert_eq!(super::MANAGED_BY, volbackup_populator::mover::LEGACY_MARK);
+    }
 
     #[test]
     fn long_pvc_names_become_valid_distinct_label_values() {
@@ -283,20 +365,5 @@ mod tests {
             !l.contains("--") && l.ends_with(|c: char| c.is_ascii_alphanumeric()),
             "{l}"
         );
-    }
-
-    #[test]
-    fn durations_accept_units_and_plain_seconds() {
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("42").unwrap(), Duration::from_secs(42));
-    }
-
-    #[test]
-    fn durations_without_a_known_unit_are_refused() {
-        for bad in ["", "10x", "m", "5m3"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
-        }
     }
 }

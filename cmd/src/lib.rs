@@ -6,17 +6,28 @@
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod flag_values;
 pub mod progress;
 pub mod repository;
 pub mod schedule;
 
+use anyhow::Context as _;
 use clap::Parser;
 
 use cli::{Cli, Command, MoverCommand, RepoCommand};
 
 /// Runs the command line and returns the process exit code.
 pub fn run() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => match flag_values::refused_value(&err) {
+            Some(line) => {
+                eprintln!("error: {line}");
+                return 1;
+            }
+            None => err.exit(),
+        },
+    };
     match dispatch(&cli) {
         Ok(()) => 0,
         Err(err) => {
@@ -34,6 +45,13 @@ pub fn run() -> i32 {
 
 fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     let quiet = cli.quiet;
+    // The process's one async runtime: the Kubernetes commands run their requests on it, the
+    // repository commands only its signal handler (the engine, synchronous, runs on this
+    // thread; its S3 client keeps a runtime of its own).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let repository_command = matches!(
         cli.command,
         Command::Repo(_)
@@ -44,7 +62,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     );
     if repository_command {
         // The Kubernetes commands handle Ctrl-C themselves (they clean up cluster objects).
-        exit_cleanly_on_signals();
+        exit_cleanly_on_signals(&rt);
     }
     if !matches!(cli.command, Command::Populator(_)) {
         show_engine_warnings();
@@ -58,17 +76,17 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Prune(a) => commands::repo::prune(a, quiet),
         Command::Mover(MoverCommand::Backup(a)) => commands::mover::backup(a, quiet),
         Command::Mover(MoverCommand::Restore(a)) => commands::mover::restore(a, quiet),
-        Command::Create(a) => commands::create::run(a, quiet),
-        Command::Cleanup(a) => commands::backups::cleanup(a, quiet),
-        Command::List(a) => commands::backups::list(a),
-        Command::Describe(a) => commands::backups::describe(a),
-        Command::Delete(a) => commands::backups::delete(a, quiet),
-        Command::Restore(a) => commands::restore::run(a, quiet),
-        Command::Install(a) => commands::install::install(a, quiet),
-        Command::Uninstall(a) => commands::install::uninstall(a, quiet),
-        Command::Populator(a) => commands::populator::run(a),
-        Command::Version(a) => commands::version::run(a),
-        Command::Doctor(a) => commands::doctor::run(a),
+        Command::Create(a) => commands::create::run(a, quiet, &rt),
+        Command::Cleanup(a) => commands::backups::cleanup(a, quiet, &rt),
+        Command::List(a) => commands::backups::list(a, &rt),
+        Command::Describe(a) => commands::backups::describe(a, &rt),
+        Command::Delete(a) => commands::backups::delete(a, quiet, &rt),
+        Command::Restore(a) => commands::restore::run(a, quiet, &rt),
+        Command::Install(a) => commands::install::install(a, quiet, &rt),
+        Command::Uninstall(a) => commands::install::uninstall(a, quiet, &rt),
+        Command::Populator(a) => commands::populator::run(a, &rt),
+        Command::Version(a) => commands::version::run(a, &rt),
+        Command::Doctor(a) => commands::doctor::run(a, &rt),
         Command::Completion(a) => commands::completion::run(a),
     }
 }
@@ -118,39 +136,27 @@ where
 /// (130 / 143, as a shell reports a process stopped by those signals). Everything a backup had
 /// written by then is valid on its own; the next backup picks its packs up (see
 /// `volbackup_store::resume`).
-fn exit_cleanly_on_signals() {
-    let spawned = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(|| {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            let code = rt.block_on(async {
-                use tokio::signal::unix::{SignalKind, signal};
-                let (Ok(mut int), Ok(mut term)) = (
-                    signal(SignalKind::interrupt()),
-                    signal(SignalKind::terminate()),
-                ) else {
-                    return None;
-                };
-                tokio::select! {
-                    _ = int.recv() => Some(130),
-                    _ = term.recv() => Some(143),
-                }
-            });
-            if let Some(code) = code {
-                volbackup_store::lock::release_held_locks();
-                eprintln!(
-                    "error: interrupted; repository locks removed, nothing half-written is used"
-                );
-                std::process::exit(code);
-            }
-        });
-    // Without the thread the default signal action still ends the process.
-    drop(spawned);
+fn exit_cleanly_on_signals(rt: &tokio::runtime::Runtime) {
+    // The handlers are installed before the command starts: a signal that comes earlier ends
+    // the process by its default action, with nothing to release.
+    let _guard = rt.enter();
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without the handlers the default signal action still ends the process.
+        return;
+    };
+    rt.spawn(async move {
+        let code = tokio::select! {
+            _ = int.recv() => 130,
+            _ = term.recv() => 143,
+        };
+        volbackup_store::lock::release_held_locks();
+        eprintln!("error: interrupted; repository locks removed, nothing half-written is used");
+        std::process::exit(code);
+    });
 }
 
 /// A fix to suggest, attached to an error with `.context(Hint(...))` below the message that

@@ -94,10 +94,7 @@ pub fn open_warm(opts: &RepoOptions, warm: &[FileType]) -> Result<Repository> {
     let loc = location(opts)?;
     let backend = open_backend(&loc)?;
     let password = password(opts, false)?;
-    let lock_wait = match &opts.retry_lock {
-        Some(wait) => crate::cluster::parse_duration(wait).context("--retry-lock")?,
-        None => std::time::Duration::ZERO,
-    };
+    let lock_wait = opts.retry_lock.unwrap_or_default();
     let hint = key_hint();
     let repo = Repository::open_hinted(backend, &password, warm, hint.as_ref())?;
     repo.set_lock_wait(volbackup_store::repo::LockWait {

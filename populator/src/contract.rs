@@ -428,17 +428,22 @@ impl RepositorySettings {
         map
     }
 
-    /// The repository location a Secret's data names: ours, else restic's key, each from
-    /// `stringData` before `data`.
+    /// The repository location a Secret's data names, the one rule every reader uses: ours,
+    /// else restic's key, an empty value skipped as a mover skips an empty environment
+    /// variable; for one key, `stringData` before `data`, as the API server merges them.
     pub fn location_of(
         data: &BTreeMap<String, k8s_openapi::ByteString>,
         string_data: &BTreeMap<String, String>,
     ) -> Option<String> {
         LOCATION_KEYS.iter().find_map(|k| {
-            string_data.get(*k).cloned().or_else(|| {
-                data.get(*k)
-                    .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-            })
+            string_data
+                .get(*k)
+                .cloned()
+                .or_else(|| {
+                    data.get(*k)
+                        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                })
+                .filter(|v| !v.is_empty())
         })
     }
 }

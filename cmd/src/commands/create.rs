@@ -148,7 +148,7 @@ fn backup_name(pvc: &str, at: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 /// `create`
-pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
+pub fn run(args: &CreateArgs, quiet: bool, rt: &tokio::runtime::Runtime) -> Result<()> {
     if args.pvcs.is_empty() && args.selector.is_none() && !args.all_namespaces {
         bail!("no PVC given: name PVCs, select them with -l SELECTOR, or use -A for all");
     }
@@ -157,14 +157,11 @@ pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
             "PVC names and -A do not go together: name PVCs with -n NAMESPACE, or use -A with -l SELECTOR"
         );
     }
-    let timeout = cluster::parse_duration(&args.timeout).context("--timeout")?;
-    let stall = cluster::parse_duration(&args.stall_timeout).context("--stall-timeout")?;
-    let retry_lock = args
-        .repo
-        .retry_lock
-        .clone()
-        .unwrap_or_else(|| volbackup_populator::mover::LOCK_WAIT.to_string());
-    cluster::parse_duration(&retry_lock).context("--retry-lock")?;
+    let (timeout, stall) = (args.timeout, args.stall_timeout);
+    let retry_lock = args.repo.retry_lock.map_or_else(
+        || volbackup_populator::mover::LOCK_WAIT.to_string(),
+        crate::flag_values::format_duration,
+    );
     // The repository is checked here, before anything exists in the cluster: a wrong password
     // or an unreachable repository fails in a second and leaves nothing behind.
     let data = match &args.repo_secret {
@@ -186,7 +183,6 @@ pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
             Some(settings)
         }
     };
-    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(run_async(args, quiet, (timeout, stall, retry_lock), data))
 }
 

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DynamicObject, ListParams};
@@ -19,7 +19,7 @@ use serde_json::Value;
 use volbackup_populator::api::VolumeBackup;
 
 use crate::cli::DoctorArgs;
-use crate::cluster::{self, DEFAULT_SNAPSHOT_CLASS, explain, is_status};
+use crate::cluster::{self, DEFAULT_SNAPSHOT_CLASS, explain, explain_for, is_status};
 use crate::commands::install::{CRD_NAME, POPULATOR_NAME, VOLUME_POPULATOR_NAME};
 use crate::commands::version::{self, Populator, State};
 
@@ -318,13 +318,6 @@ fn is_default(meta: &kube::api::ObjectMeta, annotation: &str) -> bool {
         .is_some_and(|v| v == "true")
 }
 
-/// The repository location a Secret names (what the mover reads).
-fn secret_location(data: &BTreeMap<String, String>) -> Option<String> {
-    ["VOLBACKUP_REPOSITORY", "RESTIC_REPOSITORY"]
-        .iter()
-        .find_map(|k| data.get(*k).filter(|v| !v.is_empty()).cloned())
-}
-
 /// The Secret's keys as text.
 fn secret_strings(s: &Secret) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = s
@@ -411,7 +404,7 @@ async fn observe(args: &DoctorArgs) -> Result<Vec<Check>> {
     let storage: Vec<Class> = Api::<StorageClass>::all(client.clone())
         .list(&ListParams::default())
         .await
-        .map_err(|e| explain(e, "list", "storageclasses.storage.k8s.io", None))?
+        .map_err(|e| explain_for::<StorageClass>(e, "list", &(), None))?
         .items
         .into_iter()
         .map(|c| Class {
@@ -424,12 +417,12 @@ async fn observe(args: &DoctorArgs) -> Result<Vec<Check>> {
         .as_ref()
         .is_some_and(|k| k.contains("VolumeSnapshotClass"))
     {
-        let api: Api<DynamicObject> =
-            Api::all_with(client.clone(), &cluster::volume_snapshot_class_resource());
+        let classes = cluster::volume_snapshot_class_resource();
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &classes);
         let snapshot: Vec<Class> = api
             .list(&ListParams::default())
             .await
-            .map_err(|e| explain(e, "list", "volumesnapshotclasses", None))?
+            .map_err(|e| explain_for::<DynamicObject>(e, "list", &classes, None))?
             .items
             .into_iter()
             .map(|c| Class {
@@ -458,7 +451,14 @@ async fn observe(args: &DoctorArgs) -> Result<Vec<Check>> {
         Ok(found) => Some(found.is_some()),
         Err(e) if is_status(&e, 404) => Some(false),
         Err(e) if is_status(&e, 403) => None,
-        Err(e) => return Err(explain(e, "get", "volumepopulators", None)),
+        Err(e) => {
+            return Err(explain(
+                e,
+                "get",
+                "volumepopulators.populator.storage.k8s.io",
+                None,
+            ));
+        }
     };
     let deployment = version::populator(&args.kube, &args.populator_namespace).await;
     checks.extend(populator(crd, registration, &deployment));
@@ -508,11 +508,11 @@ async fn observe(args: &DoctorArgs) -> Result<Vec<Check>> {
                 found += 1;
                 continue;
             }
-            Err(e) => return Err(explain(e, "get", "secrets", Some(ns))),
+            Err(e) => return Err(explain_for::<Secret>(e, "get", &(), Some(ns))),
         };
         found += 1;
         let data = secret_strings(&secret);
-        let location = secret_location(&data);
+        let location = cluster::secret_repository(&secret);
         let opened = match &location {
             Some(loc) => open_with(&data, loc).await,
             None => Opened::No("it names no repository".into()),
@@ -539,10 +539,8 @@ fn cluster_volume_populators(client: &Client) -> Api<DynamicObject> {
 }
 
 /// `doctor`
-pub fn run(args: &DoctorArgs) -> Result<()> {
-    let checks = tokio::runtime::Runtime::new()
-        .context("cannot start the async runtime")?
-        .block_on(observe(args))?;
+pub fn run(args: &DoctorArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let checks = rt.block_on(observe(args))?;
     for c in &checks {
         println!("{}", c.line());
     }

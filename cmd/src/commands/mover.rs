@@ -552,7 +552,10 @@ mod tests {
                 assert_eq!(a.host.as_deref(), Some("app/db"));
                 assert_eq!(a.tags, ["namespace=app", "pvc=db", "daily"]);
                 assert_eq!(a.description.as_deref(), Some(r#"{"pvc":"db"}"#));
-                assert_eq!(a.repo.retry_lock.as_deref(), Some("30m"));
+                assert_eq!(
+                    a.repo.retry_lock,
+                    Some(std::time::Duration::from_secs(30 * 60))
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -573,7 +576,10 @@ mod tests {
                 assert_eq!(a.snapshot, "ab".repeat(32));
                 assert_eq!(a.target, std::path::Path::new("/data"));
                 assert_eq!(a.path.as_deref(), Some("/db.img"));
-                assert_eq!(a.repo.retry_lock.as_deref(), Some("30m"));
+                assert_eq!(
+                    a.repo.retry_lock,
+                    Some(std::time::Duration::from_secs(30 * 60))
+                );
             }
             other => panic!("{other:?}"),
         }

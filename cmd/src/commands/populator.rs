@@ -11,7 +11,11 @@ use volbackup_populator::leader::Elector;
 use volbackup_populator::metrics::{self, Metrics};
 
 use crate::cli::{POPULATOR_NAMESPACE, PopulatorArgs, PopulatorSettings};
-use crate::cluster::parse_duration;
+
+/// How long a populate pod may make no progress without --stall-timeout (its help says so).
+const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// A populate pod's activeDeadlineSeconds without --restore-deadline (its help says so).
+const DEFAULT_RESTORE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// The namespace: the flag, then POD_NAMESPACE, then the service account's, then the default.
 fn namespace(args: &PopulatorArgs) -> String {
@@ -69,7 +73,7 @@ fn pod_env(settings: &PopulatorSettings) -> Result<Vec<(String, String)>> {
 }
 
 /// `populator`
-pub fn run(args: &PopulatorArgs) -> Result<()> {
+pub fn run(args: &PopulatorArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -84,21 +88,21 @@ pub fn run(args: &PopulatorArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(volbackup_populator::mover::default_image),
         max_attempts: args.max_attempts.max(1),
-        retry_backoff: parse_duration(&args.retry_backoff)?,
+        retry_backoff: args.retry_backoff,
         pod_env: pod_env(&args.settings)?,
         node_repositories: args.settings.allow_node_repository.clone(),
-        stall_timeout: parse_duration(args.settings.stall_timeout.as_deref().unwrap_or("10m"))
-            .context("--stall-timeout")?,
-        pod_deadline: parse_duration(args.settings.restore_deadline.as_deref().unwrap_or("24h"))
-            .context("--restore-deadline")?,
+        stall_timeout: args.settings.stall_timeout.unwrap_or(DEFAULT_STALL_TIMEOUT),
+        pod_deadline: args
+            .settings
+            .restore_deadline
+            .unwrap_or(DEFAULT_RESTORE_DEADLINE),
         identity: identity(),
         // Fault injection for the end-to-end tests (a crash after each step).
         crash_after_steps: std::env::var("VOLBACKUP_POPULATOR_CRASH_AFTER_STEPS")
             .ok()
             .and_then(|v| v.parse().ok()),
     };
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    rt.block_on(async move {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = kube::Client::try_default().await.context(
             "cannot reach the Kubernetes API (no in-cluster configuration and no kubeconfig)",

@@ -28,16 +28,9 @@ use volbackup_store::format::BlobType;
 use volbackup_store::tree::{NodeType, Tree};
 
 use crate::cli::RestoreArgs;
-use crate::cluster::{self, explain, parse_duration};
+use crate::cluster::{self, explain};
 use crate::progress;
 use crate::repository;
-
-const ACCESS_MODES: &[&str] = &[
-    "ReadWriteOnce",
-    "ReadOnlyMany",
-    "ReadWriteMany",
-    "ReadWriteOncePod",
-];
 
 /// Whether `name` is a valid PVC name (a DNS-1123 subdomain).
 fn valid_name(name: &str) -> bool {
@@ -91,29 +84,16 @@ fn choose_size(
 }
 
 /// `restore`
-pub fn run(args: &RestoreArgs, quiet: bool) -> Result<()> {
+pub fn run(args: &RestoreArgs, quiet: bool, rt: &tokio::runtime::Runtime) -> Result<()> {
     if !valid_name(&args.to) {
         bail!(
             "--to {:?} is not a valid PVC name: use lower-case letters, digits and '-'",
             args.to
         );
     }
-    for m in &args.access_modes {
-        if !ACCESS_MODES.contains(&m.as_str()) {
-            bail!(
-                "--access-mode {m:?} is not an access mode: use one of {}",
-                ACCESS_MODES.join(", ")
-            );
-        }
-    }
-    if let Some(s) = &args.size
-        && quantity::parse_bytes(s).is_none()
-    {
-        bail!("--size {s:?} is not a Kubernetes quantity: use a size like 10Gi or 500Mi");
-    }
-    let timeout = parse_duration(&args.timeout)?;
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(run_async(args, quiet, timeout))
+    // --access-mode, --size and --timeout are checked by their parsers (`flag_values`).
+    let timeout = args.timeout;
+    rt.block_on(run_async(args, quiet, timeout))
 }
 
 /// A VolumeBackup ready to be named by a PVC in the target namespace.
@@ -236,15 +216,10 @@ async fn resolve_source(args: &RestoreArgs, client: &Client, ns: &str) -> Result
         None => (ns.to_string(), args.backup.clone()),
     };
     let api: Api<VolumeBackup> = Api::namespaced(client.clone(), &from_ns);
-    let found = api.get_opt(&name).await.map_err(|e| {
-        if cluster::is_status(&e, 404) {
-            anyhow!(
-                "the VolumeBackup CRD (volbackup.io/v1alpha1) is not installed: run `kubectl volbackup install`"
-            )
-        } else {
-            explain(e, "get", "volumebackups.volbackup.io", Some(&from_ns))
-        }
-    })?;
+    let found = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| cluster::explain_volumebackups(e, "get", Some(&from_ns)))?;
     let backup = match found {
         Some(b) => b,
         None if !args.backup.contains('/') && looks_like_snapshot_id(&args.backup) => {

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use serde::Serialize;
 
 use crate::cli::{KubeOptions, OutputFormat, VersionArgs, VersionFormat};
-use crate::cluster::{self, explain};
+use crate::cluster::{self, explain_for};
 use crate::commands::install::POPULATOR_NAME;
 
 /// This plugin's version.
@@ -130,7 +130,7 @@ pub async fn populator(kube: &KubeOptions, namespace: &str) -> Populator {
         let api: Api<Deployment> = Api::namespaced(kube.client, namespace);
         api.get_opt(POPULATOR_NAME)
             .await
-            .map_err(|e| explain(e, "get", "deployments.apps", Some(namespace)))
+            .map_err(|e| explain_for::<Deployment>(e, "get", &(), Some(namespace)))
     };
     match tokio::time::timeout(CLUSTER_WAIT, read).await {
         Err(_) => unknown(format!(
@@ -192,7 +192,7 @@ pub fn text(report: &Report) -> String {
 }
 
 /// `version`
-pub fn run(args: &VersionArgs) -> Result<()> {
+pub fn run(args: &VersionArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let kube = KubeOptions {
         kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
@@ -208,9 +208,7 @@ pub fn run(args: &VersionArgs) -> Result<()> {
             reason: Some("not asked (--client)".into()),
         }
     } else {
-        tokio::runtime::Runtime::new()
-            .context("cannot start the async runtime")?
-            .block_on(populator(&kube, &args.populator_namespace))
+        rt.block_on(populator(&kube, &args.populator_namespace))
     };
     let report = Report {
         plugin: Plugin {

@@ -21,12 +21,7 @@ pub(super) async fn preflight(client: &Client, args: &CreateArgs, ns: &str) -> R
     // The VolumeBackup kind must exist, or the backup would have no record.
     let vb: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
     if let Err(e) = vb.list(&ListParams::default().limit(1)).await {
-        if cluster::is_status(&e, 404) {
-            bail!(
-                "the VolumeBackup CRD (volbackup.io/v1alpha1) is not installed: run `kubectl volbackup install` or kubectl apply -f manifests/crds/"
-            );
-        }
-        return Err(explain(e, "list", "volumebackups.volbackup.io", Some(ns)));
+        return Err(cluster::explain_volumebackups(e, "list", Some(ns)));
     }
     let mut pvcs = Vec::new();
     if !args.pvcs.is_empty() {
