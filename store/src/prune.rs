@@ -793,7 +793,6 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
             .collect();
         delete_packs(repo, &lock, &doomed, &obs.listing, &mut stats, progress)?;
     }
-    repo.load_index()?;
     Ok(stats)
 }
 

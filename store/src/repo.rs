@@ -94,6 +94,45 @@ pub struct InitOptions {
     pub polynomial: Option<u64>,
 }
 
+/// How [`Repository::open_with`] opens a repository.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions<'a> {
+    /// The key file to try first: read by its name, without listing the key files, which
+    /// saves a round trip before the key can be derived; with a copy of the file in the hint,
+    /// the key is derived from the copy while the file is read, and used only if the
+    /// repository still holds that file unchanged (a removed key stays removed). A hint that
+    /// names no key file, or one the password does not open, is passed over and the key files
+    /// are listed as without one.
+    pub key_hint: Option<&'a KeyHint>,
+    /// What to read while the key is derived from the password.
+    pub read_ahead: ReadAhead,
+}
+
+/// What an open reads while the key is derived from the password: scrypt takes about as long
+/// as three round trips to an object store. Chosen by what the repository is opened for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReadAhead {
+    /// Nothing: for a listing of the snapshots, and for whatever removes data (forget,
+    /// prune, unlock), which lists what it removes under its own lock.
+    #[default]
+    Nothing,
+    /// The snapshot and index files, listed and read: for a backup, a restore or a check,
+    /// each of which loads the index under its own lock. The files, named by their hashes,
+    /// serve whoever loads them first, so nothing is read twice. The listings are taken only
+    /// by a backup's parent lookup ([`crate::parent`]) and a restore's snapshot lookup
+    /// ([`crate::open_snapshot`]); the index files are listed again under the lock.
+    SnapshotsAndIndex,
+}
+
+impl ReadAhead {
+    fn kinds(self) -> &'static [FileType] {
+        match self {
+            ReadAhead::Nothing => &[],
+            ReadAhead::SnapshotsAndIndex => &[FileType::Index, FileType::Snapshot],
+        }
+    }
+}
+
 /// A repository, opened with a password. Cheap to clone and share between threads.
 #[derive(Clone)]
 pub struct Repository {
@@ -203,38 +242,22 @@ impl Repository {
     }
 
     /// Opens an existing repository: finds a key that opens with `password` (trying at most
-    /// [`MAX_KEYS_TRIED`]) and reads the config. The index is not loaded yet
-    /// ([`Repository::load_index`]).
+    /// [`MAX_KEYS_TRIED`]) and reads the config; nothing is read ahead and no key hint is
+    /// tried ([`Repository::open_with`]). The index is not loaded: each operation loads it
+    /// under its own lock.
     pub fn open(backend: Arc<dyn Backend>, password: &str) -> Result<Repository> {
-        Self::open_warm(backend, password, &[])
+        Self::open_with(backend, password, &OpenOptions::default())
     }
 
-    /// [`Repository::open`], listing the files of the kinds `warm` (and reading the index and
-    /// snapshot files among them) while the key is derived from the password: scrypt takes
-    /// about as long as three round trips to an object store. The listings are there for the
-    /// first [`Repository::early_list`] of their kind; files read ahead are used by whoever
-    /// loads them first.
-    pub fn open_warm(
+    /// Opens an existing repository as [`Repository::open`] does, with a key hint tried first
+    /// and what the operation it is opened for will read read ahead ([`OpenOptions`]).
+    pub fn open_with(
         backend: Arc<dyn Backend>,
         password: &str,
-        warm: &[FileType],
+        opts: &OpenOptions<'_>,
     ) -> Result<Repository> {
-        Self::open_hinted(backend, password, warm, None)
-    }
-
-    /// [`Repository::open_warm`], trying the key file `key_hint` names first: read by its
-    /// name, without listing the key files, which saves a round trip before the key can be
-    /// derived; with a copy of the file in the hint, the key is derived from the copy while
-    /// the file is read, and used only if the repository still holds that file unchanged (a
-    /// removed key stays removed). A hint that names no key file, or one the password does
-    /// not open, is passed over and the key files are listed as without one.
-    pub fn open_hinted(
-        backend: Arc<dyn Backend>,
-        password: &str,
-        warm: &[FileType],
-        key_hint: Option<&KeyHint>,
-    ) -> Result<Repository> {
-        let early = Early::start(&backend, warm);
+        let key_hint = opts.key_hint;
+        let early = Early::start(&backend, opts.read_ahead.kinds());
         let location = backend.location();
         // The config is read while the key files are listed and tried: behind an object
         // store, each of these requests costs a round trip.
@@ -279,11 +302,12 @@ impl Repository {
         })
     }
 
-    /// The files of kind `t` as listed while the repository was opened
-    /// ([`Repository::open_warm`]), the first time it is asked for; a new listing otherwise,
-    /// or when that listing failed. A listing that old is a guess: what must be current (the
-    /// index files under a lock) is listed again.
-    pub fn early_list(&self, t: FileType) -> Result<Vec<Id>> {
+    /// The files of kind `t` as listed while the repository was opened, the first time it is
+    /// asked for; a new listing otherwise, or when that listing failed. A listing that old is a
+    /// guess, taken only by the backup's parent lookup and the restore's snapshot lookup: what
+    /// must be current (the index files under a lock) is listed again with
+    /// [`Repository::list_ids`].
+    pub(crate) fn listed_ahead(&self, t: FileType) -> Result<Vec<Id>> {
         match self.inner.early.take(t, |read| read.lists.remove(&t)) {
             Some(ids) => Ok(ids),
             None => self.list_ids(t),
@@ -291,7 +315,7 @@ impl Repository {
     }
 
     /// Drops whatever was read ahead and not used.
-    pub fn end_read_ahead(&self) {
+    pub(crate) fn end_read_ahead(&self) {
         self.inner.early.clear();
     }
 
@@ -344,7 +368,7 @@ impl Repository {
     }
 
     /// A hint naming the key file that opened the repository, with a copy of it, for
-    /// [`Repository::open_hinted`].
+    /// [`OpenOptions::key_hint`].
     pub fn key_hint(&self) -> KeyHint {
         KeyHint {
             id: self.inner.key_id.to_hex(),
@@ -418,8 +442,9 @@ impl Repository {
                         .insert((self.location(), *id));
                     if first {
                         tracing::warn!(
-                            "{}: passing over {e}; `kubectl-volbackup repo check` reports it, \
-                             and prune refuses to run until it is removed",
+                            fix = "check",
+                            "{}: passing over {e}; check reports it, and prune refuses to run \
+                             until it is removed",
                             self.location()
                         );
                     }
@@ -550,11 +575,11 @@ impl Repository {
     }
 
     /// [`Repository::list_snapshots`] from the listing made while the repository was opened
-    /// ([`Repository::early_list`]), for a guess that may miss a snapshot saved since, such
-    /// as a backup's parent. Never for anything that removes data. A snapshot file that
-    /// cannot be used is passed over with a warning naming it.
-    pub fn list_snapshots_early(&self) -> Result<Vec<(Id, Snapshot)>> {
-        self.snapshots_of(self.early_list(FileType::Snapshot)?, true)
+    /// ([`Repository::listed_ahead`]), for a guess that may miss a snapshot saved since: a
+    /// backup's parent ([`crate::parent`]). A snapshot file that cannot be used is passed over
+    /// with a warning naming it.
+    pub(crate) fn list_snapshots_ahead(&self) -> Result<Vec<(Id, Snapshot)>> {
+        self.snapshots_of(self.listed_ahead(FileType::Snapshot)?, true)
     }
 
     /// The snapshots `ids`, oldest first; with `pass_over`, those that cannot be used are
@@ -581,10 +606,11 @@ impl Repository {
     }
 
     /// [`Repository::find_snapshot`] in the listing made while the repository was opened
-    /// ([`Repository::early_list`]): for the snapshot a restore or backup starts from.
-    /// `latest` passes over snapshot files that cannot be used, with a warning naming each.
-    pub fn find_snapshot_early(&self, spec: &str) -> Result<(Id, Snapshot)> {
-        self.find_snapshot_in(spec, || self.early_list(FileType::Snapshot), true)
+    /// ([`Repository::listed_ahead`]): for the snapshot a restore or backup starts from
+    /// ([`crate::open_snapshot`], [`crate::parent`]). `latest` passes over snapshot files that
+    /// cannot be used, with a warning naming each.
+    pub(crate) fn find_snapshot_ahead(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        self.find_snapshot_in(spec, || self.listed_ahead(FileType::Snapshot), true)
     }
 
     fn find_snapshot_in(
@@ -599,10 +625,9 @@ impl Repository {
         };
         if spec == "latest" {
             return self.snapshots_of(list()?, pass_over)?.pop().ok_or_else(|| {
-                Error::Invalid(format!(
-                    "{} has no snapshots yet (create one with `kubectl-volbackup create`)",
-                    self.location()
-                ))
+                Error::NoSnapshots {
+                    location: self.location(),
+                }
             });
         }
         let lower = spec.to_ascii_lowercase();

@@ -24,6 +24,7 @@ use volbackup_store::progress::NoProgress;
 use volbackup_store::prune::{PruneOptions, execute, plan_prune};
 use volbackup_store::repo::{InitOptions, Repository};
 use volbackup_store::tree::{Node, NodeType, Tree};
+use volbackup_store::{OpenOptions, ReadAhead};
 
 const PASSWORD: &str = "check-prune-test-password";
 const RESTIC: &str = "/usr/bin/restic";
@@ -952,14 +953,25 @@ fn prune_between_open_and_lock(read_ahead: bool) {
     .unwrap();
     volbackup_store::backup_tree::backup_tree(&first, &dir, &opts, &NoProgress).unwrap();
     let early = if read_ahead {
-        let warmed = Repository::open_warm(
+        let warmed = Repository::open_with(
             Arc::new(LocalBackend::new(&repo)),
             PASSWORD,
-            &[FileType::Index, FileType::Snapshot],
+            &OpenOptions {
+                read_ahead: ReadAhead::SnapshotsAndIndex,
+                ..OpenOptions::default()
+            },
         )
         .unwrap();
-        // Waits for the reading ahead to end: what it holds is from before the prune.
-        assert_eq!(warmed.early_list(FileType::Snapshot).unwrap().len(), 2);
+        // Waits for the reading ahead to end (a parent lookup takes its listing): what it
+        // holds is from before the prune.
+        let host = volbackup_store::format::hostname();
+        let parent = volbackup_store::parent::backup_parent(
+            &warmed,
+            None,
+            &host,
+            &["/disk.img".to_string()],
+        );
+        assert!(parent.unwrap().is_some());
         warmed
     } else {
         let early = open(&repo);
@@ -1198,10 +1210,13 @@ fn check_reads_each_index_and_snapshot_file_once_with_those_read_while_the_key_i
     let (snapshots, indexes) = (files("snapshots"), files("index"));
     assert_eq!(snapshots.len(), 3);
     let backend = Arc::new(SlowPackReads::new(&repo, 4, usize::MAX));
-    let opened = Repository::open_warm(
+    let opened = Repository::open_with(
         backend.clone(),
         PASSWORD,
-        &[FileType::Snapshot, FileType::Index],
+        &OpenOptions {
+            read_ahead: ReadAhead::SnapshotsAndIndex,
+            ..OpenOptions::default()
+        },
     )
     .unwrap();
     let report = check(&opened, &CheckOptions::default(), &NoProgress).unwrap();

@@ -19,6 +19,7 @@ use volbackup_store::packer::WriterOptions;
 use volbackup_store::progress::NoProgress;
 use volbackup_store::restore_plan::{PlanOptions, Source, plan};
 use volbackup_store::{BlobType, KeyHint, Repository, Result};
+use volbackup_store::{OpenOptions, ReadAhead};
 
 fn entry(pack: u8, offset: u32, length: u32) -> IndexEntry {
     IndexEntry {
@@ -614,7 +615,7 @@ fn writing_each_blob_as_it_arrives_gives_the_same_image_as_writing_in_order() {
 
 /// How a test opens the repository: plainly, or listing and reading the index and snapshot
 /// files while the key is derived, as `mover restore` and `mover backup` do.
-const OPENINGS: [&[FileType]; 2] = [&[], &[FileType::Index, FileType::Snapshot]];
+const OPENINGS: [ReadAhead; 2] = [ReadAhead::Nothing, ReadAhead::SnapshotsAndIndex];
 
 #[test]
 fn a_restore_reads_config_keys_index_snapshot_and_tree_once_each() {
@@ -623,12 +624,20 @@ fn a_restore_reads_config_keys_index_snapshot_and_tree_once_each() {
     }
 }
 
-fn restore_reads_each_file_once(warm: &[FileType]) {
+fn restore_reads_each_file_once(warm: ReadAhead) {
     let t = TempRepo::new();
     let image = image();
     let snap = backed_up(&t, &image);
     let w = Arc::new(Wrapped::new(t.backend()));
-    let repo = Repository::open_warm(w.clone(), PASSWORD, warm).unwrap();
+    let repo = Repository::open_with(
+        w.clone(),
+        PASSWORD,
+        &OpenOptions {
+            read_ahead: warm,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
     // A prefix, as a user gives it: the snapshots are listed once.
     let open = OpenSnapshot::open(&repo, &snap.to_hex()[..8]).unwrap();
     assert_eq!(open.id, snap);
@@ -686,7 +695,7 @@ fn an_index_file_written_just_before_the_lock_is_loaded_under_it() {
     }
 }
 
-fn index_written_before_the_lock_is_loaded(warm: &[FileType]) {
+fn index_written_before_the_lock_is_loaded(warm: ReadAhead) {
     let t = TempRepo::new();
     backed_up(&t, &random_bytes(41, 3 << 20));
     // The second image's blobs, and its tree, are named only by the newer index file.
@@ -697,7 +706,15 @@ fn index_written_before_the_lock_is_loaded(warm: &[FileType]) {
     // The index is listed while the lock is being written.
     w.lock_pause = std::time::Duration::from_millis(300);
     let w = Arc::new(w);
-    let repo = Repository::open_warm(w.clone(), PASSWORD, warm).unwrap();
+    let repo = Repository::open_with(
+        w.clone(),
+        PASSWORD,
+        &OpenOptions {
+            read_ahead: warm,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
     let target = t.scratch("out.img");
     restore_exactly(&repo, &snap, &target, &image);
     let log = w.log();
@@ -857,7 +874,7 @@ fn a_lock_refused_after_pack_reads_began_fails_the_restore_and_writes_nothing() 
     )
     .unwrap_err();
     assert!(
-        matches!(err, volbackup_store::Error::Locked(_)),
+        matches!(err, volbackup_store::Error::Locked { .. }),
         "not a lock refusal: {err}"
     );
     assert!(
@@ -915,7 +932,15 @@ fn a_key_hint_is_read_by_name_without_listing_the_keys_and_a_wrong_one_is_passed
         .unwrap();
     let open = |hint: Option<KeyHint>| {
         let w = Arc::new(Wrapped::new(t.backend()));
-        let repo = Repository::open_hinted(w.clone(), PASSWORD, &[], hint.as_ref()).unwrap();
+        let repo = Repository::open_with(
+            w.clone(),
+            PASSWORD,
+            &OpenOptions {
+                key_hint: hint.as_ref(),
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
         assert_eq!(repo.key_id(), ours, "opened with {hint:?}");
         w.log()
     };
@@ -955,7 +980,14 @@ fn a_copied_key_file_opens_only_while_the_repository_holds_it_unchanged() {
     );
     let open = |password: &str, hint: &KeyHint| {
         let w = Arc::new(Wrapped::new(t.backend()));
-        let opened = Repository::open_hinted(w.clone(), password, &[], Some(hint));
+        let opened = Repository::open_with(
+            w.clone(),
+            password,
+            &OpenOptions {
+                key_hint: Some(hint),
+                ..OpenOptions::default()
+            },
+        );
         (opened, w.log())
     };
 
@@ -971,7 +1003,15 @@ fn a_copied_key_file_opens_only_while_the_repository_holds_it_unchanged() {
         1,
         "{log:#?}"
     );
-    let again = Repository::open_hinted(t.backend(), PASSWORD, &[], None).unwrap();
+    let again = Repository::open_with(
+        t.backend(),
+        PASSWORD,
+        &OpenOptions {
+            key_hint: None,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
     assert_eq!(
         again.key_hint(),
         ours,

@@ -271,11 +271,9 @@ fn repository_only(id: &Id, snap: &Snapshot) -> RepositoryOnly {
 
 /// The snapshots of the repository `--repo` names (password from the usual chain).
 fn repository_snapshots(opts: &RepoOptions) -> Result<(String, Vec<(Id, Snapshot)>)> {
-    let location = repository::location(opts)?;
-    let backend = repository::open_backend(&location)?;
-    let shown = redact(&location);
-    let password = repository::password(opts, false)?;
-    let repo = Repository::open(backend, &password)
+    let access = repository::Access::new(opts)?;
+    let shown = redact(&access.location);
+    let repo = repository::open(&access, repository::Purpose::List)
         .with_context(|| format!("cannot open the repository {shown}"))?;
     let snaps = repo
         .list_snapshots()
@@ -546,9 +544,7 @@ fn plan_repository_removal(
             );
         }
     }
-    let backend = repository::open_backend(&location)?;
-    let password = repository::password(opts, false)?;
-    let repo = Repository::open(backend, &password)
+    let repo = repository::open(&repository::Access::new(opts)?, repository::Purpose::Remove)
         .with_context(|| format!("cannot open the repository {shown}"))?;
     let snapshots = repo
         .list_snapshots()
@@ -638,7 +634,6 @@ fn forget_and_prune(plan: &RepositoryRemoval, names: &str, quiet: bool) -> Resul
         format!("cannot forget the snapshots in {location}; nothing was deleted")
     })?;
     let pruned = (|| -> Result<volbackup_store::prune::PruneStats> {
-        plan.repo.load_index()?;
         let prune = volbackup_store::prune::plan_prune(
             &plan.repo,
             &volbackup_store::prune::PruneOptions::default(),

@@ -185,16 +185,10 @@ pub fn run(args: &CreateArgs, quiet: bool) -> Result<()> {
     let data = match &args.repo_secret {
         Some(_) => None,
         None => {
-            let mut data = repository::secret_data(&args.repo)?;
-            let backend = repository::open_backend(&data["VOLBACKUP_REPOSITORY"])?;
-            let hint = repository::key_hint();
-            let repo = volbackup_store::Repository::open_hinted(
-                backend,
-                &data["VOLBACKUP_PASSWORD"],
-                &[],
-                hint.as_ref(),
-            )
-            .context("cannot open the repository")?;
+            let access = repository::Access::new(&args.repo)?;
+            let mut data = repository::secret_data(&access)?;
+            let repo = repository::open(&access, repository::Purpose::List)
+                .context("cannot open the repository")?;
             // The movers read this key by name (see `repository::key_hint`).
             repository::add_key_hint(&mut data, &repo);
             Some(data)

@@ -14,11 +14,9 @@ use super::{MAX_PACK_HEADER, Repository, max_blob_len};
 impl Repository {
     /// Reads a blob: range from its pack, decrypt, decompress, verify SHA-256 == id.
     pub fn read_blob(&self, t: BlobType, id: &Id) -> Result<Vec<u8>> {
-        let entry = self.blob_entry(t, id).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{t} blob {id} is not in the index of {} (run `kubectl-volbackup repo check`)",
-                self.location()
-            ))
+        let entry = self.blob_entry(t, id).ok_or_else(|| Error::NotIndexed {
+            what: format!("{t} blob {id}"),
+            location: self.location(),
         })?;
         self.read_blob_at(t, id, &entry)
     }
@@ -148,12 +146,13 @@ impl BlobReader {
 
     /// Reads a blob by id (looked up in the repository's index).
     pub fn read(&mut self, t: BlobType, id: &Id) -> Result<&[u8]> {
-        let entry = self.repo.blob_entry(t, id).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{t} blob {id} is not in the index of {} (run `kubectl-volbackup repo check`)",
-                self.repo.location()
-            ))
-        })?;
+        let entry = self
+            .repo
+            .blob_entry(t, id)
+            .ok_or_else(|| Error::NotIndexed {
+                what: format!("{t} blob {id}"),
+                location: self.repo.location(),
+            })?;
         self.read_entry(t, id, &entry)
     }
 

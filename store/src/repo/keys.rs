@@ -53,7 +53,7 @@ pub(super) fn write_key_file(
     Ok((id, json))
 }
 
-/// The key file to try first when opening a repository ([`super::Repository::open_hinted`]).
+/// The key file to try first when opening a repository ([`super::OpenOptions::key_hint`]).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct KeyHint {
     /// The key file's id (its name under `keys/`), as [`super::Repository::key_id`] gives it.

@@ -1,4 +1,4 @@
-//! What is read while the password's key is derived ([`super::Repository::open_warm`]): scrypt
+//! What is read while the password's key is derived ([`super::ReadAhead`]): scrypt
 //! takes about as long as three round trips to an object store, time enough to list the
 //! snapshot and index files and read them.
 
@@ -14,8 +14,8 @@ use super::{ListedFile, list_sized_of, load_parallel, max_file_len};
 /// them all; a repository with more reads the rest when asked).
 const EARLY_SNAPSHOT_FILES: usize = 64;
 
-/// What [`super::Repository::open_warm`] lists and reads while the password's key is derived: the
-/// listings are taken by the first [`super::Repository::early_list`] of their kind, the files (whose
+/// What [`super::Repository::open_with`] lists and reads while the password's key is derived: the
+/// listings are taken by the first [`super::Repository::listed_ahead`] of their kind, the files (whose
 /// names are their hashes, so a copy never goes stale) by whoever loads them first.
 #[derive(Default)]
 pub(super) struct Early {
