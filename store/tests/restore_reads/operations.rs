@@ -5,12 +5,10 @@
 //! [`ReadAhead::SnapshotsAndIndex`] for `mover backup`, `mover restore` and `repo check`),
 //! through a backend that counts every file it is asked for.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use common::{PASSWORD, TempRepo, mixed_image};
+use crate::common::{PASSWORD, TempRepo, mixed_image};
 use volbackup_store::backend::{Backend, FileInfo, FileType};
 use volbackup_store::block::{BackupOptions, RestoreOptions, backup_block, restore_opening};
 use volbackup_store::open_snapshot::Opening;
