@@ -1,7 +1,7 @@
 //! An open repository: backend, master key, config and index.
 //!
 //! The repository itself lives here: opening and creating it, its limits, its unpacked files
-//! (index, snapshots, locks) and the in-memory index. Beside it: [`keys`] finds the key file a
+//! (index, snapshots, locks) and the in-memory index. Beside it: `keys` finds the key file a
 //! password opens and writes new ones, the blob reader ([`BlobReader`] and the blob methods of
 //! [`Repository`]) decrypts and verifies blobs, and `read_ahead` reads what an operation will
 //! ask for while the key is derived.
