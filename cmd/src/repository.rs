@@ -284,10 +284,8 @@ pub fn hint(err: &volbackup_store::Error) -> Option<&'static str> {
 /// wrong, this says which command helps.
 pub fn warning_hint(fix: &str) -> Option<&'static str> {
     match fix {
-        "check" => Some("`kubectl-volbackup repo check` reports it"),
-        "unlock" => Some(
-            "or run `kubectl-volbackup repo unlock --remove-all` when nothing uses the repository",
-        ),
+        "check" => Some("see `kubectl-volbackup repo check`"),
+        "unlock" => Some("or remove every lock with `kubectl-volbackup repo unlock --remove-all`"),
         _ => None,
     }
 }
