@@ -116,7 +116,7 @@ where
 {
     fn format_event(
         &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        _: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
         mut writer: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
@@ -127,8 +127,39 @@ where
             _ => "debug",
         };
         write!(writer, "{level}: ")?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        let mut line = EventLine::default();
+        event.record(&mut line);
+        write!(writer, "{}", line.text)?;
+        // An engine warning names the fix by kind; the command that helps is ours to name.
+        if let Some(hint) = line.fix.as_deref().and_then(repository::warning_hint) {
+            write!(writer, " ({hint})")?;
+        }
         writeln!(writer)
+    }
+}
+
+/// An event's message and fields as one line (`name=value` after the message), and its `fix`
+/// field apart.
+#[derive(Default)]
+struct EventLine {
+    text: String,
+    fix: Option<String>,
+}
+
+impl tracing::field::Visit for EventLine {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "fix" => self.fix = Some(value.to_string()),
+            "message" => self.text.push_str(value),
+            name => self.text.push_str(&format!(" {name}={value:?}")),
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.text.push_str(&format!("{value:?}")),
+            name => self.text.push_str(&format!(" {name}={value:?}")),
+        }
     }
 }
 
@@ -186,6 +217,12 @@ pub fn one_line(err: &anyhow::Error) -> String {
             out.push_str(": ");
         }
         out.push_str(&text);
+    }
+    let engine = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<volbackup_store::Error>());
+    if let Some(hint) = engine.and_then(repository::hint) {
+        out.push_str(&format!(" ({hint})"));
     }
     out.replace('\n', " ")
 }

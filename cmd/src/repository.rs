@@ -4,8 +4,8 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use volbackup_store::backend::{self, Backend, FileType};
-use volbackup_store::{KeyHint, Repository};
+use volbackup_store::backend::{self, Backend};
+use volbackup_store::{KeyHint, OpenOptions, ReadAhead, Repository};
 
 use crate::cli::RepoOptions;
 
@@ -75,30 +75,69 @@ pub fn open_backend(location: &str) -> Result<Arc<dyn Backend>> {
     Ok(backend::open(location)?)
 }
 
-/// Opens the repository (password checked) and loads its index.
-pub fn open(opts: &RepoOptions) -> Result<Repository> {
-    let repo = open_unindexed(opts)?;
-    repo.load_index()?;
-    Ok(repo)
+/// How to reach and open the repository, resolved once from flags and the environment: the
+/// location, the password (asked for at most once), the key hint and the lock wait.
+pub struct Access {
+    /// The location as given (`--repo`, `VOLBACKUP_REPOSITORY`, `RESTIC_REPOSITORY`).
+    pub location: String,
+    password: String,
+    key_hint: Option<KeyHint>,
+    lock_wait: std::time::Duration,
 }
 
-/// Opens the repository (password checked) without loading its index, for commands that
-/// never read a blob.
-pub fn open_unindexed(opts: &RepoOptions) -> Result<Repository> {
-    open_warm(opts, &[])
+impl Access {
+    /// The repository `opts` and the environment name.
+    pub fn new(opts: &RepoOptions) -> Result<Access> {
+        let location = location(opts)?;
+        let password = password(opts, false)?;
+        let lock_wait = opts.retry_lock.unwrap_or_default();
+        Ok(Access {
+            location,
+            password,
+            key_hint: key_hint(),
+            lock_wait,
+        })
+    }
 }
 
-/// [`open_unindexed`], listing (and reading) the files of the kinds `warm` while the key is
-/// derived from the password ([`Repository::open_warm`]).
-pub fn open_warm(opts: &RepoOptions, warm: &[FileType]) -> Result<Repository> {
-    let loc = location(opts)?;
-    let backend = open_backend(&loc)?;
-    let password = password(opts, false)?;
-    let lock_wait = opts.retry_lock.unwrap_or_default();
-    let hint = key_hint();
-    let repo = Repository::open_hinted(backend, &password, warm, hint.as_ref())?;
+/// What a command opens the repository for: it decides what is read while the key is derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A listing of the snapshots, or a look at the repository (the password checked).
+    List,
+    /// A backup, a restore or a check: each loads the index under its own lock, and the
+    /// snapshot and index files are read while the key is derived.
+    Read,
+    /// Whatever removes data or locks (forget, prune, unlock): it lists what it removes under
+    /// its own lock, and nothing is read ahead.
+    Remove,
+}
+
+impl Purpose {
+    /// What the engine reads ahead for this purpose.
+    pub fn read_ahead(self) -> ReadAhead {
+        match self {
+            Purpose::Read => ReadAhead::SnapshotsAndIndex,
+            Purpose::List | Purpose::Remove => ReadAhead::Nothing,
+        }
+    }
+}
+
+/// Opens the repository: the one way every command does (password checked, the key hint
+/// tried first, the lock wait set). No index is loaded: each operation of the engine loads
+/// what it needs under its own lock, once.
+pub fn open(access: &Access, purpose: Purpose) -> Result<Repository> {
+    let backend = open_backend(&access.location)?;
+    let repo = Repository::open_with(
+        backend,
+        &access.password,
+        &OpenOptions {
+            key_hint: access.key_hint.as_ref(),
+            read_ahead: purpose.read_ahead(),
+        },
+    )?;
     repo.set_lock_wait(volbackup_store::repo::LockWait {
-        max: lock_wait,
+        max: access.lock_wait,
         ..Default::default()
     });
     Ok(repo)
@@ -160,18 +199,17 @@ const COPIED_ENV: &[&str] = &[
 
 /// The repository settings for a Secret, from flags and the environment: the location (a local
 /// path made absolute), the password, and the AWS settings that are set.
-pub fn secret_data(opts: &RepoOptions) -> Result<std::collections::BTreeMap<String, String>> {
-    let mut location = location(opts)?;
+pub fn secret_data(access: &Access) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut location = access.location.clone();
     if !location.contains(':') {
         location = std::path::absolute(&location)
             .with_context(|| format!("cannot resolve the repository path {location}"))?
             .to_string_lossy()
             .into_owned();
     }
-    let password = password(opts, false)?;
     let mut data = std::collections::BTreeMap::new();
     data.insert("VOLBACKUP_REPOSITORY".to_string(), location);
-    data.insert("VOLBACKUP_PASSWORD".to_string(), password);
+    data.insert("VOLBACKUP_PASSWORD".to_string(), access.password.clone());
     for key in COPIED_ENV {
         if let Ok(v) = std::env::var(key)
             && !v.is_empty()
@@ -219,18 +257,34 @@ pub fn credential_warnings(location: &str, env: &dyn Fn(&str) -> Option<String>)
     out
 }
 
-/// Opens the repository the settings of [`secret_data`] name (password checked, index loaded,
-/// passing over index files that cannot be used: it is for restores).
-pub fn open_from(data: &std::collections::BTreeMap<String, String>) -> Result<Repository> {
-    let backend = open_backend(&data["VOLBACKUP_REPOSITORY"])?;
-    let repo = Repository::open_hinted(
-        backend,
-        &data["VOLBACKUP_PASSWORD"],
-        &[],
-        key_hint_of(|var| data.get(var).cloned()).as_ref(),
-    )?;
-    repo.load_usable_index()?;
-    Ok(repo)
+/// What the user can do about an engine error, as a command or a setting of this plugin: the
+/// engine names none (it knows no command line), so the hints are added here, where errors
+/// are printed ([`crate::one_line`]). `None` for errors with nothing to add.
+pub fn hint(err: &volbackup_store::Error) -> Option<&'static str> {
+    use volbackup_store::Error as E;
+    Some(match err {
+        E::WrongPassword { .. } => "check VOLBACKUP_PASSWORD or --password-file",
+        E::NoRepository { .. } => "create one with `kubectl-volbackup repo init`",
+        E::SnapshotNotFound { .. } => "list them with `kubectl-volbackup snapshots`",
+        E::NoSnapshots { .. } => "create one with `kubectl-volbackup create`",
+        E::NotIndexed { .. } => "run `kubectl-volbackup repo check`",
+        E::TargetTooSmall { .. } => "use a larger volume",
+        E::Locked { .. } => {
+            "wait for it to finish, or run `kubectl-volbackup repo unlock --remove-all` if no \
+             backup, restore or prune uses the repository any more"
+        }
+        _ => return None,
+    })
+}
+
+/// The hint for an engine warning that names a fix (its `fix` field): the engine says what is
+/// wrong, this says which command helps.
+pub fn warning_hint(fix: &str) -> Option<&'static str> {
+    match fix {
+        "check" => Some("see `kubectl-volbackup repo check`"),
+        "unlock" => Some("or remove every lock with `kubectl-volbackup repo unlock --remove-all`"),
+        _ => None,
+    }
 }
 
 /// The warning for one repository shared by several namespaces (`create -A`, or a selector
@@ -302,6 +356,48 @@ mod tests {
         );
         let garbled = env_of(&[("VOLBACKUP_KEY_HINT", "ours"), ("VOLBACKUP_KEY_COPY", "%%")]);
         assert_eq!(key_hint_of(garbled), Some(KeyHint::named("ours")));
+    }
+
+    #[test]
+    fn only_backups_restores_and_checks_read_ahead_so_a_listing_reads_no_index_file() {
+        assert_eq!(Purpose::List.read_ahead(), ReadAhead::Nothing);
+        assert_eq!(Purpose::Remove.read_ahead(), ReadAhead::Nothing);
+        assert_eq!(Purpose::Read.read_ahead(), ReadAhead::SnapshotsAndIndex);
+    }
+
+    #[test]
+    fn engine_errors_get_the_command_that_fixes_them_at_the_end_of_the_line() {
+        use volbackup_store::Error as E;
+        let loc = || "/srv/repo".to_string();
+        let line = |e: E| crate::one_line(&anyhow::Error::new(e).context("cannot open"));
+        assert_eq!(
+            line(E::NoRepository { location: loc() }),
+            "cannot open: /srv/repo: no repository here (create one with `kubectl-volbackup repo init`)"
+        );
+        assert!(
+            line(E::NoSnapshots { location: loc() })
+                .ends_with("(create one with `kubectl-volbackup create`)")
+        );
+        let locked = line(E::Locked {
+            location: loc(),
+            holder: "someone@host (pid 1)".into(),
+            exclusive: true,
+            since: "2026-12-07T00:00:00Z".into(),
+            lock: "abcd1234".into(),
+            waited: Some(std::time::Duration::from_secs(5)),
+        });
+        assert!(
+            locked.starts_with(
+                "cannot open: /srv/repo is locked exclusively by someone@host (pid 1)"
+            ) && locked.contains("gave up after waiting 5s")
+                && locked.contains("`kubectl-volbackup repo unlock --remove-all`"),
+            "{locked}"
+        );
+        assert_eq!(hint(&E::Invalid("bad option".into())), None);
+        assert_eq!(
+            line(E::Invalid("bad option".into())),
+            "cannot open: bad option"
+        );
     }
 
     #[test]

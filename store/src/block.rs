@@ -649,11 +649,9 @@ fn image_chunks(
     for id in &node.content {
         let e = *index
             .get(BlobType::Data, id)
-            .ok_or_else(|| Error::Corrupt {
-                what: format!("snapshot {}", snapshot.short()),
-                message: format!(
-                    "data blob {id} is missing from the index (run `kubectl-volbackup repo check`)"
-                ),
+            .ok_or_else(|| Error::NotIndexed {
+                what: format!("data blob {id} of snapshot {}", snapshot.short()),
+                location: repo.location(),
             })?;
         content.push((*id, e));
         size += u64::from(e.plaintext_len());

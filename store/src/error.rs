@@ -1,9 +1,12 @@
 //! Errors of the repository engine.
 //!
 //! Policy: every error names what it is about (a repository location, a file, a snapshot id, a
-//! path on the volume) and, where the user can do something, says what. Messages are one line
-//! and never contain a password, a key or a credential. `is_retryable` tells callers whether
-//! trying the same operation again can help.
+//! path on the volume). Messages are one line and never contain a password, a key or a
+//! credential. The engine knows no command line: what the user can do about an error (the
+//! command to run, the flag to set) is the caller's to add, and the variants a caller may want
+//! to advise on are typed so that it can match them (`NoRepository`, `NoSnapshots`,
+//! `TargetTooSmall`, `Locked`, `NotIndexed`, ...). `is_retryable` tells callers whether trying
+//! the same operation again can help.
 
 use std::path::PathBuf;
 
@@ -44,16 +47,14 @@ pub enum Error {
     },
 
     /// No key in the repository opens with the given password.
-    #[error(
-        "wrong password: no key in {location} opens with it (check VOLBACKUP_PASSWORD or --password-file)"
-    )]
+    #[error("wrong password: no key in {location} opens with it")]
     WrongPassword {
         /// The backend location.
         location: String,
     },
 
     /// There is no repository at the location.
-    #[error("{location}: no repository here (create one with `kubectl-volbackup repo init`)")]
+    #[error("{location}: no repository here")]
     NoRepository {
         /// The backend location.
         location: String,
@@ -69,14 +70,40 @@ pub enum Error {
     },
 
     /// No snapshot has this id (or id prefix).
-    #[error(
-        "no snapshot matches ID {spec:?} in {location} (list them with `kubectl-volbackup snapshots`)"
-    )]
+    #[error("no snapshot matches ID {spec:?} in {location}")]
     SnapshotNotFound {
         /// What the user gave.
         spec: String,
         /// The backend location.
         location: String,
+    },
+
+    /// `latest` was asked for, and the repository has no snapshot at all.
+    #[error("{location} has no snapshots yet")]
+    NoSnapshots {
+        /// The backend location.
+        location: String,
+    },
+
+    /// A blob a snapshot or a read needs is not in the loaded index: the index files are
+    /// damaged or missing, or the blob was never stored.
+    #[error("{what} is not in the index of {location}")]
+    NotIndexed {
+        /// The blob (`data blob 1234…`), and where it was needed if known.
+        what: String,
+        /// The backend location.
+        location: String,
+    },
+
+    /// A restore target (a device, a file of fixed size) is smaller than the image.
+    #[error("{}: target is {size} bytes, the image needs {needed}", target.display())]
+    TargetTooSmall {
+        /// The device or file.
+        target: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+        /// The image's size in bytes.
+        needed: u64,
     },
 
     /// An id prefix matches several snapshots: asking again cannot help, more digits can.
@@ -96,14 +123,38 @@ pub enum Error {
     Invalid(String),
 
     /// Another process holds a lock that conflicts with the operation.
-    #[error("{0}")]
-    Locked(String),
+    #[error(
+        "{location} is locked {} by {holder} since {since} (lock {lock}){}",
+        if *exclusive { "exclusively" } else { "(shared lock)" },
+        gave_up_after(waited)
+    )]
+    Locked {
+        /// The backend location.
+        location: String,
+        /// Who holds the lock: `user@host (pid N)`.
+        holder: String,
+        /// Whether the lock held is exclusive.
+        exclusive: bool,
+        /// When the lock was taken or last refreshed (RFC 3339, seconds).
+        since: String,
+        /// The lock file's short id.
+        lock: String,
+        /// How long this process waited for it before giving up (`--retry-lock`), if at all.
+        waited: Option<std::time::Duration>,
+    },
 
     /// This process's own lock could not be kept (refreshes failed, the process was frozen
     /// past the stale age, or someone removed the lock file): others may have pruned data the
     /// operation relies on, so it stopped before writing anything that refers to that data.
     #[error("{0}")]
     LockLost(String),
+}
+
+fn gave_up_after(waited: &Option<std::time::Duration>) -> String {
+    match waited {
+        Some(w) => format!("; gave up after waiting {}s", w.as_secs()),
+        None => String::new(),
+    }
 }
 
 /// The first few candidates, so that a prefix matching hundreds stays one readable line.

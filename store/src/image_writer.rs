@@ -378,10 +378,11 @@ fn open_device(target: &Path, size: u64, direct: bool) -> Result<File> {
     let mut f = o.open(target).map_err(|e| Error::io(target, e))?;
     let dev_size = f.seek(SeekFrom::End(0)).map_err(|e| Error::io(target, e))?;
     if dev_size < size {
-        return Err(Error::Invalid(format!(
-            "{}: target is {dev_size} bytes, the image needs {size} (use a larger volume)",
-            target.display()
-        )));
+        return Err(Error::TargetTooSmall {
+            target: target.to_path_buf(),
+            size: dev_size,
+            needed: size,
+        });
     }
     Ok(f)
 }

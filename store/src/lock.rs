@@ -252,10 +252,10 @@ impl LockGuard {
         let (id, written, got) = loop {
             match try_take(repo, exclusive, then) {
                 Ok(taken) => break taken,
-                Err(Error::Locked(message)) if started.elapsed() < wait.max => {
+                Err(locked @ Error::Locked { .. }) if started.elapsed() < wait.max => {
                     if Instant::now() >= next_report {
                         let line = format!(
-                            "waiting up to {}s for the lock: {message}",
+                            "waiting up to {}s for the lock: {locked}",
                             wait.max.as_secs()
                         );
                         match &wait.on_wait {
@@ -275,11 +275,22 @@ impl LockGuard {
                     std::thread::sleep((pause + jitter(pause / 4)).min(left));
                     pause = (pause * 2).min(Duration::from_secs(10));
                 }
-                Err(Error::Locked(message)) if !wait.max.is_zero() => {
-                    return Err(Error::Locked(format!(
-                        "{message}; gave up after waiting {}s",
-                        wait.max.as_secs()
-                    )));
+                Err(Error::Locked {
+                    location,
+                    holder,
+                    exclusive,
+                    since,
+                    lock,
+                    waited: _,
+                }) if !wait.max.is_zero() => {
+                    return Err(Error::Locked {
+                        location,
+                        holder,
+                        exclusive,
+                        since,
+                        lock,
+                        waited: Some(wait.max),
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -519,8 +530,9 @@ fn list_locks_except(repo: &Repository, own: Option<&Id>) -> Result<Vec<(Id, Loc
                     continue;
                 }
                 tracing::warn!(
-                    "{}: ignoring an unreadable lock file ({e}): delete it, or run \
-                     `kubectl-volbackup repo unlock --remove-all` when nothing uses the repository",
+                    fix = "unlock",
+                    "{}: ignoring an unreadable lock file ({e}): delete it when nothing uses the \
+                     repository",
                     repo.location()
                 );
             }
@@ -626,22 +638,14 @@ fn check_conflicts(repo: &Repository, exclusive: bool, own: Option<&Id>) -> Resu
         if !conflicts(exclusive, &l) || is_stale(&l, now, &host, pid_alive) {
             continue;
         }
-        let kind = if l.exclusive {
-            "exclusively"
-        } else {
-            "(shared lock)"
-        };
-        return Err(Error::Locked(format!(
-            "{} is locked {kind} by {}@{} (pid {}) since {}: wait for it to finish, or run \
-             `kubectl-volbackup repo unlock --remove-all` if no backup, restore or prune uses \
-             the repository any more (lock {})",
-            repo.location(),
-            l.username,
-            l.hostname,
-            l.pid,
-            l.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            id.short()
-        )));
+        return Err(Error::Locked {
+            location: repo.location(),
+            holder: format!("{}@{} (pid {})", l.username, l.hostname, l.pid),
+            exclusive: l.exclusive,
+            since: l.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            lock: id.short(),
+            waited: None,
+        });
     }
     Ok(())
 }

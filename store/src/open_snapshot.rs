@@ -13,7 +13,7 @@
 //! and read none of them a second time. An image restore goes one step further
 //! ([`Opening`]): it plans and starts its pack reads from the index loaded before the lock,
 //! while the lock is still being confirmed, and writes nothing until it is. A repository opened with
-//! [`Repository::open_warm`] has listed the index and snapshot files, and read them, while the
+//! [`crate::repo::ReadAhead::SnapshotsAndIndex`] has listed the index and snapshot files, and read them, while the
 //! key was derived: those listings are the first ones used here.
 
 use crate::Result;
@@ -131,8 +131,8 @@ impl Opening {
         };
         let lock = PendingLock(Some(lock));
         let (index, found, root) = std::thread::scope(|s| {
-            let found = s.spawn(|| repo.find_snapshot_early(spec));
-            let index = repo.early_list(FileType::Index).and_then(|listed| {
+            let found = s.spawn(|| repo.find_snapshot_ahead(spec));
+            let index = repo.listed_ahead(FileType::Index).and_then(|listed| {
                 repo.load_usable_index_files(listed.clone())?;
                 Ok(listed)
             });

@@ -653,7 +653,28 @@ fn clone_error(e: &Error) -> Error {
             message: message.clone(),
         },
         Error::Invalid(m) => Error::Invalid(m.clone()),
-        Error::Locked(m) => Error::Locked(m.clone()),
+        Error::Locked {
+            location,
+            holder,
+            exclusive,
+            since,
+            lock,
+            waited,
+        } => Error::Locked {
+            location: location.clone(),
+            holder: holder.clone(),
+            exclusive: *exclusive,
+            since: since.clone(),
+            lock: lock.clone(),
+            waited: *waited,
+        },
+        Error::NoSnapshots { location } => Error::NoSnapshots {
+            location: location.clone(),
+        },
+        Error::NotIndexed { what, location } => Error::NotIndexed {
+            what: what.clone(),
+            location: location.clone(),
+        },
         Error::LockLost(m) => Error::LockLost(m.clone()),
         #[allow(unreachable_patterns)]
         other => Error::Invalid(other.to_string()),

@@ -365,10 +365,62 @@ fn plan_from(repo: &Repository, opts: &PruneOptions, obs: &Observed) -> Result<P
     let used = &walk.used;
     let packs = &obs.map.packs;
     let mut counts = PruneCounts::default();
+    let copies = used_copies(obs, used)?;
+    let home = homes(&copies);
+    // Version 2 repositories compress trees; version 1 ones cannot hold compressed blobs.
+    let compress_trees = repo.config().version >= 2;
+    let info = pack_infos(packs, &home, used, compress_trees, &mut counts);
 
-    // Where each used blob is stored, among packs that exist.
-    let mut copies: HashMap<(BlobType, Id), Vec<Id>> = HashMap::new();
-    for (pack, blobs) in packs {
+    let mut plan = PrunePlan {
+        counts: PruneCounts::default(),
+        keep_packs: BTreeSet::new(),
+        repack_packs: BTreeSet::new(),
+        remove_packs: BTreeSet::new(),
+        unreferenced_packs: BTreeSet::new(),
+        missing_packs: BTreeSet::new(),
+        index_files: obs.index_files.clone(),
+        snapshots: obs.snapshots.iter().map(|(id, _)| *id).collect(),
+        copy: BTreeMap::new(),
+        pack_blobs: packs.clone(),
+    };
+    for (id, size) in &obs.listing {
+        if !packs.contains_key(id) {
+            plan.unreferenced_packs.insert(*id);
+            counts.unreferenced_bytes += size;
+        }
+    }
+    let decided = decide_packs(
+        &info,
+        &obs.listing,
+        opts,
+        DEFAULT_PACK_SIZE as u64,
+        &mut counts,
+    )?;
+    plan.keep_packs = decided.keep;
+    plan.repack_packs = decided.repack;
+    plan.remove_packs = decided.remove;
+    plan.missing_packs = decided.missing;
+    plan.copy = copy_sources(&copies, &home, packs, &plan.keep_packs);
+
+    counts.packs_keep = plan.keep_packs.len() as u64;
+    counts.packs_repack = plan.repack_packs.len() as u64;
+    counts.packs_remove = plan.remove_packs.len() as u64;
+    counts.packs_unreferenced = plan.unreferenced_packs.len() as u64;
+    plan.counts = counts;
+    Ok(plan)
+}
+
+/// A used blob: its type and id.
+type BlobKey = (BlobType, Id);
+
+/// Where each used blob is stored, among packs that exist; a used blob stored nowhere refuses
+/// the prune.
+fn used_copies(
+    obs: &Observed,
+    used: &std::collections::HashSet<BlobKey>,
+) -> Result<HashMap<BlobKey, Vec<Id>>> {
+    let mut copies: HashMap<BlobKey, Vec<Id>> = HashMap::new();
+    for (pack, blobs) in &obs.map.packs {
         if !obs.listing.contains_key(pack) {
             continue;
         }
@@ -386,15 +438,20 @@ fn plan_from(repo: &Repository, opts: &PruneOptions, obs: &Observed) -> Result<P
             )));
         }
     }
-    // Used blobs stored once decide which packs are needed anyway; each duplicated blob is
-    // then homed in the pack with the most such blobs, so that its other copies can go.
+    Ok(copies)
+}
+
+/// The pack each used blob is kept in. Used blobs stored once decide which packs are needed
+/// anyway; each duplicated blob is then homed in the pack with the most such blobs, so that
+/// its other copies can go.
+fn homes(copies: &HashMap<BlobKey, Vec<Id>>) -> HashMap<BlobKey, Id> {
     let mut unique_used: HashMap<Id, u64> = HashMap::new();
     for locations in copies.values() {
         if let [only] = locations.as_slice() {
             *unique_used.entry(*only).or_default() += 1;
         }
     }
-    let home: HashMap<(BlobType, Id), Id> = copies
+    copies
         .iter()
         .map(|(key, locations)| {
             let best = locations
@@ -409,10 +466,17 @@ fn plan_from(repo: &Repository, opts: &PruneOptions, obs: &Observed) -> Result<P
                 .expect("at least one copy");
             (*key, *best)
         })
-        .collect();
+        .collect()
+}
 
-    // Version 2 repositories compress trees; version 1 ones cannot hold compressed blobs.
-    let compress_trees = repo.config().version >= 2;
+/// What each indexed pack holds, used and unused, counted into `counts`.
+fn pack_infos(
+    packs: &BTreeMap<Id, Vec<IndexBlob>>,
+    home: &HashMap<BlobKey, Id>,
+    used: &std::collections::HashSet<BlobKey>,
+    compress_trees: bool,
+    counts: &mut PruneCounts,
+) -> BTreeMap<Id, PackInfo> {
     let mut info: BTreeMap<Id, PackInfo> = BTreeMap::new();
     for (pack, blobs) in packs {
         // The header counts as used space, as in restic.
@@ -456,40 +520,20 @@ fn plan_from(repo: &Repository, opts: &PruneOptions, obs: &Observed) -> Result<P
         }
         info.insert(*pack, pi);
     }
+    info
+}
 
-    let mut plan = PrunePlan {
-        counts: PruneCounts::default(),
-        keep_packs: BTreeSet::new(),
-        repack_packs: BTreeSet::new(),
-        remove_packs: BTreeSet::new(),
-        unreferenced_packs: BTreeSet::new(),
-        missing_packs: BTreeSet::new(),
-        index_files: obs.index_files.clone(),
-        snapshots: obs.snapshots.iter().map(|(id, _)| *id).collect(),
-        copy: BTreeMap::new(),
-        pack_blobs: packs.clone(),
-    };
-    for (id, size) in &obs.listing {
-        if !packs.contains_key(id) {
-            plan.unreferenced_packs.insert(*id);
-            counts.unreferenced_bytes += size;
-        }
-    }
-    let decided = decide_packs(
-        &info,
-        &obs.listing,
-        opts,
-        DEFAULT_PACK_SIZE as u64,
-        &mut counts,
-    )?;
-    plan.keep_packs = decided.keep;
-    plan.repack_packs = decided.repack;
-    plan.remove_packs = decided.remove;
-    plan.missing_packs = decided.missing;
-
-    // Blobs to copy: used blobs with no copy in a kept pack. Read from the home copy first.
-    for (key, locations) in &copies {
-        if locations.iter().any(|p| plan.keep_packs.contains(p)) {
+/// The blobs to copy: used blobs with no copy in a kept pack, each with where to read it,
+/// the home copy first.
+fn copy_sources(
+    copies: &HashMap<BlobKey, Vec<Id>>,
+    home: &HashMap<BlobKey, Id>,
+    packs: &BTreeMap<Id, Vec<IndexBlob>>,
+    keep: &BTreeSet<Id>,
+) -> BTreeMap<BlobKey, Vec<IndexEntry>> {
+    let mut copy = BTreeMap::new();
+    for (key, locations) in copies {
+        if locations.iter().any(|p| keep.contains(p)) {
             continue;
         }
         let mut sources: Vec<IndexEntry> = Vec::new();
@@ -504,15 +548,9 @@ fn plan_from(repo: &Repository, opts: &PruneOptions, obs: &Observed) -> Result<P
                 });
             }
         }
-        plan.copy.insert(*key, sources);
+        copy.insert(*key, sources);
     }
-
-    counts.packs_keep = plan.keep_packs.len() as u64;
-    counts.packs_repack = plan.repack_packs.len() as u64;
-    counts.packs_remove = plan.remove_packs.len() as u64;
-    counts.packs_unreferenced = plan.unreferenced_packs.len() as u64;
-    plan.counts = counts;
-    Ok(plan)
+    copy
 }
 
 /// What happens to each indexed pack.
@@ -793,7 +831,6 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
             .collect();
         delete_packs(repo, &lock, &doomed, &obs.listing, &mut stats, progress)?;
     }
-    repo.load_index()?;
     Ok(stats)
 }
 
@@ -892,160 +929,4 @@ fn refuse_partial(t: BlobType, id: Id, cause: Option<Error>) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIB: u64 = 1 << 20;
-    const TARGET: u64 = 16 * MIB;
-
-    fn data_pack(used: u64, unused: u64) -> PackInfo {
-        PackInfo {
-            used_blobs: u64::from(used > 0) * 10,
-            unused_blobs: u64::from(unused > 0) * 10,
-            used_size: used,
-            unused_size: unused,
-            has_data: true,
-            ..Default::default()
-        }
-    }
-
-    fn tree_pack(used: u64, unused: u64) -> PackInfo {
-        PackInfo {
-            has_data: false,
-            has_tree: true,
-            ..data_pack(used, unused)
-        }
-    }
-
-    /// Runs the decision on packs numbered 1.. with the given accounting, all present.
-    fn decide(packs: &[PackInfo], opts: PruneOptions) -> PackDecisions {
-        let info: BTreeMap<Id, PackInfo> = packs
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (Id([i as u8 + 1; 32]), p.clone()))
-            .collect();
-        let listing = info.iter().map(|(id, p)| (*id, p.total())).collect();
-        let mut counts = PruneCounts::default();
-        for p in packs {
-            counts.used_bytes += p.used_size;
-            counts.unused_bytes += p.unused_size;
-        }
-        decide_packs(&info, &listing, &opts, TARGET, &mut counts).unwrap()
-    }
-
-    fn ids(nums: &[u8]) -> BTreeSet<Id> {
-        nums.iter().map(|&n| Id([n; 32])).collect()
-    }
-
-    #[test]
-    fn fully_used_packs_are_kept_and_unused_packs_removed() {
-        let d = decide(
-            &[data_pack(TARGET, 0), data_pack(0, TARGET)],
-            PruneOptions::default(),
-        );
-        assert_eq!(d.keep, ids(&[1]));
-        assert_eq!(d.remove, ids(&[2]));
-        assert!(d.repack.is_empty());
-    }
-
-    #[test]
-    fn partly_used_data_packs_are_repacked_most_wasteful_first_until_under_the_limit() {
-        // 40 MiB used in total; 5% of the result is 40 * 5/95 = 2.1 MiB unused allowed.
-        let packs = [
-            data_pack(15 * MIB, MIB),     // 1: 6% unused
-            data_pack(12 * MIB, 4 * MIB), // 2: 25% unused
-            data_pack(13 * MIB, 3 * MIB), // 3: 19% unused
-        ];
-        let d = decide(&packs, PruneOptions::default());
-        // 8 MiB unused: repacking 2 leaves 4, repacking 3 leaves 1 (< 2.1): 1 stays.
-        assert_eq!(d.repack, ids(&[2, 3]));
-        assert_eq!(d.keep, ids(&[1]));
-        let all = decide(
-            &packs,
-            PruneOptions {
-                max_unused_percent: 0.0,
-                repack_small: false,
-            },
-        );
-        assert_eq!(all.repack, ids(&[1, 2, 3]));
-        let lax = decide(
-            &packs,
-            PruneOptions {
-                max_unused_percent: 50.0,
-                repack_small: false,
-            },
-        );
-        assert!(lax.repack.is_empty(), "{lax:?}");
-    }
-
-    #[test]
-    fn partly_used_tree_packs_are_always_repacked() {
-        let d = decide(
-            &[data_pack(100 * MIB, 0), tree_pack(MIB, 10)],
-            PruneOptions {
-                max_unused_percent: 99.0,
-                repack_small: false,
-            },
-        );
-        assert_eq!(d.repack, ids(&[2]));
-    }
-
-    #[test]
-    fn packs_holding_uncompressed_trees_are_repacked_even_when_fully_used() {
-        let mut p = tree_pack(MIB, 0);
-        p.uncompressed_tree = true;
-        let d = decide(&[p], PruneOptions::default());
-        assert_eq!(d.repack, ids(&[1]));
-    }
-
-    #[test]
-    fn a_few_small_packs_are_left_alone_but_ten_are_merged() {
-        let small = data_pack(100 << 10, 0);
-        let d = decide(&vec![small.clone(); 9], PruneOptions::default());
-        assert_eq!(d.keep.len(), 9);
-        let d = decide(&vec![small.clone(); 10], PruneOptions::default());
-        assert_eq!(d.repack.len(), 10);
-        // With repack_small, "small" means below 80% of the target size.
-        let mid = data_pack(8 * MIB, 0);
-        assert_eq!(
-            decide(&vec![mid.clone(); 10], PruneOptions::default())
-                .keep
-                .len(),
-            10
-        );
-        let opts = PruneOptions {
-            max_unused_percent: 5.0,
-            repack_small: true,
-        };
-        assert_eq!(decide(&vec![mid; 10], opts).repack.len(), 10);
-    }
-
-    #[test]
-    fn a_pack_whose_size_disagrees_with_the_index_stops_the_plan() {
-        let info: BTreeMap<Id, PackInfo> = [(Id([1; 32]), data_pack(MIB, 0))].into();
-        let listing = [(Id([1; 32]), MIB + 1)].into();
-        let err = decide_packs(
-            &info,
-            &listing,
-            &PruneOptions::default(),
-            TARGET,
-            &mut PruneCounts::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("nothing was changed"), "{err}");
-    }
-
-    #[test]
-    fn missing_packs_without_needed_blobs_are_dropped_from_the_index() {
-        let info: BTreeMap<Id, PackInfo> = [(Id([1; 32]), data_pack(0, MIB))].into();
-        let d = decide_packs(
-            &info,
-            &BTreeMap::new(),
-            &PruneOptions::default(),
-            TARGET,
-            &mut PruneCounts::default(),
-        )
-        .unwrap();
-        assert_eq!(d.missing, ids(&[1]));
-    }
-}
+mod tests;

@@ -22,7 +22,7 @@ use crate::repo::Repository;
 /// Takes the shared lock a backup holds and, under it, loads the index and adopts the packs
 /// that no index names ([`index_unindexed_packs`]). The index files and the packs are listed
 /// beside the look for conflicting locks, and index files read ahead while the repository
-/// was opened ([`Repository::open_warm`]) are not read again.
+/// was opened ([`crate::repo::ReadAhead`]) are not read again.
 pub fn lock_for_backup(repo: &Repository) -> Result<LockGuard> {
     let (lock, (index_files, packs)) = Lock::shared_and(repo, || {
         std::thread::scope(|s| {

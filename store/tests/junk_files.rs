@@ -18,10 +18,12 @@ use volbackup_store::backend::{Backend, FileType};
 use volbackup_store::block::{BackupOptions, RestoreOptions, backup_block, restore_block};
 use volbackup_store::check::{CheckOptions, check};
 use volbackup_store::crypto::KdfParams;
+use volbackup_store::parent::backup_parent;
 use volbackup_store::progress::NoProgress;
 use volbackup_store::prune::{PruneOptions, plan_prune};
 use volbackup_store::repo::{InitOptions, KeyHint, max_file_len};
 use volbackup_store::{Error, Id, Repository};
+use volbackup_store::{OpenOptions, ReadAhead};
 
 /// A sparse file of `size` bytes at `path`: it takes no disk space, and reading it whole
 /// would need that much memory (a TiB cannot even be allocated).
@@ -123,10 +125,13 @@ fn a_tebibyte_file_in_locks_index_or_snapshots_is_refused_from_its_size_and_neve
 
     // A backup and a restore pass over all three; check reports the index and snapshot
     // files (the lock file is no finding: restic's check passes over locks too).
-    let repo = Repository::open_warm(
+    let repo = Repository::open_with(
         t.backend(),
         PASSWORD,
-        &[FileType::Index, FileType::Snapshot],
+        &OpenOptions {
+            read_ahead: ReadAhead::SnapshotsAndIndex,
+            ..OpenOptions::default()
+        },
     )
     .unwrap();
     let second = mixed_image(31, 4);
@@ -247,8 +252,15 @@ fn oversized_lock_and_index_files_on_s3_are_refused_from_the_announced_length() 
         );
     }
     // A backup passes over both.
-    let repo =
-        Repository::open_warm(backend, PASSWORD, &[FileType::Index, FileType::Snapshot]).unwrap();
+    let repo = Repository::open_with(
+        backend,
+        PASSWORD,
+        &OpenOptions {
+            read_ahead: ReadAhead::SnapshotsAndIndex,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
     let image = mixed_image(32, 4);
     backup_block(
         &repo,
@@ -282,17 +294,18 @@ fn backups_and_restores_pass_over_a_damaged_index_or_snapshot_file_check_reports
     let bad_snapshot = plant_junk(&t, FileType::Snapshot, 41);
 
     // A backup (whose parent lookup lists the snapshots) and restores of `latest` and by id.
-    let repo = Repository::open_warm(
+    let repo = Repository::open_with(
         t.backend(),
         PASSWORD,
-        &[FileType::Index, FileType::Snapshot],
+        &OpenOptions {
+            read_ahead: ReadAhead::SnapshotsAndIndex,
+            ..OpenOptions::default()
+        },
     )
     .unwrap();
-    let listed = repo.list_snapshots_early().unwrap();
-    assert_eq!(
-        listed.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-        vec![first]
-    );
+    let host = volbackup_store::format::hostname();
+    let parent = backup_parent(&repo, None, &host, &["/junk.img".to_string()]).unwrap();
+    assert_eq!(parent, Some(first));
     let second = mixed_image(33, 4);
     let s = backup_block(
         &repo,
@@ -305,14 +318,17 @@ fn backups_and_restores_pass_over_a_damaged_index_or_snapshot_file_check_reports
         &NoProgress,
     )
     .unwrap();
-    let repo = Repository::open_warm(
+    let repo = Repository::open_with(
         t.backend(),
         PASSWORD,
-        &[FileType::Index, FileType::Snapshot],
+        &OpenOptions {
+            read_ahead: ReadAhead::SnapshotsAndIndex,
+            ..OpenOptions::default()
+        },
     )
     .unwrap();
-    let (latest, _) = repo.find_snapshot_early("latest").unwrap();
-    assert_eq!(latest, s.snapshot_id);
+    let latest = backup_parent(&repo, Some("latest"), "", &[]).unwrap();
+    assert_eq!(latest, Some(s.snapshot_id));
     restore_each(&t, &repo, [(first, &image), (s.snapshot_id, &second)]);
 
     let report = check(&repo, &CheckOptions::default(), &NoProgress).unwrap();
@@ -384,7 +400,14 @@ fn a_hinted_key_file_that_cannot_be_read_falls_back_to_the_listed_keys() {
     for (what, hinted) in [("a folder", folder), ("a FIFO", fifo), ("a TiB file", huge)] {
         let backend = t.backend();
         let repo = without_hanging(&format!("opening with a hint naming {what}"), move || {
-            Repository::open_hinted(backend, PASSWORD, &[], Some(&KeyHint::named(hinted)))
+            Repository::open_with(
+                backend,
+                PASSWORD,
+                &OpenOptions {
+                    key_hint: Some(&KeyHint::named(hinted)),
+                    ..OpenOptions::default()
+                },
+            )
         })
         .unwrap_or_else(|e| panic!("a hint naming {what}: {e}"));
         assert_eq!(repo.key_id().to_hex(), real, "a hint naming {what}");
@@ -446,8 +469,15 @@ fn planted_keys_cost_an_open_no_more_scrypt_than_its_budget() {
     planted_key(&t, &file, &first, 1 << 17, 8, 16);
     planted_key(&t, &file, &second, 1 << 17, 8, 16);
     let hint = KeyHint::named(real);
-    let err =
-        Repository::open_hinted(t.backend(), "not the password", &[], Some(&hint)).unwrap_err();
+    let err = Repository::open_with(
+        t.backend(),
+        "not the password",
+        &OpenOptions {
+            key_hint: Some(&hint),
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap_err();
     let msg = corrupt_message(&err);
     assert!(
         msg.contains("the password opens none of the 2 key files tried, and 1 more were not tried")

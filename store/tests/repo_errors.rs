@@ -58,13 +58,7 @@ fn missing_repository_is_reported_and_creates_nothing() {
     let err = Repository::open(t.backend(), PASSWORD).unwrap_err();
     assert!(matches!(err, Error::NoRepository { .. }), "{err:?}");
     let msg = one_line(&err);
-    assert_eq!(
-        msg,
-        format!(
-            "{}: no repository here (create one with `kubectl-volbackup repo init`)",
-            t.path.display()
-        )
-    );
+    assert_eq!(msg, format!("{}: no repository here", t.path.display()));
     assert!(!t.path.exists(), "opening created the repository folder");
 
     // An existing empty folder is not a repository either, and stays empty.
@@ -94,7 +88,7 @@ fn unknown_snapshot_id_is_reported_and_changes_nothing() {
         let msg = one_line(&err);
         assert!(
             msg.starts_with(&format!("no snapshot matches ID {spec:?}"))
-                && msg.ends_with("(list them with `kubectl-volbackup snapshots`)"),
+                && matches!(err, Error::SnapshotNotFound { .. }),
             "{msg}"
         );
     }
@@ -190,7 +184,7 @@ fn an_exclusive_lock_blocks_our_backups_and_restics_until_released() {
         &NoProgress,
     )
     .unwrap_err();
-    assert!(matches!(err, Error::Locked(_)), "{err:?}");
+    assert!(matches!(err, Error::Locked { .. }), "{err:?}");
     let msg = one_line(&err);
     assert!(
         msg.contains("is locked exclusively by")
@@ -593,7 +587,7 @@ fn exclusive_locks_taken_at_once_are_never_held_by_two_and_all_waiters_get_one()
                             taken.fetch_add(1, Ordering::SeqCst);
                             held(g);
                         }
-                        Err(Error::Locked(_)) => {}
+                        Err(Error::Locked { .. }) => {}
                         Err(e) => panic!("unexpected error: {e}"),
                     }
                 }

@@ -19,6 +19,7 @@ use volbackup_store::packer::WriterOptions;
 use volbackup_store::progress::NoProgress;
 use volbackup_store::restore_plan::{PlanOptions, Source, plan};
 use volbackup_store::{BlobType, KeyHint, Repository, Result};
+use volbackup_store::{OpenOptions, ReadAhead};
 
 fn entry(pack: u8, offset: u32, length: u32) -> IndexEntry {
     IndexEntry {
@@ -614,7 +615,7 @@ fn writing_each_blob_as_it_arrives_gives_the_same_image_as_writing_in_order() {
 
 /// How a test opens the repository: plainly, or listing and reading the index and snapshot
 /// files while the key is derived, as `mover restore` and `mover backup` do.
-const OPENINGS: [&[FileType]; 2] = [&[], &[FileType::Index, FileType::Snapshot]];
+const OPENINGS: [ReadAhead; 2] = [ReadAhead::Nothing, ReadAhead::SnapshotsAndIndex];
 
 #[test]
 fn a_restore_reads_config_keys_index_snapshot_and_tree_once_each() {
@@ -623,12 +624,20 @@ fn a_restore_reads_config_keys_index_snapshot_and_tree_once_each() {
     }
 }
 
-fn restore_reads_each_file_once(warm: &[FileType]) {
+fn restore_reads_each_file_once(warm: ReadAhead) {
     let t = TempRepo::new();
     let image = image();
     let snap = backed_up(&t, &image);
     let w = Arc::new(Wrapped::new(t.backend()));
-    let repo = Repository::open_warm(w.clone(), PASSWORD, warm).unwrap();
+    let repo = Repository::open_with(
+        w.clone(),
+        PASSWORD,
+        &OpenOptions {
+            read_ahead: warm,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
     // A prefix, as a user gives it: the snapshots are listed once.
     let open = OpenSnapshot::open(&repo, &snap.to_hex()[..8]).unwrap();
     assert_eq!(open.id, snap);
@@ -686,7 +695,7 @@ fn an_index_file_written_just_before_the_lock_is_loaded_under_it() {
     }
 }
 
-fn index_written_before_the_lock_is_loaded(warm: &[FileType]) {
+fn index_written_before_the_lock_is_loaded(warm: ReadAhead) {
     let t = TempRepo::new();
     backed_up(&t, &random_bytes(41, 3 << 20));
     // The second image's blobs, and its tree, are named only by the newer index file.
@@ -697,7 +706,15 @@ fn index_written_before_the_lock_is_loaded(warm: &[FileType]) {
     // The index is listed while the lock is being written.
     w.lock_pause = std::time::Duration::from_millis(300);
     let w = Arc::new(w);
-    let repo = Repository::open_warm(w.clone(), PASSWORD, warm).unwrap();
+    let repo = Repository::open_with(
+        w.clone(),
+        PASSWORD,
+        &OpenOptions {
+            read_ahead: warm,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
     let target = t.scratch("out.img");
     restore_exactly(&repo, &snap, &target, &image);
     let log = w.log();
@@ -857,7 +874,7 @@ fn a_lock_refused_after_pack_reads_began_fails_the_restore_and_writes_nothing() 
     )
     .unwrap_err();
     assert!(
-        matches!(err, volbackup_store::Error::Locked(_)),
+        matches!(err, volbackup_store::Error::Locked { .. }),
         "not a lock refusal: {err}"
     );
     assert!(
@@ -900,127 +917,7 @@ fn an_index_changed_before_the_lock_drops_the_early_reads_and_restores_from_the_
     assert!(repo.list_ids(FileType::Lock).unwrap().is_empty());
 }
 
-#[test]
-fn a_key_hint_is_read_by_name_without_listing_the_keys_and_a_wrong_one_is_passed_over() {
-    let t = TempRepo::new();
-    let first = t.init_ours();
-    let ours = first.key_id();
-    // A second key, for another password: the hint may name a key this password does not
-    // open.
-    let other = first
-        .add_key(
-            "another password",
-            volbackup_store::crypto::KdfParams::insecure_fast(),
-        )
-        .unwrap();
-    let open = |hint: Option<KeyHint>| {
-        let w = Arc::new(Wrapped::new(t.backend()));
-        let repo = Repository::open_hinted(w.clone(), PASSWORD, &[], hint.as_ref()).unwrap();
-        assert_eq!(repo.key_id(), ours, "opened with {hint:?}");
-        w.log()
-    };
-    let key_reads = |log: &[String], id: &Id| count_prefix(log, &format!("read keys/{id}"));
-
-    // The right key: read by name, the keys never listed.
-    let log = open(Some(KeyHint::named(ours.to_hex())));
-    assert_eq!(count_prefix(&log, "list keys/"), 0, "{log:#?}");
-    assert_eq!(key_reads(&log, &ours), 1, "{log:#?}");
-
-    // A key the password does not open: tried once, then the others from the listing.
-    let log = open(Some(KeyHint::named(other.to_hex())));
-    assert_eq!(count_prefix(&log, "list keys/"), 1, "{log:#?}");
-    assert_eq!(key_reads(&log, &other), 1, "{log:#?}");
-    assert_eq!(key_reads(&log, &ours), 1, "{log:#?}");
-
-    // No such key file, or not a key id: the keys are listed as without a hint.
-    for hint in [Id::random().to_hex(), "not-a-key-id".to_string()] {
-        let log = open(Some(KeyHint::named(hint.clone())));
-        assert_eq!(count_prefix(&log, "list keys/"), 1, "{hint}: {log:#?}");
-        assert_eq!(key_reads(&log, &ours), 1, "{hint}: {log:#?}");
-    }
-    let log = open(None);
-    assert_eq!(count_prefix(&log, "list keys/"), 1, "{log:#?}");
-}
-
-#[test]
-fn a_copied_key_file_opens_only_while_the_repository_holds_it_unchanged() {
-    let t = TempRepo::new();
-    let first = t.init_ours();
-    let ours = first.key_hint();
-    let stored = |id: &str| t.backend().read(FileType::Key, id).unwrap();
-    assert_eq!(
-        ours.copy.as_deref(),
-        Some(stored(&ours.id).as_slice()),
-        "the hint of a new repository copies its key file"
-    );
-    let open = |password: &str, hint: &KeyHint| {
-        let w = Arc::new(Wrapped::new(t.backend()));
-        let opened = Repository::open_hinted(w.clone(), password, &[], Some(hint));
-        (opened, w.log())
-    };
-
-    // The copy of the stored file: the key opens, the file is still read (it must be
-    // there), the keys are not listed, and the repository hints the same again.
-    let (repo, log) = open(PASSWORD, &ours);
-    let repo = repo.unwrap();
-    assert_eq!(repo.key_id().to_hex(), ours.id);
-    assert_eq!(repo.key_hint(), ours);
-    assert_eq!(count_prefix(&log, "list keys/"), 0, "{log:#?}");
-    assert_eq!(
-        count_prefix(&log, &format!("read keys/{}", ours.id)),
-        1,
-        "{log:#?}"
-    );
-    let again = Repository::open_hinted(t.backend(), PASSWORD, &[], None).unwrap();
-    assert_eq!(
-        again.key_hint(),
-        ours,
-        "a key found by listing is copied too"
-    );
-
-    // A copy that is not the file the hint names is ignored: the named file opens.
-    let second = first
-        .add_key(
-            PASSWORD,
-            volbackup_store::crypto::KdfParams::insecure_fast(),
-        )
-        .unwrap();
-    let mismatched = KeyHint {
-        id: ours.id.clone(),
-        copy: Some(stored(&second.to_hex())),
-    };
-    let (repo, log) = open(PASSWORD, &mismatched);
-    assert_eq!(repo.unwrap().key_id().to_hex(), ours.id, "{log:#?}");
-    assert_eq!(count_prefix(&log, "list keys/"), 0, "{log:#?}");
-
-    // A removed key stays removed, copy or not: the password opens the repository only
-    // through a key file still there ...
-    let removed = KeyHint {
-        id: second.to_hex(),
-        copy: Some(stored(&second.to_hex())),
-    };
-    t.backend().remove(FileType::Key, &removed.id).unwrap();
-    let (repo, log) = open(PASSWORD, &removed);
-    assert_eq!(repo.unwrap().key_id().to_hex(), ours.id, "{log:#?}");
-    assert_eq!(count_prefix(&log, "list keys/"), 1, "{log:#?}");
-    // ... and not at all when its only key is gone.
-    let lone = first
-        .add_key(
-            "a lone password",
-            volbackup_store::crypto::KdfParams::insecure_fast(),
-        )
-        .unwrap();
-    let lone = KeyHint {
-        id: lone.to_hex(),
-        copy: Some(stored(&lone.to_hex())),
-    };
-    let (repo, _) = open("a lone password", &lone);
-    assert!(repo.is_ok(), "the copy opens while its file is there");
-    t.backend().remove(FileType::Key, &lone.id).unwrap();
-    let (repo, log) = open("a lone password", &lone);
-    assert!(
-        matches!(repo, Err(volbackup_store::Error::WrongPassword { .. })),
-        "a copy of a removed key opened the repository: {:?} {log:#?}",
-        repo.err()
-    );
-}
+#[path = "restore_reads/keys.rs"]
+mod keys;
+#[path = "restore_reads/operations.rs"]
+mod operations;

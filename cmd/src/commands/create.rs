@@ -167,17 +167,11 @@ pub fn run(args: &CreateArgs, quiet: bool, rt: &tokio::runtime::Runtime) -> Resu
     let data = match &args.repo_secret {
         Some(_) => None,
         None => {
-            let mut settings = RepositorySettings::from_map(&repository::secret_data(&args.repo)?)
+            let access = repository::Access::new(&args.repo)?;
+            let mut settings = RepositorySettings::from_map(&repository::secret_data(&access)?)
                 .context("the repository settings name no location or password")?;
-            let backend = repository::open_backend(&settings.location)?;
-            let hint = repository::key_hint();
-            let repo = volbackup_store::Repository::open_hinted(
-                backend,
-                &settings.password,
-                &[],
-                hint.as_ref(),
-            )
-            .context("cannot open the repository")?;
+            let repo = repository::open(&access, repository::Purpose::List)
+                .context("cannot open the repository")?;
             // The movers read this key by name (see `repository::key_hint`).
             repository::add_key_hint(&mut settings.other, &repo);
             Some(settings)

@@ -24,7 +24,10 @@ pub fn policy(args: &ForgetArgs) -> Policy {
 
 /// `forget`
 pub fn run(args: &ForgetArgs, quiet: bool) -> Result<()> {
-    let repo = repository::open(&args.repo)?;
+    let repo = repository::open(
+        &repository::Access::new(&args.repo)?,
+        repository::Purpose::Remove,
+    )?;
     let policy = policy(args);
     let snapshots = repo.list_snapshots()?;
     let plan = if !args.snapshots.is_empty() {
@@ -71,7 +74,6 @@ pub fn run(args: &ForgetArgs, quiet: bool) -> Result<()> {
         eprintln!("removed {removed} snapshot(s)");
     }
     if args.prune {
-        repo.load_index()?;
         super::repo::prune_repo(&repo, false, quiet)?;
     }
     Ok(())

@@ -8,16 +8,16 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use volbackup_populator::contract::{ErrorLine, FailureReason, MoverLine, PlannedRead, Summary};
 use volbackup_store::Repository;
-use volbackup_store::backend::FileType;
 use volbackup_store::block::{self, BackupOptions};
 use volbackup_store::id::Id;
 use volbackup_store::open_snapshot::{OpenSnapshot, Opening};
 use volbackup_store::packer::WriterOptions;
+use volbackup_store::parent::backup_parent;
 use volbackup_store::{backup_tree, restore_tree};
 
 use crate::cli::{MoverBackupArgs, MoverRestoreArgs};
 use crate::progress::{Mode, Reporter};
-use crate::repository;
+use crate::repository::{self, Purpose};
 
 fn is_directory(path: &Path) -> Result<bool> {
     if path.as_os_str() == "-" {
@@ -40,16 +40,6 @@ struct Done {
     bytes_stored: u64,
 }
 
-/// The newest snapshot with the same host and paths, the default parent of a backup.
-fn default_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option<Id>> {
-    let list = repo.list_snapshots_early()?;
-    Ok(list
-        .into_iter()
-        .filter(|(_, s)| s.hostname == host && s.paths == paths)
-        .max_by(|a, b| a.1.time.cmp(&b.1.time))
-        .map(|(id, _)| id))
-}
-
 /// `mover backup`
 pub fn backup(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
     let result = backup_inner(args, quiet);
@@ -68,7 +58,7 @@ fn backup_inner(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
     let directory = is_directory(&args.source)?;
     // The backup loads the index itself, under its lock; the index and snapshot files are
     // listed and read while the key is derived.
-    let repo = repository::open_warm(&args.repo, &[FileType::Index, FileType::Snapshot])?;
+    let repo = repository::open(&repository::Access::new(&args.repo)?, Purpose::Read)?;
     report_lock_waits(&repo, args.json);
     let host = args
         .host
@@ -90,10 +80,12 @@ fn backup_inner(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
     let summary = if directory {
         let abs = std::path::absolute(&args.source)
             .with_context(|| format!("cannot resolve {}", args.source.display()))?;
-        opts.parent = match &args.parent {
-            Some(p) => Some(repo.find_snapshot_early(p)?.0),
-            None => default_parent(&repo, &host, &[abs.to_string_lossy().into_owned()])?,
-        };
+        opts.parent = backup_parent(
+            &repo,
+            args.parent.as_deref(),
+            &host,
+            &[abs.to_string_lossy().into_owned()],
+        )?;
         let s = backup_tree::backup_tree(&repo, &abs, &opts, reporter.progress())?;
         Done {
             snapshot_id: s.snapshot_id,
@@ -111,10 +103,7 @@ fn backup_inner(args: &MoverBackupArgs, quiet: bool) -> Result<()> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "volume.img".to_string()),
         };
-        opts.parent = match &args.parent {
-            Some(p) => Some(repo.find_snapshot_early(p)?.0),
-            None => default_parent(&repo, &host, &[format!("/{name}")])?,
-        };
+        opts.parent = backup_parent(&repo, args.parent.as_deref(), &host, &[format!("/{name}")])?;
         let mut source = block::open_source(&args.source)?;
         opts.total_size = source.size;
         let s = block::backup_block(&repo, &mut source.reader, &name, &opts, reporter.progress())?;
@@ -189,14 +178,14 @@ pub fn classify(err: &anyhow::Error, otherwise: FailureReason) -> FailureReason 
                     retryable: true, ..
                 } => R::RepositoryUnreachable,
                 E::Backend { .. } => R::RepositoryError,
-                E::NotFound { .. } | E::Corrupt { .. } => R::RepositoryDamaged,
-                E::Locked(_) => R::RepositoryLocked,
+                E::NotFound { .. } | E::Corrupt { .. } | E::NotIndexed { .. } => {
+                    R::RepositoryDamaged
+                }
+                E::Locked { .. } => R::RepositoryLocked,
                 E::LockLost(_) => R::RepositoryLockLost,
-                E::SnapshotNotFound { .. } => R::SnapshotNotFound,
+                E::SnapshotNotFound { .. } | E::NoSnapshots { .. } => R::SnapshotNotFound,
                 E::AmbiguousSnapshot { .. } => R::SnapshotAmbiguous,
-                // The engine words these two as `Invalid`; until it names them, the text does.
-                E::Invalid(m) if m.contains("has no snapshots") => R::SnapshotNotFound,
-                E::Invalid(m) if m.contains("use a larger volume") => R::VolumeTooSmall,
+                E::TargetTooSmall { .. } => R::VolumeTooSmall,
                 E::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                     R::VolumeTooSmall
                 }
@@ -303,7 +292,7 @@ fn restore_inner(args: &MoverRestoreArgs, quiet: bool) -> Result<()> {
     // tree, all at once (see `Opening`): nothing here reads them before or after. An image
     // restore starts its pack reads before the lock is confirmed and writes nothing until it
     // is; the rest waits for the lock first.
-    let repo = repository::open_warm(&args.repo, &[FileType::Index, FileType::Snapshot])?;
+    let repo = repository::open(&repository::Access::new(&args.repo)?, Purpose::Read)?;
     report_lock_waits(&repo, args.json);
     let started = Instant::now();
     let opening = Opening::begin(&repo, &args.snapshot)?;
@@ -475,9 +464,11 @@ mod tests {
                 R::SnapshotAmbiguous,
             ),
             (
-                Error::Invalid(
-                    "/dev/x: target is 1 bytes, the image needs 2 (use a larger volume)".into(),
-                ),
+                Error::TargetTooSmall {
+                    target: "/dev/x".into(),
+                    size: 1,
+                    needed: 2,
+                },
                 R::VolumeTooSmall,
             ),
             (
@@ -493,6 +484,17 @@ mod tests {
             assert_eq!(got, want);
             assert!(!got.retryable(), "{got}");
         }
+    }
+
+    #[test]
+    fn an_empty_repository_is_a_snapshot_not_found() {
+        assert_eq!(
+            of(Error::NoSnapshots {
+                location: "s3:https://h/b".into()
+            }),
+            R::SnapshotNotFound
+        );
+        assert!(!R::SnapshotNotFound.retryable());
     }
 
     #[test]

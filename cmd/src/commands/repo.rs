@@ -4,7 +4,6 @@ use std::io::IsTerminal;
 
 use anyhow::{Context, Result, bail};
 use volbackup_store::Repository;
-use volbackup_store::backend::FileType;
 use volbackup_store::check::{CheckOptions, check};
 use volbackup_store::lock;
 use volbackup_store::prune::{PruneOptions, execute, plan_prune};
@@ -12,7 +11,7 @@ use volbackup_store::repo::InitOptions;
 
 use crate::cli::{PruneArgs, RepoCheckArgs, RepoInitArgs, RepoUnlockArgs};
 use crate::progress::{Mode, Reporter};
-use crate::repository;
+use crate::repository::{self, Purpose};
 
 /// `repo init`
 pub fn init(args: &RepoInitArgs, quiet: bool) -> Result<()> {
@@ -34,7 +33,7 @@ pub fn init(args: &RepoInitArgs, quiet: bool) -> Result<()> {
 pub fn check_cmd(args: &RepoCheckArgs, quiet: bool) -> Result<()> {
     // Check reads the index and snapshot files itself, under its lock; those read ahead while
     // the key is derived are used then (their names are their hashes).
-    let repo = repository::open_warm(&args.repo, &[FileType::Snapshot, FileType::Index])?;
+    let repo = repository::open(&repository::Access::new(&args.repo)?, Purpose::Read)?;
     let reporter = Reporter::start(Mode::choose(false, quiet), "check");
     let report = check(
         &repo,
@@ -64,7 +63,7 @@ pub fn check_cmd(args: &RepoCheckArgs, quiet: bool) -> Result<()> {
 /// `repo unlock`: removes stale locks, or with `--remove-all` every file in `locks/` once the
 /// user confirmed (or passed `--yes`).
 pub fn unlock(args: &RepoUnlockArgs, quiet: bool) -> Result<()> {
-    let repo = repository::open_unindexed(&args.repo)?;
+    let repo = repository::open(&repository::Access::new(&args.repo)?, Purpose::Remove)?;
     let location = repo.location();
     if !args.remove_all {
         let done = lock::remove_stale_locks(&repo)?;
@@ -110,7 +109,7 @@ pub fn unlock(args: &RepoUnlockArgs, quiet: bool) -> Result<()> {
 
 /// `prune`
 pub fn prune(args: &PruneArgs, quiet: bool) -> Result<()> {
-    let repo = repository::open(&args.repo)?;
+    let repo = repository::open(&repository::Access::new(&args.repo)?, Purpose::Remove)?;
     prune_repo(&repo, args.dry_run, quiet)
 }
 

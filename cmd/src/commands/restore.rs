@@ -24,8 +24,7 @@ use volbackup_populator::api::{
 };
 use volbackup_populator::contract::{ClaimProgress, RepositorySettings};
 use volbackup_populator::{quantity, state};
-use volbackup_store::format::BlobType;
-use volbackup_store::tree::{NodeType, Tree};
+use volbackup_store::open_snapshot::OpenSnapshot;
 
 use crate::cli::RestoreArgs;
 use crate::cluster::{self, explain};
@@ -376,14 +375,17 @@ async fn put_backup(
 
 /// The VolumeBackup for a repository snapshot, from the description stored with it.
 async fn from_repository(args: &RestoreArgs, client: &Client, ns: &str) -> Result<Source> {
-    let data = repository::secret_data(&args.repo).context(
+    let access = repository::Access::new(&args.repo).context(
         "restoring a snapshot id needs the repository: pass --repo and the password (VOLBACKUP_PASSWORD or --password-file)",
     )?;
-    let mut settings = RepositorySettings::from_map(&data)
+    let mut settings = RepositorySettings::from_map(&repository::secret_data(&access)?)
         .context("the repository settings name no location or password")?;
-    let repo = repository::open_from(&settings.to_map())?;
+    let repo = repository::open(&access, repository::Purpose::Read)?;
     repository::add_key_hint(&mut settings.other, &repo);
-    let (id, snap) = repo.find_snapshot(&args.backup)?;
+    // The snapshot and its root tree are read as a restore reads them: under a shared lock,
+    // with the index loaded under it. The lock goes once they are read.
+    let open = OpenSnapshot::open(&repo, &args.backup)?;
+    let (id, snap) = (open.id, open.snapshot.clone());
     let info: VolumeInfo = snap
         .volbackup
         .clone()
@@ -395,17 +397,11 @@ async fn from_repository(args: &RestoreArgs, client: &Client, ns: &str) -> Resul
             )
         })?;
     // A block image is one file node at the root, named as the snapshot's only path.
-    let root = Tree::from_blob(&repo.read_blob(BlobType::Tree, &snap.tree)?, "root tree")?;
-    let (path, image_bytes) = match root.nodes.as_slice() {
-        [node]
-            if node.node_type == NodeType::File
-                && snap.paths.len() == 1
-                && snap.paths[0] == format!("/{}", node.name.to_string_lossy()) =>
-        {
-            (Some(snap.paths[0].clone()), Some(node.size))
-        }
+    let (path, image_bytes) = match open.root.nodes.as_slice() {
+        [node] if open.is_block_image() => (Some(snap.paths[0].clone()), Some(node.size)),
         _ => (None, None),
     };
+    drop(open);
     if args.privileged_files && path.is_some() {
         bail!(
             "{}",

@@ -57,7 +57,10 @@ pub fn sorted(list: Vec<(Id, Snapshot)>, tags: &[String]) -> Vec<(Id, Snapshot)>
 
 /// `snapshots`
 pub fn run(args: &SnapshotsArgs) -> Result<()> {
-    let repo = repository::open(&args.repo)?;
+    let repo = repository::open(
+        &repository::Access::new(&args.repo)?,
+        repository::Purpose::List,
+    )?;
     let list = sorted(repo.list_snapshots()?, &args.tags);
     let headers = !args.no_headers;
     let row = |id: &Id, s: &Snapshot| Row {

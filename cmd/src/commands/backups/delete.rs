@@ -58,9 +58,7 @@ fn plan_repository_removal(
             );
         }
     }
-    let backend = repository::open_backend(&location)?;
-    let password = repository::password(opts, false)?;
-    let repo = Repository::open(backend, &password)
+    let repo = repository::open(&repository::Access::new(opts)?, repository::Purpose::Remove)
         .with_context(|| format!("cannot open the repository {shown}"))?;
     let snapshots = repo
         .list_snapshots()
@@ -150,7 +148,6 @@ fn forget_and_prune(plan: &RepositoryRemoval, names: &str, quiet: bool) -> Resul
         format!("cannot forget the snapshots in {location}; nothing was deleted")
     })?;
     let pruned = (|| -> Result<volbackup_store::prune::PruneStats> {
-        plan.repo.load_index()?;
         let prune = volbackup_store::prune::plan_prune(
             &plan.repo,
             &volbackup_store::prune::PruneOptions::default(),

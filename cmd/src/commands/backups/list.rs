@@ -10,7 +10,7 @@ use serde::Serialize;
 use tabled::Tabled;
 use volbackup_populator::api::{VolumeBackup, VolumeInfo};
 use volbackup_store::backend::redact;
-use volbackup_store::{Id, Repository, Snapshot};
+use volbackup_store::{Id, Snapshot};
 
 use crate::cli::{ListArgs, ListFormat, OutputFormat, RepoOptions};
 use crate::cluster;
@@ -137,11 +137,9 @@ fn repository_only(id: &Id, snap: &Snapshot) -> RepositoryOnly {
 
 /// The snapshots of the repository `--repo` names (password from the usual chain).
 fn repository_snapshots(opts: &RepoOptions) -> Result<(String, Vec<(Id, Snapshot)>)> {
-    let location = repository::location(opts)?;
-    let backend = repository::open_backend(&location)?;
-    let shown = redact(&location);
-    let password = repository::password(opts, false)?;
-    let repo = Repository::open(backend, &password)
+    let access = repository::Access::new(opts)?;
+    let shown = redact(&access.location);
+    let repo = repository::open(&access, repository::Purpose::List)
         .with_context(|| format!("cannot open the repository {shown}"))?;
     let snaps = repo
         .list_snapshots()
