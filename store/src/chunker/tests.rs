@@ -407,7 +407,7 @@ fn cuts_for_restic_test_polynomial_are_the_ones_restic_made() {
     // restic 0.14.0 cut this data at these offsets: a repository made by `restic init`,
     // its config re-sealed with chunker_polynomial 3da3358b4dc173, then `restic backup
     // --stdin`; the offsets are the running sums of the content blobs' sizes from restic's
-    // index, and `restic check --read-data` passed. (store/tests/restic_chunker.rs repeats
+    // index, and `restic check --read-data` passed. (store/tests/it/restic_chunker.rs repeats
     // such comparisons live, with the random polynomials `restic init` picks.)
     const MIB: usize = 1 << 20;
     let mut rng = XorShift(0x5eed);

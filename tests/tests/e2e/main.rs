@@ -16,5 +16,5 @@ mod records;
 mod restore;
 mod security;
 
-#[path = "../../../store/tests/support_s3/mod.rs"]
+#[path = "../../../store/tests/it/support_s3/mod.rs"]
 mod support_s3;

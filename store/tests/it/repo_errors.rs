@@ -1,10 +1,8 @@
 //! Clear, one-line errors for the mistakes users make, and no change to the repository.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{PASSWORD, TempRepo, fingerprint, mixed_image};
+use crate::common::{PASSWORD, TempRepo, fingerprint, mixed_image};
 use volbackup_store::Error;
 use volbackup_store::Repository;
 use volbackup_store::backend::local::LocalBackend;
@@ -195,7 +193,7 @@ fn an_exclusive_lock_blocks_our_backups_and_restics_until_released() {
     assert!(Lock::exclusive(&repo).is_err());
 
     // restic reads our lock file and refuses too.
-    let out = common::restic_output(
+    let out = crate::common::restic_output(
         &t.path,
         PASSWORD,
         &["backup", "--stdin", "--stdin-filename", "x"],
@@ -290,9 +288,9 @@ fn plant_garbage_locks(t: &TempRepo, repo: &Repository) {
     use volbackup_store::backend::FileType;
     let before = repo.list_ids(FileType::Lock).unwrap().len();
     let locks = t.path.join("locks");
-    let junk = common::random_bytes(11, 300);
+    let junk = crate::common::random_bytes(11, 300);
     std::fs::write(locks.join(Id::random().to_hex()), &junk).unwrap();
-    let junk = common::random_bytes(12, 300);
+    let junk = crate::common::random_bytes(12, 300);
     std::fs::write(locks.join(Id::hash(&junk).to_hex()), &junk).unwrap();
     repo.save_unpacked_raw(FileType::Lock, b"{\"not\": \"a lock\"")
         .unwrap();

@@ -4,16 +4,11 @@
 //! each is refused from its size or type before it is read, backups and restores pass over
 //! what they cannot use, and opening the repository costs a bounded time.
 
-mod common;
-
-#[path = "support_s3/mod.rs"]
-mod support_s3;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PASSWORD, TempRepo, mixed_image};
+use crate::common::{PASSWORD, TempRepo, mixed_image};
 use volbackup_store::backend::{Backend, FileType};
 use volbackup_store::block::{BackupOptions, RestoreOptions, backup_block, restore_block};
 use volbackup_store::check::{CheckOptions, check};
@@ -207,7 +202,7 @@ fn files_just_over_their_kinds_limit_are_refused_and_files_at_it_are_read() {
 
 #[test]
 fn oversized_lock_and_index_files_on_s3_are_refused_from_the_announced_length() {
-    use support_s3::Garage;
+    use crate::support_s3::Garage;
     use volbackup_store::backend::s3::S3Backend;
     let g = Garage::shared();
     let bucket = g.new_bucket("junk-sizes");
@@ -279,7 +274,7 @@ fn plant_junk(t: &TempRepo, kind: FileType, seed: u64) -> Id {
     let id = Id::random();
     std::fs::write(
         t.path.join(kind.dir()).join(id.to_hex()),
-        common::random_bytes(seed, 500),
+        crate::common::random_bytes(seed, 500),
     )
     .unwrap();
     id
@@ -343,7 +338,7 @@ fn backups_and_restores_pass_over_a_damaged_index_or_snapshot_file_check_reports
     }
 
     // Prune cannot know what the damaged files hold: it refuses, changing nothing.
-    let before = common::fingerprint(&t.path);
+    let before = crate::common::fingerprint(&t.path);
     let err = plan_prune(&repo, &PruneOptions::default()).unwrap_err();
     assert!(
         err.to_string()
@@ -351,12 +346,12 @@ fn backups_and_restores_pass_over_a_damaged_index_or_snapshot_file_check_reports
         "prune does not name the damaged snapshot file: {err}"
     );
     assert_eq!(
-        common::fingerprint(&t.path),
+        crate::common::fingerprint(&t.path),
         before,
         "a refused prune changed the repository"
     );
     std::fs::remove_file(t.path.join("snapshots").join(bad_snapshot.to_hex())).unwrap();
-    let before = common::fingerprint(&t.path);
+    let before = crate::common::fingerprint(&t.path);
     let err = plan_prune(&repo, &PruneOptions::default()).unwrap_err();
     assert!(
         err.to_string()
@@ -364,7 +359,7 @@ fn backups_and_restores_pass_over_a_damaged_index_or_snapshot_file_check_reports
         "prune does not name the damaged index file: {err}"
     );
     assert_eq!(
-        common::fingerprint(&t.path),
+        crate::common::fingerprint(&t.path),
         before,
         "a refused prune changed the repository"
     );
@@ -421,7 +416,7 @@ fn planted_key(t: &TempRepo, real: &[u8], name: &str, n: u64, r: u32, p: u32) {
     json["N"] = n.into();
     json["r"] = r.into();
     json["p"] = p.into();
-    json["data"] = base64_of(&common::random_bytes(u64::from(p), 160)).into();
+    json["data"] = base64_of(&crate::common::random_bytes(u64::from(p), 160)).into();
     std::fs::write(
         t.path.join("keys").join(name),
         serde_json::to_vec(&json).unwrap(),

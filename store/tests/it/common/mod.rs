@@ -1,8 +1,5 @@
 //! Helpers shared by the store's integration tests: the real restic binary, temporary
 //! repositories, generated data and repository fingerprints.
-//!
-//! Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -255,4 +252,36 @@ pub fn fingerprint(root: &Path) -> BTreeMap<String, (u64, u32, String)> {
 /// Allocated bytes of a file (st_blocks * 512).
 pub fn allocated_bytes(path: &Path) -> u64 {
     std::fs::metadata(path).expect("metadata").blocks() * 512
+}
+
+/// Runs the test `name` (as the test harness names it, `module::test`) again, alone, in a child
+/// process of this test binary with exactly `envs` (plus `PATH`, an empty `HOME` and no
+/// instance metadata lookups): for tests that depend on the process environment, or that move
+/// process-wide state (the lock clocks) that would disturb the tests running beside them.
+pub fn run_in_child(name: &str, envs: &[(&str, String)]) {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env(CHILD_ENV, "1")
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child run of {name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Set in the environment of [`run_in_child`]'s process.
+const CHILD_ENV: &str = "VOLBACKUP_TEST_CHILD";
+
+/// Whether this process is a child [`run_in_child`] started.
+pub fn in_child() -> bool {
+    std::env::var_os(CHILD_ENV).is_some()
 }

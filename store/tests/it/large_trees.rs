@@ -3,12 +3,10 @@
 //! us and with restic 0.14. Whatever the writer produces the reader accepts: these backups
 //! used to complete and then fail every restore, incremental, check and prune.
 
-mod common;
-
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use common::{TempRepo, restic_output};
+use crate::common::{TempRepo, restic_output};
 use volbackup_store::backup_tree::backup_tree;
 use volbackup_store::block::{BackupOptions, RestoreOptions, restore_block};
 use volbackup_store::check::{CheckOptions, check};
@@ -45,7 +43,7 @@ fn names(dir: &Path) -> Vec<Vec<u8>> {
 fn both_check(t: &TempRepo) {
     let report = check(&t.open(), &CheckOptions::default(), &NoProgress).expect("check runs");
     assert!(report.is_ok(), "our check: {report}");
-    let out = restic_output(&t.path, common::PASSWORD, &["check"], None);
+    let out = restic_output(&t.path, crate::common::PASSWORD, &["check"], None);
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no errors"),
         "restic check: {}{}",

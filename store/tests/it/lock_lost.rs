@@ -3,14 +3,13 @@
 //! after its last upload. The clocks this process judges locks by are moved forward
 //! (`lock::advance_clocks`) to stand in for a machine that was suspended (the wall clock moves,
 //! the monotonic clock stands still) and for an upload that hangs past the stale age (both
-//! move). A move is seen by every lock of the process, so the tests here take turns.
+//! move). A move is seen by every lock of the process, so each test here runs alone in a
+//! process of its own.
 
-mod common;
-
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::Duration;
 
-use common::{PASSWORD, TempRepo, random_bytes, restic_output};
+use crate::common::{PASSWORD, TempRepo, in_child, random_bytes, restic_output, run_in_child};
 use volbackup_store::backend::local::LocalBackend;
 use volbackup_store::backend::{Backend, FileInfo, FileType};
 use volbackup_store::block::{BackupOptions, backup_block};
@@ -21,16 +20,16 @@ use volbackup_store::progress::NoProgress;
 use volbackup_store::prune::{PruneOptions, execute, plan_prune};
 use volbackup_store::{Error, Repository, Result};
 
-/// Taken by every test here: one moves the clocks of all.
-static CLOCKS: Mutex<()> = Mutex::new(());
-
-fn clocks() -> MutexGuard<'static, ()> {
-    CLOCKS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[test]
 fn a_holder_judges_its_lock_by_the_wall_clock_so_a_suspended_machine_has_lost_it() {
-    let _turn = clocks();
+    // The clocks move for the whole process: the test runs alone in its own.
+    if !in_child() {
+        run_in_child(
+            "lock_lost::a_holder_judges_its_lock_by_the_wall_clock_so_a_suspended_machine_has_lost_it",
+            &[],
+        );
+        return;
+    }
     let t = TempRepo::new();
     let repo = t.init_ours();
     let lock = Lock::shared(&repo).unwrap();
@@ -59,7 +58,14 @@ fn a_holder_judges_its_lock_by_the_wall_clock_so_a_suspended_machine_has_lost_it
 
 #[test]
 fn a_backup_whose_last_upload_stalls_past_the_stale_age_writes_no_index_naming_pruned_packs() {
-    let _turn = clocks();
+    // The clocks move for the whole process: the test runs alone in its own.
+    if !in_child() {
+        run_in_child(
+            "lock_lost::a_backup_whose_last_upload_stalls_past_the_stale_age_writes_no_index_naming_pruned_packs",
+            &[],
+        );
+        return;
+    }
     let stale = timing().stale + Duration::from_secs(60);
     // The upload hangs while time passes (both clocks move), and the machine is suspended
     // during the upload (only the wall clock moves).

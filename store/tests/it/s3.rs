@@ -2,15 +2,13 @@
 //! optionally behind a fault-injecting proxy, and the real restic 0.14 as the oracle for
 //! repositories written through it.
 
-#[path = "support_s3/mod.rs"]
-mod support_s3;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support_s3::{Fault, FaultProxy, Garage, Match};
+use crate::common::{in_child, run_in_child};
+use crate::support_s3::{Fault, FaultProxy, Garage, Match};
 use volbackup_store::Error;
 use volbackup_store::backend::s3::{S3Backend, S3Config, S3Credentials, parse_location};
 use volbackup_store::backend::{Backend, FileType};
@@ -657,32 +655,6 @@ fn a_repository_restic_wrote_on_garage_restores_through_the_s3_backend() {
     );
 }
 
-/// Runs the test `name` again in a child process with exactly `envs` (plus `PATH`, an empty
-/// `HOME` and no instance metadata lookups), for what depends on the process environment.
-fn run_in_child(name: &str, envs: &[(&str, String)]) {
-    let home = tempfile::tempdir().unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home.path())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("VOLBACKUP_S3_CHILD", "1")
-        .envs(envs.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child run of {name} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn in_child() -> bool {
-    std::env::var_os("VOLBACKUP_S3_CHILD").is_some()
-}
-
 #[test]
 fn s3_slash_slash_locations_take_endpoint_keys_and_region_from_the_aws_variables() {
     if !in_child() {
@@ -692,7 +664,7 @@ fn s3_slash_slash_locations_take_endpoint_keys_and_region_from_the_aws_variables
         envs.push(("AWS_ENDPOINT_URL", g.endpoint()));
         envs.push(("TEST_BUCKET", bucket));
         run_in_child(
-            "s3_slash_slash_locations_take_endpoint_keys_and_region_from_the_aws_variables",
+            "s3::s3_slash_slash_locations_take_endpoint_keys_and_region_from_the_aws_variables",
             &envs,
         );
         return;
@@ -716,7 +688,7 @@ fn s3_slash_slash_locations_take_endpoint_keys_and_region_from_the_aws_variables
 fn missing_credentials_are_reported_with_the_variables_to_set() {
     if !in_child() {
         run_in_child(
-            "missing_credentials_are_reported_with_the_variables_to_set",
+            "s3::missing_credentials_are_reported_with_the_variables_to_set",
             &[],
         );
         return;

@@ -1,11 +1,9 @@
 //! Block images against the real restic: what we write restic checks and dumps, what restic
 //! writes we restore, and both open each other's repositories.
 
-mod common;
-
 use std::process::Command;
 
-use common::{PASSWORD, TempRepo, allocated_bytes, mixed_image, random_bytes};
+use crate::common::{PASSWORD, TempRepo, allocated_bytes, mixed_image, random_bytes};
 use volbackup_store::block::{BackupOptions, RestoreOptions, backup_block, restore_block};
 use volbackup_store::packer::WriterOptions;
 use volbackup_store::progress::{CountingProgress, NoProgress};
@@ -130,7 +128,7 @@ fn restic_stdin_backup_of_our_data_without_zero_runs_adds_no_data_blobs() {
     let t = TempRepo::new();
     let repo = t.init_ours();
     let mut image = random_bytes(21, 3 << 20);
-    image.extend(common::text_bytes(22, 3 << 20));
+    image.extend(crate::common::text_bytes(22, 3 << 20));
     backup_block(
         &repo,
         &mut &image[..],
@@ -255,7 +253,7 @@ fn restic_initialized_repository_opens_with_our_code_and_ours_with_restic() {
     assert_eq!(config["id"], repo.config().id.to_string());
     let keys = String::from_utf8(ours.restic(&["key", "list"], None)).unwrap();
     assert!(keys.contains(&repo.key_id().short()), "{keys}");
-    let wrong = common::restic_output(&ours.path, "not the password", &["snapshots"], None);
+    let wrong = crate::common::restic_output(&ours.path, "not the password", &["snapshots"], None);
     assert!(
         !wrong.status.success(),
         "restic opened our repository with a wrong password"

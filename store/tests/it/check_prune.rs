@@ -917,5 +917,4 @@ fn forget_and_prune_on_block_snapshots_we_wrote_keep_the_images_restic_restores(
 // ---------------------------------------------------------------------------------------------
 // a prune between opening a repository and locking it; check's reads
 
-#[path = "check_prune/open_and_read.rs"]
 mod open_and_read;

@@ -5,13 +5,11 @@
 //! confirmed) so that the index always changes and the first plan's read is always under way
 //! when the lock is confirmed; only how late that read arrives is a pause.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use common::{PASSWORD, TempRepo, random_bytes};
+use crate::common::{PASSWORD, TempRepo, random_bytes};
 use volbackup_store::backend::local::LocalBackend;
 use volbackup_store::backend::{Backend, FileInfo, FileType};
 use volbackup_store::block::{BackupOptions, RestoreOptions, backup_block, restore_block};

@@ -2,12 +2,10 @@
 //! blobs) and its execution against a local repository behind a backend that counts, damages
 //! and cuts short what it reads. Nothing here asserts a time.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{PASSWORD, TempRepo, random_bytes, text_bytes};
+use crate::common::{PASSWORD, TempRepo, random_bytes, text_bytes};
 use volbackup_store::backend::{Backend, FileInfo, FileType};
 use volbackup_store::block::{
     BackupOptions, RestoreOptions, backup_block, restore_block, restore_image,
@@ -917,7 +915,5 @@ fn an_index_changed_before_the_lock_drops_the_early_reads_and_restores_from_the_
     assert!(repo.list_ids(FileType::Lock).unwrap().is_empty());
 }
 
-#[path = "restore_reads/keys.rs"]
 mod keys;
-#[path = "restore_reads/operations.rs"]
 mod operations;

@@ -2,7 +2,7 @@
 //! proxy to put in front of it.
 //!
 //! Include it from any test crate with
-//! `#[path = "../../store/tests/support_s3/mod.rs"] mod support_s3;` (adjust the path); it needs
+//! `#[path = "../../store/tests/it/support_s3/mod.rs"] mod support_s3;` (adjust the path); it needs
 //! only `std` plus the `socket2` crate (for connection resets) in the including crate's
 //! dev-dependencies, and `volbackup-store` for [`Garage::repo_config`].
 //!
