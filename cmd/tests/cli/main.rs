@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 mod damaged;
 mod errors;
 mod interrupted;
+mod junk_files;
 mod locks;
 mod maintenance;
 mod restic_reads;
@@ -20,6 +21,7 @@ fn bin() -> Command {
         .env_remove("RESTIC_REPOSITORY")
         .env_remove("RESTIC_PASSWORD")
         .env_remove("RESTIC_PASSWORD_FILE")
+        .env_remove("RUST_LOG")
         .env("VOLBACKUP_PASSWORD", PASSWORD)
         .stdin(Stdio::null());
     c

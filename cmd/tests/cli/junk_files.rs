@@ -2,36 +2,10 @@
 //! index or snapshot file it cannot use with a `warning:` line naming it, `repo check`
 //! reports it, and prune refuses to run while it is there.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-const PASSWORD: &str = "junk-test-password";
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kubectl-volbackup"));
-    c.env_remove("VOLBACKUP_REPOSITORY")
-        .env_remove("RESTIC_REPOSITORY")
-        .env_remove("RESTIC_PASSWORD")
-        .env_remove("RESTIC_PASSWORD_FILE")
-        .env_remove("RUST_LOG")
-        .env("VOLBACKUP_PASSWORD", PASSWORD)
-        .stdin(Stdio::null());
-    c
-}
+use super::*;
 
 fn run(args: &[&str], repo: &Path) -> Output {
     bin().args(args).arg("--repo").arg(repo).output().unwrap()
-}
-
-fn ok(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// Bytes that do not compress, deterministic per seed.
