@@ -233,7 +233,7 @@ fn labels(s: &Schedule) -> Value {
         SCHEDULE_LABEL: s.name,
         "app.kubernetes.io/name": "volbackup",
         "app.kubernetes.io/component": "schedule",
-        "app.kubernetes.io/managed-by": "volbackup",
+        crate::cluster::MANAGED_BY.0: crate::cluster::MANAGED_BY.1,
     })
 }
 

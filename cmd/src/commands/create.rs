@@ -340,8 +340,8 @@ async fn start_record(
         (PVC_LABEL.to_string(), cluster::pvc_label_value(&t.info.pvc)),
         (BACKUP_LABEL.to_string(), run.id.clone()),
         (
-            "app.kubernetes.io/managed-by".to_string(),
-            "volbackup".to_string(),
+            cluster::MANAGED_BY.0.to_string(),
+            cluster::MANAGED_BY.1.to_string(),
         ),
     ]));
     vb.metadata.annotations = Some(BTreeMap::from([(ANN_HEARTBEAT.to_string(), now_rfc3339())]));
@@ -415,7 +415,7 @@ async fn backup_one(run: &Run, t: &Target) -> Result<(String, BackupSummary)> {
 }
 
 fn labels(run: &Run, t: &Target) -> Value {
-    json!({BACKUP_LABEL: run.id, PVC_LABEL: cluster::pvc_label_value(&t.info.pvc), "app.kubernetes.io/managed-by": "volbackup"})
+    json!({BACKUP_LABEL: run.id, PVC_LABEL: cluster::pvc_label_value(&t.info.pvc), cluster::MANAGED_BY.0: cluster::MANAGED_BY.1})
 }
 
 #[cfg(test)]

@@ -157,7 +157,7 @@ async fn run_async(args: &RestoreArgs, quiet: bool, timeout: Duration) -> Result
         "metadata": {
             "name": args.to,
             "namespace": ns,
-            "labels": {"app.kubernetes.io/managed-by": "volbackup"},
+            "labels": {cluster::MANAGED_BY.0: cluster::MANAGED_BY.1},
             "annotations": {"volbackup.io/restored-from": format!("{ns}/{backup_name}")},
         },
         "spec": spec,
@@ -300,8 +300,8 @@ async fn copy_secret(client: &Client, from: &str, to: &str, name: &str, copy: bo
             namespace: Some(to.to_string()),
             labels: Some(BTreeMap::from([
                 (
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "volbackup".to_string(),
+                    cluster::MANAGED_BY.0.to_string(),
+                    cluster::MANAGED_BY.1.to_string(),
                 ),
                 (
                     volbackup_populator::mover::REPOSITORY_LABEL.to_string(),
@@ -352,8 +352,8 @@ async fn put_backup(
         let mut vb = VolumeBackup::new(name, spec);
         vb.metadata.namespace = Some(ns.to_string());
         vb.metadata.labels = Some(BTreeMap::from([(
-            "app.kubernetes.io/managed-by".to_string(),
-            "volbackup".to_string(),
+            cluster::MANAGED_BY.0.to_string(),
+            cluster::MANAGED_BY.1.to_string(),
         )]));
         api.create(&PostParams::default(), &vb)
             .await
