@@ -9,11 +9,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::common::{PASSWORD, TempRepo, random_bytes};
+use crate::common::{PASSWORD, TempRepo, backup_with_its_index_file, random_bytes};
 use volbackup_store::backend::local::LocalBackend;
 use volbackup_store::backend::{Backend, FileInfo, FileType};
-use volbackup_store::block::{BackupOptions, RestoreOptions, backup_block, restore_block};
-use volbackup_store::id::Id;
+use volbackup_store::block::{RestoreOptions, restore_block};
 use volbackup_store::progress::NoProgress;
 use volbackup_store::{BlobType, Repository, Result};
 
@@ -132,29 +131,6 @@ impl Backend for Ordered {
     fn remove(&self, t: FileType, name: &str) -> Result<()> {
         self.inner.remove(t, name)
     }
-}
-
-/// Backs `image` up as `name`; returns the snapshot and the index file the backup wrote.
-fn backup_with_its_index_file(t: &TempRepo, image: &[u8], name: &str) -> (Id, Id) {
-    let before = t.open().list_ids(FileType::Index).unwrap();
-    let snap = backup_block(
-        &t.open(),
-        &mut &image[..],
-        name,
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap()
-    .snapshot_id;
-    let newer: Vec<Id> = t
-        .open()
-        .list_ids(FileType::Index)
-        .unwrap()
-        .into_iter()
-        .filter(|id| !before.contains(id))
-        .collect();
-    assert_eq!(newer.len(), 1, "one index file a backup");
-    (snap, newer[0])
 }
 
 #[test]

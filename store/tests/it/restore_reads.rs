@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::common::{PASSWORD, TempRepo, random_bytes, text_bytes};
+use crate::common::{PASSWORD, TempRepo, backup_with_its_index_file, random_bytes, text_bytes};
 use volbackup_store::backend::{Backend, FileInfo, FileType};
 use volbackup_store::block::{
     BackupOptions, RestoreOptions, backup_block, restore_block, restore_image,
@@ -814,30 +814,6 @@ fn pack_reads_before_the_lock_was_confirmed(w: &Wrapped) -> usize {
         .iter()
         .filter(|o| o.starts_with("read data/") && data_pack_read(w, o))
         .count()
-}
-
-/// Backs `image` up as `name` into `t`; returns the snapshot and the one index file the
-/// backup wrote.
-fn backup_with_its_index_file(t: &TempRepo, image: &[u8], name: &str) -> (Id, Id) {
-    let before = t.open().list_ids(FileType::Index).unwrap();
-    let snap = backup_block(
-        &t.open(),
-        &mut &image[..],
-        name,
-        &BackupOptions::default(),
-        &NoProgress,
-    )
-    .unwrap()
-    .snapshot_id;
-    let newer: Vec<Id> = t
-        .open()
-        .list_ids(FileType::Index)
-        .unwrap()
-        .into_iter()
-        .filter(|id| !before.contains(id))
-        .collect();
-    assert_eq!(newer.len(), 1, "one index file a backup");
-    (snap, newer[0])
 }
 
 /// Whether a logged read (`read data/NAME@OFFSET`) is of a data pack.

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
+use volbackup_store::backend::FileType;
 use volbackup_store::backend::local::LocalBackend;
 use volbackup_store::crypto::KdfParams;
+use volbackup_store::id::Id;
 use volbackup_store::{InitOptions, Repository};
 
 /// The password of every test repository.
@@ -284,4 +286,28 @@ const CHILD_ENV: &str = "VOLBACKUP_TEST_CHILD";
 /// Whether this process is a child [`run_in_child`] started.
 pub fn in_child() -> bool {
     std::env::var_os(CHILD_ENV).is_some()
+}
+
+/// Backs `image` up as `name` into `t`; returns the snapshot and the one index file the
+/// backup wrote.
+pub fn backup_with_its_index_file(t: &TempRepo, image: &[u8], name: &str) -> (Id, Id) {
+    let before = t.open().list_ids(FileType::Index).unwrap();
+    let snap = volbackup_store::block::backup_block(
+        &t.open(),
+        &mut &image[..],
+        name,
+        &volbackup_store::block::BackupOptions::default(),
+        &volbackup_store::progress::NoProgress,
+    )
+    .unwrap()
+    .snapshot_id;
+    let newer: Vec<Id> = t
+        .open()
+        .list_ids(FileType::Index)
+        .unwrap()
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(newer.len(), 1, "one index file a backup");
+    (snap, newer[0])
 }
